@@ -1,0 +1,144 @@
+"""MLflow tracking and model registry behind one resource.
+
+dagster-mlflow's `mlflow_tracking` shares one MLflow run per Dagster run through
+mlflow's global active-run state and imports mlflow when the code location loads. We
+need one MLflow run per candidate (two candidates train in one Dagster run) and lean
+imports, so this resource uses `MlflowClient` directly and keeps dagster-mlflow's
+tagging convention (`dagster_run_id`) so runs are found the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import dagster as dg
+
+CHAMPION_ALIAS = "champion"
+# Types inside our own HistGradientBoosting pipeline that MLflow's skops format asks us to
+# vouch for; we only ever load files this project wrote.
+SKOPS_TRUSTED_TYPES = [
+    "functools.partial",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.utils.validation.check_array",
+]
+
+
+@dataclass(frozen=True)
+class RegisteredCandidate:
+    """A trained model as registered: what evaluation and promotion take as input."""
+
+    family: str
+    model_name: str
+    version: str
+    run_id: str
+    model_uri: str
+    tracking_uri: str
+
+    @property
+    def registry_uri(self) -> str:
+        return f"models:/{self.model_name}/{self.version}"
+
+    def as_metadata(self) -> dict[str, Any]:
+        return asdict(self) | {"registry_uri": self.registry_uri}
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """MLflow server or local sqlite store; `artifact_location` is used for new experiments."""
+
+    tracking_uri: str
+    artifact_location: str | None = None
+    experiment_name: str = "unified-ai"
+
+    def _mlflow(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        return mlflow
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def _experiment_id(self) -> str:
+        client = self.client()
+        existing = client.get_experiment_by_name(self.experiment_name)
+        if existing is not None:
+            return existing.experiment_id
+        try:
+            return client.create_experiment(
+                self.experiment_name, artifact_location=self.artifact_location
+            )
+        except Exception:  # noqa: BLE001 - another step created it first
+            existing = client.get_experiment_by_name(self.experiment_name)
+            if existing is None:
+                raise
+            return existing.experiment_id
+
+    def log_candidate(
+        self,
+        *,
+        model_name: str,
+        family: str,
+        flavor: Literal["sklearn", "pyfunc"],
+        model: Any,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        tags: dict[str, str],
+        pip_requirements: list[str],
+    ) -> RegisteredCandidate:
+        """One MLflow run for the candidate: params, metrics, the model, a registry version."""
+        mlflow = self._mlflow()
+        experiment_id = self._experiment_id()
+        run_tags = {"family": family, **tags}
+        with mlflow.start_run(experiment_id=experiment_id, run_name=family, tags=run_tags) as run:
+            mlflow.log_params(params)
+            mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
+            common = dict(name="model", registered_model_name=model_name,
+                          pip_requirements=pip_requirements, await_registration_for=60)
+            if flavor == "sklearn":
+                import mlflow.sklearn
+
+                info = mlflow.sklearn.log_model(
+                    model, pyfunc_predict_fn="predict_proba",
+                    skops_trusted_types=SKOPS_TRUSTED_TYPES, **common,
+                )
+            else:
+                import mlflow.pyfunc
+
+                info = mlflow.pyfunc.log_model(python_model=model, **common)
+        version = str(info.registered_model_version)
+        client = self.client()
+        for key, value in run_tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+        return RegisteredCandidate(
+            family=family, model_name=model_name, version=version, run_id=run.info.run_id,
+            model_uri=info.model_uri, tracking_uri=self.tracking_uri,
+        )
+
+    def load_scorer(self, model_name: str, version: str):
+        """A function frame -> positive-class scores for a registered version."""
+        import numpy as np
+
+        mlflow = self._mlflow()
+        model = mlflow.pyfunc.load_model(f"models:/{model_name}/{version}")
+
+        def score(frame) -> np.ndarray:
+            output = np.asarray(model.predict(frame), dtype=float)
+            return output[:, 1] if output.ndim == 2 else output
+
+        return score
+
+    def alias_version(self, model_name: str, alias: str = CHAMPION_ALIAS) -> str | None:
+        """The version an alias points at, or None when unset or the model is unknown."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client().get_model_version_by_alias(model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, model_name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
+        self.client().set_registered_model_alias(model_name, alias, version)

@@ -1,0 +1,1 @@
+"""Event-driven triggers for the lifecycle."""

@@ -1,0 +1,100 @@
+"""Data group: each landed batch file becomes a partition, gated by blocking quality checks."""
+
+
+import dagster as dg
+
+from resources.artifact_store import ArtifactStore
+from resources.dataset import DatasetResource
+from unified_assets.compute import CPU_LIGHT
+from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.ml.batch_validation import CHECK_NAMES, curated, validate_batch_file
+from unified_assets.partitions import BATCHES
+
+CHECK_DESCRIPTIONS = {
+    "schema": "The file reads in the spec's format, has rows, every required column, numeric "
+    "features numeric.",
+    "nulls": "Features and segments are no more null than the spec's max_null_fraction.",
+    "ranges": "Numeric features lie within the spec's ranges.",
+    "label": "The label is present on every row and binary.",
+}
+
+
+def curated_key(batch: str) -> str:
+    return f"batches/{batch}.parquet"
+
+
+def report_key(batch: str) -> str:
+    return f"batches/{batch}.report.json"
+
+
+@dg.asset(
+    partitions_def=BATCHES,
+    group_name="data",
+    kinds={"parquet", "pandas"},
+    owners=OWNERS,
+    description=(
+        "One landed batch of labelled records, read from the landing zone, validated against "
+        "the dataset spec and stored as a curated Parquet file. A batch that fails a check is "
+        "recorded with its findings but never written for training."
+    ),
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="landed_batch", blocking=True,
+                          description=CHECK_DESCRIPTIONS[name])
+        for name in CHECK_NAMES
+    ],
+    **CPU_LIGHT.asset_kwargs(),
+)
+def landed_batch(
+    context: dg.AssetExecutionContext, dataset: DatasetResource, store: ArtifactStore
+) -> dg.MaterializeResult:
+    batch = context.partition_key
+    spec = dataset.spec
+    path = dataset.batch_file(batch)
+    report = validate_batch_file(path, spec)
+    findings = {name: problems for name, problems in report.findings.items()}
+    store.write_json(
+        report_key(batch),
+        {"batch": batch, "file": str(path), "rows": report.rows, "passed": report.passed,
+         "findings": findings},
+    )
+    metadata: dict = {
+        "source_file": dg.MetadataValue.path(str(path)),
+        "rows": dg.MetadataValue.int(report.rows),
+        "passed_quality_checks": report.passed,
+    }
+    if report.passed:
+        frame = curated(report.frame, spec, batch)
+        uri = store.write_frame(curated_key(batch), frame)
+        metadata |= {
+            "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
+            dg.MetadataValue.path(store.local_path(curated_key(batch))),
+            "label_rate": dg.MetadataValue.float(float(frame[spec.target].mean())),
+            "columns": markdown_table(
+                [{"column": c, "dtype": str(report.frame[c].dtype),
+                  "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns],
+                ["column", "dtype", "nulls"],
+            ),
+        }
+    else:
+        context.log.error(
+            f"batch {batch} ({path}) failed checks {report.failed_checks()}: it is kept in the "
+            "landing zone and excluded from training"
+        )
+    return dg.MaterializeResult(
+        metadata=metadata,
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=not problems,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={
+                    "file": dg.MetadataValue.path(str(path)),
+                    "problems": dg.MetadataValue.int(len(problems)),
+                    "details": dg.MetadataValue.md(
+                        "\n".join(f"- {p}" for p in problems) or "no problems"
+                    ),
+                },
+            )
+            for name, problems in findings.items()
+        ],
+    )

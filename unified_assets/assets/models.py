@@ -1,0 +1,151 @@
+"""Candidate models: scikit-learn on the CPU profile, PyTorch on the GPU profile.
+
+Each logs to MLflow and registers a model version; the asset's value is that
+registered version, which is what evaluation and promotion take as input.
+"""
+
+
+import time
+from importlib.metadata import version as installed_version
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
+from unified_assets.compute import CPU_TRAINING, GPU_TRAINING
+from unified_assets.metadata import OWNERS, numbers
+from unified_assets.ml.training_data import TrainingSet
+
+CANDIDATE_FAMILIES = ("sklearn", "torch")
+
+
+class SklearnModelConfig(dg.Config):
+    max_iter: int = Field(default=200, ge=1, description="Boosting iterations.")
+    learning_rate: float = Field(default=0.08, gt=0.0, le=1.0, description="Shrinkage per step.")
+    max_leaf_nodes: int = Field(default=31, ge=2, description="Tree size.")
+    l2_regularization: float = Field(default=1.0, ge=0.0, description="L2 penalty on leaves.")
+    seed: int = Field(default=7, description="Random seed, fixed for repeatable training.")
+
+
+class TorchModelConfig(dg.Config):
+    hidden_units: int = Field(default=64, ge=2, description="Width of the first hidden layer.")
+    epochs: int = Field(default=8, ge=1, description="Passes over the training rows.")
+    batch_size: int = Field(default=512, ge=1, description="Rows per gradient step.")
+    learning_rate: float = Field(default=2e-3, gt=0.0, le=1.0, description="Adam step size.")
+    weight_decay: float = Field(default=1e-4, ge=0.0, description="Adam weight decay.")
+    seed: int = Field(default=7, description="Random seed, fixed for repeatable training.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="auto: CUDA when present, else CPU (recorded in metadata)."
+    )
+
+
+def _run_tags(context: dg.AssetExecutionContext, training: TrainingSet) -> dict[str, str]:
+    return {
+        "dagster_run_id": context.run_id,
+        "dagster_asset": context.asset_key.to_user_string(),
+        "training_batches": ",".join(training.batches),
+    }
+
+
+def _train_auc(y, scores) -> float | None:
+    from unified_assets.ml.metrics import binary_metrics
+
+    return binary_metrics(y, scores)["roc_auc"]
+
+
+def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[RegisteredCandidate]:
+    return dg.Output(
+        candidate,
+        metadata={
+            "model_version": dg.MetadataValue.text(candidate.version),
+            "registry_uri": dg.MetadataValue.text(candidate.registry_uri),
+            "mlflow_run_id": dg.MetadataValue.text(candidate.run_id),
+            **extra,
+        },
+    )
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"scikit-learn", "mlflow"},
+    owners=OWNERS,
+    description=(
+        "Gradient-boosted trees (scikit-learn HistGradientBoosting) trained on the training "
+        "set, logged to MLflow and registered as a new model version. Runs on the CPU profile."
+    ),
+    **CPU_TRAINING.asset_kwargs(),
+)
+def model_sklearn(
+    context: dg.AssetExecutionContext,
+    config: SklearnModelConfig,
+    training_set: TrainingSet,
+    mlflow_registry: MlflowRegistry,
+) -> dg.Output[RegisteredCandidate]:
+    from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
+
+    params = SklearnParams(**config.model_dump())
+    started = time.perf_counter()
+    pipeline = train_sklearn(training_set.train, training_set.numeric_features,
+                             training_set.categorical_features, training_set.target, params)
+    fit_seconds = time.perf_counter() - started
+    features = training_set.categorical_features + training_set.numeric_features
+    train_auc = _train_auc(training_set.train[training_set.target],
+                           pipeline.predict_proba(training_set.train[features])[:, 1])
+    metrics = {"fit_seconds": fit_seconds, "train_roc_auc": train_auc,
+               "train_rows": float(len(training_set.train))}
+    candidate = mlflow_registry.log_candidate(
+        model_name=training_set.dataset_name, family="sklearn", flavor="sklearn", model=pipeline,
+        params=config.model_dump(), metrics=metrics, tags=_run_tags(context, training_set),
+        pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}", "pandas"],
+    )
+    return _output(candidate, {"device": "cpu", **numbers(metrics)})
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "mlflow"},
+    owners=OWNERS,
+    description=(
+        "A multilayer perceptron in PyTorch trained on the training set, logged to MLflow as "
+        "a pyfunc and registered as a new model version. Runs on the GPU profile: on CUDA when "
+        "the host has it, otherwise on CPU, and the metadata says which and why."
+    ),
+    **GPU_TRAINING.asset_kwargs(),
+)
+def model_torch(
+    context: dg.AssetExecutionContext,
+    config: TorchModelConfig,
+    training_set: TrainingSet,
+    mlflow_registry: MlflowRegistry,
+) -> dg.Output[RegisteredCandidate]:
+    from unified_assets.ml.torch_model import (
+        TorchParams,
+        TorchRiskModel,
+        predict_scores,
+        train_torch,
+    )
+
+    params = TorchParams(**config.model_dump())
+    result = train_torch(training_set.train, training_set.numeric_features,
+                         training_set.categorical_features, training_set.target, params)
+    context.log.info(f"torch trained on {result.device.device}: {result.device.reason}")
+    train_auc = _train_auc(training_set.train[training_set.target],
+                           predict_scores(result.network, result.encoder, training_set.train))
+    metrics = {"fit_seconds": result.seconds, "train_roc_auc": train_auc,
+               "final_loss": result.final_loss, "train_rows": float(len(training_set.train))}
+    candidate = mlflow_registry.log_candidate(
+        model_name=training_set.dataset_name, family="torch", flavor="pyfunc",
+        model=TorchRiskModel.from_training(result, params), params=config.model_dump(),
+        metrics=metrics, tags=_run_tags(context, training_set) | {"device": result.device.device},
+        pip_requirements=[f"torch=={installed_version('torch').split('+')[0]}", "pandas"],
+    )
+    return _output(
+        candidate,
+        {
+            "device": dg.MetadataValue.text(result.device.device),
+            "device_reason": dg.MetadataValue.text(result.device.reason),
+            "cuda_available": result.device.cuda_available,
+            **numbers(metrics),
+        },
+    )

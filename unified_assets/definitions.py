@@ -1,0 +1,99 @@
+"""The code location. Cross-cutting choices (resources, executor, automation) are made here
+and only here; the deployment comes from `unified_assets.settings`."""
+
+
+import warnings
+
+import dagster as dg
+
+from resources import ArtifactStore, DatasetResource, MlflowRegistry
+from sensors.landing import build_landing_sensor
+from unified_assets.assets.data import landed_batch
+from unified_assets.assets.deployment import production_model
+from unified_assets.assets.evaluation import EVALUATION_ASSETS
+from unified_assets.assets.models import model_sklearn, model_torch
+from unified_assets.assets.training import training_set
+from unified_assets.compute import COMPUTE_TAG
+from unified_assets.partitions import BATCHES
+from unified_assets.settings import Settings, load_settings
+
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+
+GPU_SLOTS = 1
+
+ASSETS = [landed_batch, training_set, model_sklearn, model_torch, *EVALUATION_ASSETS,
+          production_model]
+
+ingest_job = dg.define_asset_job(
+    "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
+    description="Validate and curate one landed batch (one partition).",
+)
+lifecycle_job = dg.define_asset_job(
+    "train_evaluate_promote",
+    selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
+    description="Build the training set, train both candidates, evaluate, promote.",
+)
+
+
+def local_resources(settings: Settings) -> dict:
+    return {
+        "dataset": DatasetResource(spec_path=settings.dataset_spec,
+                                   landing_dir=str(settings.landing_dir)),
+        "store": ArtifactStore(root=str(settings.artifacts_dir)),
+        "mlflow_registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
+                                          artifact_location=settings.mlflow_artifact_location),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
+    }
+
+
+def kubernetes_resources(settings: Settings) -> dict:
+    from dagster_aws.s3 import S3PickleIOManager, S3Resource
+
+    s3 = S3Resource(endpoint_url=dg.EnvVar("UNIFIED_AI_S3_ENDPOINT_URL"),
+                    aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"))
+    return {
+        "dataset": DatasetResource(spec_path=settings.dataset_spec,
+                                   landing_dir=str(settings.landing_dir)),
+        "store": ArtifactStore(root=dg.EnvVar("UNIFIED_AI_ARTIFACT_ROOT"),
+                               s3_endpoint_url=dg.EnvVar("UNIFIED_AI_S3_ENDPOINT_URL"),
+                               aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+                               aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY")),
+        "mlflow_registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("UNIFIED_AI_S3_BUCKET"),
+                                        s3_prefix="io"),
+    }
+
+
+def executor_for(settings: Settings) -> dg.ExecutorDefinition:
+    if settings.deployment == "kubernetes":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor.configured({"max_concurrent": 8})
+    # Locally every step is a process; GPU-profile steps never exceed the GPU slots.
+    return dg.multiprocess_executor.configured(
+        {"max_concurrent": 2,
+         "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}]}
+    )
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    resources = (kubernetes_resources if settings.deployment == "kubernetes"
+                 else local_resources)(settings)
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=[ingest_job, lifecycle_job],
+        sensors=[
+            build_landing_sensor(ingest_job),
+            dg.AutomationConditionSensorDefinition(
+                "lifecycle_automation", target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+            ),
+        ],
+        resources=resources,
+        executor=executor_for(settings),
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,81 @@
+"""Run the lifecycle headless through Dagster: ingest every landed batch, then train,
+evaluate and promote. Used by `unified-ai demo`, the tests and the benchmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import dagster as dg
+
+from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
+from unified_assets.partitions import BATCHES
+from unified_assets.settings import Settings
+
+
+@dataclass
+class LifecycleSummary:
+    batches_ingested: list[str] = field(default_factory=list)
+    batches_rejected: dict[str, list[str]] = field(default_factory=dict)
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    production: dict[str, Any] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        out = [
+            f"batches ingested: {len(self.batches_ingested)}"
+            + (f", rejected: {sorted(self.batches_rejected)}" if self.batches_rejected else ""),
+            f"models trained: {len(self.candidates)}",
+        ]
+        for family, report in sorted(self.candidates.items()):
+            overall = report["overall"]
+            out.append(
+                f"  {family:8s} v{report['version']}: roc_auc={overall['roc_auc']:.4f} "
+                f"pr_auc={overall['pr_auc']:.4f} f1={overall['f1']:.4f} "
+                f"brier={overall['brier']:.4f}"
+            )
+        prod = self.production
+        out.append(
+            f"champion: {prod.get('model_name')} v{prod.get('champion_version')} "
+            f"(previous: {prod.get('previous_champion') or 'none'}; {prod.get('reason')})"
+        )
+        return out
+
+
+def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> LifecycleSummary:
+    """Register every complete landed file as a partition and ingest the new ones."""
+    dataset = defs.resources["dataset"]
+    files = dataset.batch_files()
+    known = set(instance.get_dynamic_partitions(BATCHES.name))
+    new = [k for k in files if k not in known]
+    instance.add_dynamic_partitions(BATCHES.name, new)
+    job = defs.resolve_job_def(ingest_job.name)
+    summary = LifecycleSummary()
+    for key in new:
+        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=True)
+        failed = [
+            e.check_name for e in result.get_asset_check_evaluations() if not e.passed
+        ]
+        if failed:
+            summary.batches_rejected[key] = failed
+        else:
+            summary.batches_ingested.append(key)
+    return summary
+
+
+def train_evaluate_promote(
+    defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    job = defs.resolve_job_def(lifecycle_job.name)
+    return job.execute_in_process(instance=instance, run_config=run_config or {})
+
+
+def run_lifecycle(
+    settings: Settings, instance: dg.DagsterInstance, run_config: dict | None = None
+) -> LifecycleSummary:
+    defs = build_definitions(settings)
+    summary = ingest_landed(defs, instance)
+    result = train_evaluate_promote(defs, instance, run_config)
+    for family in ("sklearn", "torch"):
+        summary.candidates[family] = result.output_for_node(f"evaluation_{family}")
+    summary.production = result.output_for_node("production_model")
+    return summary

@@ -1,0 +1,145 @@
+"""Dataset spec: what a user's data looks like, validated at load with errors naming the field.
+
+The default spec describes the bundled payments-risk domain; a user brings their own
+data with a YAML file of the same shape (see README, "Bring your own data").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class DatasetSpecError(ValueError):
+    """A dataset spec that cannot be used; the message names the file and the field."""
+
+
+class SourceSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="Folder holding one file per batch (relative to the spec file).")
+    format: Literal["parquet", "csv"] = "parquet"
+    pattern: str | None = Field(default=None, description="Glob for batch files; default *.<format>.")
+
+    @property
+    def glob(self) -> str:
+        return self.pattern or f"*.{self.format}"
+
+
+class DatasetSpec(BaseModel):
+    """Columns and roles of a binary-classification dataset delivered in batches."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Also the MLflow model name.")
+    source: SourceSpec
+    target: str
+    positive_label: int = 1
+    id_column: str | None = None
+    time_column: str | None = None
+    segment_columns: list[str] = Field(default_factory=list)
+    numeric_features: list[str] = Field(default_factory=list)
+    categorical_features: list[str] = Field(default_factory=list)
+    ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
+    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _columns_are_coherent(self) -> DatasetSpec:
+        features = self.numeric_features + self.categorical_features
+        if not features:
+            raise ValueError("numeric_features/categorical_features: at least one feature is needed")
+        duplicated = sorted({c for c in features if features.count(c) > 1})
+        if duplicated:
+            raise ValueError(f"numeric_features/categorical_features: listed twice: {duplicated}")
+        if self.target in features:
+            raise ValueError(f"target: {self.target!r} is also listed as a feature")
+        for role in ("id_column", "time_column"):
+            column = getattr(self, role)
+            if column is not None and (column in features or column == self.target):
+                raise ValueError(f"{role}: {column!r} is also a feature or the target")
+        if self.target in self.segment_columns:
+            raise ValueError(f"segment_columns: the target {self.target!r} cannot be a segment")
+        for column, (low, high) in self.ranges.items():
+            if column not in self.numeric_features:
+                raise ValueError(f"ranges.{column}: not a numeric feature")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"ranges.{column}: lower bound {low} exceeds upper bound {high}")
+        return self
+
+    @property
+    def feature_columns(self) -> list[str]:
+        return self.numeric_features + self.categorical_features
+
+    @property
+    def required_columns(self) -> list[str]:
+        """Columns every batch must carry (id/time are optional conveniences)."""
+        extra = [c for c in self.segment_columns if c not in self.feature_columns]
+        return self.feature_columns + extra + [self.target]
+
+    def with_source_path(self, path: Path) -> DatasetSpec:
+        return self.model_copy(update={"source": self.source.model_copy(update={"path": str(path)})})
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"]) or "(spec)"
+        parts.append(f"{location}: {item['msg']}")
+    return "; ".join(parts)
+
+
+def parse_spec(data: object, origin: str = "<dataset spec>") -> DatasetSpec:
+    """Validate a mapping as a dataset spec; errors name `origin` and the field."""
+    if not isinstance(data, dict):
+        raise DatasetSpecError(f"{origin}: expected a mapping of fields, got {type(data).__name__}")
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as error:
+        raise DatasetSpecError(f"{origin}: {_describe(error)}") from None
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Load a YAML dataset spec; a relative source path is resolved against the spec's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetSpecError(f"{path}: dataset spec file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise DatasetSpecError(f"{path}: not valid YAML: {error}") from None
+    spec = parse_spec(data, origin=str(path))
+    source = Path(spec.source.path)
+    if not source.is_absolute():
+        spec = spec.with_source_path((path.parent / source).resolve())
+    return spec
+
+
+PAYMENTS_SPEC_DATA: dict = {
+    "name": "payments-risk",
+    "source": {"path": "landing", "format": "parquet"},
+    "target": "is_fraud",
+    "id_column": "transaction_id",
+    "time_column": "event_time",
+    "segment_columns": ["region", "customer_tier"],
+    "numeric_features": [
+        "amount", "avg_amount_30d", "account_age_days", "txn_count_24h",
+        "distance_from_home_km", "hour_of_day", "is_international", "card_present",
+        "device_trust_score",
+    ],
+    "categorical_features": ["merchant_category", "channel", "region", "customer_tier"],
+    "ranges": {
+        "amount": (0, None), "avg_amount_30d": (0, None), "account_age_days": (0, None),
+        "txn_count_24h": (0, None), "distance_from_home_km": (0, None), "hour_of_day": (0, 23),
+        "is_international": (0, 1), "card_present": (0, 1), "device_trust_score": (0, 1),
+    },
+}
+
+
+def payments_spec(landing_dir: Path) -> DatasetSpec:
+    """The built-in payments-risk spec reading batches from `landing_dir`."""
+    return parse_spec(PAYMENTS_SPEC_DATA, origin="built-in payments spec").with_source_path(
+        landing_dir
+    )

@@ -1,0 +1,57 @@
+"""The one place the environment is read: which deployment, and where local state lives.
+
+Only non-secret choices are read here. Secrets (S3 keys, database passwords) reach
+resources through `dg.EnvVar` so they are resolved at run time, never at import.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+DEPLOYMENT_ENV = "UNIFIED_AI_DEPLOYMENT"
+HOME_ENV = "UNIFIED_AI_HOME"
+DATASET_SPEC_ENV = "UNIFIED_AI_DATASET_SPEC"
+Deployment = Literal["local", "kubernetes"]
+DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes")
+
+
+@dataclass(frozen=True)
+class Settings:
+    deployment: Deployment
+    home: Path
+    dataset_spec: str | None
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.home / "landing"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def io_dir(self) -> Path:
+        return self.home / "io"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.home / "mlartifacts").as_uri()
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from the environment; an unknown deployment name is an error, not a default."""
+    env = os.environ if environ is None else environ
+    deployment = env.get(DEPLOYMENT_ENV, "local").strip() or "local"
+    if deployment not in DEPLOYMENTS:
+        raise ValueError(
+            f"{DEPLOYMENT_ENV}={deployment!r} is not a deployment; choose one of {DEPLOYMENTS}"
+        )
+    home = Path(env.get(HOME_ENV) or Path.cwd() / ".unified_ai").resolve()
+    return Settings(deployment=deployment, home=home, dataset_spec=env.get(DATASET_SPEC_ENV) or None)
