@@ -21,6 +21,11 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 GPU_SLOTS = 1
+# Locally every step is a process; GPU-profile steps never exceed the GPU slots.
+LOCAL_EXECUTOR_CONFIG = {
+    "max_concurrent": 2,
+    "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}],
+}
 
 ASSETS = [landed_batch, training_set, model_sklearn, model_torch, *EVALUATION_ASSETS,
           production_model]
@@ -71,11 +76,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
         from dagster_k8s import k8s_job_executor
 
         return k8s_job_executor.configured({"max_concurrent": 8})
-    # Locally every step is a process; GPU-profile steps never exceed the GPU slots.
-    return dg.multiprocess_executor.configured(
-        {"max_concurrent": 2,
-         "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}]}
-    )
+    return dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

@@ -44,7 +44,8 @@ def read_batch(path: Path, file_format: str) -> pd.DataFrame:
 
     if file_format == "parquet":
         return pd.read_parquet(path)
-    return pd.read_csv(path)
+    # Only empty cells are missing: pandas' default would read region "NA" as null.
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def validate_batch_file(path: Path, spec: DatasetSpec) -> BatchReport:
@@ -102,8 +103,8 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
         above = int((values > high).sum()) if high is not None else 0
         if below or above:
             ranges.append(
-                f"{name}: column {column!r} has {below} value(s) below {low} and "
-                f"{above} above {high} (min {values.min()}, max {values.max()})"
+                f"{name}: column {column!r} has {below} value(s) below {_bound(low)} and "
+                f"{above} above {_bound(high)} (min {values.min()}, max {values.max()})"
             )
 
     labels = report.findings["label"]
@@ -111,11 +112,15 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
     missing_labels = int(target.isna().sum())
     if missing_labels:
         labels.append(f"{name}: label {spec.target!r} missing on {missing_labels} row(s)")
-    unexpected = sorted(set(target.dropna().unique()) - {0, 1, spec.positive_label})
+    unexpected = sorted(set(target.dropna().unique().tolist()) - {0, 1, spec.positive_label})
     if unexpected:
         labels.append(
             f"{name}: label {spec.target!r} must be binary, found values {unexpected[:5]}"
         )
+
+
+def _bound(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
 
 
 def _is_numeric(series: pd.Series) -> bool:

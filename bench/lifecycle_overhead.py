@@ -1,0 +1,236 @@
+"""Wall time of the lifecycle through Dagster against the same computations called directly.
+
+Setup (untimed): landed batches are generated once with
+`unified_assets.ml.generator.write_batches` and copied into a fresh home per run.
+
+Each run is a fresh subprocess (`--worker plain|dagster`) that, before its timer starts,
+imports the same modules (dagster, mlflow and its sklearn/pyfunc flavours, torch,
+sklearn, pandas, pyarrow, the code location and the plain baseline) and initialises
+its own fresh MLflow sqlite DB (schema migrations) by creating the registry's
+`MlflowClient` and calling `search_experiments` and `search_registered_models`. The
+Dagster side also creates its fresh `DagsterInstance.local_temp()` before the timer
+(its creation time is reported apart). Timed:
+
+  dagster: `unified_assets.lifecycle.run_lifecycle(settings, instance)`
+  plain:   `bench/plain_lifecycle.run_plain_lifecycle(settings)`
+
+Runs are interleaved (plain, dagster, plain, dagster, ...) and the median of each side
+is compared. Worker stdout/stderr (Dagster's console log) go to a file in the run's home.
+
+Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3]
+The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+PROJECT_ROOT = BENCH_DIR.parent
+SIDES = ("plain", "dagster")
+
+# Imported by both workers before the timer, so import cost is outside both figures.
+WARM_MODULES = [
+    "dagster", "pandas", "pyarrow.parquet", "sklearn.ensemble", "sklearn.metrics", "torch",
+    "mlflow", "mlflow.sklearn", "mlflow.pyfunc", "unified_assets.definitions",
+    "unified_assets.lifecycle", "unified_assets.ml.torch_model", "unified_assets.ml.sklearn_model",
+    "unified_assets.ml.metrics", "plain_lifecycle",
+]
+LIFECYCLE_STEPS = ["training_set", "model_sklearn", "model_torch", "evaluation_sklearn",
+                   "evaluation_torch", "production_model"]
+
+
+def machine() -> str:
+    """One line describing the host and interpreter."""
+    return (f"machine: cpus={os.cpu_count()} platform={platform.platform()} "
+            f"python={platform.python_version()} ({sys.executable})")
+
+
+def warm_mlflow(settings: Any) -> float:
+    """Create and migrate this home's MLflow DB the way both sides will open it; seconds."""
+    from plain_lifecycle import plain_resources
+
+    started = time.perf_counter()
+    client = plain_resources(settings)[2].client()
+    client.search_experiments()
+    client.search_registered_models()
+    return time.perf_counter() - started
+
+
+def dagster_step_stats(instance: Any) -> dict[str, float]:
+    """Seconds per run and per step from the instance's event log (read after the timer)."""
+    ingest_runs = ingest_steps = 0.0
+    out: dict[str, float] = {}
+    for run in instance.get_runs():
+        stats = instance.get_run_stats(run.run_id)
+        run_seconds = (stats.end_time or 0.0) - (stats.start_time or 0.0)
+        steps = {s.step_key: (s.end_time or 0.0) - (s.start_time or 0.0)
+                 for s in instance.get_run_step_stats(run.run_id)}
+        if run.job_name == "ingest_batch":
+            ingest_runs += run_seconds
+            ingest_steps += sum(steps.values())
+        else:
+            out["lifecycle run (start->end)"] = run_seconds
+            out |= steps
+    out["ingest runs (start->end, sum)"] = ingest_runs
+    out["ingest (all batches)"] = ingest_steps
+    return out
+
+
+def worker(side: str, home: Path, out: Path) -> None:
+    """Run one side in this (fresh) process and write its timings as JSON to `out`."""
+    sys.path.insert(0, str(BENCH_DIR))
+    started = time.perf_counter()
+    for module in WARM_MODULES:
+        importlib.import_module(module)
+    import_seconds = time.perf_counter() - started
+
+    import dagster as dg
+    from plain_lifecycle import run_plain_lifecycle
+
+    from unified_assets.lifecycle import run_lifecycle
+    from unified_assets.settings import Settings
+
+    settings = Settings(deployment="local", home=home, dataset_spec=None)
+    record: dict[str, Any] = {"side": side, "import_s": import_seconds,
+                              "mlflow_init_s": warm_mlflow(settings)}
+    instance = None
+    if side == "dagster":
+        started = time.perf_counter()
+        (home / "dagster").mkdir()
+        instance = dg.DagsterInstance.local_temp(tempdir=str(home / "dagster"))
+        record["instance_init_s"] = time.perf_counter() - started
+    gc.collect()
+
+    started = time.perf_counter()
+    if instance is not None:
+        summary = run_lifecycle(settings, instance)
+        seconds = time.perf_counter() - started
+        record |= {"batches": len(summary.batches_ingested),
+                   "champion": summary.production.get("champion_version"),
+                   "phases": dagster_step_stats(instance)}
+    else:
+        result = run_plain_lifecycle(settings)
+        seconds = time.perf_counter() - started
+        record |= {"batches": len(result.batches_ingested),
+                   "champion": result.production.get("champion_version"), "phases": result.phases}
+    record["seconds"] = seconds
+    record["roc_auc"] = {f: (summary.candidates if instance is not None else result.candidates)[f]
+                         ["overall"]["roc_auc"] for f in ("sklearn", "torch")}
+    out.write_text(json.dumps(record))
+
+
+def run_side(side: str, landing_cache: Path, scratch: Path, index: int) -> dict[str, Any]:
+    """One fresh home with a copy of the landed data, one fresh worker process."""
+    home = scratch / f"{side}-{index}"
+    shutil.copytree(landing_cache, home / "landing")
+    out = home / "result.json"
+    env = os.environ | {"UNIFIED_AI_HOME": str(home)}
+    for name in ("UNIFIED_AI_DEPLOYMENT", "UNIFIED_AI_DATASET_SPEC", "DAGSTER_HOME",
+                 "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    with open(home / "worker.log", "w") as log:
+        subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--home", str(home),
+             "--out", str(out)],
+            cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
+        )
+    return json.loads(out.read_text())
+
+
+def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
+    """Median seconds per phase: plain phases beside Dagster step durations."""
+    def med(side: str, key: str) -> float | None:
+        values = [r["phases"][key] for r in results[side] if key in r["phases"]]
+        return statistics.median(values) if values else None
+
+    def cell(value: float | None) -> str:
+        return f"{value:>10.3f}" if value is not None else f"{'-':>10}"
+
+    print("\nmedian seconds per phase (dagster: step durations from the event log)")
+    header = f"{'phase':<32} {'plain':>10} {'dagster':>10}"
+    print(header)
+    print("-" * len(header))
+    for key in ["ingest (all batches)", *LIFECYCLE_STEPS]:
+        print(f"{key:<32} {cell(med('plain', key))} {cell(med('dagster', key))}")
+    for key in ["ingest runs (start->end, sum)", "lifecycle run (start->end)"]:
+        print(f"{key:<32} {cell(None)} {cell(med('dagster', key))}")
+    totals = {side: statistics.median(r["seconds"] for r in results[side]) for side in SIDES}
+    print(f"{'TOTAL wall (timed)':<32} {cell(totals['plain'])} {cell(totals['dagster'])}")
+
+    print("\nper run (seconds, in run order)")
+    header = (f"{'run':<4} {'side':<8} {'timed s':>8} {'imports s':>10} {'mlflow init s':>14} "
+              f"{'instance s':>11} {'batches':>8} {'champion':>9}  roc_auc sklearn/torch")
+    print(header)
+    print("-" * len(header))
+    order = [r for pair in zip(results["plain"], results["dagster"], strict=True) for r in pair]
+    for i, r in enumerate(order):
+        instance = r.get("instance_init_s")
+        print(f"{i // 2 + 1:<4} {r['side']:<8} {r['seconds']:>8.2f} {r['import_s']:>10.2f} "
+              f"{r['mlflow_init_s']:>14.2f} "
+              f"{(f'{instance:.2f}' if instance is not None else '-'):>11} {r['batches']:>8} "
+              f"{str(r['champion']):>9}  {r['roc_auc']['sklearn']:.4f}/{r['roc_auc']['torch']:.4f}")
+
+
+def main() -> None:
+    """Generate data, run interleaved workers, print tables and the `overhead_ratio=` line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=8, help="landed batches (default 8)")
+    parser.add_argument("--rows", type=int, default=5000, help="rows per batch (default 5000)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per side (default 3)")
+    parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch homes and logs")
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.home, args.out)
+        return
+
+    from unified_assets.ml.generator import write_batches
+
+    scratch = Path(tempfile.mkdtemp(prefix="unified-ai-overhead-"))
+    try:
+        landing_cache = scratch / "landing-cache"
+        write_batches(landing_cache, args.batches, args.rows, seed=args.seed)
+        results: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+        for index in range(args.repeats):
+            for side in SIDES:
+                record = run_side(side, landing_cache, scratch, index)
+                results[side].append(record)
+                print(f"  run {index + 1}/{args.repeats} {side:<7} {record['seconds']:7.2f} s",
+                      file=sys.stderr, flush=True)
+    finally:
+        if args.keep:
+            print(f"scratch kept in {scratch}", file=sys.stderr)
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    print(machine())
+    print(f"data: {args.batches} batches x {args.rows} rows (seed {args.seed}); "
+          f"repeats: {args.repeats} per side, interleaved plain/dagster, fresh subprocess each; "
+          "imports and MLflow DB init done before the timer on both sides")
+    print_table(results)
+    plain = statistics.median(r["seconds"] for r in results["plain"])
+    dagster = statistics.median(r["seconds"] for r in results["dagster"])
+    print(f"\nmedian plain {plain:.2f} s, median dagster {dagster:.2f} s, "
+          f"difference {dagster - plain:+.2f} s")
+    print(f"overhead_ratio={dagster / plain:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install the project (torch's CPU build first, so no CUDA build is pulled).
+# Idempotent: re-runs only when pyproject.toml changed. Usage: scripts/setup.sh [dev]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+extras=${1:-}
+stamp=.venv/.installed-${extras:-base}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  if [ "$extras" = dev ]; then
+    .venv/bin/python -m pip install --quiet -e ".[dev]"
+  else
+    .venv/bin/python -m pip install --quiet -e .
+  fi
+  touch "$stamp"
+fi

@@ -1,0 +1,88 @@
+import pandas as pd
+import pytest
+
+from unified_assets.ml.batch_validation import curated, validate_batch_file
+from unified_assets.ml.dataset_spec import payments_spec
+from unified_assets.ml.generator import generate_batch
+
+
+@pytest.fixture
+def spec(tmp_path):
+    return payments_spec(tmp_path)
+
+
+def _write(tmp_path, frame, name="b.parquet"):
+    path = tmp_path / name
+    frame.to_parquet(path, index=False)
+    return path
+
+
+def test_clean_batch_passes_every_check(tmp_path, spec):
+    report = validate_batch_file(_write(tmp_path, generate_batch(0, 300)), spec)
+    assert report.passed, report.findings
+    assert report.rows == 300
+
+
+def test_missing_column_fails_schema_naming_file_and_column(tmp_path, spec):
+    path = _write(tmp_path, generate_batch(0, 50).drop(columns=["amount"]), "missing.parquet")
+    report = validate_batch_file(path, spec)
+    assert report.failed_checks() == ["schema", "nulls", "ranges", "label"]
+    assert "missing.parquet" in report.findings["schema"][0]
+    assert "'amount'" in report.findings["schema"][0] or "amount" in report.findings["schema"][0]
+
+
+def test_wrong_type_fails_schema(tmp_path, spec):
+    frame = generate_batch(0, 50)
+    frame["amount"] = frame["amount"].astype(str) + " USD"
+    report = validate_batch_file(_write(tmp_path, frame, "typed.parquet"), spec)
+    assert "column 'amount' must be numeric, found object" in report.findings["schema"][0]
+
+
+def test_empty_and_non_parquet_files_are_findings_not_crashes(tmp_path, spec):
+    empty = tmp_path / "empty.parquet"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.parquet"
+    text.write_text("id,amount\n1,2\n")
+    for path in (empty, text):
+        report = validate_batch_file(path, spec)
+        assert not report.passed
+        assert report.frame is None
+        assert f"{path.name}: cannot be read as parquet" in report.findings["schema"][0]
+    zero_rows = _write(tmp_path, generate_batch(0, 10).iloc[:0], "zero.parquet")
+    assert "the batch has no rows" in validate_batch_file(zero_rows, spec).findings["schema"][0]
+
+
+def test_nulls_ranges_and_labels(tmp_path, spec):
+    frame = generate_batch(0, 100)
+    frame.loc[:9, "device_trust_score"] = None
+    frame.loc[0, "hour_of_day"] = 30
+    frame["is_fraud"] = frame["is_fraud"].astype("float")
+    frame.loc[5, "is_fraud"] = None
+    frame.loc[6, "is_fraud"] = 3
+    report = validate_batch_file(_write(tmp_path, frame), spec)
+    assert report.failed_checks() == ["nulls", "ranges", "label"]
+    assert "'device_trust_score' is 10.0% null" in report.findings["nulls"][0]
+    assert "'hour_of_day' has 0 value(s) below 0 and 1 above 23" in report.findings["ranges"][0]
+    assert "missing on 1 row(s)" in report.findings["label"][0]
+    assert "found values [3.0]" in report.findings["label"][1]
+
+
+def test_curated_types_ids_and_label(spec):
+    frame = generate_batch(2, 20)
+    out = curated(frame, spec, "batch-00002")
+    assert out["row_id"].tolist() == frame["transaction_id"].tolist()
+    assert (out["batch_id"] == "batch-00002").all()
+    assert out["amount"].dtype == "float64" and out["region"].dtype == object
+    assert set(out.columns) == set(spec.required_columns) | {"row_id", "batch_id"}
+    assert out["is_fraud"].tolist() == frame["is_fraud"].tolist()
+
+
+def test_csv_source_reads_and_synthesises_row_ids(tmp_path):
+    spec = payments_spec(tmp_path).model_copy(update={"id_column": None})
+    spec = spec.model_copy(update={"source": spec.source.model_copy(update={"format": "csv"})})
+    path = tmp_path / "b.csv"
+    generate_batch(0, 30).to_csv(path, index=False)
+    report = validate_batch_file(path, spec)
+    assert report.passed
+    assert curated(report.frame, spec, "b")["row_id"].tolist()[:2] == ["b:0", "b:1"]
+    assert isinstance(report.frame, pd.DataFrame)

@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from unified_assets.assets.models import model_sklearn, model_torch
+from unified_assets.definitions import LOCAL_EXECUTOR_CONFIG, build_definitions, defs
+from unified_assets.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_load_and_every_asset_is_described():
+    dg.Definitions.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert keys == {
+        "landed_batch", "training_set", "model_sklearn", "model_torch",
+        "evaluation_sklearn", "evaluation_torch", "production_model",
+    }
+    groups = {}
+    for key in graph.get_all_asset_keys():
+        spec = graph.get(key)
+        assert spec.description and len(spec.description) > 40, key
+        assert spec.owners == ["team:ml-platform"], key
+        kinds = {t.split("/")[-1] for t in spec.tags if t.startswith("dagster/kind/")}
+        assert kinds, key
+        groups[key.to_user_string()] = spec.group_name
+    assert groups["landed_batch"] == "data"
+    assert groups["model_torch"] == "training"
+    assert groups["evaluation_torch"] == "evaluation"
+    assert groups["production_model"] == "deployment"
+
+
+def test_candidates_declare_their_compute_profiles():
+    torch_node, sklearn_node = model_torch.op, model_sklearn.op
+    assert torch_node.tags["unified-ai/compute"] == "gpu"
+    assert torch_node.pool == "gpu-pool"
+    assert sklearn_node.tags["unified-ai/compute"] == "cpu"
+    k8s = torch_node.tags["dagster-k8s/config"]
+    k8s = json.loads(k8s) if isinstance(k8s, str) else k8s
+    assert k8s["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_local_executor_limits_gpu_steps_to_the_gpu_slots(tmp_path):
+    local = build_definitions(Settings("local", tmp_path, None))
+    assert local.executor.name == "multiprocess"
+    assert {"key": "unified-ai/compute", "value": "gpu", "limit": 1} in LOCAL_EXECUTOR_CONFIG[
+        "tag_concurrency_limits"
+    ]
+
+
+def test_kubernetes_deployment_uses_the_k8s_job_executor(tmp_path):
+    k8s = build_definitions(Settings("kubernetes", tmp_path, None))
+    assert k8s.executor.name == "k8s"
+    dg.Definitions.validate_loadable(k8s)
+
+
+def test_unknown_deployment_is_an_error():
+    with pytest.raises(ValueError, match="UNIFIED_AI_DEPLOYMENT='cloud' is not a deployment"):
+        load_settings({"UNIFIED_AI_DEPLOYMENT": "cloud"})
+
+
+def test_code_location_import_is_lean(tmp_path):
+    code = (
+        "import sys, unified_assets.definitions\n"
+        "print(sorted(m for m in ('torch','mlflow','sklearn','evidently','pandas') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"UNIFIED_AI_HOME": str(tmp_path), "PATH": ""}, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    dagster = Path(sys.executable).with_name("dagster")
+    out = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"],
+        capture_output=True, text=True, cwd=ROOT,
+        env={"UNIFIED_AI_HOME": str(tmp_path), "DAGSTER_HOME": str(tmp_path), "PATH": ""},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Validation successful" in out.stdout + out.stderr

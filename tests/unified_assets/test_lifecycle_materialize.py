@@ -1,0 +1,101 @@
+"""Assets materialized on a test instance with real resources: real MLflow (sqlite),
+real Parquet files in temp folders."""
+
+import json
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, run_lifecycle, train_evaluate_promote
+from unified_assets.ml.generator import write_batches
+
+
+@pytest.fixture
+def landed(settings):
+    write_batches(settings.landing_dir, batches=4, rows=1500)
+    return settings
+
+
+def _materializations(instance, asset):
+    return instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
+
+
+def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed, instance):
+    summary = run_lifecycle(landed, instance)
+    assert summary.batches_ingested == [f"batch-0000{i}" for i in range(4)]
+    assert summary.batches_rejected == {}
+
+    versions = {f: r["version"] for f, r in summary.candidates.items()}
+    assert sorted(versions.values()) == ["1", "2"]
+    for report in summary.candidates.values():
+        assert report["overall"]["roc_auc"] > 0.65
+        assert report["overall"]["rows"] == report["overall"]["rows"] > 800
+        assert report["champion"] is None
+        assert {s["segment"] for s in report["segments"]} == {"region", "customer_tier"}
+        assert report["training_batches"] == summary.batches_ingested
+
+    best = max(summary.candidates.values(), key=lambda r: r["overall"]["roc_auc"])
+    client = MlflowClient(tracking_uri=landed.mlflow_tracking_uri)
+    champion = client.get_model_version_by_alias("payments-risk", "champion")
+    assert str(champion.version) == best["version"] == summary.production["champion_version"]
+    assert summary.production["previous_champion"] is None
+    assert client.get_model_version("payments-risk", champion.version).tags["family"] == best["family"]
+
+    report_file = landed.artifacts_dir / "reports" / "payments-risk" / f"v{best['version']}.json"
+    assert json.loads(report_file.read_text())["overall"]["roc_auc"] == best["overall"]["roc_auc"]
+
+    training = _materializations(instance, "training_set")[0].asset_materialization.metadata
+    assert training["batches"].value == summary.batches_ingested
+    assert training["train_rows"].value + training["holdout_rows"].value == 6000
+
+
+def test_torch_candidate_on_cpu_host_says_it_fell_back(landed, instance):
+    run_lifecycle(landed, instance)
+    metadata = _materializations(instance, "model_torch")[0].asset_materialization.metadata
+    assert metadata["device"].value == "cpu"
+    assert metadata["cuda_available"].value is False
+    assert "no CUDA device" in metadata["device_reason"].value
+
+
+def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, instance):
+    first = run_lifecycle(landed, instance)
+    first_champion = first.production["champion_version"]
+    defs = build_definitions(landed)
+    result = train_evaluate_promote(defs, instance)
+    second = {f: result.output_for_node(f"evaluation_{f}") for f in ("sklearn", "torch")}
+    for report in second.values():
+        assert report["champion"]["version"] == first_champion
+        assert report["overall"]["rows"] == report["champion"]["overall"]["rows"]
+    production = result.output_for_node("production_model")
+    assert production["previous_champion"] == first_champion
+    # Same data and seeds: the retrained twin ties the champion, so nothing moves.
+    assert production["promoted"] is False
+    assert production["champion_version"] == first_champion
+    assert "is not beaten" in production["reason"]
+
+
+def test_new_batches_extend_the_window_and_keep_the_holdout_fixed(landed, instance):
+    defs = build_definitions(landed)
+    ingest_landed(defs, instance)
+    first = train_evaluate_promote(defs, instance).output_for_node("training_set")
+    write_batches(landed.landing_dir, batches=2, rows=1500, first_batch=4)
+    assert ingest_landed(defs, instance).batches_ingested == ["batch-00004", "batch-00005"]
+    config = {"ops": {"training_set": {"config": {"window_batches": 5}}}}
+    second = train_evaluate_promote(defs, instance, config).output_for_node("training_set")
+    assert second.batches == [f"batch-0000{i}" for i in range(1, 6)]
+    shared = set(first.holdout.row_id) & set(second.train.row_id)
+    assert shared == set()
+
+
+def test_bad_config_value_names_the_field(landed, instance):
+    defs = build_definitions(landed)
+    ingest_landed(defs, instance)
+    with pytest.raises(dg.DagsterInvalidConfigError, match="window_batches"):
+        train_evaluate_promote(defs, instance, {"ops": {"training_set": {"config": {
+            "window_batches": "eight"}}}})
+    with pytest.raises(dg.DagsterInvalidConfigError, match="device"):
+        train_evaluate_promote(defs, instance, {"ops": {"model_torch": {"config": {
+            "device": "tpu"}}}})
+    assert _materializations(instance, "training_set") == []
