@@ -17,7 +17,15 @@ Dagster side also creates its fresh `DagsterInstance.local_temp()` before the ti
 Runs are interleaved (plain, dagster, plain, dagster, ...) and the median of each side
 is compared. Worker stdout/stderr (Dagster's console log) go to a file in the run's home.
 
-Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3]
+Threads: `--threads 1` (the default) sets OMP/OpenBLAS/MKL threads and torch's intra-op
+threads to 1 in both workers. On a small shared host, two-thread OpenMP training
+(HistGradientBoosting, torch) spin-waits whenever another process takes a CPU, and one
+fit then varies 1 s -> 17 s from run to run, which drowns the orchestration overhead
+being measured. `--threads 0` leaves the libraries' defaults. For the timed section each
+worker also reports its own CPU seconds and the CPU seconds used by everything else on
+the host (from /proc/stat), so contention is visible in the table.
+
+Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3] [--threads 1]
 The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
 """
 
@@ -29,6 +37,7 @@ import importlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -57,6 +66,19 @@ def machine() -> str:
     """One line describing the host and interpreter."""
     return (f"machine: cpus={os.cpu_count()} platform={platform.platform()} "
             f"python={platform.python_version()} ({sys.executable})")
+
+
+def host_busy_seconds() -> float:
+    """CPU seconds all CPUs of the host spent busy (not idle, iowait or steal) since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process (all threads) and its reaped children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def warm_mlflow(settings: Any) -> float:
@@ -90,13 +112,17 @@ def dagster_step_stats(instance: Any) -> dict[str, float]:
     return out
 
 
-def worker(side: str, home: Path, out: Path) -> None:
+def worker(side: str, home: Path, out: Path, threads: int) -> None:
     """Run one side in this (fresh) process and write its timings as JSON to `out`."""
     sys.path.insert(0, str(BENCH_DIR))
     started = time.perf_counter()
     for module in WARM_MODULES:
         importlib.import_module(module)
     import_seconds = time.perf_counter() - started
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
     import dagster as dg
     from plain_lifecycle import run_plain_lifecycle
@@ -115,6 +141,7 @@ def worker(side: str, home: Path, out: Path) -> None:
         record["instance_init_s"] = time.perf_counter() - started
     gc.collect()
 
+    host_before, own_before = host_busy_seconds(), own_cpu_seconds()
     started = time.perf_counter()
     if instance is not None:
         summary = run_lifecycle(settings, instance)
@@ -128,24 +155,30 @@ def worker(side: str, home: Path, out: Path) -> None:
         record |= {"batches": len(result.batches_ingested),
                    "champion": result.production.get("champion_version"), "phases": result.phases}
     record["seconds"] = seconds
+    record["cpu_s"] = own_cpu_seconds() - own_before
+    record["other_cpu_s"] = max(0.0, host_busy_seconds() - host_before - record["cpu_s"])
     record["roc_auc"] = {f: (summary.candidates if instance is not None else result.candidates)[f]
                          ["overall"]["roc_auc"] for f in ("sklearn", "torch")}
     out.write_text(json.dumps(record))
 
 
-def run_side(side: str, landing_cache: Path, scratch: Path, index: int) -> dict[str, Any]:
+def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads: int
+             ) -> dict[str, Any]:
     """One fresh home with a copy of the landed data, one fresh worker process."""
     home = scratch / f"{side}-{index}"
     shutil.copytree(landing_cache, home / "landing")
     out = home / "result.json"
     env = os.environ | {"UNIFIED_AI_HOME": str(home)}
+    if threads:
+        env |= {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                "MKL_NUM_THREADS")}
     for name in ("UNIFIED_AI_DEPLOYMENT", "UNIFIED_AI_DATASET_SPEC", "DAGSTER_HOME",
                  "MLFLOW_TRACKING_URI"):
         env.pop(name, None)
     with open(home / "worker.log", "w") as log:
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--home", str(home),
-             "--out", str(out)],
+             "--out", str(out), "--threads", str(threads)],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )
     return json.loads(out.read_text())
@@ -170,16 +203,21 @@ def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
         print(f"{key:<32} {cell(None)} {cell(med('dagster', key))}")
     totals = {side: statistics.median(r["seconds"] for r in results[side]) for side in SIDES}
     print(f"{'TOTAL wall (timed)':<32} {cell(totals['plain'])} {cell(totals['dagster'])}")
+    for key, label in (("cpu_s", "own CPU (timed)"), ("other_cpu_s", "other processes' CPU")):
+        values = {side: statistics.median(r[key] for r in results[side]) for side in SIDES}
+        print(f"{label:<32} {cell(values['plain'])} {cell(values['dagster'])}")
 
     print("\nper run (seconds, in run order)")
-    header = (f"{'run':<4} {'side':<8} {'timed s':>8} {'imports s':>10} {'mlflow init s':>14} "
-              f"{'instance s':>11} {'batches':>8} {'champion':>9}  roc_auc sklearn/torch")
+    header = (f"{'run':<4} {'side':<8} {'timed s':>8} {'cpu s':>7} {'other cpu s':>12} "
+              f"{'imports s':>10} {'mlflow init s':>14} {'instance s':>11} {'batches':>8} "
+              f"{'champion':>9}  roc_auc sklearn/torch")
     print(header)
     print("-" * len(header))
     order = [r for pair in zip(results["plain"], results["dagster"], strict=True) for r in pair]
     for i, r in enumerate(order):
         instance = r.get("instance_init_s")
-        print(f"{i // 2 + 1:<4} {r['side']:<8} {r['seconds']:>8.2f} {r['import_s']:>10.2f} "
+        print(f"{i // 2 + 1:<4} {r['side']:<8} {r['seconds']:>8.2f} {r['cpu_s']:>7.2f} "
+              f"{r['other_cpu_s']:>12.2f} {r['import_s']:>10.2f} "
               f"{r['mlflow_init_s']:>14.2f} "
               f"{(f'{instance:.2f}' if instance is not None else '-'):>11} {r['batches']:>8} "
               f"{str(r['champion']):>9}  {r['roc_auc']['sklearn']:.4f}/{r['roc_auc']['torch']:.4f}")
@@ -192,13 +230,15 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=5000, help="rows per batch (default 5000)")
     parser.add_argument("--repeats", type=int, default=3, help="runs per side (default 3)")
     parser.add_argument("--seed", type=int, default=7, help="generator seed (default 7)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP/BLAS/torch threads per worker; 0 = library defaults (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch homes and logs")
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.home, args.out)
+        worker(args.worker, args.home, args.out, args.threads)
         return
 
     from unified_assets.ml.generator import write_batches
@@ -210,7 +250,7 @@ def main() -> None:
         results: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
         for index in range(args.repeats):
             for side in SIDES:
-                record = run_side(side, landing_cache, scratch, index)
+                record = run_side(side, landing_cache, scratch, index, args.threads)
                 results[side].append(record)
                 print(f"  run {index + 1}/{args.repeats} {side:<7} {record['seconds']:7.2f} s",
                       file=sys.stderr, flush=True)
@@ -223,7 +263,8 @@ def main() -> None:
     print(machine())
     print(f"data: {args.batches} batches x {args.rows} rows (seed {args.seed}); "
           f"repeats: {args.repeats} per side, interleaved plain/dagster, fresh subprocess each; "
-          "imports and MLflow DB init done before the timer on both sides")
+          "imports and MLflow DB init done before the timer on both sides; "
+          f"threads: {args.threads or 'library defaults'}")
     print_table(results)
     plain = statistics.median(r["seconds"] for r in results["plain"])
     dagster = statistics.median(r["seconds"] for r in results["dagster"])

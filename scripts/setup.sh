@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install the project (torch's CPU build first, so no CUDA build is pulled).
+# Create .venv and install the project. torch==2.13.0 goes first: on our machines pip takes
+# it from a local CPU wheel, and the project range then pulls no multi-GB CUDA build.
 # Idempotent: re-runs only when pyproject.toml changed. Usage: scripts/setup.sh [dev]
 set -euo pipefail
 cd "$(dirname "$0")/.."

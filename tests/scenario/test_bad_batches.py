@@ -1,0 +1,96 @@
+"""Scenario: malformed batches land beside good ones. Each gets a clear, failing blocking
+check naming the file and field; none reaches training; nothing is deleted."""
+
+import dagster as dg
+import pytest
+
+from unified_assets.assets.data import landed_batch
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.generator import generate_batch, write_batches
+
+
+def _land_bad_batches(landing):
+    wrong_type = generate_batch(10, 200)
+    wrong_type["amount"] = wrong_type["amount"].astype(str)
+    wrong_type.to_parquet(landing / "batch-wrongtype.parquet", index=False)
+    generate_batch(11, 200).drop(columns=["region", "is_fraud"]).to_parquet(
+        landing / "batch-missing.parquet", index=False
+    )
+    (landing / "batch-empty.parquet").write_bytes(b"")
+    (landing / "batch-text.parquet").write_text("transaction_id,amount\nx,1\n")
+
+
+def _check_details(instance, batch):
+    evaluations = {}
+    for name in ("schema", "nulls", "ranges", "label"):
+        key = dg.AssetCheckKey(dg.AssetKey("landed_batch"), name)
+        records = instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
+        for record in records:
+            evaluation = record.event.dagster_event.event_specific_data
+            if record.event.dagster_event.partition == batch or (
+                evaluation.metadata["file"].value.endswith(f"{batch}.parquet")
+            ):
+                evaluations[name] = evaluation
+                break
+    return evaluations
+
+
+@pytest.fixture
+def landing(settings):
+    write_batches(settings.landing_dir, batches=3, rows=1200)
+    _land_bad_batches(settings.landing_dir)
+    return settings
+
+
+def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing, instance):
+    defs = build_definitions(landing)
+    before = sorted(p.name for p in landing.landing_dir.iterdir())
+    summary = ingest_landed(defs, instance)
+
+    assert summary.batches_ingested == ["batch-00000", "batch-00001", "batch-00002"]
+    assert summary.batches_rejected == {
+        "batch-empty": ["schema", "nulls", "ranges", "label"],
+        "batch-missing": ["schema", "nulls", "ranges", "label"],
+        "batch-text": ["schema", "nulls", "ranges", "label"],
+        "batch-wrongtype": ["schema", "nulls", "ranges", "label"],
+    }
+    details = _check_details(instance, "batch-wrongtype")
+    assert details["schema"].severity == dg.AssetCheckSeverity.ERROR
+    assert all(spec.blocking for spec in landed_batch.check_specs)
+    assert "column 'amount' must be numeric" in details["schema"].metadata["details"].value
+    missing = _check_details(instance, "batch-missing")["schema"].metadata["details"].value
+    assert "batch-missing.parquet: missing columns ['region', 'is_fraud']" in missing
+    text = _check_details(instance, "batch-text")["schema"].metadata["details"].value
+    assert "batch-text.parquet: cannot be read as parquet" in text
+
+    # Nothing curated for a bad batch; the landed files are all still there.
+    assert not (landing.artifacts_dir / "batches" / "batch-wrongtype.parquet").exists()
+    assert (landing.artifacts_dir / "batches" / "batch-00001.parquet").exists()
+    assert sorted(p.name for p in landing.landing_dir.iterdir()) == before
+
+    result = train_evaluate_promote(defs, instance)
+    training = result.output_for_node("training_set")
+    assert training.batches == ["batch-00000", "batch-00001", "batch-00002"]
+    assert set(training.excluded_batches) == {
+        "batch-empty", "batch-missing", "batch-text", "batch-wrongtype"
+    }
+    assert training.excluded_batches["batch-missing"].startswith("failed checks: schema")
+    assert set(training.train["batch_id"]) | set(training.holdout["batch_id"]) == set(training.batches)
+
+
+def test_only_bad_batches_means_no_training_and_nothing_downstream(settings, instance):
+    settings.landing_dir.mkdir(parents=True)
+    _land_bad_batches(settings.landing_dir)
+    defs = build_definitions(settings)
+    assert ingest_landed(defs, instance).batches_ingested == []
+    job = defs.resolve_job_def("train_evaluate_promote")
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert failure.step_key == "training_set"
+    message = failure.event_specific_data.error.message
+    assert "no valid ingested batch to train on" in message
+    assert "batch-text" in message
+    for asset in ("model_sklearn", "model_torch", "production_model"):
+        assert instance.fetch_materializations(dg.AssetKey(asset), limit=1).records == []
