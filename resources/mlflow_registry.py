@@ -15,6 +15,7 @@ from typing import Any, Literal
 import dagster as dg
 
 CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
 # Types inside our own HistGradientBoosting pipeline that MLflow's skops format asks us to
 # vouch for; we only ever load files this project wrote.
 SKOPS_TRUSTED_TYPES = [
@@ -110,9 +111,7 @@ class MlflowRegistry(dg.ConfigurableResource):
 
                 info = mlflow.pyfunc.log_model(python_model=model, **common)
         version = str(info.registered_model_version)
-        client = self.client()
-        for key, value in run_tags.items():
-            client.set_model_version_tag(model_name, version, key, value)
+        self.tag_version(model_name, version, run_tags)
         return RegisteredCandidate(
             family=family, model_name=model_name, version=version, run_id=run.info.run_id,
             model_uri=info.model_uri, tracking_uri=self.tracking_uri,
@@ -142,3 +141,8 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def set_alias(self, model_name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         self.client().set_registered_model_alias(model_name, alias, version)
+
+    def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)

@@ -6,15 +6,16 @@ import warnings
 
 import dagster as dg
 
-from resources import ArtifactStore, DatasetResource, MlflowRegistry
+from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyResource
 from sensors.landing import build_landing_sensor
 from unified_assets.assets.data import landed_batch
-from unified_assets.assets.deployment import production_model
+from unified_assets.assets.deployment import challenger, production_model
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
 from unified_assets.assets.models import model_sklearn, model_torch
 from unified_assets.assets.training import training_set
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
+from unified_assets.policy import load_policy
 from unified_assets.settings import Settings, load_settings
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
@@ -28,7 +29,7 @@ LOCAL_EXECUTOR_CONFIG = {
 }
 
 ASSETS = [landed_batch, training_set, model_sklearn, model_torch, *EVALUATION_ASSETS,
-          production_model]
+          challenger, production_model]
 
 ingest_job = dg.define_asset_job(
     "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
@@ -37,7 +38,7 @@ ingest_job = dg.define_asset_job(
 lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
-    description="Build the training set, train both candidates, evaluate, promote.",
+    description="Build the training set, train both candidates, evaluate, select, promote.",
 )
 
 
@@ -80,8 +81,11 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    # Fail the load (UI, `dagster definitions validate`) on a bad policy, naming the key.
+    load_policy(settings.policy_path)
     resources = (kubernetes_resources if settings.deployment == "kubernetes"
                  else local_resources)(settings)
+    resources["policy"] = PolicyResource(path=settings.policy_path)
     return dg.Definitions(
         assets=ASSETS,
         jobs=[ingest_job, lifecycle_job],

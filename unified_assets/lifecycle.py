@@ -18,6 +18,7 @@ class LifecycleSummary:
     batches_ingested: list[str] = field(default_factory=list)
     batches_rejected: dict[str, list[str]] = field(default_factory=dict)
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    challenger: dict[str, Any] = field(default_factory=dict)
     production: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -34,10 +35,13 @@ class LifecycleSummary:
                 f"brier={overall['brier']:.4f}"
             )
         prod = self.production
-        out.append(
-            f"champion: {prod.get('model_name')} v{prod.get('champion_version')} "
-            f"(previous: {prod.get('previous_champion') or 'none'}; {prod.get('reason')})"
-        )
+        if prod:
+            out.append(
+                f"champion: {prod['model_name']} v{prod['champion_version']} "
+                f"(previous: {prod['previous_champion'] or 'none'}; {prod['reason']})"
+            )
+        else:
+            out.append(f"promotion held back: {self.challenger.get('reason')}")
         return out
 
 
@@ -68,7 +72,10 @@ def train_evaluate_promote(
     defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None
 ) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(lifecycle_job.name)
-    return job.execute_in_process(instance=instance, run_config=run_config or {})
+    # A failed blocking gate fails the run by design (promotion held back); callers read
+    # the outcome from the challenger's output and checks.
+    return job.execute_in_process(instance=instance, run_config=run_config or {},
+                                  raise_on_error=False)
 
 
 def run_lifecycle(
@@ -79,5 +86,7 @@ def run_lifecycle(
     result = train_evaluate_promote(defs, instance, run_config)
     for family in ("sklearn", "torch"):
         summary.candidates[family] = result.output_for_node(f"evaluation_{family}")
-    summary.production = result.output_for_node("production_model")
+    summary.challenger = result.output_for_node("challenger")
+    summary.production = (result.output_for_node("production_model")
+                          if summary.challenger["version"] else {})
     return summary

@@ -14,6 +14,7 @@ from typing import Literal
 DEPLOYMENT_ENV = "UNIFIED_AI_DEPLOYMENT"
 HOME_ENV = "UNIFIED_AI_HOME"
 DATASET_SPEC_ENV = "UNIFIED_AI_DATASET_SPEC"
+POLICY_ENV = "UNIFIED_AI_POLICY"
 Deployment = Literal["local", "kubernetes"]
 DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes")
 
@@ -23,6 +24,7 @@ class Settings:
     deployment: Deployment
     home: Path
     dataset_spec: str | None
+    policy_path: str | None = None
 
     @property
     def landing_dir(self) -> Path:
@@ -54,4 +56,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"{DEPLOYMENT_ENV}={deployment!r} is not a deployment; choose one of {DEPLOYMENTS}"
         )
     home = Path(env.get(HOME_ENV) or Path.cwd() / ".unified_ai").resolve()
-    return Settings(deployment=deployment, home=home, dataset_spec=env.get(DATASET_SPEC_ENV) or None)
+    return Settings(
+        deployment=deployment, home=home, dataset_spec=env.get(DATASET_SPEC_ENV) or None,
+        policy_path=env.get(POLICY_ENV) or None,
+    )

@@ -19,7 +19,7 @@ def test_definitions_load_and_every_asset_is_described():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
         "landed_batch", "training_set", "model_sklearn", "model_torch",
-        "evaluation_sklearn", "evaluation_torch", "production_model",
+        "evaluation_sklearn", "evaluation_torch", "challenger", "production_model",
     }
     groups = {}
     for key in graph.get_all_asset_keys():
@@ -32,6 +32,7 @@ def test_definitions_load_and_every_asset_is_described():
     assert groups["landed_batch"] == "data"
     assert groups["model_torch"] == "training"
     assert groups["evaluation_torch"] == "evaluation"
+    assert groups["challenger"] == "evaluation"
     assert groups["production_model"] == "deployment"
 
 

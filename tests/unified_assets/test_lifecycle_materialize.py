@@ -31,7 +31,10 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
     assert sorted(versions.values()) == ["1", "2"]
     for report in summary.candidates.values():
         assert report["overall"]["roc_auc"] > 0.65
-        assert report["overall"]["rows"] == report["overall"]["rows"] > 800
+        assert report["overall"]["rows"] == report["holdout_rows"] > 800
+        assert report["passed_gates"] is True
+        html = landed.artifacts_dir / "reports" / "payments-risk" / f"v{report['version']}.html"
+        assert html.stat().st_size > 10_000 and b"evidently" in html.read_bytes()[:200_000].lower()
         assert report["champion"] is None
         assert {s["segment"] for s in report["segments"]} == {"region", "customer_tier"}
         assert report["training_batches"] == summary.batches_ingested
@@ -67,13 +70,15 @@ def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, insta
     second = {f: result.output_for_node(f"evaluation_{f}") for f in ("sklearn", "torch")}
     for report in second.values():
         assert report["champion"]["version"] == first_champion
-        assert report["overall"]["rows"] == report["champion"]["overall"]["rows"]
-    production = result.output_for_node("production_model")
-    assert production["previous_champion"] == first_champion
-    # Same data and seeds: the retrained twin ties the champion, so nothing moves.
-    assert production["promoted"] is False
-    assert production["champion_version"] == first_champion
-    assert "is not beaten" in production["reason"]
+        assert report["holdout_rows"] == first.candidates["torch"]["holdout_rows"]
+    # Same data and seeds: the retrained twin ties the champion, short of the policy's margin.
+    held = result.output_for_node("challenger")
+    assert held["version"] is None
+    assert "beats_champion" in held["reason"]
+    assert not result.success
+    assert len(instance.fetch_materializations(dg.AssetKey("production_model"), limit=5).records) == 1
+    client = MlflowClient(tracking_uri=landed.mlflow_tracking_uri)
+    assert str(client.get_model_version_by_alias("payments-risk", "champion").version) == first_champion
 
 
 def test_new_batches_extend_the_window_and_keep_the_holdout_fixed(landed, instance):

@@ -1,70 +1,81 @@
-"""Evaluation group: one report per candidate on the fixed holdout, beside the champion."""
-
+"""Evaluation group: one report per candidate on the fixed holdout beside the champion,
+judged by the policy's gates (checks with numbers against the policy)."""
 
 import time
 
 import dagster as dg
-from pydantic import Field
 
 from resources.artifact_store import ArtifactStore
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
+from resources.policy import PolicyResource
 from unified_assets.assets.models import CANDIDATE_FAMILIES
 from unified_assets.compute import CPU_LIGHT
+from unified_assets.gates import FAIRNESS, IMPROVEMENT, INFORMATIONAL, QUALITY, GateResult, judge
 from unified_assets.metadata import OWNERS, markdown_table, numbers
 from unified_assets.ml.training_data import TrainingSet
 
 SEGMENT_COLUMNS = ["segment", "value", "rows", "positives", "roc_auc", "pr_auc", "recall", "f1"]
+CHECK_DESCRIPTIONS = {
+    QUALITY: "Every gating metric meets the policy's floor or ceiling on the holdout.",
+    IMPROVEMENT: "Beats the current champion on the same holdout by the policy's margin "
+    "(passes, and says so, when there is no champion yet).",
+    FAIRNESS: "Every counted segment is above the policy floor and the gap between segments of "
+    "a column is within max_disparity.",
+    INFORMATIONAL: "Metrics the policy tracks without gating (WARN only).",
+}
 
 
-class EvaluationConfig(dg.Config):
-    threshold: float = Field(
-        default=0.2, gt=0.0, lt=1.0,
-        description="Operating score threshold for F1, recall and precision.",
-    )
+def report_key(model_name: str, version: str, suffix: str = "json") -> str:
+    return f"reports/{model_name}/v{version}.{suffix}"
 
 
-def report_key(model_name: str, version: str) -> str:
-    return f"reports/{model_name}/v{version}.json"
-
-
-def score_holdout(registry: MlflowRegistry, model_name: str, version: str, holdout) -> tuple:
-    """Scores of a registered version on the holdout, and its latency per 1,000 rows."""
+def score_holdout(registry: MlflowRegistry, model_name: str, version: str, frame) -> tuple:
+    """Scores of a registered version, its scorer, and its latency per 1,000 rows."""
     scorer = registry.load_scorer(model_name, version)
     started = time.perf_counter()
-    scores = scorer(holdout)
-    latency_ms = (time.perf_counter() - started) * 1000 * 1000 / max(len(holdout), 1)
-    return scores, latency_ms
+    scores = scorer(frame)
+    latency_ms = (time.perf_counter() - started) * 1000 * 1000 / max(len(frame), 1)
+    return scores, scorer, latency_ms
+
+
+def _metrics(training: TrainingSet, scores, threshold: float, latency_ms: float) -> dict:
+    from unified_assets.ml.metrics import binary_metrics, segment_metrics
+
+    holdout = training.holdout
+    y = holdout[training.target].to_numpy()
+    return {
+        "overall": binary_metrics(y, scores, threshold) | {"latency_ms_per_1k": latency_ms},
+        "segments": segment_metrics(holdout, y, scores, training.segment_columns, threshold),
+    }
 
 
 def evaluate_on_holdout(
     registry: MlflowRegistry, candidate: RegisteredCandidate, training: TrainingSet,
     threshold: float,
-) -> dict:
-    from unified_assets.ml.metrics import binary_metrics, segment_metrics
-
-    holdout, y = training.holdout, training.holdout[training.target].to_numpy()
-    scores, latency_ms = score_holdout(registry, candidate.model_name, candidate.version, holdout)
+) -> tuple[dict, object]:
+    """The candidate's report (with the champion's numbers on the same rows) and its scorer."""
+    scores, scorer, latency_ms = score_holdout(
+        registry, candidate.model_name, candidate.version, training.holdout
+    )
     report = {
         "family": candidate.family,
         "model_name": candidate.model_name,
         "version": candidate.version,
         "threshold": threshold,
         "training_batches": training.batches,
-        "overall": binary_metrics(y, scores, threshold) | {"latency_ms_per_1k": latency_ms},
-        "segments": segment_metrics(holdout, y, scores, training.segment_columns, threshold),
+        "holdout_rows": len(training.holdout),
+        **_metrics(training, scores, threshold, latency_ms),
         "champion": None,
     }
     champion = registry.alias_version(candidate.model_name)
     if champion is not None and champion != candidate.version:
-        champion_scores, champion_latency = score_holdout(
-            registry, candidate.model_name, champion, holdout
+        champion_scores, _, champion_latency = score_holdout(
+            registry, candidate.model_name, champion, training.holdout
         )
-        report["champion"] = {
-            "version": champion,
-            "overall": binary_metrics(y, champion_scores, threshold)
-            | {"latency_ms_per_1k": champion_latency},
-        }
-    return report
+        report["champion"] = {"version": champion,
+                              **_metrics(training, champion_scores, threshold, champion_latency)}
+    report["_holdout_scores"] = scores
+    return report, scorer
 
 
 def _comparison_table(report: dict) -> dg.MarkdownMetadataValue:
@@ -77,38 +88,81 @@ def _comparison_table(report: dict) -> dg.MarkdownMetadataValue:
     )
 
 
+def check_result(gate: GateResult, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+    columns = list(gate.rows[0]) if gate.rows else []
+    return dg.AssetCheckResult(
+        check_name=gate.name,
+        passed=gate.passed,
+        severity=severity,
+        description=gate.message,
+        metadata={
+            "verdict": dg.MetadataValue.text(gate.message),
+            "values_vs_policy": markdown_table(gate.rows, columns) if gate.rows
+            else dg.MetadataValue.md("no values"),
+        },
+    )
+
+
 def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
+    name = f"evaluation_{family}"
+
     @dg.asset(
-        name=f"evaluation_{family}",
+        name=name,
         ins={"candidate": dg.AssetIn(key=f"model_{family}"), "training_set": dg.AssetIn()},
         group_name="evaluation",
-        kinds={"mlflow", "pandas"},
+        kinds={"mlflow", "evidently"},
         owners=OWNERS,
         description=(
-            f"Evaluation of the {family} candidate's registered version on the fixed holdout: "
-            "overall and per-segment metrics, latency, and the current champion's numbers on "
-            "the same rows. The report is stored as JSON and linked from metadata."
+            f"Evaluation of the {family} candidate's registered version on the fixed holdout at "
+            "the policy's operating threshold: ROC AUC, PR AUC, F1, recall, Brier, latency per "
+            "1,000 rows, overall and per segment, with the champion's numbers on the same rows, "
+            "and an Evidently report (classification quality, holdout-vs-training drift). Checks "
+            "judge it against the policy; a failing candidate is never selected as challenger."
         ),
+        check_specs=[
+            dg.AssetCheckSpec(check, asset=name, description=CHECK_DESCRIPTIONS[check])
+            for check in (QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL)
+        ],
         automation_condition=dg.AutomationCondition.eager(),
         **CPU_LIGHT.asset_kwargs(),
     )
     def _evaluation(
         context: dg.AssetExecutionContext,
-        config: EvaluationConfig,
         candidate: RegisteredCandidate,
         training_set: TrainingSet,
         mlflow_registry: MlflowRegistry,
         store: ArtifactStore,
-    ) -> dg.Output[dict]:
-        report = evaluate_on_holdout(mlflow_registry, candidate, training_set, config.threshold)
-        uri = store.write_json(report_key(candidate.model_name, candidate.version), report)
-        report["report_uri"] = uri
+        policy: PolicyResource,
+    ):
+        from unified_assets.ml.evidently_report import evidently_html
+
+        promotion = policy.policy.promotion
+        report, scorer = evaluate_on_holdout(
+            mlflow_registry, candidate, training_set, promotion.operating_threshold
+        )
+        holdout_scores = report.pop("_holdout_scores")
+        html = evidently_html(
+            training_set.train, scorer(training_set.train), training_set.holdout, holdout_scores,
+            training_set.numeric_features, training_set.categorical_features, training_set.target,
+        )
+        report["evidently_report_uri"] = store.write_bytes(
+            report_key(candidate.model_name, candidate.version, "html"), html.encode()
+        )
+        verdict = judge(report, promotion)
+        report["gates"] = {n: {"passed": g.passed, "message": g.message}
+                           for n, g in verdict.gates.items()}
+        report["passed_gates"] = verdict.passed
+        report["report_uri"] = store.write_json(
+            report_key(candidate.model_name, candidate.version), report
+        )
         champion = report["champion"]
-        return dg.Output(
+        yield dg.Output(
             report,
             metadata={
                 "model_version": dg.MetadataValue.text(candidate.version),
-                "report": dg.MetadataValue.url(uri),
+                "passed_gates": verdict.passed,
+                "report": dg.MetadataValue.url(report["report_uri"]),
+                "evidently_report": dg.MetadataValue.url(report["evidently_report_uri"]),
                 **numbers(report["overall"]),
                 "vs_champion": _comparison_table(report),
                 "champion_version": dg.MetadataValue.text(
@@ -117,6 +171,10 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
                 "segments": markdown_table(report["segments"], SEGMENT_COLUMNS),
             },
         )
+        for gate_name, gate in verdict.gates.items():
+            severity = (dg.AssetCheckSeverity.WARN if gate_name == INFORMATIONAL
+                        else dg.AssetCheckSeverity.ERROR)
+            yield check_result(gate, severity)
 
     return _evaluation
 

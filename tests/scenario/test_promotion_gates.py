@@ -1,0 +1,178 @@
+"""Scenarios for evaluation-first promotion on a test instance with real MLflow (sqlite):
+no sequence of runs puts a model that failed a blocking check into the champion alias."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.generator import write_batches
+from unified_assets.policy import PolicyError
+
+ROOT = Path(__file__).resolve().parents[2]
+CRIPPLED = {"ops": {
+    "model_sklearn": {"config": {"max_iter": 1, "max_leaf_nodes": 2, "learning_rate": 0.05}},
+    "model_torch": {"config": {"epochs": 1, "hidden_units": 2, "learning_rate": 1e-5}},
+}}
+LENIENT = {"promotion": {
+    "quality": {"roc_auc": {"min": 0.5}},
+    "improvement": {"min_absolute": 0.01},
+    "segments": {"floor": None, "max_disparity": None},
+}}
+PRODUCTION = dg.AssetKey("production_model")
+
+
+def _with_policy(settings, tmp_path, policy: dict):
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return dataclasses.replace(settings, policy_path=str(path))
+
+
+@pytest.fixture
+def landed(settings):
+    write_batches(settings.landing_dir, batches=4, rows=2000)
+    return settings
+
+
+def _checks(result, asset="challenger"):
+    return {e.asset_check_key.name: e for e in result.get_asset_check_evaluations()
+            if e.asset_key == dg.AssetKey(asset)}
+
+
+def _champion(settings):
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias("payments-risk", "champion").version)
+    except Exception:  # noqa: BLE001 - no alias yet
+        return None
+
+
+def test_first_model_is_promoted_and_the_check_says_there_was_no_champion(landed, instance):
+    defs = build_definitions(landed)
+    ingest_landed(defs, instance)
+    result = train_evaluate_promote(defs, instance)
+    assert result.success
+    checks = _checks(result)
+    assert checks["beats_champion"].passed
+    assert "no champion yet" in checks["beats_champion"].metadata["verdict"].value
+    assert all(c.passed for c in checks.values())
+    production = result.output_for_node("production_model")
+    assert production["promoted"] is True and production["previous_champion"] is None
+    assert _champion(landed) == production["champion_version"]
+    values = checks["quality_floors"].metadata["values_vs_policy"].value
+    assert "| roc_auc |" in values and "min 0.7" in values
+
+
+def test_better_challenger_is_promoted_by_automation_and_records_the_previous(
+    landed, instance, tmp_path
+):
+    settings = _with_policy(landed, tmp_path, LENIENT)
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    weak = train_evaluate_promote(defs, instance, CRIPPLED)
+    assert weak.success, "the lenient policy lets a weak first model in"
+    weak_champion = _champion(settings)
+
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    selection = dg.AssetSelection.groups("training", "evaluation")
+    defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection=set(selection.resolve(defs.resolve_asset_graph()))
+    ).execute_in_process(instance=instance)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.get_num_requested(PRODUCTION) == 1, "passing challenger: promotion requested"
+
+    promoted = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={PRODUCTION}).execute_in_process(instance=instance)
+    record = promoted.output_for_node("production_model")
+    assert record["promoted"] is True
+    assert record["previous_champion"] == weak_champion
+    assert _champion(settings) == record["champion_version"] != weak_champion
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    tags = client.get_model_version("payments-risk", record["champion_version"]).tags
+    assert tags["previous_champion"] == weak_champion
+
+
+def test_worse_challenger_is_blocked_now_and_in_later_ticks(landed, instance):
+    defs = build_definitions(landed)
+    ingest_landed(defs, instance)
+    assert train_evaluate_promote(defs, instance).success
+    champion = _champion(landed)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+
+    worse = train_evaluate_promote(defs, instance, CRIPPLED)
+    assert not worse.success
+    checks = _checks(worse)
+    assert not checks["beats_champion"].passed
+    assert "short of the required" in checks["beats_champion"].metadata["verdict"].value
+    assert not checks["challenger_selected"].passed
+    assert checks["challenger_selected"].metadata["held_back"].value == ["production_model"]
+    per_candidate = _checks(worse, "evaluation_torch")["beats_champion"]
+    assert not per_candidate.passed and per_candidate.severity == dg.AssetCheckSeverity.ERROR
+
+    assert _champion(landed) == champion
+    assert len(instance.fetch_materializations(PRODUCTION, limit=5).records) == 1
+    later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert later.get_num_requested(PRODUCTION) == 0
+
+
+@pytest.mark.parametrize(
+    "segments, expected",
+    [
+        ({"floor": 0.999, "max_disparity": None, "min_rows": 150}, "below the floor 0.999"),
+        ({"floor": None, "max_disparity": 0.0001, "min_rows": 150}, "exceeds max_disparity"),
+    ],
+)
+def test_segment_floor_or_disparity_blocks_and_names_the_segment(
+    landed, instance, tmp_path, segments, expected
+):
+    settings = _with_policy(landed, tmp_path, {"promotion": {"segments": segments}})
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    result = train_evaluate_promote(defs, instance)
+    assert not result.success
+    fairness = _checks(result)["segment_fairness"]
+    assert not fairness.passed
+    verdict = fairness.metadata["verdict"].value
+    assert expected in verdict
+    assert "region" in verdict or "customer_tier" in verdict
+    assert "| region=" in fairness.metadata["values_vs_policy"].value
+    assert _champion(settings) is None
+
+
+@pytest.mark.parametrize(
+    "policy, key",
+    [
+        ({"promotion": {"qualty": {}}}, "promotion.qualty"),
+        ({"promotion": {"operating_threshold": "high"}}, "promotion.operating_threshold"),
+        ({"promotion": {"quality": {"roc_auc": {"min": 1.5}}}}, "quality.roc_auc.min"),
+        ({"promotion": {"quality": {"accuracy": {"min": 0.5}}}}, "promotion.quality.accuracy"),
+        ({"promotion": {"segments": {"max_disparity": -1}}}, "promotion.segments.max_disparity"),
+        ({"promotion": {"quality": {"brier": {}}}}, "promotion.quality.brier"),
+    ],
+)
+def test_bad_policy_fails_the_load_naming_the_key(settings, tmp_path, policy, key):
+    bad = _with_policy(settings, tmp_path, policy)
+    with pytest.raises(PolicyError) as error:
+        build_definitions(bad)
+    assert key in str(error.value)
+    assert bad.policy_path in str(error.value)
+
+
+def test_bad_policy_fails_dagster_definitions_validate(settings, tmp_path):
+    bad = _with_policy(settings, tmp_path, {"promotion": {"improvement": {"metric": "acc"}}})
+    out = subprocess.run(
+        [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
+         "-w", "workspace.yaml"],
+        capture_output=True, text=True, cwd=ROOT,
+        env={"UNIFIED_AI_HOME": str(settings.home), "DAGSTER_HOME": str(tmp_path),
+             "UNIFIED_AI_POLICY": bad.policy_path, "PATH": ""},
+    )
+    assert out.returncode != 0
+    assert "promotion.improvement.metric" in out.stdout + out.stderr

@@ -1,0 +1,166 @@
+"""Promotion gates: judge an evaluation report against the policy. Pure; no dagster.
+
+Each gate returns rows of (what, value, threshold, margin, passed) so the check in the UI
+shows the number against the policy, and a one-line message saying by how much it failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unified_assets.policy import HIGHER_IS_BETTER, PromotionPolicy
+
+QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL = (
+    "quality_floors", "beats_champion", "segment_fairness", "informational_metrics",
+)
+BLOCKING_GATES = (QUALITY, IMPROVEMENT, FAIRNESS)
+
+
+@dataclass
+class GateResult:
+    name: str
+    passed: bool
+    message: str
+    rows: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class GateVerdict:
+    family: str
+    version: str
+    gates: dict[str, GateResult]
+
+    @property
+    def passed(self) -> bool:
+        return all(self.gates[name].passed for name in BLOCKING_GATES)
+
+    def failures(self) -> list[str]:
+        return [f"{n}: {self.gates[n].message}" for n in BLOCKING_GATES if not self.gates[n].passed]
+
+
+def _bound_rows(report: dict, policy: PromotionPolicy, blocking: bool) -> list[dict]:
+    rows = []
+    for metric, bound in policy.quality.items():
+        if bound.blocking != blocking:
+            continue
+        value = report["overall"].get(metric)
+        for side, threshold in (("min", bound.min), ("max", bound.max)):
+            if threshold is None:
+                continue
+            if value is None:
+                rows.append({"metric": metric, "value": None, "rule": f"{side} {threshold}",
+                             "margin": None, "passed": False})
+                continue
+            margin = value - threshold if side == "min" else threshold - value
+            rows.append({"metric": metric, "value": value, "rule": f"{side} {threshold}",
+                         "margin": margin, "passed": margin >= 0})
+    return rows
+
+
+def _summary(rows: list[dict], ok: str) -> str:
+    failed = [r for r in rows if not r["passed"]]
+    if not failed:
+        return ok
+    return "; ".join(
+        f"{r['metric']}={_fmt(r['value'])} violates {r['rule']} by {_fmt(abs(r['margin']))}"
+        if r["margin"] is not None else f"{r['metric']} is undefined (needs {r['rule']})"
+        for r in failed
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def quality_gate(report: dict, policy: PromotionPolicy, blocking: bool = True) -> GateResult:
+    rows = _bound_rows(report, policy, blocking)
+    name = QUALITY if blocking else INFORMATIONAL
+    message = _summary(rows, f"all {len(rows)} {'gating' if blocking else 'informational'} "
+                             "metric bounds met")
+    return GateResult(name, all(r["passed"] for r in rows), message, rows)
+
+
+def improvement_gate(report: dict, policy: PromotionPolicy) -> GateResult:
+    rule = policy.improvement
+    champion = report.get("champion")
+    if not champion:
+        return GateResult(IMPROVEMENT, True, "no champion yet: nothing to beat, passes")
+    value = report["overall"].get(rule.metric)
+    baseline = champion["overall"].get(rule.metric)
+    if value is None or baseline is None:
+        return GateResult(IMPROVEMENT, False, f"{rule.metric} undefined for candidate or champion")
+    sign = 1.0 if HIGHER_IS_BETTER[rule.metric] else -1.0
+    gain = sign * (value - baseline)
+    required = max(rule.min_absolute, rule.min_relative * abs(baseline))
+    row = {"metric": rule.metric, "value": value, "champion": baseline,
+           "champion_version": champion["version"], "gain": gain, "required_gain": required,
+           "passed": gain >= required}
+    if row["passed"]:
+        message = (f"{rule.metric} {value:.4f} beats champion v{champion['version']} "
+                   f"({baseline:.4f}) by {gain:.4f} >= {required:.4f}")
+    else:
+        message = (f"{rule.metric} {value:.4f} vs champion v{champion['version']} {baseline:.4f}: "
+                   f"gain {gain:+.4f} is short of the required {required:.4f} by "
+                   f"{required - gain:.4f}")
+    return GateResult(IMPROVEMENT, row["passed"], message, [row])
+
+
+def fairness_gate(report: dict, policy: PromotionPolicy) -> GateResult:
+    rule = policy.segments
+    rows, problems = [], []
+    by_column: dict[str, list[dict]] = {}
+    for segment in report["segments"]:
+        counted = segment["rows"] >= rule.min_rows and (
+            rule.min_positives <= segment["positives"] <= segment["rows"] - rule.min_positives
+        )
+        value = segment.get(rule.metric)
+        row = {"segment": f"{segment['segment']}={segment['value']}", "rows": segment["rows"],
+               "value": value, "counted": counted, "passed": True}
+        if counted:
+            by_column.setdefault(segment["segment"], []).append(row)
+            if rule.floor is not None and (value is None or value < rule.floor):
+                row["passed"] = False
+                problems.append(f"{row['segment']} {rule.metric}={_fmt(value)} is below the "
+                                f"floor {rule.floor} by {_fmt(rule.floor - (value or 0.0))}")
+        rows.append(row)
+    if rule.max_disparity is not None:
+        for column, counted_rows in by_column.items():
+            values = [r["value"] for r in counted_rows if r["value"] is not None]
+            if len(values) < 2:
+                continue
+            gap = max(values) - min(values)
+            if gap > rule.max_disparity:
+                worst = min(counted_rows, key=lambda r: r["value"])
+                best = max(counted_rows, key=lambda r: r["value"])
+                problems.append(
+                    f"{column}: {rule.metric} gap {gap:.4f} between {best['segment']} and "
+                    f"{worst['segment']} exceeds max_disparity {rule.max_disparity} by "
+                    f"{gap - rule.max_disparity:.4f}"
+                )
+    counted_total = sum(len(v) for v in by_column.values())
+    if problems:
+        return GateResult(FAIRNESS, False, "; ".join(problems), rows)
+    return GateResult(FAIRNESS, True,
+                      f"{counted_total} counted segment(s) within floor and disparity limits", rows)
+
+
+def judge(report: dict, policy: PromotionPolicy) -> GateVerdict:
+    """Every gate of the policy applied to one candidate's evaluation report."""
+    gates = [
+        quality_gate(report, policy),
+        improvement_gate(report, policy),
+        fairness_gate(report, policy),
+        quality_gate(report, policy, blocking=False),
+    ]
+    return GateVerdict(report["family"], report["version"], {g.name: g for g in gates})
+
+
+def select_challenger(reports: list[dict], policy: PromotionPolicy) -> tuple[dict | None, dict]:
+    """The best candidate (by the improvement metric) that passes every blocking gate,
+    and the verdict for every candidate by family."""
+    verdicts = {r["family"]: judge(r, policy) for r in reports}
+    passing = [r for r in reports if verdicts[r["family"]].passed]
+    metric = policy.improvement.metric
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    best = max(passing, key=lambda r: sign * r["overall"][metric], default=None)
+    return best, verdicts

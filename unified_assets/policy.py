@@ -1,0 +1,122 @@
+"""Policy as code: the promotion rules, loaded from one YAML file and validated at load.
+
+A bad policy (unknown key, wrong type, impossible value) raises `PolicyError` naming the
+file and the key, which fails `dagster definitions validate` and the UI load, so no run
+ever executes under a policy nobody can read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
+
+Metric = Literal["roc_auc", "pr_auc", "f1", "recall", "precision", "brier", "latency_ms_per_1k"]
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "roc_auc": True, "pr_auc": True, "f1": True, "recall": True, "precision": True,
+    "brier": False, "latency_ms_per_1k": False,
+}
+UNIT_INTERVAL = {"roc_auc", "pr_auc", "f1", "recall", "precision", "brier"}
+
+
+class PolicyError(ValueError):
+    """A policy file that cannot be used; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricBound(_Strict):
+    """A floor (`min`) and/or ceiling (`max`) on one holdout metric."""
+
+    min: float | None = None
+    max: float | None = None
+    blocking: bool = Field(default=True, description="False: the rule only informs (WARN).")
+
+    @model_validator(mode="after")
+    def _has_a_bound(self) -> MetricBound:
+        if self.min is None and self.max is None:
+            raise ValueError("give min and/or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} exceeds max {self.max}")
+        return self
+
+
+class ImprovementRule(_Strict):
+    """How much a challenger must beat the champion by, on the same holdout rows."""
+
+    metric: Metric = "roc_auc"
+    min_absolute: float = Field(default=0.0, ge=0.0)
+    min_relative: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class SegmentRule(_Strict):
+    """Per-segment floor and the largest allowed gap between segments of one column."""
+
+    metric: Metric = "roc_auc"
+    floor: float | None = None
+    max_disparity: float | None = Field(default=None, ge=0.0)
+    min_rows: int = Field(default=100, ge=1, description="Smaller segments are not counted.")
+    min_positives: int = Field(default=5, ge=1, description="Segments need both classes.")
+
+
+class PromotionPolicy(_Strict):
+    operating_threshold: float = Field(default=0.2, gt=0.0, lt=1.0)
+    quality: dict[Metric, MetricBound] = Field(default_factory=dict)
+    improvement: ImprovementRule = ImprovementRule()
+    segments: SegmentRule = SegmentRule()
+
+    @model_validator(mode="after")
+    def _bounds_are_possible(self) -> PromotionPolicy:
+        for metric, bound in self.quality.items():
+            if metric in UNIT_INTERVAL:
+                for side in ("min", "max"):
+                    value = getattr(bound, side)
+                    if value is not None and not 0.0 <= value <= 1.0:
+                        raise ValueError(f"quality.{metric}.{side}: {value} is outside [0, 1]")
+        floor = self.segments.floor
+        if floor is not None and self.segments.metric in UNIT_INTERVAL and not 0 <= floor <= 1:
+            raise ValueError(f"segments.floor: {floor} is outside [0, 1]")
+        return self
+
+
+class Policy(_Strict):
+    version: Literal[1] = 1
+    promotion: PromotionPolicy = PromotionPolicy()
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        parts.append(f"{key}: {message}")
+    return "; ".join(parts)
+
+
+def parse_policy(data: object, origin: str = "<policy>") -> Policy:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as error:
+        raise PolicyError(f"policy {origin}: {_describe(error)}") from None
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    """The policy at `path`, or the one shipped with the code when None."""
+    path = Path(path) if path else DEFAULT_POLICY_PATH
+    if not path.is_file():
+        raise PolicyError(f"policy {path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise PolicyError(f"policy {path}: not valid YAML: {error}") from None
+    return parse_policy(data, origin=str(path))
