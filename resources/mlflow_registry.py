@@ -142,6 +142,18 @@ class MlflowRegistry(dg.ConfigurableResource):
     def set_alias(self, model_name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         self.client().set_registered_model_alias(model_name, alias, version)
 
+    def version_exists(self, model_name: str, version: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client().get_model_version(model_name, version)
+            return True
+        except MlflowException:
+            return False
+
+    def version_tags(self, model_name: str, version: str) -> dict[str, str]:
+        return dict(self.client().get_model_version(model_name, version).tags)
+
     def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()
         for key, value in tags.items():

@@ -7,11 +7,14 @@ import warnings
 import dagster as dg
 
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyResource
+from resources.decision_store import DecisionStore
+from sensors.approvals import build_approval_sensor
 from sensors.landing import build_landing_sensor
 from unified_assets.assets.data import landed_batch
-from unified_assets.assets.deployment import challenger, production_model
+from unified_assets.assets.deployment import approval, production_model
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
 from unified_assets.assets.models import model_sklearn, model_torch
+from unified_assets.assets.selection import challenger
 from unified_assets.assets.training import training_set
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
@@ -29,7 +32,7 @@ LOCAL_EXECUTOR_CONFIG = {
 }
 
 ASSETS = [landed_batch, training_set, model_sklearn, model_torch, *EVALUATION_ASSETS,
-          challenger, production_model]
+          challenger, approval, production_model]
 
 ingest_job = dg.define_asset_job(
     "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
@@ -39,6 +42,20 @@ lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
     description="Build the training set, train both candidates, evaluate, select, promote.",
+)
+approval_job = dg.define_asset_job(
+    "approve_or_reject",
+    selection=[approval, production_model],
+    description="Record a decision on the challenger (config: decision, version, approver, "
+    "reason); an approval promotes in the same run.",
+)
+rollback_job = dg.define_asset_job(
+    "rollback_production",
+    selection=[production_model],
+    config={"ops": {"production_model": {"config": {
+        "action": "rollback", "rollback_to": "", "by": "", "reason": ""}}}},
+    description="Move `champion` back to the previous good version (or rollback_to), with an "
+    "incident record. Fill in by and reason.",
 )
 
 
@@ -50,6 +67,7 @@ def local_resources(settings: Settings) -> dict:
         "mlflow_registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
                                           artifact_location=settings.mlflow_artifact_location),
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
+        "decisions": DecisionStore(url=settings.decisions_url),
     }
 
 
@@ -67,6 +85,7 @@ def kubernetes_resources(settings: Settings) -> dict:
                                aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
                                aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY")),
         "mlflow_registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        "decisions": DecisionStore(url=dg.EnvVar("UNIFIED_AI_DECISIONS_URL")),
         "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("UNIFIED_AI_S3_BUCKET"),
                                         s3_prefix="io"),
     }
@@ -88,9 +107,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     resources["policy"] = PolicyResource(path=settings.policy_path)
     return dg.Definitions(
         assets=ASSETS,
-        jobs=[ingest_job, lifecycle_job],
+        jobs=[ingest_job, lifecycle_job, approval_job, rollback_job],
         sensors=[
             build_landing_sensor(ingest_job),
+            build_approval_sensor(approval_job),
             dg.AutomationConditionSensorDefinition(
                 "lifecycle_automation", target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING,

@@ -19,6 +19,7 @@ class LifecycleSummary:
     batches_rejected: dict[str, list[str]] = field(default_factory=dict)
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
     challenger: dict[str, Any] = field(default_factory=dict)
+    approval: dict[str, Any] = field(default_factory=dict)
     production: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -36,10 +37,9 @@ class LifecycleSummary:
             )
         prod = self.production
         if prod:
-            out.append(
-                f"champion: {prod['model_name']} v{prod['champion_version']} "
-                f"(previous: {prod['previous_champion'] or 'none'}; {prod['reason']})"
-            )
+            out.append(f"champion: {prod['model_name']} v{prod['champion']} ({prod['message']})")
+        elif self.approval and self.approval["approval_state"] != "approved":
+            out.append(f"promotion waits: v{self.approval['version']} {self.approval['approval']}")
         else:
             out.append(f"promotion held back: {self.challenger.get('reason')}")
         return out
@@ -87,6 +87,8 @@ def run_lifecycle(
     for family in ("sklearn", "torch"):
         summary.candidates[family] = result.output_for_node(f"evaluation_{family}")
     summary.challenger = result.output_for_node("challenger")
-    summary.production = (result.output_for_node("production_model")
-                          if summary.challenger["version"] else {})
+    if summary.challenger["version"]:
+        summary.approval = result.output_for_node("approval")
+    if summary.approval.get("approval_state") == "approved":
+        summary.production = result.output_for_node("production_model")
     return summary

@@ -85,9 +85,42 @@ class PromotionPolicy(_Strict):
         return self
 
 
+class RequireHuman(_Strict):
+    """When a person must approve a challenger that passed every gate. All off = automatic."""
+
+    always: bool = False
+    first_deployment: bool = False
+    gain_below: float | None = Field(default=None, ge=0.0, description="In the improvement metric.")
+    any_segment_worse: bool = False
+    family_changes: bool = False
+
+
+class ApprovalPolicy(_Strict):
+    approvers: list[str] = Field(default_factory=list, description="Names or `group:<name>`.")
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    require_human_when: RequireHuman = RequireHuman()
+    request_ttl_hours: float = Field(default=72.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _groups_exist(self) -> ApprovalPolicy:
+        for index, entry in enumerate(self.approvers):
+            if entry.startswith("group:") and entry.removeprefix("group:") not in self.groups:
+                raise ValueError(f"approvers.{index}: unknown group {entry!r}")
+        return self
+
+    def may_approve(self, person: str) -> bool:
+        if person in self.approvers:
+            return True
+        return any(
+            entry.startswith("group:") and person in self.groups[entry.removeprefix("group:")]
+            for entry in self.approvers
+        )
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     promotion: PromotionPolicy = PromotionPolicy()
+    approval: ApprovalPolicy = ApprovalPolicy()
 
 
 def _describe(error: ValidationError) -> str:

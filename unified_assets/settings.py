@@ -39,6 +39,14 @@ class Settings:
         return self.home / "io"
 
     @property
+    def decisions_url(self) -> str:
+        return f"sqlite:///{self.home / 'decisions.db'}"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home / "dagster_home"
+
+    @property
     def mlflow_tracking_uri(self) -> str:
         return f"sqlite:///{self.home / 'mlflow.db'}"
 

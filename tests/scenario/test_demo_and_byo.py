@@ -45,7 +45,7 @@ def test_bring_your_own_data_breast_cancer_end_to_end(settings, instance, tmp_pa
     assert sklearn["overall"]["roc_auc"] > 0.95
     assert {s["segment"] for s in sklearn["segments"]} == {"size_band", "texture_band"}
     assert sklearn["overall"]["rows"] + summary.candidates["torch"]["overall"]["rows"] > 150
-    assert summary.production["champion_version"] is not None
+    assert summary.production["champion"] is not None
     client = MlflowClient(tracking_uri=byo.mlflow_tracking_uri)
     alias = client.get_model_version_by_alias("breast-cancer", "champion")
-    assert str(alias.version) == summary.production["champion_version"]
+    assert str(alias.version) == summary.production["champion"]

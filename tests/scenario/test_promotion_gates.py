@@ -64,8 +64,8 @@ def test_first_model_is_promoted_and_the_check_says_there_was_no_champion(landed
     assert "no champion yet" in checks["beats_champion"].metadata["verdict"].value
     assert all(c.passed for c in checks.values())
     production = result.output_for_node("production_model")
-    assert production["promoted"] is True and production["previous_champion"] is None
-    assert _champion(landed) == production["champion_version"]
+    assert production["action"] == "promote" and production["from_version"] is None
+    assert _champion(landed) == production["champion"]
     values = checks["quality_floors"].metadata["values_vs_policy"].value
     assert "| roc_auc |" in values and "min 0.7" in values
 
@@ -91,12 +91,9 @@ def test_better_challenger_is_promoted_by_automation_and_records_the_previous(
     promoted = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={PRODUCTION}).execute_in_process(instance=instance)
     record = promoted.output_for_node("production_model")
-    assert record["promoted"] is True
-    assert record["previous_champion"] == weak_champion
-    assert _champion(settings) == record["champion_version"] != weak_champion
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
-    tags = client.get_model_version("payments-risk", record["champion_version"]).tags
-    assert tags["previous_champion"] == weak_champion
+    assert record["action"] == "promote"
+    assert record["from_version"] == weak_champion
+    assert _champion(settings) == record["champion"] != weak_champion
 
 
 def test_worse_challenger_is_blocked_now_and_in_later_ticks(landed, instance):

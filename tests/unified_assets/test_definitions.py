@@ -19,7 +19,8 @@ def test_definitions_load_and_every_asset_is_described():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
         "landed_batch", "training_set", "model_sklearn", "model_torch",
-        "evaluation_sklearn", "evaluation_torch", "challenger", "production_model",
+        "evaluation_sklearn", "evaluation_torch", "challenger", "approval",
+        "production_model",
     }
     groups = {}
     for key in graph.get_all_asset_keys():

@@ -42,8 +42,9 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
     best = max(summary.candidates.values(), key=lambda r: r["overall"]["roc_auc"])
     client = MlflowClient(tracking_uri=landed.mlflow_tracking_uri)
     champion = client.get_model_version_by_alias("payments-risk", "champion")
-    assert str(champion.version) == best["version"] == summary.production["champion_version"]
-    assert summary.production["previous_champion"] is None
+    assert str(champion.version) == best["version"] == summary.production["champion"]
+    assert summary.production["from_version"] is None
+    assert summary.production["action"] == "promote"
     assert client.get_model_version("payments-risk", champion.version).tags["family"] == best["family"]
 
     report_file = landed.artifacts_dir / "reports" / "payments-risk" / f"v{best['version']}.json"
@@ -64,7 +65,7 @@ def test_torch_candidate_on_cpu_host_says_it_fell_back(landed, instance):
 
 def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, instance):
     first = run_lifecycle(landed, instance)
-    first_champion = first.production["champion_version"]
+    first_champion = first.production["champion"]
     defs = build_definitions(landed)
     result = train_evaluate_promote(defs, instance)
     second = {f: result.output_for_node(f"evaluation_{f}") for f in ("sklearn", "torch")}

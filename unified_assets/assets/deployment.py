@@ -1,177 +1,233 @@
-"""Selection and promotion: the challenger is the best candidate that passed every gate;
-the production model is whichever version holds the MLflow `champion` alias."""
+"""Deployment group: the approval decision (as data) and the production model (the version
+holding the MLflow `champion` alias), promoted or rolled back through one ledger."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import dagster as dg
+from pydantic import Field
 
-from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, MlflowRegistry
+from resources.artifact_store import ArtifactStore
+from resources.decision_store import DecisionStore
+from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.assets.evaluation import CHECK_DESCRIPTIONS, check_result
-from unified_assets.assets.models import CANDIDATE_FAMILIES
+from unified_assets.approvals import (
+    POLICY_ACTOR,
+    ApprovalRefused,
+    approval_state,
+    check_decision,
+    human_reasons,
+)
+from unified_assets.assets.evaluation import report_key
+from unified_assets.champion import ChampionError, ChampionLedger
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
 from unified_assets.metadata import OWNERS, markdown_table
-from unified_assets.policy import HIGHER_IS_BETTER
 
-SELECTED = "challenger_selected"
-# The rule of ARCHITECTURE.md 5: a failed blocking check upstream never promotes, in this
-# run or in any later automation tick.
+APPROVED_CHECK = "approved"
+# ARCHITECTURE.md 5: a failed blocking check upstream never promotes, in this run or in
+# any later automation tick.
 PRODUCTION_CONDITION = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 )
 
 
-def _downstream(context: dg.AssetExecutionContext) -> list[str]:
-    graph = context.job_def.asset_layer.asset_graph
-    seen, stack = set(), [context.asset_key]
-    while stack:
-        for child in graph.get(stack.pop()).child_keys:
-            if child not in seen:
-                seen.add(child)
-                stack.append(child)
-    return sorted(k.to_user_string() for k in seen)
+class ApprovalConfig(dg.Config):
+    decision: Literal["none", "approve", "reject"] = Field(
+        default="none", description="none: only (re)evaluate; approve/reject: record a decision."
+    )
+    version: str = Field(default="", description="The model version decided on.")
+    approver: str = Field(default="", description="Who decides; must be allowed by the policy.")
+    reason: str = Field(default="", description="Why; kept with the decision.")
 
 
-@dg.asset(
-    ins={f"evaluation_{family}": dg.AssetIn() for family in CANDIDATE_FAMILIES},
-    group_name="evaluation",
-    kinds={"mlflow"},
-    owners=OWNERS,
-    description=(
-        "The challenger: the best candidate (by the policy's improvement metric) that passed "
-        "every blocking gate, marked with the MLflow `challenger` alias. Its blocking checks "
-        "stop promotion when no candidate qualifies; metadata lists what was held back."
-    ),
-    check_specs=[
-        dg.AssetCheckSpec(name, asset="challenger", blocking=True,
-                          description=CHECK_DESCRIPTIONS[name])
-        for name in BLOCKING_GATES
-    ] + [
-        dg.AssetCheckSpec(SELECTED, asset="challenger", blocking=True,
-                          description="Some candidate passed every blocking gate.")
-    ],
-    automation_condition=dg.AutomationCondition.eager(),
-    **CPU_LIGHT.asset_kwargs(),
-)
-def challenger(
-    context: dg.AssetExecutionContext,
-    mlflow_registry: MlflowRegistry,
-    policy: PolicyResource,
-    evaluation_sklearn: dict,
-    evaluation_torch: dict,
-):
-    promotion = policy.policy.promotion
-    reports = [evaluation_sklearn, evaluation_torch]
-    chosen, verdicts = select_challenger(reports, promotion)
-    model_name = reports[0]["model_name"]
-    held_back = [] if chosen else _downstream(context)
-    if chosen:
-        mlflow_registry.set_alias(model_name, chosen["version"], CHALLENGER_ALIAS)
-        reason = f"{chosen['family']} v{chosen['version']} passed every gate"
-    else:
-        reason = "no candidate passed every gate: " + " | ".join(
-            f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
-        )
-        context.log.warning(f"{reason}; held back: {held_back}")
-    value = {
-        "model_name": model_name,
-        "family": chosen["family"] if chosen else None,
-        "version": chosen["version"] if chosen else None,
-        "report_uri": chosen["report_uri"] if chosen else None,
-        "training_batches": chosen["training_batches"] if chosen else None,
-        "overall": chosen["overall"] if chosen else None,
-        "reason": reason,
-        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures()}
-                       for f, v in verdicts.items()},
-    }
-    yield dg.Output(
-        value,
-        metadata={
-            "challenger_version": dg.MetadataValue.text(str(value["version"] or "none")),
-            "reason": dg.MetadataValue.text(reason),
-            "held_back": dg.MetadataValue.json(held_back),
-            "candidates": markdown_table(
-                [{"family": f, "version": v.version, "passed": v.passed,
-                  "failed_gates": "; ".join(v.failures()) or "-"} for f, v in verdicts.items()],
-                ["family", "version", "passed", "failed_gates"],
-            ),
-        },
-    )
-    metric = promotion.improvement.metric
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    subject = chosen or max(reports, key=lambda r: sign * (r["overall"][metric] or -1e9))
-    subject_verdict = verdicts[subject["family"]] if chosen else judge(subject, promotion)
-    for name in BLOCKING_GATES:
-        gate = subject_verdict.gates[name]
-        yield check_result(
-            GateResult(gate.name, gate.passed, f"{subject['family']} v{subject['version']}: "
-                       f"{gate.message}", gate.rows),
-            dg.AssetCheckSeverity.ERROR,
-        )
-    yield dg.AssetCheckResult(
-        check_name=SELECTED, passed=chosen is not None, severity=dg.AssetCheckSeverity.ERROR,
-        description=reason,
-        metadata={"reason": dg.MetadataValue.text(reason),
-                  "held_back": dg.MetadataValue.json(held_back)},
-    )
+def record_decision(store: DecisionStore, registry: MlflowRegistry, policy: PolicyResource,
+                    model_name: str, version: str, decision: str, person: str, reason: str,
+                    source: str) -> dict:
+    """Validate and append a human decision; a refused one is recorded too, then raised."""
+    approval = policy.policy.approval
+    state = approval_state(store.events(model_name, version), version, datetime.now(UTC))
+    try:
+        if not reason.strip():
+            raise ApprovalRefused("a reason is required")
+        check_decision(state, version, person, approval,
+                       known_version=registry.version_exists(model_name, version))
+    except ApprovalRefused as refused:
+        store.append_event(model_name=model_name, version=version, kind="refusal",
+                           decision=decision, actor=person, reason=str(refused),
+                           details={"source": source, "given_reason": reason})
+        raise
+    event_id = store.append_event(model_name=model_name, version=version, kind="decision",
+                                  decision=decision, actor=person, reason=reason,
+                                  details={"source": source})
+    return {"event_id": event_id, "version": version, "decision": decision, "actor": person}
 
 
 @dg.asset(
     ins={"challenger": dg.AssetIn()},
     group_name="deployment",
+    kinds={"sqlite"},
+    owners=OWNERS,
+    description=(
+        "The approval decision for the challenger, as data in the append-only decision store. "
+        "The policy approves automatically (and records that it did) unless a rule wants a "
+        "person; then a request waits for a decision from the UI (launch this asset with "
+        "config) or the CLI. Its blocking check passes only when approved."
+    ),
+    check_specs=[dg.AssetCheckSpec(APPROVED_CHECK, asset="approval", blocking=True,
+                                   description="The challenger is approved for production.")],
+    automation_condition=dg.AutomationCondition.eager(),
+    **CPU_LIGHT.asset_kwargs(),
+)
+def approval(
+    context: dg.AssetExecutionContext,
+    config: ApprovalConfig,
+    challenger: dict,
+    decisions: DecisionStore,
+    mlflow_registry: MlflowRegistry,
+    policy: PolicyResource,
+):
+    model_name, version = challenger["model_name"], challenger["version"]
+    if version is None:
+        raise dg.Failure(f"no challenger to approve: {challenger['reason']}")
+    if config.decision != "none":
+        if config.version != version:
+            raise dg.Failure(f"config names v{config.version or '?'} but the challenger is "
+                             f"v{version}; decide on the current challenger")
+        try:
+            record_decision(decisions, mlflow_registry, policy, model_name, version,
+                            config.decision, config.approver, config.reason, source="ui")
+        except ApprovalRefused as refused:
+            raise dg.Failure(f"decision refused and recorded: {refused}") from None
+    now = datetime.now(UTC)
+    state = approval_state(decisions.events(model_name, version), version, now)
+    reasons: list[str] = []
+    if state.state in ("none", "expired"):
+        champion = challenger.get("champion")
+        family = (mlflow_registry.version_tags(model_name, champion["version"]).get("family")
+                  if champion else None)
+        reasons = human_reasons(challenger, family, policy.policy.approval,
+                                policy.policy.promotion)
+        if reasons:
+            ttl = timedelta(hours=policy.policy.approval.request_ttl_hours)
+            decisions.append_event(model_name=model_name, version=version, kind="request",
+                                   actor=POLICY_ACTOR, reason="; ".join(reasons),
+                                   expires_at=now + ttl,
+                                   details={"report_uri": challenger["report_uri"]})
+        else:
+            decisions.append_event(model_name=model_name, version=version, kind="decision",
+                                   decision="approve", actor=POLICY_ACTOR,
+                                   reason="approved automatically: no policy rule needs a human",
+                                   details={"source": "policy"})
+        state = approval_state(decisions.events(model_name, version), version, now)
+    record = {**challenger, "approval_state": state.state, "approval": state.describe(),
+              "approved_by": state.decision["actor"] if state.decision else None}
+    yield dg.Output(record, metadata={
+        "version": dg.MetadataValue.text(version),
+        "state": dg.MetadataValue.text(state.state),
+        "decision": dg.MetadataValue.text(state.describe()),
+        "requested_because": dg.MetadataValue.text(
+            state.request["reason"] if state.request else "-"),
+    })
+    yield dg.AssetCheckResult(
+        check_name=APPROVED_CHECK, passed=state.state == "approved",
+        severity=dg.AssetCheckSeverity.ERROR, description=state.describe(),
+        metadata={"state": dg.MetadataValue.text(state.state),
+                  "decision": dg.MetadataValue.text(state.describe())},
+    )
+
+
+class ProductionConfig(dg.Config):
+    action: Literal["promote", "rollback"] = Field(
+        default="promote", description="rollback: move `champion` back (see rollback_to)."
+    )
+    rollback_to: str = Field(default="", description="Version to roll back to; empty: the "
+                             "most recent earlier champion never rolled back from.")
+    by: str = Field(default="", description="Who asks for the rollback.")
+    reason: str = Field(default="", description="Why; kept in the incident record.")
+
+
+def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name: str,
+                        by: str, reason: str, to_version: str | None = None) -> dict:
+    """Move `champion` back in one registry call and record an incident with both reports."""
+    if not by.strip() or not reason.strip():
+        raise ChampionError("a rollback needs --by and --reason")
+    outcome = ledger.rollback(model_name, actor=by, reason=reason, to_version=to_version)
+    if outcome.action == "none":
+        return {"action": "none", "message": outcome.message, "champion": outcome.to_version}
+    reports = {}
+    for side, version in (("from", outcome.from_version), ("to", outcome.to_version)):
+        key = report_key(model_name, version) if version else None
+        reports[side] = store.uri(key) if key and store.exists(key) else None
+    live_key = f"live/{model_name}/latest.json"
+    incident = ledger.store.record_incident(
+        kind="rollback", model_name=model_name, actor=by, reason=reason,
+        details={"from_version": outcome.from_version, "to_version": outcome.to_version,
+                 "evaluation_reports": reports,
+                 "live_metrics": store.read_json(live_key) if store.exists(live_key) else None},
+    )
+    return {"action": "rollback", "message": outcome.message, "champion": outcome.to_version,
+            "from_version": outcome.from_version, "incident_id": incident,
+            "evaluation_reports": reports}
+
+
+@dg.asset(
+    ins={"approval": dg.AssetIn()},
+    group_name="deployment",
     kinds={"mlflow"},
     owners=OWNERS,
     description=(
-        "The production model: moves the MLflow `champion` alias to the challenger that passed "
-        "every gate, and records the previous champion, the evaluation it passed on and the "
-        "data it was trained on. Never runs after a failed blocking check."
+        "The production model: the version holding the MLflow `champion` alias. Promotion "
+        "moves it to the approved challenger; a rollback (launch with action: rollback, or "
+        "`unified-ai rollback`) moves it back. Every change is recorded with the previous "
+        "champion, the evaluation and the data; nothing is deleted."
     ),
     automation_condition=PRODUCTION_CONDITION,
     **CPU_LIGHT.asset_kwargs(),
 )
 def production_model(
     context: dg.AssetExecutionContext,
+    config: ProductionConfig,
+    approval: dict,
+    decisions: DecisionStore,
     mlflow_registry: MlflowRegistry,
-    challenger: dict,
+    store: ArtifactStore,
 ) -> dg.Output[dict]:
-    model_name = challenger["model_name"]
-    if challenger["version"] is None:
-        raise dg.Failure(f"refusing to promote: {challenger['reason']}")
-    previous = mlflow_registry.alias_version(model_name)
-    promoted = previous != challenger["version"]
-    if promoted:
-        mlflow_registry.set_alias(model_name, challenger["version"], CHAMPION_ALIAS)
-        mlflow_registry.tag_version(model_name, challenger["version"], {
-            "promoted_at": datetime.now(UTC).isoformat(),
-            "previous_champion": previous or "none",
-            "dagster_run_id": context.run_id,
-        })
-    reason = (f"promoted {challenger['family']} v{challenger['version']} "
-              f"(previous champion: {previous or 'none'})" if promoted
-              else f"v{previous} is already champion")
-    record = {
-        "model_name": model_name,
-        "champion_version": challenger["version"],
-        "previous_champion": previous,
-        "promoted": promoted,
-        "reason": reason,
-        "decided_at": datetime.now(UTC).isoformat(),
-        "evaluation_report": challenger["report_uri"],
-        "training_batches": challenger["training_batches"],
-    }
-    return dg.Output(
-        record,
-        metadata={
-            "champion_version": dg.MetadataValue.text(challenger["version"]),
-            "previous_champion": dg.MetadataValue.text(previous or "none"),
-            "promoted": promoted,
-            "reason": dg.MetadataValue.text(reason),
-            "evaluation_report": dg.MetadataValue.url(challenger["report_uri"]),
-            "training_batches": dg.MetadataValue.json(challenger["training_batches"]),
-            "holdout_metrics": markdown_table(
-                [{"metric": k, "value": v} for k, v in challenger["overall"].items()],
-                ["metric", "value"],
-            ),
-        },
-    )
+    ledger = ChampionLedger(decisions, mlflow_registry)
+    model_name = approval["model_name"]
+    try:
+        if config.action == "rollback":
+            result = rollback_production(ledger, store, model_name, config.by, config.reason,
+                                         config.rollback_to or None)
+            record = {"model_name": model_name, **result}
+        else:
+            if approval["approval_state"] != "approved":
+                raise ChampionError(f"v{approval['version']} is not approved: "
+                                    f"{approval['approval']}")
+            outcome = ledger.promote(
+                model_name, approval["version"], actor=approval["approved_by"] or POLICY_ACTOR,
+                reason=f"passed every gate; {approval['approval']}",
+                details={"evaluation_report": approval["report_uri"],
+                         "training_batches": approval["training_batches"],
+                         "dagster_run_id": context.run_id},
+            )
+            record = {"model_name": model_name, "action": outcome.action,
+                      "message": outcome.message, "champion": outcome.to_version,
+                      "from_version": outcome.from_version,
+                      "evaluation_report": approval["report_uri"],
+                      "training_batches": approval["training_batches"]}
+    except ChampionError as error:
+        raise dg.Failure(str(error)) from None
+    champion = mlflow_registry.alias_version(model_name, CHAMPION_ALIAS)
+    history = decisions.changes(model_name)
+    return dg.Output(record, metadata={
+        "champion_version": dg.MetadataValue.text(str(champion)),
+        "action": dg.MetadataValue.text(record["action"]),
+        "previous_champion": dg.MetadataValue.text(str(record.get("from_version") or "none")),
+        "message": dg.MetadataValue.text(record["message"]),
+        "history": markdown_table(
+            [{"seq": c["seq"], "action": c["action"], "from": c["from_version"],
+              "to": c["to_version"], "by": c["actor"], "reason": c["reason"]}
+             for c in history[-10:]],
+            ["seq", "action", "from", "to", "by", "reason"],
+        ),
+    })

@@ -1,0 +1,272 @@
+"""Human approval and rollback on a test instance with real MLflow (sqlite) and a real
+decision store (sqlite): decisions are data, promotion waits for them, rollback keeps all."""
+
+import dataclasses
+import subprocess
+import sys
+import threading
+import time
+
+import dagster as dg
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from resources.decision_store import ChangeConflict, DecisionStore
+from resources.mlflow_registry import MlflowRegistry
+from unified_assets.approvals import ApprovalRefused
+from unified_assets.assets.deployment import record_decision
+from unified_assets.champion import ChampionError, ChampionLedger
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.generator import write_batches
+
+HUMAN_POLICY = {
+    "approval": {
+        "approvers": ["alice", "group:leads"],
+        "groups": {"leads": ["bob"]},
+        "require_human_when": {"first_deployment": True},
+    }
+}
+PRODUCTION = dg.AssetKey("production_model")
+
+
+def _with_policy(settings, tmp_path, policy):
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    return dataclasses.replace(settings, policy_path=str(path))
+
+
+def _champion(settings, model="payments-risk"):
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(model, "champion").version)
+    except Exception:  # noqa: BLE001 - alias not set
+        return None
+
+
+@pytest.fixture
+def human(settings, tmp_path, instance):
+    write_batches(settings.landing_dir, batches=3, rows=2000)
+    settings = _with_policy(settings, tmp_path, HUMAN_POLICY)
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    result = train_evaluate_promote(defs, instance)
+    return settings, defs, result
+
+
+def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human, instance):
+    settings, defs, result = human
+    approval = result.output_for_node("approval")
+    version = approval["version"]
+    assert approval["approval_state"] == "pending"
+    assert "first deployment" in approval["approval"]
+    assert not result.success and _champion(settings) is None
+    assert instance.fetch_materializations(PRODUCTION, limit=1).records == []
+
+    resources = defs.resources
+    record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
+                    "payments-risk", version, "approve", "bob", "reviewed the report", "cli")
+    sensor = defs.resolve_sensor_def("approval_decisions_sensor")
+    context = dg.build_sensor_context(instance=instance, definitions=defs,
+                                      resources={"decisions": resources["decisions"]})
+    tick = sensor(context)
+    assert [r.run_key for r in tick.run_requests] == [f"decision:{tick.cursor}"]
+    replay = sensor(dg.build_sensor_context(instance=instance, definitions=defs, cursor=tick.cursor,
+                                            resources={"decisions": resources["decisions"]}))
+    assert isinstance(replay, dg.SkipReason)
+
+    run = defs.resolve_job_def("approve_or_reject").execute_in_process(instance=instance)
+    assert run.success
+    assert _champion(settings) == version
+    assert run.output_for_node("production_model")["message"].endswith("by bob")
+    history = resources["decisions"].changes("payments-risk")
+    assert [(c["action"], c["to_version"], c["actor"]) for c in history] == [
+        ("promote", version, "bob")]
+
+
+def test_rejection_from_the_ui_job_ends_the_candidate(human, instance):
+    settings, defs, result = human
+    version = result.output_for_node("approval")["version"]
+    config = {"ops": {"approval": {"config": {
+        "decision": "reject", "version": version, "approver": "alice", "reason": "too risky"}}}}
+    run = defs.resolve_job_def("approve_or_reject").execute_in_process(
+        instance=instance, run_config=config, raise_on_error=False)
+    assert not run.success
+    check = next(e for e in run.get_asset_check_evaluations() if e.check_name == "approved")
+    assert not check.passed and "rejected by alice" in check.metadata["decision"].value
+    assert _champion(settings) is None
+    resources = defs.resources
+    with pytest.raises(ApprovalRefused, match="already rejected by alice"):
+        record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
+                        "payments-risk", version, "approve", "bob", "changed my mind", "cli")
+
+
+def test_unauthorized_or_invalid_decisions_are_refused_and_recorded(human):
+    settings, defs, result = human
+    version = result.output_for_node("approval")["version"]
+    resources = defs.resources
+    args = (resources["decisions"], resources["mlflow_registry"], resources["policy"],
+            "payments-risk")
+    with pytest.raises(ApprovalRefused, match="'mallory' may not approve"):
+        record_decision(*args, version, "approve", "mallory", "ship it", "cli")
+    with pytest.raises(ApprovalRefused, match="not a registered version"):
+        record_decision(*args, "999", "approve", "alice", "ship it", "cli")
+    other = "1" if version != "1" else "2"
+    with pytest.raises(ApprovalRefused, match="has no approval request"):
+        record_decision(*args, other, "approve", "alice", "ship it", "cli")
+    refusals = [e for e in resources["decisions"].events("payments-risk") if e["kind"] == "refusal"]
+    assert [r["actor"] for r in refusals] == ["mallory", "alice", "alice"]
+    assert "may not approve" in refusals[0]["reason"]
+    assert _champion(settings) is None
+
+
+def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path):
+    settings, defs, result = human
+    version = result.output_for_node("approval")["version"]
+    env = {"UNIFIED_AI_HOME": str(settings.home), "UNIFIED_AI_POLICY": settings.policy_path,
+           "DAGSTER_HOME": str(tmp_path / "dh"), "PATH": ""}
+    cli = [sys.executable, "-m", "unified_assets.cli"]
+
+    def run(*args):
+        return subprocess.run(cli + list(args), capture_output=True, text=True, env=env)
+
+    pending = run("pending")
+    assert f"v{version}" in pending.stdout and "first deployment" in pending.stdout
+    refused = run("approve", version, "--by", "mallory", "--reason", "x")
+    assert refused.returncode == 1 and "may not approve" in refused.stderr
+    assert run("approve", version, "--by", "alice", "--reason", "ok").returncode == 0
+    assert "no pending approval requests" in run("pending").stdout
+    # The sensor path is tested above; here promote directly through the ledger.
+    ledger = ChampionLedger(defs.resources["decisions"], defs.resources["mlflow_registry"])
+    ledger.promote("payments-risk", version, "alice", "approved")
+    back = run("rollback", "--by", "ops", "--reason", "bad live numbers")
+    assert back.returncode == 1 and "no earlier champion to roll back to" in back.stderr
+    history = run("history")
+    assert f"promote  v- -> v{version}  by alice" in history.stdout
+
+
+def _register_versions(settings, count):
+    """Tiny real sklearn versions, fast to log: enough to exercise the ledger."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
+                              artifact_location=settings.mlflow_artifact_location)
+    model = LogisticRegression().fit(np.array([[0.0], [1.0]]), [0, 1])
+    for _ in range(count):
+        registry.log_candidate(model_name="m", family="sklearn", flavor="sklearn", model=model,
+                               params={}, metrics={}, tags={}, pip_requirements=["scikit-learn"])
+    return registry
+
+
+def test_rollback_moves_the_alias_records_an_incident_and_keeps_everything(settings):
+    registry = _register_versions(settings, 3)
+    store = DecisionStore(url=settings.decisions_url)
+    ledger = ChampionLedger(store, registry)
+    for version in ("1", "2", "3"):
+        ledger.promote("m", version, "alice", f"v{version} passed")
+
+    started = time.perf_counter()
+    outcome = ledger.rollback("m", actor="ops", reason="live AUC fell")
+    elapsed = time.perf_counter() - started
+    assert (outcome.from_version, outcome.to_version) == ("3", "2")
+    assert registry.alias_version("m") == "2"
+    assert elapsed < 1.0, f"rollback took {elapsed:.2f}s"
+    # Rolled-back versions are never promoted again and are skipped by the next rollback.
+    with pytest.raises(ChampionError, match="v3 was rolled back before"):
+        ledger.promote("m", "3", "alice", "again")
+    assert ledger.rollback("m", actor="ops", reason="still bad").to_version == "1"
+    assert ledger.rollback("m", actor="ops", reason="repeat", to_version="1").action == "none"
+    assert [(c["action"], c["from_version"], c["to_version"]) for c in store.changes("m")] == [
+        ("promote", None, "1"), ("promote", "1", "2"), ("promote", "2", "3"),
+        ("rollback", "3", "2"), ("rollback", "2", "1"),
+    ]
+    versions = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).search_model_versions("name='m'")
+    assert sorted(v.version for v in versions) == [1, 2, 3]
+
+
+def test_rollback_job_materializes_production_with_an_incident(human, instance):
+    settings, defs, result = human
+    version = result.output_for_node("approval")["version"]
+    resources = defs.resources
+    record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
+                    "payments-risk", version, "approve", "alice", "ok", "cli")
+    defs.resolve_job_def("approve_or_reject").execute_in_process(instance=instance)
+    other = "1" if version != "1" else "2"
+    config = {"ops": {"production_model": {"config": {
+        "action": "rollback", "rollback_to": other, "by": "ops", "reason": "incident 42"}}}}
+    run = defs.resolve_job_def("rollback_production").execute_in_process(
+        instance=instance, run_config=config)
+    record = run.output_for_node("production_model")
+    assert record["action"] == "rollback" and _champion(settings) == other
+    (incident,) = resources["decisions"].incidents("rollback")
+    assert incident["actor"] == "ops" and incident["reason"] == "incident 42"
+    assert incident["details"]["from_version"] == version
+    assert incident["details"]["evaluation_reports"]["from"].endswith(f"v{version}.json")
+    materializations = instance.fetch_materializations(PRODUCTION, limit=5).records
+    assert materializations[0].asset_materialization.metadata["action"].value == "rollback"
+    again = defs.resolve_job_def("rollback_production").execute_in_process(
+        instance=instance, run_config=config)
+    assert again.output_for_node("production_model")["action"] == "none"
+    assert len(resources["decisions"].incidents("rollback")) == 1
+
+
+KILL_SCRIPT = """
+import sys
+from resources.decision_store import DecisionStore
+from resources.mlflow_registry import MlflowRegistry
+from unified_assets.champion import ChampionLedger
+ledger = ChampionLedger(DecisionStore(url=sys.argv[1]), MlflowRegistry(tracking_uri=sys.argv[2]))
+ledger.promote("m", sys.argv[3], "alice", "killed half way")
+"""
+
+
+def test_promotion_killed_at_the_registry_step_leaves_a_valid_alias_and_finishes_once(settings):
+    registry = _register_versions(settings, 2)
+    store = DecisionStore(url=settings.decisions_url)
+    ledger = ChampionLedger(store, registry)
+    ledger.promote("m", "1", "alice", "first")
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_SCRIPT, settings.decisions_url, settings.mlflow_tracking_uri,
+         "2"],
+        env={"UNIFIED_AI_CRASH_AT": "registry", "PATH": ""}, capture_output=True, text=True,
+    )
+    assert killed.returncode == 137, killed.stderr
+    assert registry.alias_version("m") == "1", "alias still on a complete, valid version"
+    assert len(store.changes("m")) == 2
+    outcome = ledger.promote("m", "2", "alice", "retry")
+    assert outcome.action == "none" and registry.alias_version("m") == "2"
+    assert len(store.changes("m")) == 2, "the retry finished the change once"
+
+
+def test_two_racing_promotions_have_exactly_one_winner(settings):
+    registry = _register_versions(settings, 3)
+    DecisionStore(url=settings.decisions_url).changes("m")  # create tables before racing
+    barrier = threading.Barrier(2)
+    outcomes: dict[str, object] = {}
+
+    class RacingLedger(ChampionLedger):
+        def _sync(self, model_name):
+            state = super()._sync(model_name)
+            barrier.wait(timeout=10)  # both have read the same state
+            return state
+
+    def promote(version):
+        ledger = RacingLedger(DecisionStore(url=settings.decisions_url), registry)
+        try:
+            outcomes[version] = ledger.promote("m", version, "alice", "race")
+        except ChangeConflict as conflict:
+            outcomes[version] = conflict
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in ("2", "3")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    conflicts = [v for v, o in outcomes.items() if isinstance(o, ChangeConflict)]
+    winners = [v for v, o in outcomes.items() if not isinstance(o, ChangeConflict)]
+    assert len(conflicts) == 1 and len(winners) == 1
+    assert "was already recorded" in str(outcomes[conflicts[0]])
+    assert registry.alias_version("m") == winners[0]
+    assert [c["to_version"] for c in DecisionStore(url=settings.decisions_url).changes("m")] == winners

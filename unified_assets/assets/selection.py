@@ -1,0 +1,111 @@
+"""Selection: the challenger is the best candidate that passed every gate."""
+
+import dagster as dg
+
+from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistry
+from resources.policy import PolicyResource
+from unified_assets.assets.evaluation import CHECK_DESCRIPTIONS, check_result
+from unified_assets.assets.models import CANDIDATE_FAMILIES
+from unified_assets.compute import CPU_LIGHT
+from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
+from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.policy import HIGHER_IS_BETTER
+
+SELECTED = "challenger_selected"
+
+
+def _downstream(context: dg.AssetExecutionContext) -> list[str]:
+    graph = context.job_def.asset_layer.asset_graph
+    seen, stack = set(), [context.asset_key]
+    while stack:
+        for child in graph.get(stack.pop()).child_keys:
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return sorted(k.to_user_string() for k in seen)
+
+
+@dg.asset(
+    ins={f"evaluation_{family}": dg.AssetIn() for family in CANDIDATE_FAMILIES},
+    group_name="evaluation",
+    kinds={"mlflow"},
+    owners=OWNERS,
+    description=(
+        "The challenger: the best candidate (by the policy's improvement metric) that passed "
+        "every blocking gate, marked with the MLflow `challenger` alias. Its blocking checks "
+        "stop promotion when no candidate qualifies; metadata lists what was held back."
+    ),
+    check_specs=[
+        dg.AssetCheckSpec(name, asset="challenger", blocking=True,
+                          description=CHECK_DESCRIPTIONS[name])
+        for name in BLOCKING_GATES
+    ] + [
+        dg.AssetCheckSpec(SELECTED, asset="challenger", blocking=True,
+                          description="Some candidate passed every blocking gate.")
+    ],
+    automation_condition=dg.AutomationCondition.eager(),
+    **CPU_LIGHT.asset_kwargs(),
+)
+def challenger(
+    context: dg.AssetExecutionContext,
+    mlflow_registry: MlflowRegistry,
+    policy: PolicyResource,
+    evaluation_sklearn: dict,
+    evaluation_torch: dict,
+):
+    promotion = policy.policy.promotion
+    reports = [evaluation_sklearn, evaluation_torch]
+    chosen, verdicts = select_challenger(reports, promotion)
+    model_name = reports[0]["model_name"]
+    held_back = [] if chosen else _downstream(context)
+    if chosen:
+        mlflow_registry.set_alias(model_name, chosen["version"], CHALLENGER_ALIAS)
+        reason = f"{chosen['family']} v{chosen['version']} passed every gate"
+    else:
+        reason = "no candidate passed every gate: " + " | ".join(
+            f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
+        )
+        context.log.warning(f"{reason}; held back: {held_back}")
+    value = {
+        "model_name": model_name,
+        "family": chosen["family"] if chosen else None,
+        "version": chosen["version"] if chosen else None,
+        "report_uri": chosen["report_uri"] if chosen else None,
+        "training_batches": chosen["training_batches"] if chosen else None,
+        "overall": chosen["overall"] if chosen else None,
+        "segments": chosen["segments"] if chosen else None,
+        "champion": chosen["champion"] if chosen else None,
+        "reason": reason,
+        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures()}
+                       for f, v in verdicts.items()},
+    }
+    yield dg.Output(
+        value,
+        metadata={
+            "challenger_version": dg.MetadataValue.text(str(value["version"] or "none")),
+            "reason": dg.MetadataValue.text(reason),
+            "held_back": dg.MetadataValue.json(held_back),
+            "candidates": markdown_table(
+                [{"family": f, "version": v.version, "passed": v.passed,
+                  "failed_gates": "; ".join(v.failures()) or "-"} for f, v in verdicts.items()],
+                ["family", "version", "passed", "failed_gates"],
+            ),
+        },
+    )
+    metric = promotion.improvement.metric
+    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    subject = chosen or max(reports, key=lambda r: sign * (r["overall"][metric] or -1e9))
+    subject_verdict = verdicts[subject["family"]] if chosen else judge(subject, promotion)
+    for name in BLOCKING_GATES:
+        gate = subject_verdict.gates[name]
+        yield check_result(
+            GateResult(gate.name, gate.passed, f"{subject['family']} v{subject['version']}: "
+                       f"{gate.message}", gate.rows),
+            dg.AssetCheckSeverity.ERROR,
+        )
+    yield dg.AssetCheckResult(
+        check_name=SELECTED, passed=chosen is not None, severity=dg.AssetCheckSeverity.ERROR,
+        description=reason,
+        metadata={"reason": dg.MetadataValue.text(reason),
+                  "held_back": dg.MetadataValue.json(held_back)},
+    )
