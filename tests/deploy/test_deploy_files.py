@@ -332,7 +332,7 @@ def test_kubernetes_instance_config_passes_dagster_schema(tmp_path: Path, monkey
     launcher = processed["run_launcher"]
     assert launcher["instance_config_map"] == "dagster-instance"
     assert launcher["load_incluster_config"] is True
-    assert launcher["env_secrets"] == ["unified-ai-aws"]
+    assert launcher["env_secrets"] == ["unified-ai-aws", "unified-ai-decisions"]
 
     # What the instance would compute from run_coordinator + concurrency, built the same way.
     section = config["run_coordinator"]
