@@ -8,7 +8,9 @@ import dagster as dg
 
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyResource
 from resources.decision_store import DecisionStore
+from resources.escalation import Escalation
 from sensors.approvals import build_approval_sensor
+from sensors.failures import run_failure_incidents
 from sensors.landing import build_landing_sensor
 from unified_assets.assets.data import landed_batch
 from unified_assets.assets.deployment import approval, production_model
@@ -105,12 +107,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     resources = (kubernetes_resources if settings.deployment == "kubernetes"
                  else local_resources)(settings)
     resources["policy"] = PolicyResource(path=settings.policy_path)
+    resources["escalation"] = Escalation()
     return dg.Definitions(
         assets=ASSETS,
         jobs=[ingest_job, lifecycle_job, approval_job, rollback_job],
         sensors=[
             build_landing_sensor(ingest_job),
             build_approval_sensor(approval_job),
+            run_failure_incidents,
             dg.AutomationConditionSensorDefinition(
                 "lifecycle_automation", target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING,
