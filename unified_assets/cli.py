@@ -135,6 +135,63 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_for(args: argparse.Namespace):
+    """The placement plan of a job's selected steps against the capacity seen now."""
+    from unified_assets.definitions import build_definitions
+    from unified_assets.placement import plan, take_snapshot
+    from unified_assets.placement.steps import requirements_for_job
+    from unified_assets.settings import load_settings
+
+    settings = load_settings()
+    defs = build_definitions(settings)
+    job = defs.resolve_job_def(args.job)
+    requirements = requirements_for_job(job, {k: args.rows for k in ("model_torch", "model_sklearn")}
+                                        if args.rows else None)
+    if args.select:
+        wanted = set(args.select.split(","))
+        requirements = [r for r in requirements if r.step_key in wanted or r.asset_key in wanted]
+        if not requirements:
+            raise SystemExit(f"--select {args.select!r} matches no step of job {args.job}")
+    snapshot = take_snapshot(kubernetes=settings.deployment == "kubernetes")
+    policy = defs.resources["policy"].policy.placement
+    return job, plan(requirements, snapshot, policy)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from unified_assets.placement import PlacementError, render_table
+
+    try:
+        _, the_plan = _plan_for(args)
+    except PlacementError as error:
+        print(f"no placement possible: {error}", file=sys.stderr)
+        return 1
+    print(render_table(the_plan))
+    return 0
+
+
+def _k8s_manifests(args: argparse.Namespace) -> int:
+    import yaml
+
+    from unified_assets.placement import PlacementError
+    from unified_assets.placement.manifests import K8sTarget, job_manifests, write_manifests
+    from unified_assets.placement.steps import step_tags_for_job
+
+    try:
+        job, the_plan = _plan_for(args)
+    except PlacementError as error:
+        print(f"no placement possible: {error}", file=sys.stderr)
+        return 1
+    instance_config = yaml.safe_load(Path(args.instance_config).read_text())
+    target = K8sTarget.from_launcher_config(instance_config["run_launcher"]["config"], args.image,
+                                            job_name=job.name)
+    manifests = job_manifests(the_plan, target, step_tags_for_job(job))
+    written = write_manifests(manifests, args.out)
+    for step, path in zip(manifests, written, strict=True):
+        decision = the_plan[step]
+        print(f"{step:20s} {decision.target:4s} {decision.fallback:15s} {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unified-ai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -180,6 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("history", help="every champion change with its reason").set_defaults(
         run=_history)
+
+    for name, handler, text in (
+        ("plan", _plan, "print where each step would run now, and why"),
+        ("k8s-manifests", _k8s_manifests, "write the Job manifest dagster-k8s makes per step"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--job", default="train_evaluate_promote")
+        sub.add_argument("--select", default=None, help="comma-separated steps or assets")
+        sub.add_argument("--rows", type=int, default=None, help="training rows (default: unknown)")
+        sub.set_defaults(run=handler)
+        if name == "k8s-manifests":
+            sub.add_argument("--out", required=True, help="folder for one YAML per step")
+            sub.add_argument("--image", default="unified-ai:latest")
+            sub.add_argument("--instance-config", default="deploy/dagster.yaml",
+                             help="dagster.yaml whose K8sRunLauncher config the jobs follow")
     return parser
 
 

@@ -1,19 +1,57 @@
 """Compute profiles: what a step needs, declared once per asset.
 
 `ComputeProfile.asset_kwargs()` is the one helper that turns a requirement into what
-Dagster needs (semantic tag, concurrency pool, per-step Kubernetes pod config), so no
-asset writes tag dictionaries by hand.
+Dagster needs (semantic tags, concurrency pool, per-step Kubernetes pod config, per-step ECS
+task overrides, step priority), so no asset writes tag dictionaries by hand.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import math
+import re
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 COMPUTE_TAG = "unified-ai/compute"
 PROFILE_TAG = "unified-ai/profile"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT_KEY = "nvidia.com/gpu"
+POOL_LABEL = "unified-ai/pool"  # node label selecting the Kubernetes node pool
+GPU_NODE_POOL = "gpu"  # value of POOL_LABEL on the GPU nodes (deploy/gpu/)
+ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
+K8S_CONFIG_TAG = "dagster-k8s/config"
+# Step tags read by dagster-aws's `ecs_executor` (dagster_aws/ecs/executor.py,
+# EcsStepHandler._get_task_overrides / _get_container_overrides): task-level CPU units and
+# memory MiB as strings, container overrides as a JSON string.
+ECS_CPU_TAG = "ecs/cpu"
+ECS_MEMORY_TAG = "ecs/memory"
+ECS_CONTAINER_OVERRIDES_TAG = "ecs/container_overrides"
+# Dagster's step priority (dagster/priority): orders steps within a run and pool slot claims.
+PRIORITY_TAG = "dagster/priority"
+LATENCY_PRIORITY = {"batch": 0, "interactive": 10}
+
+_CPU_RE = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
+_MEMORY_RE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_MEMORY_FACTOR = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+                  "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def cpu_cores(quantity: str) -> float:
+    """A Kubernetes CPU quantity ("500m", "2", "1.5") in cores."""
+    match = _CPU_RE.match(quantity.strip())
+    if not match:
+        raise ValueError(f"not a CPU quantity: {quantity!r} (use e.g. '500m' or '2')")
+    value = float(match.group(1))
+    return value / 1000 if match.group(2) else value
+
+
+def memory_mib(quantity: str) -> int:
+    """A Kubernetes memory quantity ("8Gi", "512Mi", "2G") in MiB, rounded up."""
+    match = _MEMORY_RE.match(quantity.strip())
+    if not match:
+        raise ValueError(f"not a memory quantity: {quantity!r} (use e.g. '512Mi' or '8Gi')")
+    return math.ceil(float(match.group(1)) * _MEMORY_FACTOR[match.group(2)] / 2**20)
 
 
 @dataclass(frozen=True)
@@ -31,10 +69,20 @@ class ComputeProfile:
             raise ValueError(f"profile {self.name!r}: a gpu profile needs gpus >= 1")
         if self.device == "cpu" and self.gpus:
             raise ValueError(f"profile {self.name!r}: a cpu profile cannot request gpus")
+        if self.device == "cpu" and self.accelerator:
+            raise ValueError(f"profile {self.name!r}: a cpu profile cannot name an accelerator")
+        if self.latency not in LATENCY_PRIORITY:
+            raise ValueError(f"profile {self.name!r}: latency must be one of {list(LATENCY_PRIORITY)}")
+        cpu_cores(self.cpu)
+        memory_mib(self.memory)
 
     @property
     def pool(self) -> str:
         return f"{self.device}-pool"
+
+    def as_cpu(self) -> ComputeProfile:
+        """The same profile without GPU: what a GPU step degraded to CPU runs with."""
+        return replace(self, device="cpu", gpus=0, accelerator=None)
 
     def k8s_config(self) -> dict[str, Any]:
         """`dagster-k8s/config` for the step pod: requests/limits, and for GPU steps the GPU
@@ -47,21 +95,37 @@ class ComputeProfile:
             pod_spec["tolerations"] = [
                 {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
             ]
-            selector = {"unified-ai/pool": "gpu"}
+            selector = {POOL_LABEL: GPU_NODE_POOL}
             if self.accelerator:
-                selector["cloud.google.com/gke-accelerator"] = self.accelerator
+                selector[ACCELERATOR_LABEL] = self.accelerator
             pod_spec["node_selector"] = selector
         return {
             "container_config": {"resources": {"requests": requests, "limits": limits}},
             "pod_spec_config": pod_spec,
         }
 
+    def ecs_tags(self) -> dict[str, str]:
+        """Step tags for `ecs_executor`: task CPU units (1 vCPU = 1024) and memory MiB, and for
+        GPU steps a container override reserving the GPUs (needs the EC2 launch type)."""
+        tags = {
+            ECS_CPU_TAG: str(math.ceil(cpu_cores(self.cpu) * 1024)),
+            ECS_MEMORY_TAG: str(memory_mib(self.memory)),
+        }
+        if self.device == "gpu":
+            overrides = {"resourceRequirements": [{"type": "GPU", "value": str(self.gpus)}]}
+            tags[ECS_CONTAINER_OVERRIDES_TAG] = json.dumps(overrides, separators=(",", ":"))
+        return tags
+
     def op_tags(self) -> dict[str, Any]:
-        return {
+        tags: dict[str, Any] = {
             COMPUTE_TAG: self.device,
             PROFILE_TAG: self.name,
-            "dagster-k8s/config": self.k8s_config(),
+            K8S_CONFIG_TAG: self.k8s_config(),
+            **self.ecs_tags(),
         }
+        if LATENCY_PRIORITY[self.latency]:
+            tags[PRIORITY_TAG] = str(LATENCY_PRIORITY[self.latency])
+        return tags
 
     def asset_kwargs(self) -> dict[str, Any]:
         return {"pool": self.pool, "op_tags": self.op_tags()}
@@ -70,3 +134,4 @@ class ComputeProfile:
 CPU_LIGHT = ComputeProfile(name="cpu-light", device="cpu", cpu="500m", memory="1Gi")
 CPU_TRAINING = ComputeProfile(name="cpu-training", device="cpu", cpu="2", memory="4Gi")
 GPU_TRAINING = ComputeProfile(name="gpu-training", device="gpu", cpu="2", memory="8Gi", gpus=1)
+PROFILES: dict[str, ComputeProfile] = {p.name: p for p in (CPU_LIGHT, CPU_TRAINING, GPU_TRAINING)}

@@ -95,9 +95,10 @@ def kubernetes_resources(settings: Settings) -> dict:
 
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     if settings.deployment == "kubernetes":
-        from dagster_k8s import k8s_job_executor
+        from unified_assets.placement.manifests import k8s_executor_with_placement
 
-        return k8s_job_executor.configured({"max_concurrent": 8})
+        # Keeps `per_step_k8s_config` open to run config, where launches put the plan.
+        return k8s_executor_with_placement(max_concurrent=8)
     return dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
 

@@ -1,4 +1,4 @@
-"""Policy as code: the promotion rules, loaded from one YAML file and validated at load.
+"""Policy as code: promotion, approval and placement rules in one YAML file, validated at load.
 
 A bad policy (unknown key, wrong type, impossible value) raises `PolicyError` naming the
 file and the key, which fails `dagster definitions validate` and the UI load, so no run
@@ -12,6 +12,9 @@ from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unified_assets.placement.policy import DEFAULT_POLICY as DEFAULT_PLACEMENT
+from unified_assets.placement.policy import PlacementPolicy
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -121,6 +124,7 @@ class Policy(_Strict):
     version: Literal[1] = 1
     promotion: PromotionPolicy = PromotionPolicy()
     approval: ApprovalPolicy = ApprovalPolicy()
+    placement: PlacementPolicy = DEFAULT_PLACEMENT
 
 
 def _describe(error: ValidationError) -> str:

@@ -60,7 +60,9 @@ def test_torch_candidate_on_cpu_host_says_it_fell_back(landed, instance):
     metadata = _materializations(instance, "model_torch")[0].asset_materialization.metadata
     assert metadata["device"].value == "cpu"
     assert metadata["cuda_available"].value is False
-    assert "no CUDA device" in metadata["device_reason"].value
+    # ~4,800 training rows: under the policy's small_input_rows, the GPU would be waste.
+    assert metadata["placement_target"].value == "cpu"
+    assert "< small_input_rows 10000: a GPU would be waste" in metadata["device_reason"].value
 
 
 def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, instance):

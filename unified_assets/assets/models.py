@@ -13,7 +13,8 @@ import dagster as dg
 from pydantic import Field
 
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
-from unified_assets.compute import CPU_TRAINING, GPU_TRAINING
+from resources.policy import PolicyResource
+from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
 from unified_assets.metadata import OWNERS, numbers
 from unified_assets.ml.training_data import TrainingSet
 
@@ -54,6 +55,25 @@ def _train_auc(y, scores) -> float | None:
     return binary_metrics(y, scores)["roc_auc"]
 
 
+def _placement(context: dg.AssetExecutionContext, profile: ComputeProfile, rows: int,
+               policy: PolicyResource):
+    """The final placement of this step: the plan carried in the run tags (or one made now),
+    re-validated on this host. A policy that forbids running fails the step clearly."""
+    from unified_assets.placement import PlacementError, StepRequirement, decide_at_start
+
+    requirement = StepRequirement(str(context.op_handle), profile, input_rows=rows,
+                                  asset_key=context.asset_key.to_user_string())
+    try:
+        decision = decide_at_start(context.run.tags, requirement,
+                                   policy=policy.policy.placement)
+    except PlacementError as error:
+        if error.retryable:
+            raise dg.RetryRequested(max_retries=3, seconds_to_wait=60) from error
+        raise dg.Failure(f"placement refused by policy: {error}") from None
+    context.log.info(f"placement: {decision.target} ({decision.fallback}): {decision.reason}")
+    return decision
+
+
 def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[RegisteredCandidate]:
     return dg.Output(
         candidate,
@@ -81,9 +101,12 @@ def model_sklearn(
     config: SklearnModelConfig,
     training_set: TrainingSet,
     mlflow_registry: MlflowRegistry,
+    policy: PolicyResource,
 ) -> dg.Output[RegisteredCandidate]:
     from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
+    from unified_assets.placement import decision_metadata
 
+    placement = _placement(context, CPU_TRAINING, len(training_set.train), policy)
     params = SklearnParams(**config.model_dump())
     started = time.perf_counter()
     pipeline = train_sklearn(training_set.train, training_set.numeric_features,
@@ -99,7 +122,7 @@ def model_sklearn(
         params=config.model_dump(), metrics=metrics, tags=_run_tags(context, training_set),
         pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}", "pandas"],
     )
-    return _output(candidate, {"device": "cpu", **numbers(metrics)})
+    return _output(candidate, {"device": "cpu", **numbers(metrics), **decision_metadata(placement)})
 
 
 @dg.asset(
@@ -118,6 +141,7 @@ def model_torch(
     config: TorchModelConfig,
     training_set: TrainingSet,
     mlflow_registry: MlflowRegistry,
+    policy: PolicyResource,
 ) -> dg.Output[RegisteredCandidate]:
     from unified_assets.ml.torch_model import (
         TorchParams,
@@ -125,8 +149,13 @@ def model_torch(
         predict_scores,
         train_torch,
     )
+    from unified_assets.placement import decision_metadata
 
-    params = TorchParams(**config.model_dump())
+    placement = _placement(context, GPU_TRAINING, len(training_set.train), policy)
+    device = config.device
+    if device == "auto":
+        device = str(placement.settings.get("device", "cuda" if placement.target == "gpu" else "cpu"))
+    params = TorchParams(**(config.model_dump() | {"device": device}))
     result = train_torch(training_set.train, training_set.numeric_features,
                          training_set.categorical_features, training_set.target, params)
     context.log.info(f"torch trained on {result.device.device}: {result.device.reason}")
@@ -144,8 +173,10 @@ def model_torch(
         candidate,
         {
             "device": dg.MetadataValue.text(result.device.device),
-            "device_reason": dg.MetadataValue.text(result.device.reason),
+            "device_reason": dg.MetadataValue.text(
+                placement.reason if placement.target == "cpu" else result.device.reason),
             "cuda_available": result.device.cuda_available,
             **numbers(metrics),
+            **decision_metadata(placement),
         },
     )

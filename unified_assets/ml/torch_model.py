@@ -41,7 +41,7 @@ def choose_device(requested: str) -> DeviceChoice:
     if requested not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be one of auto, cpu, cuda; got {requested!r}")
     if requested == "cpu":
-        return DeviceChoice("cpu", "CPU requested by config", available)
+        return DeviceChoice("cpu", "CPU requested (config or placement)", available)
     if available:
         return DeviceChoice("cuda", f"CUDA device: {torch.cuda.get_device_name(0)}", True)
     return DeviceChoice("cpu", "no CUDA device on this host: GPU profile ran on CPU", False)

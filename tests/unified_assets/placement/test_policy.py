@@ -1,0 +1,68 @@
+"""The placement policy model: strict keys, errors that name the key, a default that matches
+the compute profiles."""
+
+from __future__ import annotations
+
+import pytest
+
+from unified_assets.compute import PROFILES
+from unified_assets.placement import DEFAULT_POLICY, PolicyError, load_policy
+
+
+def gpu_rule(**overrides) -> dict:
+    return {"profiles": {"gpu-training": {"targets": ["gpu", "cpu"], **overrides}}}
+
+
+@pytest.mark.parametrize(("data", "names"), [
+    (gpu_rule(bogus=1), ["profiles.gpu-training.bogus: Extra inputs are not permitted"]),
+    (gpu_rule(on_unavailable="retry"), ["profiles.gpu-training.on_unavailable: Input should be"]),
+    (gpu_rule(targets=["gpu"]),
+     ["profiles.gpu-training: Value error, on_unavailable='degrade_to_cpu' needs 'cpu' in targets"]),
+    (gpu_rule(targets=["gpu"], on_unavailable="wait", small_input_rows=100),
+     ["profiles.gpu-training: Value error, small_input_rows needs 'cpu' in targets"]),
+    (gpu_rule(targets=["gpu", "gpu"]), ["repeat a target"]),
+    (gpu_rule(targets=["tpu"]), ["profiles.gpu-training.targets.0: Input should be 'gpu' or 'cpu'"]),
+    (gpu_rule(small_input_rows=0),
+     ["profiles.gpu-training.small_input_rows: Input should be greater than or equal to 1"]),
+    ({"profiles": {}, "scalable_node_pools": {"gpu": {"gpus_per_node": 0}}},
+     ["scalable_node_pools.gpu.gpus_per_node"]),
+    ({"profile": {}}, ["profiles: Field required", "profile: Extra inputs are not permitted"]),
+])
+def test_invalid_policies_name_the_key(data, names):
+    with pytest.raises(PolicyError) as caught:
+        load_policy(data)
+    for name in names:
+        assert name in str(caught.value)
+
+
+def test_policy_from_yaml(tmp_path):
+    path = tmp_path / "placement.yaml"
+    path.write_text(
+        "profiles:\n"
+        "  gpu-training:\n"
+        "    on_unavailable: wait\n"
+        "    degraded_settings: {device: cpu, batch_size: 256}\n"
+        "scalable_node_pools:\n"
+        "  gpu: {gpus_per_node: 1, accelerator: nvidia-l4}\n"
+    )
+    policy = load_policy(path)
+    rule = policy.profiles["gpu-training"]
+    assert (rule.targets, rule.on_unavailable) == (("gpu", "cpu"), "wait")
+    assert rule.degraded_settings == {"device": "cpu", "batch_size": 256}
+    assert policy.scalable_node_pools["gpu"].gpus_per_node == 1
+
+
+def test_default_policy_matches_the_profiles():
+    assert set(DEFAULT_POLICY.profiles) == set(PROFILES)
+    for name, profile in PROFILES.items():
+        rule = DEFAULT_POLICY.profiles[name]
+        assert profile.device in rule.targets, name
+    gpu = DEFAULT_POLICY.profiles["gpu-training"]
+    assert (gpu.targets, gpu.on_unavailable) == (("gpu", "cpu"), "degrade_to_cpu")
+    assert gpu.degraded_settings == {"device": "cpu"}
+    assert gpu.small_input_rows == 10_000
+
+
+def test_policy_is_immutable():
+    with pytest.raises(Exception, match="frozen"):
+        DEFAULT_POLICY.profiles["gpu-training"].on_unavailable = "wait"

@@ -1,0 +1,96 @@
+"""Placement policy: per compute profile, where it may run and what to do when its GPU is not
+available. Validated by pydantic (unknown keys are errors); `load_policy` turns validation
+errors into one `PolicyError` naming each offending key."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+Target = Literal["gpu", "cpu"]
+OnUnavailable = Literal["degrade_to_cpu", "wait", "fail_and_escalate"]
+SettingValue = str | int | float | bool
+
+
+class PolicyError(ValueError):
+    """An invalid placement policy; the message names each bad key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProfileRule(_Strict):
+    """How one compute profile is placed."""
+
+    targets: tuple[Target, ...] = Field(
+        default=("gpu", "cpu"), min_length=1,
+        description="Where the profile may run, in order of preference.")
+    on_unavailable: OnUnavailable = Field(
+        default="degrade_to_cpu",
+        description="GPU absent, of the wrong type or busy: degrade_to_cpu, wait, fail_and_escalate.")
+    degraded_settings: dict[str, SettingValue] = Field(
+        default_factory=dict,
+        description="Settings recorded (and applied by the step) when a GPU profile runs on CPU.")
+    small_input_rows: int | None = Field(
+        default=None, ge=1,
+        description="Below this many input rows a GPU profile runs on CPU: the GPU would be waste.")
+    min_free_gpu_memory_mb: int = Field(
+        default=0, ge=0, description="A local CUDA device with less free memory counts as busy.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProfileRule:
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets {list(self.targets)} repeat a target")
+        if "cpu" not in self.targets:
+            if self.on_unavailable == "degrade_to_cpu":
+                raise ValueError("on_unavailable='degrade_to_cpu' needs 'cpu' in targets")
+            if self.small_input_rows is not None:
+                raise ValueError("small_input_rows needs 'cpu' in targets")
+        return self
+
+
+class ScalableNodePool(_Strict):
+    """A Kubernetes node pool the cluster autoscaler can grow (possibly from zero nodes)."""
+
+    gpus_per_node: int = Field(ge=1)
+    accelerator: str | None = None
+
+
+class PlacementPolicy(_Strict):
+    profiles: dict[str, ProfileRule]
+    scalable_node_pools: dict[str, ScalableNodePool] = Field(
+        default_factory=dict,
+        description="Node pools that can add GPU nodes: an empty or full pool then means wait "
+                    "for the autoscaler rather than unavailable.")
+
+
+def load_policy(source: Mapping[str, Any] | str | Path) -> PlacementPolicy:
+    """A policy from a mapping or a YAML file; raises `PolicyError` listing each bad key."""
+    if isinstance(source, str | Path):
+        import yaml
+
+        source = yaml.safe_load(Path(source).read_text()) or {}
+    try:
+        return PlacementPolicy.model_validate(source)
+    except ValidationError as exc:
+        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+                 for err in exc.errors()]
+        raise PolicyError("invalid placement policy:\n  " + "\n  ".join(lines)) from None
+
+
+DEFAULT_POLICY = PlacementPolicy(
+    profiles={
+        "cpu-light": ProfileRule(targets=("cpu",), on_unavailable="wait"),
+        "cpu-training": ProfileRule(targets=("cpu",), on_unavailable="wait"),
+        "gpu-training": ProfileRule(
+            targets=("gpu", "cpu"),
+            on_unavailable="degrade_to_cpu",
+            degraded_settings={"device": "cpu"},
+            small_input_rows=10_000,
+        ),
+    }
+)

@@ -1,0 +1,99 @@
+"""Probes that fill a `CapacitySnapshot`: this host (CPUs, load, CUDA devices) and the Dagster
+instance (pool occupancy, run counts). torch and dagster are imported inside the functions."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from unified_assets.compute import PROFILES
+from unified_assets.placement.snapshot import (
+    CapacitySnapshot,
+    CudaDevice,
+    HostCapacity,
+    InstanceLoad,
+    PoolOccupancy,
+)
+
+MIB = 2**20
+DEFAULT_POOLS = tuple(sorted({profile.pool for profile in PROFILES.values()}))
+
+
+def probe_cuda() -> tuple[tuple[CudaDevice, ...], str]:
+    """CUDA devices seen by torch, and a note when there are none. Any failure (torch missing,
+    CPU-only build, driver error) means zero GPUs, never an exception."""
+    try:
+        import torch
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return (), f"torch not importable: {type(exc).__name__}: {exc}"
+    if getattr(torch.version, "cuda", None) is None:
+        return (), f"torch {torch.__version__} has no CUDA build"
+    try:
+        if not torch.cuda.is_available():
+            return (), "torch.cuda.is_available() is False"
+        devices = []
+        for index in range(torch.cuda.device_count()):
+            free, total = torch.cuda.mem_get_info(index)
+            devices.append(CudaDevice(index, torch.cuda.get_device_name(index),
+                                      total // MIB, free // MIB))
+    except Exception as exc:
+        return (), f"CUDA probe failed: {type(exc).__name__}: {exc}"
+    return tuple(devices), "" if devices else "no CUDA device"
+
+
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: affinity, capped by a cgroup v2 quota (containers, pods)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(-(-int(quota) // int(period)))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def probe_host(*, cuda: bool = True) -> HostCapacity:
+    """This host: usable CPUs, load average and (if `cuda`) CUDA devices."""
+    devices, note = probe_cuda() if cuda else ((), "not probed")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    return HostCapacity(hostname=socket.gethostname(), cpu_count=usable_cpus(),
+                        load_avg=(load[0], load[1], load[2]), cuda_devices=devices, cuda_note=note)
+
+
+def probe_instance(instance: Any, pools: Iterable[str] = DEFAULT_POOLS) -> InstanceLoad:
+    """Pool occupancy (limits from `get_pool_limits()` plus `pools`, claimed slots and pending
+    steps from `get_concurrency_infos`) and queued / in-progress run counts."""
+    from dagster import DagsterRunStatus, RunsFilter
+    from dagster._core.storage.dagster_run import IN_PROGRESS_RUN_STATUSES
+
+    storage = instance.event_log_storage
+    occupancy: dict[str, PoolOccupancy] = {}
+    if storage.supports_global_concurrency_limits:
+        names = list(dict.fromkeys([*pools, *(limit.name for limit in storage.get_pool_limits())]))
+        for name, info in storage.get_concurrency_infos(names).items():
+            occupancy[name] = PoolOccupancy(
+                name=name, limit=info.limit, claimed=info.active_slot_count,
+                pending=info.pending_step_count, from_default=info.using_default_limit,
+            )
+    queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
+    in_progress = instance.get_runs_count(RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))
+    return InstanceLoad(pools=occupancy, queued_runs=queued, in_progress_runs=in_progress)
+
+
+def take_snapshot(instance: Any = None, *, kubernetes: bool = False, core_api: Any = None,
+                  cuda: bool = True) -> CapacitySnapshot:
+    """Probe everything available: host always, the instance if given, Kubernetes if asked
+    (`core_api`: a `kubernetes.client.CoreV1Api`, default from in-cluster or kube config)."""
+    from unified_assets.placement.kube import fetch_k8s_capacity
+
+    return CapacitySnapshot(
+        host=probe_host(cuda=cuda),
+        instance=probe_instance(instance) if instance is not None else None,
+        kubernetes=fetch_k8s_capacity(core_api) if kubernetes else None,
+        taken_at=time.time(),
+    )
