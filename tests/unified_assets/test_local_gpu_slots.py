@@ -37,9 +37,11 @@ def slot_job() -> dg.JobDefinition:
 def test_two_gpu_steps_never_overlap_on_one_slot(tmp_path, monkeypatch):
     log = tmp_path / "slots.jsonl"
     monkeypatch.setenv(LOG_ENV, str(log))
-    with dg.instance_for_test() as instance:
-        with dg.execute_job(dg.reconstructable(slot_job), instance=instance) as result:
-            assert result.success
+    with (
+        dg.instance_for_test() as instance,
+        dg.execute_job(dg.reconstructable(slot_job), instance=instance) as result,
+    ):
+        assert result.success
     spans = {r["step"]: r for r in map(json.loads, Path(log).read_text().splitlines())}
     first, second = sorted((spans["gpu_a"], spans["gpu_b"]), key=lambda r: r["start"])
     assert second["start"] >= first["end"], "GPU steps overlapped"
