@@ -25,7 +25,8 @@ def test_demo_command_runs_the_lifecycle_headless(tmp_path):
     assert len(aucs) == 2 and min(aucs) > 0.6
     version = re.search(r"champion: payments-risk v(\d+)", out.stdout).group(1)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("payments-risk", "champion").version) == version
+    champion = client.get_model_version_by_alias("payments-risk", "champion")
+    assert str(champion.version) == version, out.stdout
 
 
 def test_demo_rejects_a_bad_argument(tmp_path):

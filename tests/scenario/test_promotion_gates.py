@@ -81,15 +81,17 @@ def test_better_challenger_is_promoted_by_automation_and_records_the_previous(
     weak_champion = _champion(settings)
 
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    job = defs.resolve_implicit_global_asset_job_def()
     selection = dg.AssetSelection.groups("training", "evaluation")
-    defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection=set(selection.resolve(defs.resolve_asset_graph()))
-    ).execute_in_process(instance=instance)
+    job.get_subset(asset_selection=set(selection.resolve(defs.resolve_asset_graph()))
+                   ).execute_in_process(instance=instance)
+    # Automation carries the passing challenger on: approval and production in one run;
+    # approval's blocking check would stop production inside that run.
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.get_num_requested(dg.AssetKey("approval")) == 1
     assert tick.get_num_requested(PRODUCTION) == 1, "passing challenger: promotion requested"
-
-    promoted = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection={PRODUCTION}).execute_in_process(instance=instance)
+    promoted = job.get_subset(asset_selection={dg.AssetKey("approval"), PRODUCTION}
+                              ).execute_in_process(instance=instance)
     record = promoted.output_for_node("production_model")
     assert record["action"] == "promote"
     assert record["from_version"] == weak_champion
@@ -109,7 +111,8 @@ def test_worse_challenger_is_blocked_now_and_in_later_ticks(landed, instance):
     assert not checks["beats_champion"].passed
     assert "short of the required" in checks["beats_champion"].metadata["verdict"].value
     assert not checks["challenger_selected"].passed
-    assert checks["challenger_selected"].metadata["held_back"].value == ["production_model"]
+    assert checks["challenger_selected"].metadata["held_back"].value == [
+        "approval", "production_model"]
     per_candidate = _checks(worse, "evaluation_torch")["beats_champion"]
     assert not per_candidate.passed and per_candidate.severity == dg.AssetCheckSeverity.ERROR
 

@@ -34,7 +34,8 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
         assert report["overall"]["rows"] == report["holdout_rows"] > 800
         assert report["passed_gates"] is True
         html = landed.artifacts_dir / "reports" / "payments-risk" / f"v{report['version']}.html"
-        assert html.stat().st_size > 10_000 and b"evidently" in html.read_bytes()[:200_000].lower()
+        content = html.read_bytes()
+        assert len(content) > 10_000 and b"<html" in content[:500] and b"Drift" in content
         assert report["champion"] is None
         assert {s["segment"] for s in report["segments"]} == {"region", "customer_tier"}
         assert report["training_batches"] == summary.batches_ingested

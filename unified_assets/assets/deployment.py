@@ -25,8 +25,9 @@ from unified_assets.metadata import OWNERS, markdown_table
 
 APPROVED_CHECK = "approved"
 # ARCHITECTURE.md 5: a failed blocking check upstream never promotes, in this run or in
-# any later automation tick.
-PRODUCTION_CONDITION = (
+# any later automation tick. Approval carries the same guard, so a failed challenger is
+# not even put up for approval by automation.
+GATED_CONDITION = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 )
 
@@ -75,7 +76,7 @@ def record_decision(store: DecisionStore, registry: MlflowRegistry, policy: Poli
     ),
     check_specs=[dg.AssetCheckSpec(APPROVED_CHECK, asset="approval", blocking=True,
                                    description="The challenger is approved for production.")],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=GATED_CONDITION,
     **CPU_LIGHT.asset_kwargs(),
 )
 def approval(
@@ -181,7 +182,7 @@ def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name
         "`unified-ai rollback`) moves it back. Every change is recorded with the previous "
         "champion, the evaluation and the data; nothing is deleted."
     ),
-    automation_condition=PRODUCTION_CONDITION,
+    automation_condition=GATED_CONDITION,
     **CPU_LIGHT.asset_kwargs(),
 )
 def production_model(
