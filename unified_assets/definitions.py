@@ -10,12 +10,14 @@ from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyReso
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
 from sensors.approvals import build_approval_sensor
+from sensors.drift import build_drift_sensor
 from sensors.failures import run_failure_incidents
 from sensors.landing import build_landing_sensor
 from unified_assets.assets.data import landed_batch
 from unified_assets.assets.deployment import approval, production_model
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
 from unified_assets.assets.models import model_sklearn, model_torch
+from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.selection import challenger
 from unified_assets.assets.training import training_set
 from unified_assets.compute import COMPUTE_TAG
@@ -34,7 +36,7 @@ LOCAL_EXECUTOR_CONFIG = {
 }
 
 ASSETS = [landed_batch, training_set, model_sklearn, model_torch, *EVALUATION_ASSETS,
-          challenger, approval, production_model]
+          challenger, approval, production_model, batch_drift]
 
 ingest_job = dg.define_asset_job(
     "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
@@ -104,17 +106,27 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     # Fail the load (UI, `dagster definitions validate`) on a bad policy, naming the key.
-    load_policy(settings.policy_path)
+    policy = load_policy(settings.policy_path)
     resources = (kubernetes_resources if settings.deployment == "kubernetes"
                  else local_resources)(settings)
     resources["policy"] = PolicyResource(path=settings.policy_path)
     resources["escalation"] = Escalation()
+    schedules = []
+    if policy.drift.retrain_cron:
+        schedules.append(dg.ScheduleDefinition(
+            name="retrain_floor", job=lifecycle_job, cron_schedule=policy.drift.retrain_cron,
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            tags={"unified-ai/trigger": "schedule"},
+            description="Freshness floor from the policy's drift.retrain_cron.",
+        ))
     return dg.Definitions(
         assets=ASSETS,
+        schedules=schedules,
         jobs=[ingest_job, lifecycle_job, approval_job, rollback_job],
         sensors=[
             build_landing_sensor(ingest_job),
             build_approval_sensor(approval_job),
+            build_drift_sensor(lifecycle_job),
             run_failure_incidents,
             dg.AutomationConditionSensorDefinition(
                 "lifecycle_automation", target=dg.AssetSelection.all(),

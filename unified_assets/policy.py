@@ -120,11 +120,31 @@ class ApprovalPolicy(_Strict):
         )
 
 
+class DriftPolicy(_Strict):
+    """When drift asks for a retrain. Thresholds default to Evidently's DataDriftPreset."""
+
+    drift_share: float = Field(default=0.5, gt=0.0, le=1.0,
+                               description="Share of drifted columns that makes a batch drifted.")
+    num_threshold: float | None = Field(default=None, gt=0.0)
+    cat_threshold: float | None = Field(default=None, gt=0.0)
+    retrain_cron: str | None = Field(default=None, description="Optional freshness floor.")
+
+    @model_validator(mode="after")
+    def _cron_is_valid(self) -> DriftPolicy:
+        if self.retrain_cron is not None:
+            from dagster._utils.schedules import is_valid_cron_string
+
+            if not is_valid_cron_string(self.retrain_cron):
+                raise ValueError(f"retrain_cron: {self.retrain_cron!r} is not a cron expression")
+        return self
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     promotion: PromotionPolicy = PromotionPolicy()
     approval: ApprovalPolicy = ApprovalPolicy()
     placement: PlacementPolicy = DEFAULT_PLACEMENT
+    drift: DriftPolicy = DriftPolicy()
 
 
 def _describe(error: ValidationError) -> str:

@@ -34,5 +34,8 @@ def test_new_complete_files_become_partitions_with_one_ingestion_each(settings, 
 
 def test_sensors_default_to_running(settings):
     defs = build_definitions(settings)
-    for name in ("landing_zone_sensor", "lifecycle_automation"):
+    names = {s.name for s in defs.sensors}
+    assert names == {"landing_zone_sensor", "lifecycle_automation", "approval_decisions_sensor",
+                     "drift_retrain_sensor", "run_failure_incidents"}
+    for name in names:
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING

@@ -34,8 +34,9 @@ def report_key(batch: str) -> str:
     owners=OWNERS,
     description=(
         "One landed batch of labelled records, read from the landing zone, validated against "
-        "the dataset spec and stored as a curated Parquet file. A batch that fails a check is "
-        "recorded with its findings but never written for training."
+        "the dataset spec and stored as a curated Parquet file with a compact column profile "
+        "(for drift). A batch that fails a check is recorded with its findings but never "
+        "written for training."
     ),
     check_specs=[
         dg.AssetCheckSpec(name, asset="landed_batch", blocking=True,
@@ -63,12 +64,16 @@ def landed_batch(
         "passed_quality_checks": report.passed,
     }
     if report.passed:
+        from unified_assets.monitoring import store_batch_profile
+
         frame = curated(report.frame, spec, batch)
         uri = store.write_frame(curated_key(batch), frame)
+        profile = store_batch_profile(store, frame, spec, batch)
         metadata |= {
             "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
             dg.MetadataValue.path(store.local_path(curated_key(batch))),
             "label_rate": dg.MetadataValue.float(float(frame[spec.target].mean())),
+            "profile_columns": dg.MetadataValue.int(len(profile["columns"])),
             "columns": markdown_table(
                 [{"column": c, "dtype": str(report.frame[c].dtype),
                   "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns],

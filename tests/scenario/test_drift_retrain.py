@@ -1,0 +1,63 @@
+"""Scenario driven by sensor ticks: clean batches -> champion; more clean batches -> no
+retrain; drifted batches -> exactly one retrain naming them; a replayed tick -> nothing."""
+
+import dagster as dg
+
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.generator import DriftSpec, write_batches
+
+RESOURCES = ("dataset", "store", "mlflow_registry", "policy")
+
+
+def _tick(defs, instance, cursor=None):
+    sensor = defs.resolve_sensor_def("drift_retrain_sensor")
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
+                                      resources={k: defs.resources[k] for k in RESOURCES})
+    return sensor(context)
+
+
+def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instance):
+    write_batches(settings.landing_dir, batches=3, rows=2000)
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    assert isinstance(_tick(defs, instance), dg.SkipReason), "no champion yet"
+    assert train_evaluate_promote(defs, instance).success
+
+    write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3)
+    ingest_landed(defs, instance)
+    quiet = _tick(defs, instance)
+    assert quiet.run_requests == [] and "no drift" in quiet.skip_reason.skip_message
+
+    drift = DriftSpec(start_batch=4, covariate_shift=3.0, label_shift=1.0)
+    write_batches(settings.landing_dir, batches=2, rows=2000, first_batch=4, drift=drift)
+    ingest_landed(defs, instance)
+    loud = _tick(defs, instance, cursor=quiet.cursor)
+    (request,) = loud.run_requests
+    assert request.tags["unified-ai/trigger"] == "drift"
+    assert request.tags["unified-ai/drift-batches"] == "batch-00004,batch-00005"
+    assert request.run_key == "drift-retrain:batch-00004,batch-00005"
+    assert "amount" in request.tags["unified-ai/reason"]
+
+    replay = _tick(defs, instance, cursor=loud.cursor)
+    assert isinstance(replay, dg.SkipReason), "the same evidence never retrains twice"
+
+
+def test_batch_drift_asset_shows_per_column_verdicts(settings, instance):
+    write_batches(settings.landing_dir, batches=3, rows=2000)
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    assert train_evaluate_promote(defs, instance).success
+    write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3,
+                  drift=DriftSpec(start_batch=3, covariate_shift=3.0))
+    ingest_landed(defs, instance)
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("batch_drift")})
+    job.execute_in_process(instance=instance, partition_key="batch-00003")
+    record = instance.fetch_materializations(dg.AssetKey("batch_drift"), limit=1).records[0]
+    metadata = record.asset_materialization.metadata
+    assert metadata["dataset_drift"].value is True
+    assert metadata["reference_batches"].value == ["batch-00000", "batch-00001", "batch-00002"]
+    assert "amount" in metadata["drifted_columns"].value
+    assert "| amount | numeric | Wasserstein distance (normed) |" in metadata["columns"].value
+    assert metadata["share_of_drifted_columns"].value >= 0.5

@@ -1,0 +1,56 @@
+"""Monitoring group: drift of each landed batch against the champion's training data."""
+
+import dagster as dg
+
+from resources.artifact_store import ArtifactStore
+from resources.dataset import DatasetResource
+from resources.mlflow_registry import MlflowRegistry
+from resources.policy import PolicyResource
+from unified_assets.assets.data import landed_batch
+from unified_assets.compute import CPU_LIGHT
+from unified_assets.metadata import OWNERS
+from unified_assets.partitions import BATCHES
+
+
+@dg.asset(
+    partitions_def=BATCHES,
+    deps=[landed_batch],
+    group_name="monitoring",
+    kinds={"python"},
+    owners=OWNERS,
+    description=(
+        "Per-column drift of one batch against the current champion's training batches, "
+        "computed from their stored profiles with Evidently's default tests and thresholds "
+        "(Wasserstein for numeric, Jensen-Shannon for categorical columns) unless the policy "
+        "sets others; the batch drifts when the policy's share of columns drifts."
+    ),
+    automation_condition=dg.AutomationCondition.eager(),
+    **CPU_LIGHT.asset_kwargs(),
+)
+def batch_drift(
+    context: dg.AssetExecutionContext,
+    dataset: DatasetResource,
+    store: ArtifactStore,
+    mlflow_registry: MlflowRegistry,
+    policy: PolicyResource,
+) -> dg.MaterializeResult:
+    from unified_assets.monitoring import batch_drift as compute
+    from unified_assets.monitoring import champion_reference, profile_key
+
+    batch = context.partition_key
+    if not store.exists(profile_key(batch)):
+        raise dg.Failure(f"batch {batch} has no profile: it failed its quality checks")
+    reference = champion_reference(store, mlflow_registry, dataset.spec.name)
+    if reference is None:
+        return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
+    version, batches, merged = reference
+    result = compute(store, merged, batch, policy.policy.drift)
+    store.write_json(f"drift/{batch}.json", result | {"champion": version})
+    return dg.MaterializeResult(metadata={
+        "dataset_drift": result["dataset_drift"],
+        "share_of_drifted_columns": dg.MetadataValue.float(result["share_of_drifted_columns"]),
+        "drifted_columns": dg.MetadataValue.json(result["drifted_columns"]),
+        "champion_version": dg.MetadataValue.text(version),
+        "reference_batches": dg.MetadataValue.json(batches),
+        "columns": dg.MetadataValue.md(result["markdown"]),
+    })
