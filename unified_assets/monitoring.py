@@ -26,8 +26,9 @@ def ensure_layout(store: ArtifactStore, frame: pd.DataFrame, spec: DatasetSpec) 
     from unified_assets.ml.profiles import build_reference_profile
 
     if not store.exists(LAYOUT_KEY):
+        # exact_rows=0: quantile edges even for a small first batch (~64 bins per column).
         store.write_json(LAYOUT_KEY, build_reference_profile(
-            frame, spec.numeric_features, spec.categorical_features))
+            frame, spec.numeric_features, spec.categorical_features, exact_rows=0))
     return store.read_json(LAYOUT_KEY)  # the stored one wins if two batches raced
 
 

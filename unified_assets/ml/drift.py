@@ -292,7 +292,7 @@ def _jensen_shannon(keys, ref_counts: np.ndarray, cur_counts: np.ndarray) -> flo
     q = cur_counts / cur_counts.sum()
     m = (p + q) / 2.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        left = np.where(p > 0, p * np.log2(p / m), 0.0).sum()
+        left = np.where(p > 0, p * np.log(p / m), 0.0).sum()
         right = np.where(q > 0, q * np.log(q / m), 0.0).sum()
     return float(math.sqrt(max(left + right, 0.0) / 2.0))
 

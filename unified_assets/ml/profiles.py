@@ -88,7 +88,9 @@ def _round_sig(value: float, digits: int = 12) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _numeric_edges(x: np.ndarray, bins: int) -> tuple[np.ndarray, bool]:
+def _numeric_edges(
+    x: np.ndarray, bins: int, exact_rows: int = SMALL_REFERENCE_ROWS
+) -> tuple[np.ndarray, bool]:
     """(edges, exact): exact distinct values when there are few (exact=True); else quantile edges
     (data values) merged with equal-width edges, so no bin is wide in value space (heavy tails)
     or heavy in mass."""
@@ -96,7 +98,7 @@ def _numeric_edges(x: np.ndarray, bins: int) -> tuple[np.ndarray, bool]:
         return np.array([0.0]), True
     ordered = np.sort(x)
     change = np.flatnonzero(np.diff(ordered)) + 1
-    if len(change) + 1 <= bins + 1 or len(ordered) <= SMALL_REFERENCE_ROWS:
+    if len(change) + 1 <= bins + 1 or len(ordered) <= exact_rows:
         return ordered[np.r_[0, change]], True
     quantile_bins = max(1, bins // 2)
     positions = np.round(np.linspace(0.0, 1.0, quantile_bins + 1) * (len(ordered) - 1)).astype(np.int64)
@@ -215,8 +217,14 @@ def build_reference_profile(
     bins: int = DEFAULT_BINS,
     top_k: int = DEFAULT_TOP_K,
     workers: int | None = None,
+    exact_rows: int = SMALL_REFERENCE_ROWS,
 ) -> dict:
     """Fix the layout (edges, vocabularies) from `frame` and return its profile with the layout.
+
+    A numeric column with at most `exact_rows` finite values keeps every distinct value as an
+    edge (exact K-S, Evidently's test when the reference has <= 1000 rows, at up to ~1000 bins
+    per column); pass `exact_rows=0` when the layout's frame is small but comparisons will use
+    larger (merged) references, to keep profiles small.
 
     Returns {"format", "layout_id", "rows", "layout": {"bins", "top_k", "columns": {col:
     {"kind": "numeric", "edges": [...], "exact": bool} | {"kind": "categorical", "vocab": [...]}}},
@@ -232,7 +240,7 @@ def build_reference_profile(
 
     def numeric_layout(column: str) -> dict:
         x, _ = _finite_values(frame[column])
-        edges, exact = _numeric_edges(x, bins)
+        edges, exact = _numeric_edges(x, bins, exact_rows)
         return {"kind": "numeric", "edges": [float(e) for e in edges], "exact": exact}
 
     def categorical_layout(column: str) -> dict:
