@@ -5,7 +5,7 @@ Setup (untimed): landed batches are generated once with
 
 Each run is a fresh subprocess (`--worker plain|dagster`) that, before its timer starts,
 imports the same modules (dagster, mlflow and its sklearn/pyfunc flavours, torch,
-sklearn, pandas, pyarrow, the code location and the plain baseline) and initialises
+sklearn, evidently, pandas, pyarrow, the code location and the plain baseline) and initialises
 its own fresh MLflow sqlite DB (schema migrations) by creating the registry's
 `MlflowClient` and calling `search_experiments` and `search_registered_models`. The
 Dagster side also creates its fresh `DagsterInstance.local_temp()` before the timer
@@ -22,10 +22,14 @@ threads to 1 in both workers. On a small shared host, two-thread OpenMP training
 (HistGradientBoosting, torch) spin-waits whenever another process takes a CPU, and one
 fit then varies 1 s -> 17 s from run to run, which drowns the orchestration overhead
 being measured. `--threads 0` leaves the libraries' defaults. For the timed section each
-worker also reports its own CPU seconds and the CPU seconds used by everything else on
-the host (from /proc/stat), so contention is visible in the table.
+worker also reports its own CPU seconds ("cpu s": process, threads and reaped children)
+and the busy CPU seconds of everything else on the host ("other cpu s", from /proc/stat:
+other processes and kernel threads). On a 2-CPU host, other ~= 2 x wall - own means the
+host was saturated: the worker then waits for a CPU after every blocking call (each
+SQLite fsync), and wall - own CPU is that waiting.
 
-Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3] [--threads 1]
+Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3]
+       [--threads 1] [--keep]
 The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
 """
 
@@ -54,12 +58,13 @@ SIDES = ("plain", "dagster")
 # Imported by both workers before the timer, so import cost is outside both figures.
 WARM_MODULES = [
     "dagster", "pandas", "pyarrow.parquet", "sklearn.ensemble", "sklearn.metrics", "torch",
-    "mlflow", "mlflow.sklearn", "mlflow.pyfunc", "unified_assets.definitions",
+    "mlflow", "mlflow.sklearn", "mlflow.pyfunc", "evidently", "evidently.presets",
+    "unified_assets.definitions", "unified_assets.ml.evidently_report",
     "unified_assets.lifecycle", "unified_assets.ml.torch_model", "unified_assets.ml.sklearn_model",
     "unified_assets.ml.metrics", "plain_lifecycle",
 ]
 LIFECYCLE_STEPS = ["training_set", "model_sklearn", "model_torch", "evaluation_sklearn",
-                   "evaluation_torch", "production_model"]
+                   "evaluation_torch", "challenger", "approval", "production_model"]
 
 
 def machine() -> str:
@@ -125,7 +130,7 @@ def worker(side: str, home: Path, out: Path, threads: int) -> None:
         torch.set_num_threads(threads)
 
     import dagster as dg
-    from plain_lifecycle import run_plain_lifecycle
+    from plain_lifecycle import plain_resources, run_plain_lifecycle
 
     from unified_assets.lifecycle import run_lifecycle
     from unified_assets.settings import Settings
@@ -147,19 +152,31 @@ def worker(side: str, home: Path, out: Path, threads: int) -> None:
         summary = run_lifecycle(settings, instance)
         seconds = time.perf_counter() - started
         record |= {"batches": len(summary.batches_ingested),
-                   "champion": summary.production.get("champion_version"),
                    "phases": dagster_step_stats(instance)}
     else:
         result = run_plain_lifecycle(settings)
         seconds = time.perf_counter() - started
-        record |= {"batches": len(result.batches_ingested),
-                   "champion": result.production.get("champion_version"), "phases": result.phases}
+        record |= {"batches": len(result.batches_ingested), "phases": result.phases}
     record["seconds"] = seconds
     record["cpu_s"] = own_cpu_seconds() - own_before
     record["other_cpu_s"] = max(0.0, host_busy_seconds() - host_before - record["cpu_s"])
+    dataset, _, registry = plain_resources(settings)
+    record["champion"] = registry.alias_version(dataset.spec.name)  # read back after the timer
     record["roc_auc"] = {f: (summary.candidates if instance is not None else result.candidates)[f]
                          ["overall"]["roc_auc"] for f in ("sklearn", "torch")}
     out.write_text(json.dumps(record))
+
+
+def worker_env(home: Path, threads: int) -> dict[str, str]:
+    """Environment of a worker: its own home, no outer deployment/Dagster/MLflow settings."""
+    env = os.environ | {"UNIFIED_AI_HOME": str(home)}
+    if threads:
+        env |= {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                "MKL_NUM_THREADS")}
+    for name in ("UNIFIED_AI_DEPLOYMENT", "UNIFIED_AI_DATASET_SPEC", "DAGSTER_HOME",
+                 "MLFLOW_TRACKING_URI"):
+        env.pop(name, None)
+    return env
 
 
 def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads: int
@@ -168,13 +185,7 @@ def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads:
     home = scratch / f"{side}-{index}"
     shutil.copytree(landing_cache, home / "landing")
     out = home / "result.json"
-    env = os.environ | {"UNIFIED_AI_HOME": str(home)}
-    if threads:
-        env |= {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                                "MKL_NUM_THREADS")}
-    for name in ("UNIFIED_AI_DEPLOYMENT", "UNIFIED_AI_DATASET_SPEC", "DAGSTER_HOME",
-                 "MLFLOW_TRACKING_URI"):
-        env.pop(name, None)
+    env = worker_env(home, threads)
     with open(home / "worker.log", "w") as log:
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--home", str(home),
@@ -270,6 +281,11 @@ def main() -> None:
     dagster = statistics.median(r["seconds"] for r in results["dagster"])
     print(f"\nmedian plain {plain:.2f} s, median dagster {dagster:.2f} s, "
           f"difference {dagster - plain:+.2f} s")
+    fastest = {side: min(r["seconds"] for r in results[side]) for side in SIDES}
+    cpu = {side: statistics.median(r["cpu_s"] for r in results[side]) for side in SIDES}
+    print(f"ratio of fastest runs {fastest['dagster'] / fastest['plain']:.3f} "
+          f"({fastest['dagster']:.2f} / {fastest['plain']:.2f} s); "
+          f"ratio of median own CPU {cpu['dagster'] / cpu['plain']:.3f}")
     print(f"overhead_ratio={dagster / plain:.3f}")
 
 

@@ -1,32 +1,45 @@
 """The lifecycle's computations called directly, with no Dagster run, step or IO manager.
 
 The baseline of `bench/lifecycle_overhead.py`: the same functions, resources (as plain
-pydantic objects) and defaults the assets use, in the order the assets run, with values
-passed in memory. Dagster-only work (run/event storage, asset metadata, IO-manager
-pickling, partition bookkeeping) is left out on purpose: that is what is measured.
+pydantic objects), policy and defaults the assets use, in the order the assets run, with
+values passed in memory. Dagster-only work (run/event storage, asset metadata and check
+results, IO-manager pickling, partition bookkeeping) is left out on purpose: that is what
+is measured. Mirrors: landed_batch, training_set, model_sklearn and model_torch (each with
+its start-of-step placement decision), evaluation_<family> (holdout report, Evidently HTML,
+policy gates), challenger, approval (policy approval, no UI decision) and production_model
+(promotion through the ledger). Keep it in step with unified_assets/assets/*.py.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version as installed_version
 from typing import Any
 
 import pandas as pd
 
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
+from resources.decision_store import DecisionStore
+from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from unified_assets.approvals import POLICY_ACTOR, approval_state, human_reasons
 from unified_assets.assets.data import curated_key, report_key
-from unified_assets.assets.deployment import choose_promotion
-from unified_assets.assets.evaluation import EvaluationConfig, evaluate_on_holdout
+from unified_assets.assets.evaluation import evaluate_on_holdout
 from unified_assets.assets.evaluation import report_key as evaluation_report_key
 from unified_assets.assets.models import SklearnModelConfig, TorchModelConfig
 from unified_assets.assets.training import TrainingSetConfig, select_window
+from unified_assets.champion import ChampionLedger
+from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
+from unified_assets.gates import judge, select_challenger
 from unified_assets.ml.batch_validation import curated, validate_batch_file
 from unified_assets.ml.features import holdout_mask
 from unified_assets.ml.metrics import binary_metrics
 from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
 from unified_assets.ml.training_data import TrainingSet
+from unified_assets.monitoring import store_batch_profile
+from unified_assets.placement import Decision
+from unified_assets.policy import Policy, PromotionPolicy, load_policy
 from unified_assets.settings import Settings
 
 
@@ -36,6 +49,8 @@ class PlainResult:
 
     batches_ingested: list[str] = field(default_factory=list)
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    challenger: dict[str, Any] = field(default_factory=dict)
+    approval: dict[str, Any] = field(default_factory=dict)
     production: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -67,7 +82,9 @@ def ingest(dataset: DatasetResource, store: ArtifactStore) -> list[str]:
              "findings": dict(report.findings)},
         )
         if report.passed:
-            store.write_frame(curated_key(batch), curated(report.frame, spec, batch))
+            frame = curated(report.frame, spec, batch)
+            store.write_frame(curated_key(batch), frame)
+            store_batch_profile(store, frame, spec, batch)
         ingested.append(batch)
     return ingested
 
@@ -92,10 +109,19 @@ def build_training_set(
     )
 
 
+def place(step: str, profile: ComputeProfile, rows: int, policy: Policy) -> Decision:
+    """The placement a model step makes at start when its run carries no plan (`_placement`)."""
+    from unified_assets.placement import StepRequirement, decide_at_start
+
+    return decide_at_start({}, StepRequirement(step, profile, input_rows=rows, asset_key=step),
+                           policy=policy.placement)
+
+
 def sklearn_candidate(
-    training: TrainingSet, registry: MlflowRegistry, run_id: str
+    training: TrainingSet, registry: MlflowRegistry, policy: Policy, run_id: str
 ) -> RegisteredCandidate:
-    """Train, score train AUC, log and register (the `model_sklearn` asset body)."""
+    """Place, train, score train AUC, log and register (the `model_sklearn` asset body)."""
+    place("model_sklearn", CPU_TRAINING, len(training.train), policy)
     config = SklearnModelConfig()
     started = time.perf_counter()
     pipeline = train_sklearn(training.train, training.numeric_features,
@@ -116,9 +142,9 @@ def sklearn_candidate(
 
 
 def torch_candidate(
-    training: TrainingSet, registry: MlflowRegistry, run_id: str
+    training: TrainingSet, registry: MlflowRegistry, policy: Policy, run_id: str
 ) -> RegisteredCandidate:
-    """Train, score train AUC, log and register (the `model_torch` asset body)."""
+    """Place, train, score train AUC, log and register (the `model_torch` asset body)."""
     from unified_assets.ml.torch_model import (
         TorchParams,
         TorchRiskModel,
@@ -126,8 +152,13 @@ def torch_candidate(
         train_torch,
     )
 
+    placement = place("model_torch", GPU_TRAINING, len(training.train), policy)
     config = TorchModelConfig()
-    params = TorchParams(**config.model_dump())
+    device = config.device
+    if device == "auto":
+        device = str(placement.settings.get("device",
+                                            "cuda" if placement.target == "gpu" else "cpu"))
+    params = TorchParams(**(config.model_dump() | {"device": device}))
     result = train_torch(training.train, training.numeric_features,
                          training.categorical_features, training.target, params)
     train_auc = binary_metrics(training.train[training.target],
@@ -146,30 +177,103 @@ def torch_candidate(
 
 def evaluate(
     registry: MlflowRegistry, store: ArtifactStore, candidate: RegisteredCandidate,
-    training: TrainingSet,
+    training: TrainingSet, promotion: PromotionPolicy,
 ) -> dict:
-    """Holdout report stored as JSON (the `evaluation_<family>` asset body)."""
-    report = evaluate_on_holdout(registry, candidate, training, EvaluationConfig().threshold)
+    """Holdout report, Evidently HTML and policy gates, stored (the `evaluation_<family>` body)."""
+    from unified_assets.ml.evidently_report import evidently_html
+
+    report, scorer = evaluate_on_holdout(registry, candidate, training,
+                                         promotion.operating_threshold)
+    holdout_scores = report.pop("_holdout_scores")
+    html = evidently_html(training.train, scorer(training.train), training.holdout,
+                          holdout_scores, training.numeric_features,
+                          training.categorical_features, training.target)
+    report["evidently_report_uri"] = store.write_bytes(
+        evaluation_report_key(candidate.model_name, candidate.version, "html"), html.encode()
+    )
+    verdict = judge(report, promotion)
+    report["gates"] = {n: {"passed": g.passed, "message": g.message}
+                       for n, g in verdict.gates.items()}
+    report["passed_gates"] = verdict.passed
     report["report_uri"] = store.write_json(
         evaluation_report_key(candidate.model_name, candidate.version), report
     )
     return report
 
 
-def promote(registry: MlflowRegistry, reports: list[dict]) -> dict:
-    """Move the champion alias if a candidate beats it (the `production_model` asset body)."""
+def select(registry: MlflowRegistry, reports: list[dict], promotion: PromotionPolicy) -> dict:
+    """Best candidate passing every blocking gate gets the challenger alias (`challenger`)."""
+    chosen, verdicts = select_challenger(reports, promotion)
     model_name = reports[0]["model_name"]
-    previous = registry.alias_version(model_name)
-    chosen, reason = choose_promotion(reports, previous)
-    if chosen is not None:
-        registry.set_alias(model_name, chosen["version"])
-    return {"model_name": model_name, "champion_version": registry.alias_version(model_name),
-            "previous_champion": previous, "promoted": chosen is not None, "reason": reason}
+    if chosen:
+        registry.set_alias(model_name, chosen["version"], CHALLENGER_ALIAS)
+        reason = f"{chosen['family']} v{chosen['version']} passed every gate"
+    else:
+        reason = "no candidate passed every gate: " + " | ".join(
+            f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
+        )
+    picked = chosen or {}
+    return {
+        "model_name": model_name,
+        **{key: picked.get(key) for key in ("family", "version", "report_uri", "training_batches",
+                                            "overall", "segments", "champion")},
+        "reason": reason,
+        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures()}
+                       for f, v in verdicts.items()},
+    }
+
+
+def approve(decisions: DecisionStore, registry: MlflowRegistry, policy: Policy,
+            challenger: dict) -> dict:
+    """Policy approval recorded in the decision store (the `approval` body, no UI decision)."""
+    model_name, version = challenger["model_name"], challenger["version"]
+    now = datetime.now(UTC)
+    state = approval_state(decisions.events(model_name, version), version, now)
+    if state.state in ("none", "expired"):
+        champion = challenger.get("champion")
+        family = (registry.version_tags(model_name, champion["version"]).get("family")
+                  if champion else None)
+        reasons = human_reasons(challenger, family, policy.approval, policy.promotion)
+        if reasons:
+            decisions.append_event(model_name=model_name, version=version, kind="request",
+                                   actor=POLICY_ACTOR, reason="; ".join(reasons),
+                                   expires_at=now + timedelta(
+                                       hours=policy.approval.request_ttl_hours),
+                                   details={"report_uri": challenger["report_uri"]})
+        else:
+            decisions.append_event(model_name=model_name, version=version, kind="decision",
+                                   decision="approve", actor=POLICY_ACTOR,
+                                   reason="approved automatically: no policy rule needs a human",
+                                   details={"source": "policy"})
+        state = approval_state(decisions.events(model_name, version), version, now)
+    return {**challenger, "approval_state": state.state, "approval": state.describe(),
+            "approved_by": state.decision["actor"] if state.decision else None}
+
+
+def promote(decisions: DecisionStore, registry: MlflowRegistry, approval: dict,
+            run_id: str) -> dict:
+    """Move `champion` through the ledger (the `production_model` body, action promote)."""
+    model_name = approval["model_name"]
+    outcome = ChampionLedger(decisions, registry).promote(
+        model_name, approval["version"], actor=approval["approved_by"] or POLICY_ACTOR,
+        reason=f"passed every gate; {approval['approval']}",
+        details={"evaluation_report": approval["report_uri"],
+                 "training_batches": approval["training_batches"], "dagster_run_id": run_id},
+    )
+    registry.alias_version(model_name, CHAMPION_ALIAS)
+    decisions.changes(model_name)
+    return {"model_name": model_name, "action": outcome.action, "message": outcome.message,
+            "champion": outcome.to_version, "from_version": outcome.from_version,
+            "evaluation_report": approval["report_uri"],
+            "training_batches": approval["training_batches"]}
 
 
 def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> PlainResult:
-    """Ingest every landed batch, build the training set, train, evaluate and promote."""
+    """Ingest every landed batch, build the training set, train, evaluate, select, promote."""
     dataset, store, registry = plain_resources(settings)
+    decisions = DecisionStore(url=settings.decisions_url)
+    policy = load_policy(settings.policy_path)
+    promotion = policy.promotion
     result = PlainResult()
     clock = time.perf_counter()
 
@@ -183,13 +287,20 @@ def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> 
     lap("ingest (all batches)")
     training = build_training_set(dataset, store, result.batches_ingested, TrainingSetConfig())
     lap("training_set")
-    candidates = {"sklearn": sklearn_candidate(training, registry, run_id)}
+    candidates = {"sklearn": sklearn_candidate(training, registry, policy, run_id)}
     lap("model_sklearn")
-    candidates["torch"] = torch_candidate(training, registry, run_id)
+    candidates["torch"] = torch_candidate(training, registry, policy, run_id)
     lap("model_torch")
     for family, candidate in candidates.items():
-        result.candidates[family] = evaluate(registry, store, candidate, training)
+        result.candidates[family] = evaluate(registry, store, candidate, training, promotion)
         lap(f"evaluation_{family}")
-    result.production = promote(registry, [result.candidates["sklearn"], result.candidates["torch"]])
+    result.challenger = select(registry, [result.candidates["sklearn"], result.candidates["torch"]],
+                               promotion)
+    lap("challenger")
+    if result.challenger["version"] is not None:
+        result.approval = approve(decisions, registry, policy, result.challenger)
+    lap("approval")
+    if result.approval.get("approval_state") == "approved":
+        result.production = promote(decisions, registry, result.approval, run_id)
     lap("production_model")
     return result
