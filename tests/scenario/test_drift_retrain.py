@@ -6,6 +6,7 @@ import dagster as dg
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import DriftSpec, write_batches
+from unified_assets.placement import decisions_from_tags
 
 RESOURCES = ("dataset", "store", "mlflow_registry", "policy")
 
@@ -38,6 +39,8 @@ def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instanc
     assert request.tags["unified-ai/drift-batches"] == "batch-00004,batch-00005"
     assert request.run_key == "drift-retrain:batch-00004,batch-00005"
     assert "amount" in request.tags["unified-ai/reason"]
+    plan = decisions_from_tags(request.tags)
+    assert plan["model_torch"].target == "cpu" and plan["model_torch"].fallback != "none"
 
     replay = _tick(defs, instance, cursor=loud.cursor)
     assert isinstance(replay, dg.SkipReason), "the same evidence never retrains twice"
