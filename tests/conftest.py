@@ -18,7 +18,8 @@ def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from mlflow import MlflowClient
 
     folder = tmp_path_factory.mktemp("mlflow-template")
-    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.search_experiments()
     return folder / "mlflow.db"
 

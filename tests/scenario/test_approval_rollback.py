@@ -10,7 +10,6 @@ import time
 import dagster as dg
 import pytest
 import yaml
-from mlflow import MlflowClient
 
 from resources.decision_store import ChangeConflict, DecisionStore
 from resources.mlflow_registry import MlflowRegistry
@@ -38,7 +37,7 @@ def _with_policy(settings, tmp_path, policy):
 
 
 def _champion(settings, model="payments-risk"):
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri).client()
     try:
         return str(client.get_model_version_by_alias(model, "champion").version)
     except Exception:  # noqa: BLE001 - alias not set
@@ -182,8 +181,8 @@ def test_rollback_moves_the_alias_records_an_incident_and_keeps_everything(setti
         ("promote", None, "1"), ("promote", "1", "2"), ("promote", "2", "3"),
         ("rollback", "3", "2"), ("rollback", "2", "1"),
     ]
-    versions = MlflowClient(tracking_uri=settings.mlflow_tracking_uri).search_model_versions("name='m'")
-    assert sorted(v.version for v in versions) == [1, 2, 3]
+    versions = registry.client().search_model_versions("name='m'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3], "nothing deleted"
 
 
 def test_rollback_job_materializes_production_with_an_incident(human, instance):

@@ -5,8 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mlflow import MlflowClient
-
+from resources.mlflow_registry import MlflowRegistry
 from unified_assets.lifecycle import run_lifecycle
 from unified_assets.ml.sklearn_datasets import write_breast_cancer_example
 from unified_assets.settings import Settings
@@ -24,7 +23,7 @@ def test_demo_command_runs_the_lifecycle_headless(tmp_path):
     aucs = [float(x) for x in re.findall(r"roc_auc=([0-9.]+)", out.stdout)]
     assert len(aucs) == 2 and min(aucs) > 0.6
     version = re.search(r"champion: payments-risk v(\d+)", out.stdout).group(1)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}")
+    client = MlflowRegistry(tracking_uri=f"sqlite:///{tmp_path / 'demo' / 'mlflow.db'}").client()
     champion = client.get_model_version_by_alias("payments-risk", "champion")
     assert str(champion.version) == version, out.stdout
 
@@ -47,6 +46,6 @@ def test_bring_your_own_data_breast_cancer_end_to_end(settings, instance, tmp_pa
     assert {s["segment"] for s in sklearn["segments"]} == {"size_band", "texture_band"}
     assert sklearn["overall"]["rows"] + summary.candidates["torch"]["overall"]["rows"] > 150
     assert summary.production["champion"] is not None
-    client = MlflowClient(tracking_uri=byo.mlflow_tracking_uri)
+    client = MlflowRegistry(tracking_uri=byo.mlflow_tracking_uri).client()
     alias = client.get_model_version_by_alias("breast-cancer", "champion")
     assert str(alias.version) == summary.production["champion"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from mlflow import MlflowClient
 
+from resources.mlflow_registry import MlflowRegistry
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -47,7 +47,7 @@ def _checks(result, asset="challenger"):
 
 
 def _champion(settings):
-    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    client = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri).client()
     try:
         return str(client.get_model_version_by_alias("payments-risk", "champion").version)
     except Exception:  # noqa: BLE001 - no alias yet

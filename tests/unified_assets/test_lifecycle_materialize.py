@@ -5,8 +5,8 @@ import json
 
 import dagster as dg
 import pytest
-from mlflow import MlflowClient
 
+from resources.mlflow_registry import MlflowRegistry
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, run_lifecycle, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -41,7 +41,7 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
         assert report["training_batches"] == summary.batches_ingested
 
     best = max(summary.candidates.values(), key=lambda r: r["overall"]["roc_auc"])
-    client = MlflowClient(tracking_uri=landed.mlflow_tracking_uri)
+    client = MlflowRegistry(tracking_uri=landed.mlflow_tracking_uri).client()
     champion = client.get_model_version_by_alias("payments-risk", "champion")
     assert str(champion.version) == best["version"] == summary.production["champion"]
     assert summary.production["from_version"] is None
@@ -81,7 +81,7 @@ def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, insta
     assert "beats_champion" in held["reason"]
     assert not result.success
     assert len(instance.fetch_materializations(dg.AssetKey("production_model"), limit=5).records) == 1
-    client = MlflowClient(tracking_uri=landed.mlflow_tracking_uri)
+    client = MlflowRegistry(tracking_uri=landed.mlflow_tracking_uri).client()
     assert str(client.get_model_version_by_alias("payments-risk", "champion").version) == first_champion
 
 
