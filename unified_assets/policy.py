@@ -13,6 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from unified_assets.ml.dataset_spec import describe_validation_error
 from unified_assets.placement.policy import DEFAULT_POLICY as DEFAULT_PLACEMENT
 from unified_assets.placement.policy import PlacementPolicy
 
@@ -147,15 +148,6 @@ class Policy(_Strict):
     drift: DriftPolicy = DriftPolicy()
 
 
-def _describe(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        parts.append(f"{key}: {message}")
-    return "; ".join(parts)
-
-
 def parse_policy(data: object, origin: str = "<policy>") -> Policy:
     if data is None:
         data = {}
@@ -164,7 +156,7 @@ def parse_policy(data: object, origin: str = "<policy>") -> Policy:
     try:
         return Policy.model_validate(data)
     except ValidationError as error:
-        raise PolicyError(f"policy {origin}: {_describe(error)}") from None
+        raise PolicyError(f"policy {origin}: {describe_validation_error(error)}") from None
 
 
 def load_policy(path: str | Path | None = None) -> Policy:

@@ -83,11 +83,12 @@ class DatasetSpec(BaseModel):
         return self.model_copy(update={"source": self.source.model_copy(update={"path": str(path)})})
 
 
-def _describe(error: ValidationError) -> str:
+def describe_validation_error(error: ValidationError) -> str:
+    """One line per problem, each starting with the dotted path of the offending key."""
     parts = []
     for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"]) or "(spec)"
-        parts.append(f"{location}: {item['msg']}")
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        parts.append(f"{key}: {item['msg'].removeprefix('Value error, ')}")
     return "; ".join(parts)
 
 
@@ -98,7 +99,7 @@ def parse_spec(data: object, origin: str = "<dataset spec>") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as error:
-        raise DatasetSpecError(f"{origin}: {_describe(error)}") from None
+        raise DatasetSpecError(f"{origin}: {describe_validation_error(error)}") from None
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
