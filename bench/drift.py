@@ -161,12 +161,12 @@ def phase_evidently(rows: int, cols: int, seed: int) -> dict:
     import evidently  # noqa: F401
     from evidently.presets import DataDriftPreset  # noqa: F401
 
-    from unified_assets.ml.drift import evidently_drift
+    from unified_assets.ml.evidently_report import evidently_verdicts
 
     import_s = time.perf_counter() - started
     baseline = _start_memory()
     t0 = time.perf_counter()
-    result = evidently_drift(ref, cur, numeric, categorical)
+    result = evidently_verdicts(ref, cur, numeric, categorical)
     total = time.perf_counter() - t0
     return {
         "tool": "evidently", "rows": rows, "cols": cols, "import_s": import_s, "total_s": total,

@@ -1,8 +1,15 @@
-"""The dataset the project trains on: its spec and the batch files in its landing zone."""
+"""The dataset the project trains on: its spec and the files in its landing zone.
+
+The landing zone is a local folder by default (`DatasetResource`) or an S3 prefix through
+dagster-aws (`S3DatasetResource`). Both list batch files and late label files the same way
+and hand the assets a local path to read.
+"""
 
 from __future__ import annotations
 
+import fnmatch
 import re
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
@@ -13,13 +20,28 @@ from unified_assets.ml.dataset_spec import DatasetSpec, load_spec, payments_spec
 _PARTITION_SAFE = re.compile(r"[^A-Za-z0-9_.=-]")
 
 
-def batch_key(path: Path) -> str:
-    """Partition key for a batch file: its name without extension, made key-safe."""
-    return _PARTITION_SAFE.sub("_", path.name.split(".")[0])
+def batch_key(name: str) -> str:
+    """Partition key for a batch file name: the name without extension, made key-safe."""
+    return _PARTITION_SAFE.sub("_", name.split(".")[0])
+
+
+def is_complete(name: str) -> bool:
+    """Hidden and `.partial` files are still being written; they are renamed into place."""
+    return not name.startswith(".") and not name.endswith(".partial")
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    """One file in the landing zone; `version` changes when the file is replaced."""
+
+    key: str
+    uri: str
+    version: str
 
 
 class DatasetResource(dg.ConfigurableResource):
-    """Which data: a dataset spec file (bring your own) or the built-in payments domain."""
+    """Which data: a dataset spec file (bring your own) or the built-in payments domain,
+    landed in a local folder."""
 
     spec_path: str | None = None
     landing_dir: str = ".unified_ai/landing"
@@ -31,26 +53,95 @@ class DatasetResource(dg.ConfigurableResource):
         return payments_spec(Path(self.landing_dir).resolve())
 
     @property
-    def source_dir(self) -> Path:
-        return Path(self.spec.source.path)
+    def source_uri(self) -> str:
+        return self.spec.source.path
 
-    def batch_files(self) -> dict[str, Path]:
-        """Complete batch files by partition key, in name order. Hidden and `.partial`
-        files are being written and are skipped until renamed into place."""
-        folder = self.source_dir
+    @property
+    def labels_uri(self) -> str:
+        return self.spec.source.labels_folder
+
+    def batch_files(self) -> dict[str, LandedFile]:
+        """Complete batch files by partition key, in name order."""
+        return self._list(self.source_uri)
+
+    def label_files(self) -> dict[str, LandedFile]:
+        """Complete late-label files by the partition key of the batch they label."""
+        return self._list(self.labels_uri)
+
+    def _list(self, folder_uri: str) -> dict[str, LandedFile]:
+        folder = Path(folder_uri)
         if not folder.is_dir():
             return {}
-        files = sorted(
-            p for p in folder.glob(self.spec.source.glob)
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(".partial")
-        )
-        return {batch_key(p): p for p in files}
+        files = sorted(p for p in folder.glob(self.spec.source.glob)
+                       if p.is_file() and is_complete(p.name))
+        return {batch_key(p.name): LandedFile(batch_key(p.name), str(p), str(p.stat().st_mtime_ns))
+                for p in files}
+
+    def fetch(self, landed: LandedFile) -> Path:
+        """A local path holding the file's content."""
+        return Path(landed.uri)
 
     def batch_file(self, key: str) -> Path:
-        files = self.batch_files()
+        return self.fetch(self._find(self.batch_files(), key, self.source_uri, "batch"))
+
+    def label_file(self, key: str) -> Path:
+        return self.fetch(self._find(self.label_files(), key, self.labels_uri, "labels"))
+
+    def _find(self, files: dict[str, LandedFile], key: str, where: str, what: str) -> LandedFile:
         if key not in files:
-            raise dg.Failure(
-                f"batch {key!r} has no file in {self.source_dir} matching "
-                f"{self.spec.source.glob!r}"
-            )
+            raise dg.Failure(f"{what} {key!r} has no file in {where} matching "
+                             f"{self.spec.source.glob!r}")
         return files[key]
+
+
+class S3DatasetResource(DatasetResource):
+    """The landing zone is an S3 prefix (`s3://bucket/prefix`), read through dagster-aws's
+    `S3Resource` (credentials from the standard AWS environment; any S3-compatible
+    endpoint). Labels live under `<prefix>/labels/`. An S3 object appears only once its
+    upload is complete, so a partly written batch is never listed."""
+
+    landing_uri: str
+    s3: dg.ResourceDependency[dg.ConfigurableResource]
+    cache_dir: str = ".unified_ai/landing-cache"
+
+    @property
+    def source_uri(self) -> str:
+        return self.landing_uri.rstrip("/")
+
+    @property
+    def labels_uri(self) -> str:
+        return f"{self.source_uri}/labels"
+
+    def _list(self, folder_uri: str) -> dict[str, LandedFile]:
+        bucket, prefix = split_s3_uri(folder_uri)
+        prefix = f"{prefix}/" if prefix else ""
+        client = self.s3.get_client()
+        found: dict[str, LandedFile] = {}
+        for page in client.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            for item in page.get("Contents", []):
+                name = item["Key"][len(prefix):]
+                if is_complete(name) and fnmatch.fnmatch(name, self.spec.source.glob):
+                    found[batch_key(name)] = LandedFile(batch_key(name), f"s3://{bucket}/{item['Key']}",
+                                                        item["ETag"].strip('"'))
+        return dict(sorted(found.items()))
+
+    def fetch(self, landed: LandedFile) -> Path:
+        """Download once per object version into the cache."""
+        bucket, key = split_s3_uri(landed.uri)
+        target = Path(self.cache_dir) / landed.version / Path(key).name
+        if not target.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            self.s3.get_client().download_file(bucket, key, str(partial))
+            partial.replace(target)
+        return target
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("s3://"):
+        raise ValueError(f"{uri!r} is not an s3:// URI")
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ValueError(f"{uri!r} names no bucket")
+    return bucket, prefix.strip("/")

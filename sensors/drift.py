@@ -11,12 +11,8 @@ from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
+from sensors.retrain import retrain_request
 from unified_assets.partitions import BATCHES
-from unified_assets.settings import load_settings
-
-
-def deployment_is_kubernetes() -> bool:
-    return load_settings().deployment == "kubernetes"
 
 
 def build_drift_sensor(job) -> dg.SensorDefinition:
@@ -62,25 +58,14 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
             f"{b}: {r['number_of_drifted_columns']}/{r['number_of_columns']} columns "
             f"({', '.join(r['drifted_columns'][:5])})" for b, r in sorted(drifted.items()))
         context.log.info(f"drift vs champion v{version}: {summary}")
-        from unified_assets.placement import PlacementError
-        from unified_assets.placement.launch import launch_plan
-
-        try:
-            plan_tags, run_config = launch_plan(
-                context.repository_def.get_job(job.name), context.instance,
-                policy.policy.placement, kubernetes=deployment_is_kubernetes())
-        except PlacementError as error:
+        request = retrain_request(
+            context, job.name, policy.policy.placement,
+            run_key=f"drift-retrain:{','.join(names)}",
+            tags={"unified-ai/trigger": "drift", "unified-ai/drift-batches": ",".join(names),
+                  "unified-ai/reason": f"drift vs champion v{version}: {summary}"[:1000]})
+        if isinstance(request, str):
             return dg.SensorResult(run_requests=[], cursor=cursor,
-                                   skip_reason=f"drift in {names} but no placement: {error}")
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(
-                run_key=f"drift-retrain:{','.join(names)}",
-                run_config=run_config,
-                tags={"unified-ai/trigger": "drift", "unified-ai/drift-batches": ",".join(names),
-                      "unified-ai/reason": f"drift vs champion v{version}: {summary}"[:1000],
-                      **plan_tags},
-            )],
-            cursor=cursor,
-        )
+                                   skip_reason=f"drift in {names} but {request}")
+        return dg.SensorResult(run_requests=[request], cursor=cursor)
 
     return drift_retrain_sensor

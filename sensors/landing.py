@@ -26,12 +26,12 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         known = set(context.instance.get_dynamic_partitions(BATCHES.name))
         new = [key for key in files if key not in known]
         if not new:
-            return dg.SkipReason(f"no new batch in {dataset.source_dir} ({len(files)} known)")
+            return dg.SkipReason(f"no new batch in {dataset.source_uri} ({len(files)} known)")
         return dg.SensorResult(
             run_requests=[
                 dg.RunRequest(partition_key=key, run_key=f"ingest:{key}",
                               tags={"unified-ai/trigger": "new-batch",
-                                    "unified-ai/batch-file": str(files[key])})
+                                    "unified-ai/batch-file": files[key].uri})
                 for key in new
             ],
             dynamic_partitions_requests=[BATCHES.build_add_request(new)],

@@ -15,8 +15,10 @@ def _generate(args: argparse.Namespace) -> int:
 
     drift = DriftSpec(args.drift_from, args.covariate_shift, args.label_shift)
     written = write_batches(Path(args.out), args.batches, args.rows, seed=args.seed,
-                            first_batch=args.first_batch, drift=drift)
-    print(f"wrote {len(written)} batch(es) of {args.rows} rows to {args.out}")
+                            first_batch=args.first_batch, drift=drift, labels=args.labels)
+    what = {"inline": "labelled batch(es)", "late": "batch(es) awaiting labels",
+            "only": "labels file(s)"}[args.labels]
+    print(f"wrote {len(written)} {what} of {args.rows} rows to {written[0].parent}")
     return 0
 
 
@@ -205,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--drift-from", type=int, default=None, help="first drifted batch index")
     generate.add_argument("--covariate-shift", type=float, default=0.0, help="strength, e.g. 1.0")
     generate.add_argument("--label-shift", type=float, default=0.0, help="added fraud log-odds")
+    generate.add_argument("--labels", choices=("inline", "late", "only"), default="inline",
+                          help="late: batches without labels; only: their labels, landing later "
+                          "(same seed, batches and drift options)")
     generate.set_defaults(run=_generate)
 
     demo = commands.add_parser("demo", help="run the whole lifecycle headless on a temp instance")

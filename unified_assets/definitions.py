@@ -12,10 +12,15 @@ from resources.escalation import Escalation
 from sensors.approvals import build_approval_sensor
 from sensors.drift import build_drift_sensor
 from sensors.failures import run_failure_incidents
+from sensors.labels import build_labels_sensor
 from sensors.landing import build_landing_sensor
+from sensors.live import build_live_sensor
 from unified_assets.assets.data import landed_batch
 from unified_assets.assets.deployment import approval, production_model
+from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
+from unified_assets.assets.labels import batch_labels
+from unified_assets.assets.live import live_performance
 from unified_assets.assets.models import model_sklearn, model_torch
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.selection import challenger
@@ -35,12 +40,17 @@ LOCAL_EXECUTOR_CONFIG = {
     "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}],
 }
 
-ASSETS = [landed_batch, training_set, model_sklearn, model_torch, *EVALUATION_ASSETS,
-          challenger, approval, production_model, batch_drift]
+ASSETS = [landed_batch, batch_labels, training_set, model_sklearn, model_torch,
+          *EVALUATION_ASSETS, challenger, approval, production_model, batch_drift,
+          live_performance, drift_report]
 
 ingest_job = dg.define_asset_job(
     "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
     description="Validate and curate one landed batch (one partition).",
+)
+labels_job = dg.define_asset_job(
+    "ingest_labels", selection=[batch_labels, live_performance], partitions_def=BATCHES,
+    description="Match a batch's late labels to its rows and measure the champion on them.",
 )
 lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
@@ -63,10 +73,27 @@ rollback_job = dg.define_asset_job(
 )
 
 
+def dataset_resource(settings: Settings) -> DatasetResource:
+    """The landing zone: the local folder, or an S3 prefix read through dagster-aws."""
+    if settings.landing_uri is None:
+        return DatasetResource(spec_path=settings.dataset_spec,
+                               landing_dir=str(settings.landing_dir))
+    from dagster_aws.s3 import S3Resource
+
+    from resources.dataset import S3DatasetResource
+
+    # Credentials come from the standard AWS environment (never config); an S3-compatible
+    # endpoint (MinIO, Ceph) from UNIFIED_AI_S3_ENDPOINT_URL when set.
+    s3 = S3Resource(endpoint_url=dg.EnvVar("UNIFIED_AI_S3_ENDPOINT_URL")) if settings.s3_endpoint \
+        else S3Resource()
+    return S3DatasetResource(spec_path=settings.dataset_spec, landing_dir=str(settings.landing_dir),
+                             landing_uri=settings.landing_uri, s3=s3,
+                             cache_dir=str(settings.home / "landing-cache"))
+
+
 def local_resources(settings: Settings) -> dict:
     return {
-        "dataset": DatasetResource(spec_path=settings.dataset_spec,
-                                   landing_dir=str(settings.landing_dir)),
+        "dataset": dataset_resource(settings),
         "store": ArtifactStore(root=str(settings.artifacts_dir)),
         "mlflow_registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
                                           artifact_location=settings.mlflow_artifact_location),
@@ -82,8 +109,7 @@ def kubernetes_resources(settings: Settings) -> dict:
                     aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
                     aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY"))
     return {
-        "dataset": DatasetResource(spec_path=settings.dataset_spec,
-                                   landing_dir=str(settings.landing_dir)),
+        "dataset": dataset_resource(settings),
         "store": ArtifactStore(root=dg.EnvVar("UNIFIED_AI_ARTIFACT_ROOT"),
                                s3_endpoint_url=dg.EnvVar("UNIFIED_AI_S3_ENDPOINT_URL"),
                                aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
@@ -122,9 +148,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=ASSETS,
         schedules=schedules,
-        jobs=[ingest_job, lifecycle_job, approval_job, rollback_job],
+        jobs=[ingest_job, labels_job, lifecycle_job, approval_job, rollback_job],
         sensors=[
             build_landing_sensor(ingest_job),
+            build_labels_sensor(labels_job),
+            build_live_sensor(lifecycle_job, rollback_job),
             build_approval_sensor(approval_job),
             build_drift_sensor(lifecycle_job),
             run_failure_incidents,

@@ -21,6 +21,11 @@ def profile_key(batch: str) -> str:
     return f"profiles/{batch}.json"
 
 
+def drift_key(batch: str) -> str:
+    """Where `batch_drift` keeps its decision for a batch."""
+    return f"drift/{batch}.json"
+
+
 def ensure_layout(store: ArtifactStore, frame: pd.DataFrame, spec: DatasetSpec) -> dict:
     """The dataset's profile layout (bin edges, vocabularies), fixed by the first valid batch."""
     from unified_assets.ml.profiles import build_reference_profile

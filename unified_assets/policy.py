@@ -1,4 +1,5 @@
-"""Policy as code: promotion, approval and placement rules in one YAML file, validated at load.
+"""Policy as code: promotion, approval, placement, drift and live-performance rules in one
+YAML file, validated at load.
 
 A bad policy (unknown key, wrong type, impossible value) raises `PolicyError` naming the
 file and the key, which fails `dagster definitions validate` and the UI load, so no run
@@ -140,12 +141,34 @@ class DriftPolicy(_Strict):
         return self
 
 
+class LivePolicy(_Strict):
+    """What the champion's live numbers (on batches whose labels landed) must stay above."""
+
+    metric: Metric = "roc_auc"
+    floor: float | None = Field(default=None, description="Below it: request a retrain.")
+    max_drop_vs_previous: float | None = Field(
+        default=None, ge=0.0,
+        description="The previous champion beats the champion on the same labelled rows by "
+        "more than this: roll back.")
+    on_regression: Literal["rollback", "incident"] = Field(
+        default="rollback", description="incident: record and escalate; a person rolls back.")
+    min_rows: int = Field(default=200, ge=1, description="Smaller batches only inform.")
+    min_positives: int = Field(default=5, ge=1, description="Both classes are needed.")
+
+    @model_validator(mode="after")
+    def _floor_is_possible(self) -> LivePolicy:
+        if self.floor is not None and self.metric in UNIT_INTERVAL and not 0 <= self.floor <= 1:
+            raise ValueError(f"floor: {self.floor} is outside [0, 1]")
+        return self
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     promotion: PromotionPolicy = PromotionPolicy()
     approval: ApprovalPolicy = ApprovalPolicy()
     placement: PlacementPolicy = DEFAULT_PLACEMENT
     drift: DriftPolicy = DriftPolicy()
+    live: LivePolicy = LivePolicy()
 
 
 def parse_policy(data: object, origin: str = "<policy>") -> Policy:

@@ -15,6 +15,8 @@ DEPLOYMENT_ENV = "UNIFIED_AI_DEPLOYMENT"
 HOME_ENV = "UNIFIED_AI_HOME"
 DATASET_SPEC_ENV = "UNIFIED_AI_DATASET_SPEC"
 POLICY_ENV = "UNIFIED_AI_POLICY"
+LANDING_URI_ENV = "UNIFIED_AI_LANDING_URI"
+S3_ENDPOINT_ENV = "UNIFIED_AI_S3_ENDPOINT_URL"
 Deployment = Literal["local", "kubernetes"]
 DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes")
 
@@ -25,6 +27,8 @@ class Settings:
     home: Path
     dataset_spec: str | None
     policy_path: str | None = None
+    landing_uri: str | None = None  # s3://bucket/prefix: land batches and labels in S3
+    s3_endpoint: bool = False  # an S3-compatible endpoint is set in UNIFIED_AI_S3_ENDPOINT_URL
 
     @property
     def landing_dir(self) -> Path:
@@ -64,7 +68,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             f"{DEPLOYMENT_ENV}={deployment!r} is not a deployment; choose one of {DEPLOYMENTS}"
         )
     home = Path(env.get(HOME_ENV) or Path.cwd() / ".unified_ai").resolve()
+    landing_uri = env.get(LANDING_URI_ENV) or None
+    if landing_uri is not None and not landing_uri.startswith("s3://"):
+        raise ValueError(f"{LANDING_URI_ENV}={landing_uri!r} must be an s3://bucket/prefix URI "
+                         "(a local landing folder comes from the dataset spec)")
     return Settings(
         deployment=deployment, home=home, dataset_spec=env.get(DATASET_SPEC_ENV) or None,
-        policy_path=env.get(POLICY_ENV) or None,
+        policy_path=env.get(POLICY_ENV) or None, landing_uri=landing_uri,
+        s3_endpoint=bool(env.get(S3_ENDPOINT_ENV)),
     )

@@ -20,7 +20,7 @@ def test_definitions_load_and_every_asset_is_described():
     assert keys == {
         "landed_batch", "training_set", "model_sklearn", "model_torch",
         "evaluation_sklearn", "evaluation_torch", "challenger", "approval",
-        "production_model", "batch_drift",
+        "production_model", "batch_drift", "batch_labels", "live_performance", "drift_report",
     }
     groups = {}
     for key in graph.get_all_asset_keys():

@@ -15,7 +15,8 @@ CHECK_DESCRIPTIONS = {
     "features numeric.",
     "nulls": "Features and segments are no more null than the spec's max_null_fraction.",
     "ranges": "Numeric features lie within the spec's ranges.",
-    "label": "The label is present on every row and binary.",
+    "label": "The label is binary and present on every row, or absent on every row (labels "
+    "land later for the whole batch).",
 }
 
 
@@ -33,10 +34,10 @@ def report_key(batch: str) -> str:
     kinds={"parquet", "pandas"},
     owners=OWNERS,
     description=(
-        "One landed batch of labelled records, read from the landing zone, validated against "
-        "the dataset spec and stored as a curated Parquet file with a compact column profile "
-        "(for drift). A batch that fails a check is recorded with its findings but never "
-        "written for training."
+        "One landed batch of records (labelled, or awaiting late labels), read from the landing "
+        "zone, validated against the dataset spec and stored as a curated Parquet file with a "
+        "compact column profile (for drift). A batch that fails a check is recorded with its "
+        "findings but never written for training."
     ),
     check_specs=[
         dg.AssetCheckSpec(name, asset="landed_batch", blocking=True,
@@ -56,12 +57,13 @@ def landed_batch(
     store.write_json(
         report_key(batch),
         {"batch": batch, "file": str(path), "rows": report.rows, "passed": report.passed,
-         "findings": findings},
+         "labelled": report.labelled, "findings": findings},
     )
     metadata: dict = {
         "source_file": dg.MetadataValue.path(str(path)),
         "rows": dg.MetadataValue.int(report.rows),
         "passed_quality_checks": report.passed,
+        "labelled": report.labelled,
     }
     if report.passed:
         from unified_assets.monitoring import store_batch_profile
@@ -72,11 +74,13 @@ def landed_batch(
         metadata |= {
             "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
             dg.MetadataValue.path(store.local_path(curated_key(batch))),
-            "label_rate": dg.MetadataValue.float(float(frame[spec.target].mean())),
+            **({"label_rate": dg.MetadataValue.float(float(frame[spec.target].mean()))}
+               if report.labelled else {"labels": dg.MetadataValue.text("awaiting late labels")}),
             "profile_columns": dg.MetadataValue.int(len(profile["columns"])),
             "columns": markdown_table(
                 [{"column": c, "dtype": str(report.frame[c].dtype),
-                  "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns],
+                  "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns
+                 if c in report.frame.columns],
                 ["column", "dtype", "nulls"],
             ),
         }

@@ -35,7 +35,7 @@ def batch_drift(
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
     from unified_assets.monitoring import batch_drift as compute
-    from unified_assets.monitoring import champion_reference, profile_key
+    from unified_assets.monitoring import champion_reference, drift_key, profile_key
 
     batch = context.partition_key
     if not store.exists(profile_key(batch)):
@@ -45,7 +45,7 @@ def batch_drift(
         return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
     version, batches, merged = reference
     result = compute(store, merged, batch, policy.policy.drift)
-    store.write_json(f"drift/{batch}.json", result | {"champion": version})
+    store.write_json(drift_key(batch), result | {"champion": version})
     return dg.MaterializeResult(metadata={
         "dataset_drift": result["dataset_drift"],
         "share_of_drifted_columns": dg.MetadataValue.float(result["share_of_drifted_columns"]),

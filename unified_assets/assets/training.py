@@ -6,7 +6,8 @@ from pydantic import Field
 
 from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
-from unified_assets.assets.data import curated_key, landed_batch, report_key
+from unified_assets.assets.data import landed_batch, report_key
+from unified_assets.assets.labels import batch_labels, labelled_frame, labels_key
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table
 from unified_assets.ml.training_data import TrainingSet
@@ -25,10 +26,11 @@ class TrainingSetConfig(dg.Config):
 
 
 def select_window(
-    ordered_batches: list[str], materialized: set[str], reports: dict[str, dict], window: int
+    ordered_batches: list[str], materialized: set[str], reports: dict[str, dict], window: int,
+    awaiting_labels: frozenset[str] = frozenset(),
 ) -> tuple[list[str], dict[str, str]]:
-    """The newest `window` batches that were ingested and passed every check, oldest first,
-    and the reason each other ingested batch in that range was left out."""
+    """The newest `window` labelled batches that were ingested and passed every check, oldest
+    first, and the reason each other ingested batch was left out."""
     excluded: dict[str, str] = {}
     valid: list[str] = []
     for batch in ordered_batches:
@@ -40,18 +42,21 @@ def select_window(
         elif not report["passed"]:
             failed = [name for name, problems in report["findings"].items() if problems]
             excluded[batch] = f"failed checks: {', '.join(failed)}"
+        elif batch in awaiting_labels:
+            excluded[batch] = "awaiting late labels"
         else:
             valid.append(batch)
     return valid[-window:], excluded
 
 
 @dg.asset(
-    deps=[landed_batch],
+    deps=[landed_batch, batch_labels],
     group_name="training",
     kinds={"pandas"},
     owners=OWNERS,
     description=(
-        "Rows of the newest valid batches (a configurable window), split into train and a "
+        "Rows of the newest valid, labelled batches (a configurable window; labels inline or "
+        "landed later), split into train and a "
         "fixed holdout by a hash of each row id. Batches that failed a quality check are "
         "never used; metadata names the batches used and skipped."
     ),
@@ -75,13 +80,15 @@ def training_set(
         for b in ordered
         if b in materialized and store.exists(report_key(b))
     }
-    window, excluded = select_window(ordered, materialized, reports, config.window_batches)
+    awaiting = frozenset(b for b, r in reports.items()
+                         if not r.get("labelled", True) and not store.exists(labels_key(b)))
+    window, excluded = select_window(ordered, materialized, reports, config.window_batches, awaiting)
     if not window:
         raise dg.Failure(
             f"no valid ingested batch to train on ({len(materialized)} ingested, "
             f"{len(excluded)} excluded: {excluded})"
         )
-    frame = pd.concat([store.read_frame(curated_key(b)) for b in window], ignore_index=True)
+    frame = pd.concat([labelled_frame(store, b, spec.target) for b in window], ignore_index=True)
     if len(frame) < config.min_rows:
         raise dg.Failure(f"only {len(frame)} rows in batches {window}; min_rows={config.min_rows}")
     in_holdout = holdout_mask(frame["row_id"], config.holdout_fraction)

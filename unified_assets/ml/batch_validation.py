@@ -25,6 +25,7 @@ class BatchReport:
 
     file: str
     frame: pd.DataFrame | None
+    labelled: bool = True
     findings: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in CHECK_NAMES})
 
     @property
@@ -75,7 +76,9 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
     schema = report.findings["schema"]
     if frame.empty:
         schema.append(f"{name}: the batch has no rows")
-    missing = [c for c in spec.required_columns if c not in frame.columns]
+    # The label may come later (late labels): a batch without the target column is scored
+    # traffic awaiting ground truth, not a schema error.
+    missing = [c for c in spec.required_columns if c not in frame.columns and c != spec.target]
     if missing:
         schema.append(f"{name}: missing columns {missing}")
     for column in spec.numeric_features:
@@ -108,10 +111,16 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
             )
 
     labels = report.findings["label"]
+    if spec.target not in frame.columns or frame[spec.target].isna().all():
+        report.labelled = False  # labels land later, for the whole batch
+        return
     target = frame[spec.target]
     missing_labels = int(target.isna().sum())
     if missing_labels:
-        labels.append(f"{name}: label {spec.target!r} missing on {missing_labels} row(s)")
+        labels.append(
+            f"{name}: label {spec.target!r} missing on {missing_labels} of {len(frame)} row(s); "
+            "a batch is labelled on every row or on none (labels may land later)"
+        )
     unexpected = sorted(set(target.dropna().unique().tolist()) - {0, 1, spec.positive_label})
     if unexpected:
         labels.append(
@@ -130,14 +139,17 @@ def _is_numeric(series: pd.Series) -> bool:
 
 
 def curated(frame: pd.DataFrame, spec: DatasetSpec, batch_id: str) -> pd.DataFrame:
-    """The columns downstream needs, typed consistently, with a stable row id and batch id."""
-    columns = list(dict.fromkeys(spec.required_columns))
+    """The columns downstream needs, typed consistently, with a stable row id and batch id.
+    An unlabelled batch has no target column until its labels land."""
+    labelled = spec.target in frame.columns and not frame[spec.target].isna().all()
+    columns = [c for c in dict.fromkeys(spec.required_columns) if c != spec.target]
     out = frame[columns].copy()
     for column in spec.numeric_features:
         out[column] = out[column].astype("float64")
     for column in dict.fromkeys(spec.categorical_features + spec.segment_columns):
         out[column] = out[column].astype(str)
-    out[spec.target] = (frame[spec.target] == spec.positive_label).astype("int64")
+    if labelled:
+        out[spec.target] = (frame[spec.target] == spec.positive_label).astype("int64")
     if spec.id_column and spec.id_column in frame.columns:
         out["row_id"] = frame[spec.id_column].astype(str)
     else:

@@ -23,10 +23,17 @@ class SourceSpec(BaseModel):
     path: str = Field(description="Folder holding one file per batch (relative to the spec file).")
     format: Literal["parquet", "csv"] = "parquet"
     pattern: str | None = Field(default=None, description="Glob for batch files; default *.<format>.")
+    labels_path: str | None = Field(
+        default=None, description="Folder of late label files, one per batch, named like the batch "
+        "file (relative to the spec file); default: <path>/labels.")
 
     @property
     def glob(self) -> str:
         return self.pattern or f"*.{self.format}"
+
+    @property
+    def labels_folder(self) -> str:
+        return self.labels_path or f"{self.path.rstrip('/')}/labels"
 
 
 class DatasetSpec(BaseModel):
@@ -115,6 +122,10 @@ def load_spec(path: str | Path) -> DatasetSpec:
     source = Path(spec.source.path)
     if not source.is_absolute():
         spec = spec.with_source_path((path.parent / source).resolve())
+    labels = spec.source.labels_path
+    if labels and not Path(labels).is_absolute():
+        spec = spec.model_copy(update={"source": spec.source.model_copy(
+            update={"labels_path": str((path.parent / labels).resolve())})})
     return spec
 
 

@@ -363,67 +363,6 @@ def _cdf_at_edges(column: dict) -> tuple[np.ndarray, np.ndarray]:
     return cdf, np.where(inside, cdf, below)
 
 
-# ---------------------------------------------------------------- Evidently, for comparison
-
-
-def evidently_drift(
-    reference_frame,
-    current_frame,
-    numeric: list[str],
-    categorical: list[str],
-    drift_share: float = DEFAULT_DRIFT_SHARE,
-) -> DriftResult:
-    """Evidently 0.7's own DataDriftPreset verdicts on raw frames, in this module's result shape.
-
-    Values, methods and thresholds come from each ValueDrift metric, the per-column verdict
-    from its test status (FAIL = drift detected, `include_tests=True`), the counts from
-    DriftedColumnsCount. Slow by design (it reads rows): for tests and benchmarks only."""
-    import warnings
-
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
-
-    columns = list(numeric) + list(categorical)
-    definition = DataDefinition(numerical_columns=list(numeric), categorical_columns=list(categorical))
-    report = Report([DataDriftPreset(columns=columns, drift_share=drift_share)], include_tests=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        snapshot = report.run(
-            current_data=Dataset.from_pandas(current_frame[columns], data_definition=definition),
-            reference_data=Dataset.from_pandas(reference_frame[columns], data_definition=definition),
-        )
-    data = snapshot.dict()
-    status = {
-        t["metric_config"]["params"]["column"]: t["status"]
-        for t in data["tests"]
-        if t["metric_config"]["params"].get("type", "").endswith("ValueDrift")
-    }
-    by_display = {display: name for name, (display, _, _) in STATTESTS.items()}
-    rows = {}
-    share = None
-    for metric in data["metrics"]:
-        config = metric["config"]
-        if config["type"].endswith("DriftedColumnsCount"):
-            share = metric["value"]["share"]
-        elif config["type"].endswith("ValueDrift"):
-            column = config["column"]
-            rows[column] = ColumnDrift(
-                column=column,
-                kind="numeric" if column in numeric else "categorical",
-                stattest=by_display.get(config["method"], config["method"]),
-                statistic=config["method"],
-                value=float(metric["value"]),
-                threshold=float(config["threshold"]),
-                drifted=status[column] == "FAIL",
-                reference_count=int(reference_frame[column].notna().sum()),
-                current_count=int(current_frame[column].notna().sum()),
-            )
-    result = DriftResult([rows[c] for c in columns], drift_share=drift_share)
-    if share is not None and abs(share - result.share_of_drifted_columns) > 1e-12:
-        raise RuntimeError(f"Evidently's drifted share {share} disagrees with its column verdicts")
-    return result
-
-
 def verdict_agreement(ours: DriftResult, theirs: DriftResult) -> float:
     """Share of the columns of `theirs` on which both results give the same drift verdict."""
     mine = {c.column: c.drifted for c in ours.columns}

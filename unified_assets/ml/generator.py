@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ MERCHANT_RISK = {
 CHANNELS = ("pos", "web", "app")
 CHANNEL_WEIGHTS = (0.45, 0.35, 0.20)
 CHANNEL_RISK = {"pos": -0.5, "web": 0.6, "app": 0.1}
+TARGET = "is_fraud"
+ID_COLUMN = "transaction_id"
+LabelMode = Literal["inline", "late", "only"]
 
 
 @dataclass(frozen=True)
@@ -130,14 +134,25 @@ def write_batches(
     seed: int = 7,
     first_batch: int = 0,
     drift: DriftSpec | None = None,
+    labels: LabelMode = "inline",
 ) -> list[Path]:
-    """Write batches as Parquet; each appears atomically (temp file, then rename)."""
-    landing_dir.mkdir(parents=True, exist_ok=True)
+    """Write batches as Parquet; each appears atomically (temp file, then rename).
+
+    labels: "inline" writes labelled batches; "late" writes them without the label column;
+    "only" writes just the labels (id + label) of the same seeded batches into
+    `<landing_dir>/labels/`, as ground truth arriving after a "late" batch.
+    """
+    folder = landing_dir / "labels" if labels == "only" else landing_dir
+    folder.mkdir(parents=True, exist_ok=True)
     written = []
     for index in range(first_batch, first_batch + batches):
         frame = generate_batch(index, rows, seed=seed, drift=drift)
-        final = landing_dir / f"{batch_name(index)}.parquet"
-        partial = landing_dir / f".{final.name}.partial"
+        if labels == "late":
+            frame = frame.drop(columns=[TARGET])
+        elif labels == "only":
+            frame = frame[[ID_COLUMN, TARGET]]
+        final = folder / f"{batch_name(index)}.parquet"
+        partial = folder / f".{final.name}.partial"
         frame.to_parquet(partial, index=False)
         os.replace(partial, final)
         written.append(final)

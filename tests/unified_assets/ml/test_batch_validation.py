@@ -63,7 +63,7 @@ def test_nulls_ranges_and_labels(tmp_path, spec):
     assert report.failed_checks() == ["nulls", "ranges", "label"]
     assert "'device_trust_score' is 10.0% null" in report.findings["nulls"][0]
     assert "'hour_of_day' has 0 value(s) below 0 and 1 above 23" in report.findings["ranges"][0]
-    assert "missing on 1 row(s)" in report.findings["label"][0]
+    assert "missing on 1 of 100 row(s)" in report.findings["label"][0]
     assert "found values [3.0]" in report.findings["label"][1]
 
 
@@ -86,3 +86,11 @@ def test_csv_source_reads_and_synthesises_row_ids(tmp_path):
     assert report.passed
     assert curated(report.frame, spec, "b")["row_id"].tolist()[:2] == ["b:0", "b:1"]
     assert isinstance(report.frame, pd.DataFrame)
+
+
+def test_batch_without_label_column_passes_and_awaits_labels(tmp_path, spec):
+    frame = generate_batch(1, 50).drop(columns=["is_fraud"])
+    report = validate_batch_file(_write(tmp_path, frame), spec)
+    assert report.passed and report.labelled is False
+    out = curated(report.frame, spec, "batch-00001")
+    assert "is_fraud" not in out.columns and len(out) == 50

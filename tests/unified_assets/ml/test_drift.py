@@ -7,13 +7,8 @@ from scipy import stats
 from scipy.spatial import distance
 
 from unified_assets.ml.dataset_spec import PAYMENTS_SPEC_DATA
-from unified_assets.ml.drift import (
-    DriftResult,
-    compute_drift,
-    drift_markdown,
-    evidently_drift,
-    verdict_agreement,
-)
+from unified_assets.ml.drift import DriftResult, compute_drift, drift_markdown, verdict_agreement
+from unified_assets.ml.evidently_report import evidently_verdicts
 from unified_assets.ml.generator import DriftSpec, generate_batch
 from unified_assets.ml.profiles import build_reference_profile, merge_profiles, profile_batch
 
@@ -77,7 +72,7 @@ def test_verdicts_and_values_match_evidently(evidently_loaded, scenario):
     ref, cur, numeric, categorical = _scenario(scenario)
     reference = build_reference_profile(ref, numeric, categorical)
     ours = compute_drift(reference, profile_batch(cur, reference))
-    theirs = evidently_drift(ref, cur, numeric, categorical)
+    theirs = evidently_verdicts(ref, cur, numeric, categorical)
 
     assert [c.column for c in ours.columns] == [c.column for c in theirs.columns]
     assert verdict_agreement(ours, theirs) == 1.0, [

@@ -1,0 +1,124 @@
+"""The Evidently drift report: its verdicts on synthetic frames, and the asset end to end on a
+real champion (MLflow sqlite, Parquet in temp folders) next to `batch_drift`'s decision."""
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from unified_assets.assets.data import curated_key
+from unified_assets.assets.drift_report import drift_report
+from unified_assets.assets.monitoring import batch_drift
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed
+from unified_assets.ml.evidently_report import SAMPLE_ROWS, evidently_drift
+from unified_assets.ml.generator import DriftSpec, write_batches
+from unified_assets.partitions import BATCHES
+
+RESOURCES = ("dataset", "store", "mlflow_registry", "policy")
+CALM, DRIFTED = "batch-00003", "batch-00004"
+
+
+def _frame(rows: int, shifted: bool, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    letters = np.array(list("abc"), dtype=object)
+    return pd.DataFrame({
+        "moved": rng.normal(0.5 if shifted else 0.0, 1.0, rows),
+        "still": rng.normal(0.0, 1.0, rows),
+        "kind": rng.choice(letters, rows, p=[0.2, 0.3, 0.5] if shifted else [0.5, 0.3, 0.2]),
+    })
+
+
+def test_evidently_drift_flags_the_shifted_columns_and_reports_sampling():
+    reference, current = _frame(4000, False, seed=1), _frame(3000, True, seed=2)
+    html, summary = evidently_drift(reference, current, ["moved", "still"], ["kind"],
+                                    num_threshold=None, cat_threshold=None, drift_share=0.5,
+                                    sample_rows=2500)
+    verdicts = {c["column"]: c for c in summary["columns"]}
+    assert summary["drifted_columns"] == ["moved", "kind"]
+    assert not verdicts["still"]["drifted"]
+    assert verdicts["moved"]["statistic"] == "Wasserstein distance (normed)"
+    assert verdicts["kind"]["statistic"] == "Jensen-Shannon distance"
+    assert {c["threshold"] for c in summary["columns"]} == {0.1}
+    assert summary["number_of_drifted_columns"] == 2
+    assert summary["share_of_drifted_columns"] == pytest.approx(2 / 3)
+    assert summary["dataset_drift"] is True
+    assert summary["rows"] == {"reference": 4000, "current": 3000, "reference_compared": 2500,
+                               "current_compared": 2500, "sampled": True, "sample_cap": 2500}
+    assert "<html" in html[:500] and '"column_name": "moved"' in html and "Wasserstein" in html
+
+
+def _materialize(defs: dg.Definitions, instance: dg.DagsterInstance, batch: str,
+                 assets: list) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, partition_key=batch, instance=instance, raise_on_error=False,
+                          resources={k: defs.resources[k] for k in RESOURCES})
+
+
+def _metadata(result: dg.ExecuteInProcessResult) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey("drift_report")]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def _promote_a_champion(defs: dg.Definitions, batches: list[str]) -> str:
+    """A small sklearn model on `batches`, registered with their names and made champion: the
+    registry state the lifecycle leaves (version tag `training_batches`, alias `champion`),
+    in seconds rather than a full train-evaluate-promote run."""
+    from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
+
+    spec, store = defs.resources["dataset"].spec, defs.resources["store"]
+    registry = defs.resources["mlflow_registry"]
+    frame = pd.concat([store.read_frame(curated_key(b)) for b in batches])
+    model = train_sklearn(frame, spec.numeric_features, spec.categorical_features, spec.target,
+                          SklearnParams(max_iter=10))
+    version = registry.log_candidate(
+        model_name=spec.name, family="sklearn", flavor="sklearn", model=model, params={}, metrics={},
+        tags={"training_batches": ",".join(batches)}, pip_requirements=["scikit-learn"]).version
+    registry.set_alias(spec.name, version)
+    return version
+
+
+def test_drift_report_next_to_the_profile_decision(settings, instance):
+    write_batches(settings.landing_dir, batches=3, rows=1500)
+    defs = build_definitions(settings)
+    trained_on = ingest_landed(defs, instance).batches_ingested
+    before = _materialize(defs, instance, "batch-00000", [drift_report])
+    assert _metadata(before)["verdict"] == "no champion yet: nothing to compare"
+    champion = _promote_a_champion(defs, trained_on)
+
+    write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3)
+    write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=4,
+                  drift=DriftSpec(start_batch=4, covariate_shift=3.0))
+    ingest_landed(defs, instance)
+    reports = {}
+    for batch in (CALM, DRIFTED):
+        result = _materialize(defs, instance, batch, [batch_drift, drift_report])
+        assert result.success
+        reports[batch] = _metadata(result)
+
+    loud, quiet = reports[DRIFTED], reports[CALM]
+    html = settings.artifacts_dir / "drift_reports" / f"{DRIFTED}.html"
+    assert loud["report"] == str(html)
+    content = html.read_text()
+    assert len(content) > 10_000 and "<html" in content[:500] and "DATA DRIFT" in content
+    assert '"column_name": "amount"' in content
+    assert loud["dataset_drift"] is True and quiet["dataset_drift"] is False
+    assert {"amount", "txn_count_24h", "distance_from_home_km"} <= set(loud["drifted_columns"])
+    assert loud["champion_version"] == champion
+    assert loud["reference_batches"] == ["batch-00000", "batch-00001", "batch-00002"]
+    assert loud["reference_rows"] == 4500 and loud["current_rows"] == 1500 and loud["sampled"] is False
+    for metadata in (loud, quiet):
+        assert metadata["agreement_with_profile_decision"] >= 0.9
+    assert "| amount | Wasserstein distance (normed) |" in loud["columns"]
+    assert "| **yes** | **yes** |" in loud["columns"]
+    description = drift_report.descriptions_by_key[dg.AssetKey("drift_report")]
+    assert f"at most {SAMPLE_ROWS:,} per side" in description
+
+
+def test_a_batch_without_curated_data_fails_naming_it(settings, instance):
+    defs = build_definitions(settings)
+    instance.add_dynamic_partitions(BATCHES.name, ["batch-rejected"])
+    result = _materialize(defs, instance, "batch-rejected", [drift_report])
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "batch batch-rejected has no curated data" in str(failure.step_failure_data.error)

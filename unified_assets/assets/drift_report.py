@@ -1,0 +1,151 @@
+"""Evidently's full data-drift report per batch, for people. The drift sensor decides from
+compact profiles in milliseconds; this reads rows and takes seconds, so it runs as its own
+asset after `batch_drift`, never inside a sensor tick."""
+
+import dagster as dg
+
+from resources.artifact_store import ArtifactStore
+from resources.dataset import DatasetResource
+from resources.mlflow_registry import MlflowRegistry
+from resources.policy import PolicyResource
+from unified_assets.assets.data import curated_key
+from unified_assets.assets.monitoring import batch_drift
+from unified_assets.compute import CPU_LIGHT
+from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.monitoring import drift_key
+from unified_assets.partitions import BATCHES
+
+TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted (Evidently)",
+                 "drifted (profile decision)"]
+
+
+def report_key(batch: str) -> str:
+    return f"drift_reports/{batch}.html"
+
+
+def summary_key(batch: str) -> str:
+    return f"drift_reports/{batch}.json"
+
+
+@dg.asset(
+    partitions_def=BATCHES,
+    deps=[batch_drift],
+    group_name="monitoring",
+    kinds={"evidently", "html"},
+    owners=OWNERS,
+    description=(
+        "Evidently's DataDriftPreset HTML report of one batch against the current champion's "
+        "training batches (rows sampled to at most 20,000 per side), with the policy's drift "
+        "thresholds and share. For people: the retrain decision stays with `batch_drift`, "
+        "whose per-column verdicts are shown next to Evidently's with their agreement."
+    ),
+    automation_condition=dg.AutomationCondition.eager(),
+    **CPU_LIGHT.asset_kwargs(),
+)
+def drift_report(
+    context: dg.AssetExecutionContext,
+    dataset: DatasetResource,
+    store: ArtifactStore,
+    mlflow_registry: MlflowRegistry,
+    policy: PolicyResource,
+) -> dg.MaterializeResult:
+    from unified_assets.ml.evidently_report import evidently_drift
+
+    batch = context.partition_key
+    if not store.exists(curated_key(batch)):
+        raise dg.Failure(f"batch {batch} has no curated data: it failed its quality checks")
+    spec = dataset.spec
+    version = mlflow_registry.alias_version(spec.name)
+    if version is None:
+        return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
+    batches = _training_batches(store, mlflow_registry, spec.name, version)
+    if not batches:
+        return dg.MaterializeResult(metadata={
+            "verdict": f"champion v{version} names no curated training batch: nothing to compare"})
+    columns = spec.numeric_features + spec.categorical_features
+    drift = policy.policy.drift
+    html, summary = evidently_drift(
+        _read_frames(store, batches, columns), store.read_frame(curated_key(batch), columns=columns),
+        spec.numeric_features, spec.categorical_features,
+        num_threshold=drift.num_threshold, cat_threshold=drift.cat_threshold,
+        drift_share=drift.drift_share,
+    )
+    uri = store.write_bytes(report_key(batch), html.encode())
+    profile = _profile_verdicts(store, batch, version)
+    store.write_json(summary_key(batch), summary | {"champion": version, "reference_batches": batches})
+    context.log.info(f"drift report of {batch} against champion v{version}: {uri}")
+    link = (dg.MetadataValue.url(uri) if uri.startswith("s3") else
+            dg.MetadataValue.path(store.local_path(report_key(batch))))
+    return dg.MaterializeResult(metadata={"report": link} | _metadata(version, batches, summary, profile))
+
+
+def _training_batches(store: ArtifactStore, registry: MlflowRegistry, model_name: str,
+                      version: str) -> list[str]:
+    """The champion's training batches (version tag) that still have curated data."""
+    tagged = registry.version_tags(model_name, version).get("training_batches", "").split(",")
+    return [b for b in tagged if b and store.exists(curated_key(b))]
+
+
+def _read_frames(store: ArtifactStore, batches: list[str], columns: list[str]):
+    import pandas as pd
+
+    return pd.concat([store.read_frame(curated_key(b), columns=columns) for b in batches],
+                     ignore_index=True)
+
+
+def _profile_verdicts(store: ArtifactStore, batch: str, version: str) -> dict[str, bool] | None:
+    """`batch_drift`'s per-column verdicts, if it judged this batch against the same champion."""
+    key = drift_key(batch)
+    if not store.exists(key):
+        return None
+    decision = store.read_json(key)
+    if decision.get("champion") != version:
+        return None
+    return {c["column"]: bool(c["drifted"]) for c in decision["columns"]}
+
+
+def _agreement(summary: dict, profile: dict[str, bool]) -> float | None:
+    """Share of the columns judged by both on which Evidently and the profile decision agree."""
+    same = [c["drifted"] == profile[c["column"]] for c in summary["columns"] if c["column"] in profile]
+    return sum(same) / len(same) if same else None
+
+
+def _table(summary: dict, profile: dict[str, bool] | None) -> dg.MarkdownMetadataValue:
+    def verdict(drifted: bool | None) -> str | None:
+        return None if drifted is None else ("**yes**" if drifted else "no")
+
+    rows = [
+        {"column": c["column"], "method": c["statistic"], "score": c["value"],
+         "threshold": c["threshold"], "drifted (Evidently)": verdict(c["drifted"]),
+         "drifted (profile decision)": verdict((profile or {}).get(c["column"]))}
+        for c in summary["columns"]
+    ]
+    return markdown_table(rows, TABLE_COLUMNS)
+
+
+def _metadata(version: str, batches: list[str], summary: dict, profile: dict[str, bool] | None) -> dict:
+    rows = summary["rows"]
+    metadata = {
+        "dataset_drift": summary["dataset_drift"],
+        "share_of_drifted_columns": dg.MetadataValue.float(summary["share_of_drifted_columns"]),
+        "number_of_drifted_columns": dg.MetadataValue.int(summary["number_of_drifted_columns"]),
+        "drifted_columns": dg.MetadataValue.json(summary["drifted_columns"]),
+        "drift_share_threshold": dg.MetadataValue.float(summary["drift_share"]),
+        "columns": _table(summary, profile),
+        "champion_version": dg.MetadataValue.text(version),
+        "reference_batches": dg.MetadataValue.json(batches),
+        "reference_rows": dg.MetadataValue.int(rows["reference"]),
+        "current_rows": dg.MetadataValue.int(rows["current"]),
+        "rows_compared": dg.MetadataValue.text(
+            f"{rows['reference_compared']:,} reference, {rows['current_compared']:,} current"
+            + (f" (sampled to at most {rows['sample_cap']:,} per side)" if rows["sampled"] else "")
+        ),
+        "sampled": rows["sampled"],
+    }
+    agreement = _agreement(summary, profile) if profile else None
+    if agreement is not None:
+        metadata["agreement_with_profile_decision"] = dg.MetadataValue.float(agreement)
+    else:
+        metadata["profile_decision"] = dg.MetadataValue.text(
+            "not available: batch_drift has not judged this batch against this champion")
+    return metadata
