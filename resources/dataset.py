@@ -101,7 +101,7 @@ class S3DatasetResource(DatasetResource):
     upload is complete, so a partly written batch is never listed."""
 
     landing_uri: str
-    s3: dg.ResourceDependency[dg.ConfigurableResource]
+    s3: dg.ConfigurableResource  # dagster_aws.s3.S3Resource (imported only when configured)
     cache_dir: str = ".unified_ai/landing-cache"
 
     @property

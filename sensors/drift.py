@@ -14,6 +14,33 @@ from resources.policy import PolicyResource
 from sensors.retrain import retrain_request
 from unified_assets.partitions import BATCHES
 
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+             dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+def _bootstrap(context: dg.SensorEvaluationContext, job, store: ArtifactStore,
+               policy: PolicyResource) -> dg.SensorResult | dg.SkipReason:
+    """No champion yet: the first training starts once the policy's number of labelled
+    batches is in, one run at a time, and again only when more batches arrive."""
+    from unified_assets.assets.labels import is_trainable
+
+    wanted = policy.policy.drift.bootstrap_batches
+    if wanted is None:
+        return dg.SkipReason("no champion yet; the policy leaves the first training to a person")
+    ready = [b for b in context.instance.get_dynamic_partitions(BATCHES.name) if is_trainable(store, b)]
+    if len(ready) < wanted:
+        return dg.SkipReason(f"no champion yet: {len(ready)} of {wanted} labelled batches ingested")
+    if context.instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=IN_FLIGHT), limit=1):
+        return dg.SkipReason(f"no champion yet; a {job.name} run is in progress")
+    request = retrain_request(
+        context, job.name, policy.policy.placement, run_key=f"bootstrap:{','.join(ready)}",
+        tags={"unified-ai/trigger": "bootstrap",
+              "unified-ai/reason": f"no champion yet: {len(ready)} labelled batches ingested "
+                                   f"(policy drift.bootstrap_batches={wanted})"})
+    if isinstance(request, str):
+        return dg.SkipReason(f"no champion yet but {request}")
+    return dg.SensorResult(run_requests=[request], cursor=context.cursor)
+
 
 def build_drift_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
@@ -21,7 +48,8 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests train -> evaluate -> gated promotion when new batches drift.",
+        description="Requests train -> evaluate -> gated promotion when new batches drift (and "
+        "the first training once enough labelled batches are in).",
     )
     def drift_retrain_sensor(
         context: dg.SensorEvaluationContext,
@@ -35,7 +63,9 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
         judged = set(json.loads(context.cursor or "[]"))
         reference = champion_reference(store, mlflow_registry, dataset.spec.name)
         if reference is None:
-            return dg.SkipReason("no champion with profiled training batches yet")
+            if mlflow_registry.alias_version(dataset.spec.name) is None:
+                return _bootstrap(context, job, store, policy)
+            return dg.SkipReason("the champion has no profiled training batches")
         version, training_batches, merged = reference
         new = [b for b in context.instance.get_dynamic_partitions(BATCHES.name)
                if b not in judged and store.exists(profile_key(b))]

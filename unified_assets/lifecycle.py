@@ -47,8 +47,9 @@ class LifecycleSummary:
 
 def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> LifecycleSummary:
     """Register every complete landed file as a partition and ingest the new ones."""
-    dataset = defs.resources["dataset"]
-    files = dataset.batch_files()
+    # Resolved as a run would (EnvVars, nested resources such as S3 for an S3 landing zone).
+    with dg.build_resources({"dataset": defs.resources["dataset"]}) as resources:
+        files = resources.dataset.batch_files()
     known = set(instance.get_dynamic_partitions(BATCHES.name))
     new = [k for k in files if k not in known]
     instance.add_dynamic_partitions(BATCHES.name, new)

@@ -130,6 +130,9 @@ class DriftPolicy(_Strict):
     num_threshold: float | None = Field(default=None, gt=0.0)
     cat_threshold: float | None = Field(default=None, gt=0.0)
     retrain_cron: str | None = Field(default=None, description="Optional freshness floor.")
+    bootstrap_batches: int | None = Field(
+        default=3, ge=1, description="With no champion yet, train once this many valid, labelled "
+        "batches are ingested; null: the first training is started by a person.")
 
     @model_validator(mode="after")
     def _cron_is_valid(self) -> DriftPolicy:

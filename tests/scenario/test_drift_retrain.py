@@ -19,10 +19,18 @@ def _tick(defs, instance, cursor=None):
 
 
 def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instance):
-    write_batches(settings.landing_dir, batches=3, rows=2000)
+    write_batches(settings.landing_dir, batches=2, rows=2000)
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
-    assert isinstance(_tick(defs, instance), dg.SkipReason), "no champion yet"
+    waiting = _tick(defs, instance)
+    assert waiting.skip_message == "no champion yet: 2 of 3 labelled batches ingested"
+    write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=2)
+    ingest_landed(defs, instance)
+    bootstrap = _tick(defs, instance)
+    (first,) = bootstrap.run_requests
+    assert first.tags["unified-ai/trigger"] == "bootstrap"
+    assert first.run_key == "bootstrap:batch-00000,batch-00001,batch-00002"
+    assert "3 labelled batches" in first.tags["unified-ai/reason"]
     assert train_evaluate_promote(defs, instance).success
 
     write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3)

@@ -32,6 +32,16 @@ def labelled_frame(store: ArtifactStore, batch: str, target: str) -> "pd.DataFra
     return frame.merge(labels, on="row_id", how="inner", validate="one_to_one")
 
 
+def is_trainable(store: ArtifactStore, batch: str) -> bool:
+    """Ingested, passed every check, and labelled (inline or by late labels)."""
+    from unified_assets.assets.data import report_key
+
+    if not store.exists(report_key(batch)):
+        return False
+    report = store.read_json(report_key(batch))
+    return report["passed"] and (report.get("labelled", True) or store.exists(labels_key(batch)))
+
+
 @dg.asset(
     partitions_def=BATCHES,
     deps=[landed_batch],
