@@ -59,9 +59,14 @@ def test_batch_drift_asset_shows_per_column_verdicts(settings, instance):
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     assert train_evaluate_promote(defs, instance).success
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3,
                   drift=DriftSpec(start_batch=3, covariate_shift=3.0))
     ingest_landed(defs, instance)
+    # Declarative automation carries the new batch on to its drift decision and report.
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    for asset in ("batch_drift", "drift_report"):
+        assert tick.get_requested_partitions(dg.AssetKey(asset)) == {"batch-00003"}, asset
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
         asset_selection={dg.AssetKey("batch_drift")})
     job.execute_in_process(instance=instance, partition_key="batch-00003")
