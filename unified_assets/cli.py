@@ -137,6 +137,17 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _incidents(args: argparse.Namespace) -> int:
+    _, resources, _ = _context()
+    incidents = resources["decisions"].incidents(kind=args.kind)
+    if not incidents:
+        print("no incidents recorded" + (f" of kind {args.kind}" if args.kind else ""))
+    for i in incidents[-args.last:]:
+        print(f"#{i['id']:<4} {i['created_at']:%Y-%m-%d %H:%M:%S}  {i['kind']:15s} by {i['actor']}: "
+              f"{i['reason']}")
+    return 0
+
+
 def _plan_for(args: argparse.Namespace):
     """The placement plan of a job's selected steps against the capacity seen now."""
     from unified_assets.definitions import build_definitions
@@ -242,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("history", help="every champion change with its reason").set_defaults(
         run=_history)
+    incidents = commands.add_parser("incidents", help="run failures, rollbacks, live regressions")
+    incidents.add_argument("--kind", default=None,
+                           help="run_failure | rollback | live_regression | escalation")
+    incidents.add_argument("--last", type=int, default=20, help="how many of the newest")
+    incidents.set_defaults(run=_incidents)
 
     for name, handler, text in (
         ("plan", _plan, "print where each step would run now, and why"),

@@ -230,7 +230,8 @@ def test_live_regression_vs_previous_champion_rolls_back_once(with_champion, ins
                       dg.SkipReason)
 
 
-def test_policy_incident_mode_escalates_instead_of_rolling_back(with_champion, instance, tmp_path):
+def test_policy_incident_mode_escalates_instead_of_rolling_back(with_champion, instance, tmp_path,
+                                                               monkeypatch, capsys):
     settings = _with_live_policy(with_champion, tmp_path, on_regression="incident")
     defs = build_definitions(settings)
     good, bad = _promote_a_model_trained_on_shuffled_labels(settings, defs)
@@ -244,3 +245,11 @@ def test_policy_incident_mode_escalates_instead_of_rolling_back(with_champion, i
     assert incident["details"]["champion"] == bad
     assert incident["details"]["previous_champion"] == good
     assert _champion(settings) == bad, "a person decides"
+
+    from unified_assets.cli import main
+
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(settings.home))
+    monkeypatch.setenv("UNIFIED_AI_POLICY", settings.policy_path)
+    assert main(["incidents", "--kind", "live_regression"]) == 0
+    listed = capsys.readouterr().out
+    assert f"live_regression by policy:live-performance: v{bad} live on batch-00003" in listed
