@@ -74,8 +74,7 @@ class DatasetResource(dg.ConfigurableResource):
             return {}
         files = sorted(p for p in folder.glob(self.spec.source.glob)
                        if p.is_file() and is_complete(p.name))
-        return {batch_key(p.name): LandedFile(batch_key(p.name), str(p), str(p.stat().st_mtime_ns))
-                for p in files}
+        return {batch_key(p.name): LandedFile(batch_key(p.name), str(p), _version(p)) for p in files}
 
     def fetch(self, landed: LandedFile) -> Path:
         """A local path holding the file's content."""
@@ -136,6 +135,12 @@ class S3DatasetResource(DatasetResource):
             self.s3.get_client().download_file(bucket, key, str(partial))
             partial.replace(target)
         return target
+
+
+def _version(path: Path) -> str:
+    """Changes when the file is replaced (modification time and size)."""
+    stat = path.stat()
+    return f"{stat.st_mtime_ns}-{stat.st_size}"
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -1,7 +1,8 @@
 """Drift asks for a retrain: each newly ingested batch is compared with the champion's
 training data from stored profiles (milliseconds, far inside the 60 s sensor limit). One
 retrain is requested per piece of evidence: the cursor remembers judged batches and the
-run key names the drifted ones."""
+run key names the drifted ones. A drifted batch still awaiting its labels is judged again
+once they land (a retrain could not train on it before)."""
 
 import json
 
@@ -11,11 +12,8 @@ from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
-from sensors.retrain import retrain_request
+from sensors.retrain import retrain_request, run_in_flight
 from unified_assets.partitions import BATCHES
-
-IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
-             dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
 def _bootstrap(context: dg.SensorEvaluationContext, job, store: ArtifactStore,
@@ -30,7 +28,7 @@ def _bootstrap(context: dg.SensorEvaluationContext, job, store: ArtifactStore,
     ready = [b for b in context.instance.get_dynamic_partitions(BATCHES.name) if is_trainable(store, b)]
     if len(ready) < wanted:
         return dg.SkipReason(f"no champion yet: {len(ready)} of {wanted} labelled batches ingested")
-    if context.instance.get_run_records(dg.RunsFilter(job_name=job.name, statuses=IN_FLIGHT), limit=1):
+    if run_in_flight(context, job.name):
         return dg.SkipReason(f"no champion yet; a {job.name} run is in progress")
     request = retrain_request(
         context, job.name, policy.policy.placement, run_key=f"bootstrap:{','.join(ready)}",
@@ -71,18 +69,25 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
                if b not in judged and store.exists(profile_key(b))]
         if not new:
             return dg.SkipReason("no newly profiled batch")
-        drifted = {}
+        from unified_assets.assets.labels import is_trainable
+
+        drifted, awaiting = {}, []
         for batch in new:
             if batch in training_batches:
                 continue
             result = batch_drift(store, merged, batch, policy.policy.drift)
-            if result["dataset_drift"]:
+            if not result["dataset_drift"]:
+                continue
+            if is_trainable(store, batch):
                 drifted[batch] = result
-        cursor = json.dumps(sorted(judged | set(new)))
+            else:
+                awaiting.append(batch)  # a retrain could not use it yet: judged again later
+        cursor = json.dumps(sorted(judged | (set(new) - set(awaiting))))
+        waiting = f"; drift in {awaiting} waits for their labels" if awaiting else ""
         if not drifted:
             return dg.SensorResult(run_requests=[], cursor=cursor,
-                                   skip_reason=f"{len(new)} batch(es) judged: no drift vs "
-                                               f"champion v{version}")
+                                   skip_reason=f"{len(new)} batch(es) judged: no retrain-ready "
+                                               f"drift vs champion v{version}{waiting}")
         names = sorted(drifted)
         summary = "; ".join(
             f"{b}: {r['number_of_drifted_columns']}/{r['number_of_columns']} columns "
@@ -94,7 +99,8 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
             tags={"unified-ai/trigger": "drift", "unified-ai/drift-batches": ",".join(names),
                   "unified-ai/reason": f"drift vs champion v{version}: {summary}"[:1000]})
         if isinstance(request, str):
-            return dg.SensorResult(run_requests=[], cursor=cursor,
+            # The evidence stays unjudged: the retrain is asked for again once placement allows.
+            return dg.SensorResult(run_requests=[], cursor=context.cursor,
                                    skip_reason=f"drift in {names} but {request}")
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 

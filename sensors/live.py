@@ -1,17 +1,25 @@
 """Live performance acts: a champion below the policy's floor gets a retrain request; one
 far below the previous champion on the same rows gets a rollback request (or, when the
 policy says `incident`, an incident a person acts on). One request per piece of evidence:
-the cursor is the last materialization read and run keys name the batches and versions."""
+the cursor is the last materialization read, run keys name the batches and versions, and
+evidence about a champion that has since been replaced is dropped."""
 
 import dagster as dg
 
+from resources.dataset import DatasetResource
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
+from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
-from sensors.retrain import retrain_request
+from sensors.retrain import retrain_request, run_in_flight
 from unified_assets.assets.live import ACTION_KEY, live_performance
 
 POLICY_ACTOR = "policy:live-performance"
+REGRESSION = "live_regression"
+
+
+def _text(metadata, key: str) -> str | None:
+    return metadata[key].value if key in metadata else None
 
 
 def _verdicts(context: dg.SensorEvaluationContext) -> tuple[list[dict], str | None]:
@@ -25,13 +33,28 @@ def _verdicts(context: dg.SensorEvaluationContext) -> tuple[list[dict], str | No
         metadata = record.asset_materialization.metadata
         verdicts.append({
             "batch": record.asset_materialization.partition,
-            "action": metadata[ACTION_KEY].value if ACTION_KEY in metadata else "ok",
-            "reason": metadata["reason"].value if "reason" in metadata else "",
-            "champion": metadata["champion_version"].value,
-            "previous": metadata["previous_champion"].value,
+            "action": _text(metadata, ACTION_KEY) or "ok",
+            "reason": _text(metadata, "reason") or "",
+            "champion": _text(metadata, "champion_version"),
+            "previous": _text(metadata, "previous_champion"),
         })
     cursor = str(result.records[-1].storage_id) if result.records else context.cursor
     return verdicts, cursor
+
+
+def _regression_incident(context, decisions: DecisionStore, escalation: Escalation,
+                         details: dict) -> str:
+    """One incident per regressed champion, escalated once, however many batches show it."""
+    for incident in decisions.incidents(kind=REGRESSION):
+        if incident["details"].get("champion") == details["champion"]:
+            return f"incident #{incident['id']} already open for v{details['champion']}"
+    incident = decisions.record_incident(kind=REGRESSION, model_name=None, actor=POLICY_ACTOR,
+                                         reason=details["reason"], details=details)
+    channel = escalation.escalate(context.log, f"live regression #{incident}", details)
+    decisions.record_incident(kind="escalation", model_name=None, actor=POLICY_ACTOR,
+                              reason=f"incident #{incident} escalated via {channel}",
+                              details={"incident": incident, "channel": channel})
+    return f"incident #{incident} ({channel}): {details['reason']}"
 
 
 def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
@@ -44,6 +67,8 @@ def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
     )
     def live_performance_sensor(
         context: dg.SensorEvaluationContext,
+        dataset: DatasetResource,
+        mlflow_registry: MlflowRegistry,
         policy: PolicyResource,
         decisions: DecisionStore,
         escalation: Escalation,
@@ -51,45 +76,48 @@ def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
         verdicts, cursor = _verdicts(context)
         if not verdicts:
             return dg.SkipReason("no new live-performance result")
-        rules = policy.policy
+        rules, model = policy.policy, dataset.spec.name
+        champion = mlflow_registry.alias_version(model)
+        current = [v for v in verdicts if v["champion"] is not None and v["champion"] == champion]
+        notes = [f"{len(verdicts) - len(current)} result(s) about an earlier champion dropped"] \
+            if len(current) < len(verdicts) else []
         requests: list[dg.RunRequest] = []
-        notes: list[str] = []
-        regressions: dict[str, list[dict]] = {}
-        for verdict in verdicts:
-            if verdict["action"] == "rollback":
-                regressions.setdefault(verdict["champion"], []).append(verdict)
-        for champion, evidence in regressions.items():
-            batches = ",".join(v["batch"] for v in evidence)
-            reason = f"v{champion} live on {batches}: {evidence[-1]['reason']}"
+        regressions = [v for v in current if v["action"] == "rollback"]
+        if regressions:
+            batches = ",".join(v["batch"] for v in regressions)
+            last = regressions[-1]
+            reason = f"v{champion} live on {batches}: {last['reason']}"
             if rules.live.on_regression == "incident":
-                details = {"champion": champion, "previous_champion": evidence[-1]["previous"],
-                           "batches": batches, "reason": reason}
-                incident = decisions.record_incident(kind="live_regression", model_name=None,
-                                                     actor=POLICY_ACTOR, reason=reason, details=details)
-                channel = escalation.escalate(context.log, f"live regression #{incident}", details)
-                notes.append(f"incident #{incident} ({channel}): {reason}")
-                continue
-            requests.append(dg.RunRequest(
-                job_name=rollback_job.name, run_key=f"live-rollback:v{champion}",
-                run_config={"ops": {"production_model": {"config": {
-                    "action": "rollback", "rollback_to": evidence[-1]["previous"],
-                    "by": POLICY_ACTOR, "reason": reason}}}},
-                tags={"unified-ai/trigger": "live-regression", "unified-ai/live-batches": batches,
-                      "unified-ai/reason": reason[:1000]}))
-        slipping = [v for v in verdicts
-                    if v["action"] == "retrain" and v["champion"] not in regressions]
+                notes.append(_regression_incident(context, decisions, escalation, {
+                    "champion": champion, "previous_champion": last["previous"],
+                    "batches": batches, "reason": reason}))
+            else:
+                requests.append(dg.RunRequest(
+                    job_name=rollback_job.name, run_key=f"live-rollback:v{champion}",
+                    run_config={"ops": {"production_model": {"config": {
+                        "action": "rollback", "rollback_to": last["previous"],
+                        "expected_from": champion, "by": POLICY_ACTOR, "reason": reason}}}},
+                    tags={"unified-ai/trigger": "live-regression",
+                          "unified-ai/live-batches": batches, "unified-ai/reason": reason[:1000]}))
+        slipping = [v for v in current if v["action"] == "retrain"] if not regressions else []
         if slipping:
             batches = ",".join(v["batch"] for v in slipping)
+            if run_in_flight(context, retrain_job.name):
+                # Not consumed: judged again after that run (dropped if it replaced the champion).
+                return dg.SensorResult(run_requests=requests, cursor=context.cursor,
+                                       skip_reason=None if requests else
+                                       f"live numbers on {batches} ask for a retrain; waiting for "
+                                       f"the {retrain_job.name} run in progress")
             request = retrain_request(
-                context, retrain_job.name, rules.placement,
-                run_key=f"live-retrain:{batches}",
+                context, retrain_job.name, rules.placement, run_key=f"live-retrain:{batches}",
                 tags={"unified-ai/trigger": "late-labels", "unified-ai/live-batches": batches,
                       "unified-ai/reason": "; ".join(
                           f"{v['batch']} v{v['champion']}: {v['reason']}" for v in slipping)[:1000]})
             if isinstance(request, str):
-                notes.append(f"retrain for {batches} not launched: {request}")
-            else:
-                requests.append(request)
+                return dg.SensorResult(run_requests=requests, cursor=context.cursor,
+                                       skip_reason=None if requests else
+                                       f"retrain for {batches} not launched: {request}")
+            requests.append(request)
         if not requests:
             summary = "; ".join(notes) or f"{len(verdicts)} live result(s): no action needed"
             return dg.SensorResult(run_requests=[], cursor=cursor, skip_reason=summary)

@@ -6,6 +6,16 @@ import dagster as dg
 from unified_assets.placement.policy import PlacementPolicy
 from unified_assets.settings import load_settings
 
+IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
+             dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+             dg.DagsterRunStatus.CANCELING]
+
+
+def run_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> bool:
+    """A run of the job is queued or running: a new request would train on the same data."""
+    return bool(context.instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1))
+
 
 def deployment_is_kubernetes() -> bool:
     return load_settings().deployment == "kubernetes"

@@ -93,11 +93,18 @@ class ChampionLedger:
                             f"(current: v{current or 'none'})")
 
     def rollback(self, model_name: str, actor: str, reason: str, to_version: str | None = None,
-                 details: dict | None = None) -> ChangeOutcome:
+                 details: dict | None = None, expected_from: str | None = None) -> ChangeOutcome:
+        """`expected_from` guards automated rollbacks: they act on evidence about one
+        champion and must not move a newer one."""
         changes, current = self._sync(model_name)
+        if expected_from and current != expected_from:
+            raise ChampionError(f"the rollback was asked for v{expected_from}, but the champion is "
+                                f"now v{current or 'none'}; nothing changed")
         target = to_version or self.rollback_target(model_name)
         if not self.registry.version_exists(model_name, target):
             raise ChampionError(f"v{target} is not a registered version of {model_name}")
+        if target != current and target in self.rolled_back(model_name):
+            raise ChampionError(f"v{target} was rolled back before; it is not made champion again")
         if target == current:
             return ChangeOutcome("none", current, target, f"v{target} is already champion")
         return self._apply(model_name, changes, "rollback", current, target, actor, reason,

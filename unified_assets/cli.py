@@ -142,7 +142,7 @@ def _incidents(args: argparse.Namespace) -> int:
     incidents = resources["decisions"].incidents(kind=args.kind)
     if not incidents:
         print("no incidents recorded" + (f" of kind {args.kind}" if args.kind else ""))
-    for i in incidents[-args.last:]:
+    for i in incidents[-args.last:] if args.last > 0 else incidents:
         print(f"#{i['id']:<4} {i['created_at']:%Y-%m-%d %H:%M:%S}  {i['kind']:15s} by {i['actor']}: "
               f"{i['reason']}")
     return 0
@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     incidents = commands.add_parser("incidents", help="run failures, rollbacks, live regressions")
     incidents.add_argument("--kind", default=None,
                            help="run_failure | rollback | live_regression | escalation")
-    incidents.add_argument("--last", type=int, default=20, help="how many of the newest")
+    incidents.add_argument("--last", type=int, default=20, help="how many of the newest (0: all)")
     incidents.set_defaults(run=_incidents)
 
     for name, handler, text in (

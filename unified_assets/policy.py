@@ -21,6 +21,7 @@ from unified_assets.placement.policy import PlacementPolicy
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
 Metric = Literal["roc_auc", "pr_auc", "f1", "recall", "precision", "brier", "latency_ms_per_1k"]
+LiveMetric = Literal["roc_auc", "pr_auc", "f1", "recall", "precision", "brier"]  # from labels
 HIGHER_IS_BETTER: dict[str, bool] = {
     "roc_auc": True, "pr_auc": True, "f1": True, "recall": True, "precision": True,
     "brier": False, "latency_ms_per_1k": False,
@@ -147,7 +148,7 @@ class DriftPolicy(_Strict):
 class LivePolicy(_Strict):
     """What the champion's live numbers (on batches whose labels landed) must stay above."""
 
-    metric: Metric = "roc_auc"
+    metric: LiveMetric = "roc_auc"
     floor: float | None = Field(default=None, description="Below it: request a retrain.")
     max_drop_vs_previous: float | None = Field(
         default=None, ge=0.0,

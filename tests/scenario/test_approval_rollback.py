@@ -177,6 +177,10 @@ def test_rollback_moves_the_alias_records_an_incident_and_keeps_everything(setti
         ledger.promote("m", "3", "alice", "again")
     assert ledger.rollback("m", actor="ops", reason="still bad").to_version == "1"
     assert ledger.rollback("m", actor="ops", reason="repeat", to_version="1").action == "none"
+    with pytest.raises(ChampionError, match="v3 was rolled back before; it is not made champion"):
+        ledger.rollback("m", actor="ops", reason="back to 3", to_version="3")
+    with pytest.raises(ChampionError, match="asked for v2, but the champion is now v1"):
+        ledger.rollback("m", actor="policy", reason="stale evidence", expected_from="2")
     assert [(c["action"], c["from_version"], c["to_version"]) for c in store.changes("m")] == [
         ("promote", None, "1"), ("promote", "1", "2"), ("promote", "2", "3"),
         ("rollback", "3", "2"), ("rollback", "2", "1"),

@@ -36,7 +36,7 @@ def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instanc
     write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3)
     ingest_landed(defs, instance)
     quiet = _tick(defs, instance)
-    assert quiet.run_requests == [] and "no drift" in quiet.skip_reason.skip_message
+    assert quiet.run_requests == [] and "no retrain-ready drift" in quiet.skip_reason.skip_message
 
     drift = DriftSpec(start_batch=4, covariate_shift=3.0, label_shift=1.0)
     write_batches(settings.landing_dir, batches=2, rows=2000, first_batch=4, drift=drift)

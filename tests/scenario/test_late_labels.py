@@ -81,13 +81,21 @@ def test_unlabelled_batch_waits_then_labels_drive_live_performance(with_champion
     settings = with_champion
     defs = build_definitions(settings)
     champion = _champion(settings)
+    # Labels for a batch that came labelled are not used; labels ahead of their batch wait.
+    write_batches(settings.landing_dir, batches=1, rows=2500, first_batch=0, labels="only")
+    write_batches(settings.landing_dir, batches=1, rows=2500, first_batch=3, labels="only")
+    early = _tick(defs, instance, "labels_landing_sensor")
+    assert early.run_requests == []
+    assert "labels wait for their batch: ['batch-00003']" in early.skip_reason.skip_message
+    assert "labels not used, the batch batch-00000 (came labelled)" in early.skip_reason.skip_message
+    (settings.landing_dir / "labels" / "batch-00003.parquet").unlink()
     write_batches(settings.landing_dir, batches=1, rows=2500, first_batch=3, labels="late")
     ingest_landed(defs, instance)
     landed = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("landed_batch"), asset_partitions=["batch-00003"]),
         limit=1).records[0].asset_materialization.metadata
     assert landed["labelled"].value is False
-    assert isinstance(_tick(defs, instance, "labels_landing_sensor"), dg.SkipReason)
+    assert isinstance(_tick(defs, instance, "labels_landing_sensor", cursor=early.cursor), dg.SkipReason)
 
     # Retraining now leaves the unlabelled batch out and says why (the same window cannot
     # beat the champion, so the run stops at the gate; the training set is what matters here).
@@ -98,7 +106,7 @@ def test_unlabelled_batch_waits_then_labels_drive_live_performance(with_champion
     assert "| batch-00003 | awaiting late labels |" in training["excluded_batches"].value
 
     write_batches(settings.landing_dir, batches=1, rows=2500, first_batch=3, labels="only")
-    tick = _tick(defs, instance, "labels_landing_sensor")
+    tick = _tick(defs, instance, "labels_landing_sensor", cursor=early.cursor)
     (request,) = tick.run_requests
     assert request.partition_key == "batch-00003"
     assert request.tags["unified-ai/trigger"] == "late-labels"
@@ -122,7 +130,7 @@ def test_unlabelled_batch_waits_then_labels_drive_live_performance(with_champion
     scores = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri).load_scorer(MODEL, current)(
         truth.drop(columns=["is_fraud"]))
     assert metadata["live_roc_auc"].value == pytest.approx(roc_auc_score(truth["is_fraud"], scores))
-    assert champion is not None
+    assert current == champion and "previous_champion" not in metadata, "no earlier champion"
 
     live = _tick(defs, instance, "live_performance_sensor")
     assert live.run_requests == [] and "no action needed" in live.skip_reason.skip_message
@@ -155,7 +163,7 @@ def test_bad_labels_file_is_rejected_naming_the_problem(with_champion, instance)
     # Nothing downstream ran on bad labels, and the batch still awaits labels.
     assert instance.get_latest_materialization_event(LIVE) is None
     assert not (settings.home / "artifacts" / "labels" / "batch-00003.parquet").exists()
-    assert isinstance(pd.read_parquet(labels_dir / "batch-00003.parquet"), pd.DataFrame)
+    assert len(pd.read_parquet(labels_dir / "batch-00003.parquet")) == 10, "the file is kept as landed"
 
 
 def test_live_numbers_below_floor_request_one_retrain(with_champion, instance, tmp_path):
@@ -228,6 +236,15 @@ def test_live_regression_vs_previous_champion_rolls_back_once(with_champion, ins
     assert registry.version_exists(MODEL, bad), "nothing is deleted"
     assert isinstance(_tick(defs, instance, "live_performance_sensor", cursor=tick.cursor),
                       dg.SkipReason)
+    # Evidence about a replaced champion never moves the new one: the sensor drops it, and a
+    # rollback run asked for v{bad} refuses to act now that v{good} is champion.
+    replay = _tick(defs, instance, "live_performance_sensor")
+    assert replay.run_requests == []
+    assert "1 result(s) about an earlier champion dropped" in replay.skip_reason.skip_message
+    stale = _run(defs, instance, rollback, "rollback_production", raise_on_error=False)
+    assert not stale.success
+    assert f"asked for v{bad}, but the champion is now v{good}" in str(stale.all_events)
+    assert _champion(settings) == good
 
 
 def test_policy_incident_mode_escalates_instead_of_rolling_back(with_champion, instance, tmp_path,
@@ -241,6 +258,8 @@ def test_policy_incident_mode_escalates_instead_of_rolling_back(with_champion, i
     tick = _tick(defs, instance, "live_performance_sensor")
     assert tick.run_requests == []
     assert "incident #" in tick.skip_reason.skip_message
+    again = _tick(defs, instance, "live_performance_sensor")  # the same evidence, read again
+    assert "already open" in again.skip_reason.skip_message
     (incident,) = DecisionStore(url=settings.decisions_url).incidents(kind="live_regression")
     assert incident["details"]["champion"] == bad
     assert incident["details"]["previous_champion"] == good
@@ -253,3 +272,23 @@ def test_policy_incident_mode_escalates_instead_of_rolling_back(with_champion, i
     assert main(["incidents", "--kind", "live_regression"]) == 0
     listed = capsys.readouterr().out
     assert f"live_regression by policy:live-performance: v{bad} live on batch-00003" in listed
+
+
+def test_drift_in_an_unlabelled_batch_retrains_once_its_labels_land(with_champion, instance):
+    from unified_assets.ml.generator import DriftSpec
+
+    settings = with_champion
+    defs = build_definitions(settings)
+    write_batches(settings.landing_dir, batches=1, rows=2500, first_batch=3, labels="late",
+                  drift=DriftSpec(start_batch=3, covariate_shift=3.0))
+    ingest_landed(defs, instance)
+    early = _tick(defs, instance, "drift_retrain_sensor")
+    assert early.run_requests == []
+    assert "drift in ['batch-00003'] waits for their labels" in early.skip_reason.skip_message
+
+    write_batches(settings.landing_dir, batches=1, rows=2500, first_batch=3, labels="only",
+                  drift=DriftSpec(start_batch=3, covariate_shift=3.0))
+    (labels,) = _tick(defs, instance, "labels_landing_sensor").run_requests
+    assert _run(defs, instance, labels, "ingest_labels").success
+    (retrain,) = _tick(defs, instance, "drift_retrain_sensor", cursor=early.cursor).run_requests
+    assert retrain.run_key == "drift-retrain:batch-00003"

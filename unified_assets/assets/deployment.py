@@ -144,22 +144,26 @@ class ProductionConfig(dg.Config):
     rollback_to: str = Field(default="", description="Version to roll back to; empty: the "
                              "most recent earlier champion never rolled back from.")
     by: str = Field(default="", description="Who asks for the rollback.")
+    expected_from: str = Field(default="", description="Refuse unless this version is the "
+                               "champion (set by automated rollbacks; empty: no guard).")
     reason: str = Field(default="", description="Why; kept in the incident record.")
 
 
 def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name: str,
-                        by: str, reason: str, to_version: str | None = None) -> dict:
+                        by: str, reason: str, to_version: str | None = None,
+                        expected_from: str | None = None) -> dict:
     """Move `champion` back in one registry call and record an incident with both reports."""
     if not by.strip() or not reason.strip():
         raise ChampionError("a rollback needs --by and --reason")
-    outcome = ledger.rollback(model_name, actor=by, reason=reason, to_version=to_version)
+    outcome = ledger.rollback(model_name, actor=by, reason=reason, to_version=to_version,
+                              expected_from=expected_from)
     if outcome.action == "none":
         return {"action": "none", "message": outcome.message, "champion": outcome.to_version}
     reports = {}
     for side, version in (("from", outcome.from_version), ("to", outcome.to_version)):
         key = report_key(model_name, version) if version else None
         reports[side] = store.uri(key) if key and store.exists(key) else None
-    live_key = f"live/{model_name}/latest.json"
+    live_key = f"live/{model_name}/v{outcome.from_version}.json"  # its latest live verdict
     incident = ledger.store.record_incident(
         kind="rollback", model_name=model_name, actor=by, reason=reason,
         details={"from_version": outcome.from_version, "to_version": outcome.to_version,
@@ -198,7 +202,7 @@ def production_model(
     try:
         if config.action == "rollback":
             result = rollback_production(ledger, store, model_name, config.by, config.reason,
-                                         config.rollback_to or None)
+                                         config.rollback_to or None, config.expected_from or None)
             record = {"model_name": model_name, **result}
         else:
             if approval["approval_state"] != "approved":

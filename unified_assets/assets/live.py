@@ -28,6 +28,10 @@ def _score(registry: MlflowRegistry, model_name: str, version: str, frame, targe
     return binary_metrics(frame[target].to_numpy(), scores, threshold)
 
 
+def _training_batches(registry: MlflowRegistry, model_name: str, version: str) -> list[str]:
+    return registry.version_tags(model_name, version).get("training_batches", "").split(",")
+
+
 def _previous_champion(decisions: DecisionStore, registry: MlflowRegistry,
                        model_name: str) -> str | None:
     from unified_assets.champion import ChampionError, ChampionLedger
@@ -70,22 +74,28 @@ def live_performance(
     frame = labelled_frame(store, batch, spec.target)
     if frame is None:
         raise dg.Failure(f"batch {batch} has no labels yet")
+    # The previous champion first: finding it may finish an interrupted champion change.
+    previous = _previous_champion(decisions, mlflow_registry, spec.name)
     champion = mlflow_registry.alias_version(spec.name)
     record: dict = {"batch": batch, "model_name": spec.name, "champion": champion,
                     "rows": len(frame), "positives": int(frame[spec.target].sum())}
-    previous = None
     if champion is None:
-        verdict = LiveVerdict("insufficient", "no champion yet")
+        previous, verdict = None, LiveVerdict("insufficient", "no champion yet")
     else:
         threshold = rules.promotion.operating_threshold
         record["metrics"] = _score(mlflow_registry, spec.name, champion, frame, spec.target, threshold)
-        training = mlflow_registry.version_tags(spec.name, champion).get("training_batches", "")
-        previous = _previous_champion(decisions, mlflow_registry, spec.name)
-        record["previous_champion"] = previous
+        if previous is not None and batch in _training_batches(mlflow_registry, spec.name, previous):
+            context.log.info(f"previous champion v{previous} was trained on {batch}: not compared")
+            previous = None
         if previous is not None:
-            record["previous_metrics"] = _score(mlflow_registry, spec.name, previous, frame,
-                                                spec.target, threshold)
-        if batch in training.split(","):
+            try:
+                record["previous_metrics"] = _score(mlflow_registry, spec.name, previous, frame,
+                                                    spec.target, threshold)
+            except Exception as error:  # noqa: BLE001 - judge without it, and say so
+                context.log.warning(f"previous champion v{previous} could not score {batch}: {error}")
+                previous = None
+        record["previous_champion"] = previous
+        if batch in _training_batches(mlflow_registry, spec.name, champion):
             verdict = LiveVerdict("not_live", f"v{champion} was trained on {batch}; its numbers "
                                   "here are not live performance")
         else:
@@ -93,8 +103,9 @@ def live_performance(
                                  record["rows"], record["positives"], rules.live)
     record["verdict"] = verdict.to_dict()
     store.write_json(live_key(spec.name, batch), record)
-    if verdict.action != "not_live" and champion is not None:
-        store.write_json(live_key(spec.name, "latest"), record)
+    if verdict.action in ("ok", "retrain", "rollback"):
+        # The champion's latest live evidence, quoted by a rollback incident.
+        store.write_json(live_key(spec.name, f"v{champion}"), record)
     context.log.info(f"live performance of v{champion} on {batch}: {verdict.action}: "
                      f"{verdict.reason}")
     rows = [{"model": f"champion v{champion}", **record.get("metrics", {})}]
@@ -104,12 +115,13 @@ def live_performance(
     metadata = {
         ACTION_KEY: dg.MetadataValue.text(verdict.action),
         "reason": dg.MetadataValue.text(verdict.reason),
-        "champion_version": dg.MetadataValue.text(str(champion)),
-        "previous_champion": dg.MetadataValue.text(str(previous)),
         "labelled_rows": dg.MetadataValue.int(record["rows"]),
         "positives": dg.MetadataValue.int(record["positives"]),
         "metrics": markdown_table(rows, ["model", *LIVE_METRICS]),
     }
+    for key, version in (("champion_version", champion), ("previous_champion", previous)):
+        if version is not None:
+            metadata[key] = dg.MetadataValue.text(version)
     value = record.get("metrics", {}).get(metric)
     if value is not None:
         metadata[f"live_{metric}"] = dg.MetadataValue.float(value)
