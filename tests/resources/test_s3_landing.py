@@ -95,7 +95,8 @@ def test_late_labels_land_in_the_s3_labels_prefix(settings, instance, s3):
 
     def tick(cursor=None):
         with dg.build_sensor_context(instance=instance, definitions=defs, cursor=cursor,
-                                     resources={"dataset": dataset}) as context:
+                                     resources={"dataset": dataset,
+                                                "store": defs.resources["store"]}) as context:
             return sensor(context)
 
     assert isinstance(tick(), dg.SkipReason)
