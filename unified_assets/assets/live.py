@@ -1,5 +1,7 @@
 """Monitoring group: how the champion does on real traffic, once a batch's labels land."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
@@ -11,6 +13,13 @@ from unified_assets.assets.labels import batch_labels, labelled_frame
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table
 from unified_assets.partitions import BATCHES
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from unified_assets.live import LiveVerdict
+    from unified_assets.ml.dataset_spec import DatasetSpec
+    from unified_assets.policy import Policy
 
 LIVE_METRICS = ["roc_auc", "pr_auc", "f1", "recall", "precision", "brier"]
 ACTION_KEY = "live_action"
@@ -42,6 +51,44 @@ def _previous_champion(decisions: DecisionStore, registry: MlflowRegistry,
         return None
 
 
+def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisions: DecisionStore,
+             spec: "DatasetSpec", frame: "pd.DataFrame",
+             rules: "Policy") -> tuple[dict, str | None, "LiveVerdict"]:
+    """The champion's (and the previous champion's) numbers on the labelled rows, and the
+    policy's verdict on them."""
+    from unified_assets.live import LiveVerdict, judge_live
+
+    batch = context.partition_key
+    # The previous champion first: finding it may finish an interrupted champion change.
+    previous = _previous_champion(decisions, registry, spec.name)
+    champion = registry.alias_version(spec.name)
+    record: dict = {"batch": batch, "model_name": spec.name, "champion": champion,
+                    "rows": len(frame), "positives": int(frame[spec.target].sum())}
+    if champion is None:
+        previous, verdict = None, LiveVerdict("insufficient", "no champion yet")
+    else:
+        threshold = rules.promotion.operating_threshold
+        record["metrics"] = _score(registry, spec.name, champion, frame, spec.target, threshold)
+        if previous is not None and batch in _training_batches(registry, spec.name, previous):
+            context.log.info(f"previous champion v{previous} was trained on {batch}: not compared")
+            previous = None
+        if previous is not None:
+            try:
+                record["previous_metrics"] = _score(registry, spec.name, previous, frame,
+                                                    spec.target, threshold)
+            except Exception as error:  # noqa: BLE001 - judge without it, and say so
+                context.log.warning(f"previous champion v{previous} could not score {batch}: {error}")
+                previous = None
+        record["previous_champion"] = previous
+        if batch in _training_batches(registry, spec.name, champion):
+            verdict = LiveVerdict("not_live", f"v{champion} was trained on {batch}; its numbers "
+                                  "here are not live performance")
+        else:
+            verdict = judge_live(record["metrics"], record.get("previous_metrics"),
+                                 record["rows"], record["positives"], rules.live)
+    return record, previous, verdict
+
+
 @dg.asset(
     partitions_def=BATCHES,
     deps=[batch_labels],
@@ -68,39 +115,12 @@ def live_performance(
     decisions: DecisionStore,
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
-    from unified_assets.live import LiveVerdict, judge_live
-
     batch, spec, rules = context.partition_key, dataset.spec, policy.policy
     frame = labelled_frame(store, batch, spec.target)
     if frame is None:
         raise dg.Failure(f"batch {batch} has no labels yet")
-    # The previous champion first: finding it may finish an interrupted champion change.
-    previous = _previous_champion(decisions, mlflow_registry, spec.name)
-    champion = mlflow_registry.alias_version(spec.name)
-    record: dict = {"batch": batch, "model_name": spec.name, "champion": champion,
-                    "rows": len(frame), "positives": int(frame[spec.target].sum())}
-    if champion is None:
-        previous, verdict = None, LiveVerdict("insufficient", "no champion yet")
-    else:
-        threshold = rules.promotion.operating_threshold
-        record["metrics"] = _score(mlflow_registry, spec.name, champion, frame, spec.target, threshold)
-        if previous is not None and batch in _training_batches(mlflow_registry, spec.name, previous):
-            context.log.info(f"previous champion v{previous} was trained on {batch}: not compared")
-            previous = None
-        if previous is not None:
-            try:
-                record["previous_metrics"] = _score(mlflow_registry, spec.name, previous, frame,
-                                                    spec.target, threshold)
-            except Exception as error:  # noqa: BLE001 - judge without it, and say so
-                context.log.warning(f"previous champion v{previous} could not score {batch}: {error}")
-                previous = None
-        record["previous_champion"] = previous
-        if batch in _training_batches(mlflow_registry, spec.name, champion):
-            verdict = LiveVerdict("not_live", f"v{champion} was trained on {batch}; its numbers "
-                                  "here are not live performance")
-        else:
-            verdict = judge_live(record["metrics"], record.get("previous_metrics"),
-                                 record["rows"], record["positives"], rules.live)
+    record, previous, verdict = _measure(context, mlflow_registry, decisions, spec, frame, rules)
+    champion = record["champion"]
     record["verdict"] = verdict.to_dict()
     store.write_json(live_key(spec.name, batch), record)
     if verdict.action in ("ok", "retrain", "rollback"):
