@@ -26,6 +26,12 @@ def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instanc
     assert waiting.skip_message == "no champion yet: 2 of 3 labelled batches ingested"
     write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=2)
     ingest_landed(defs, instance)
+    # One first training at a time: while one is running, the sensor waits.
+    queued = instance.create_run_for_job(defs.resolve_job_def("train_evaluate_promote"),
+                                         status=dg.DagsterRunStatus.STARTED)
+    busy = _tick(defs, instance)
+    assert busy.skip_message == "no champion yet; a train_evaluate_promote run is in progress"
+    instance.report_run_canceled(queued)
     bootstrap = _tick(defs, instance)
     (first,) = bootstrap.run_requests
     assert first.tags["unified-ai/trigger"] == "bootstrap"

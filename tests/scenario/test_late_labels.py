@@ -4,6 +4,7 @@ live numbers decide: within policy -> nothing, below the floor -> one retrain, f
 previous champion on the same rows -> one rollback (or an incident, per policy)."""
 
 import dataclasses
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -182,6 +183,18 @@ def test_live_numbers_below_floor_request_one_retrain(with_champion, instance, t
     assert "unified-ai/placement" in " ".join(retrain.tags), "the placement plan travels along"
     again = _tick(defs, instance, "live_performance_sensor", cursor=tick.cursor)
     assert isinstance(again, dg.SkipReason), "the same evidence never retrains twice"
+
+    # When the placement policy forbids the launch, the evidence is kept for a later tick.
+    policy = yaml.safe_load(Path(settings.policy_path).read_text())
+    policy["placement"] = {"profiles": {
+        "cpu-light": {"targets": ["cpu"]}, "cpu-training": {"targets": ["cpu"]},
+        "gpu-training": {"targets": ["gpu"], "on_unavailable": "fail_and_escalate"}}}
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(yaml.safe_dump(policy))
+    refused = _tick(build_definitions(dataclasses.replace(settings, policy_path=str(strict))),
+                    instance, "live_performance_sensor")
+    assert refused.run_requests == [] and refused.cursor is None
+    assert "retrain for batch-00003 not launched: no placement" in refused.skip_reason.skip_message
 
 
 def _promote_a_model_trained_on_shuffled_labels(settings, defs) -> tuple[str, str]:
