@@ -1,26 +1,62 @@
-"""Append-only record of approvals, champion changes and incidents (any SQLAlchemy URL).
+"""Append-only, hash-chained record of approvals, champion changes and incidents (any
+SQLAlchemy URL: sqlite locally, PostgreSQL in production).
 
-The interface offers inserts and reads only: no decision, change or incident can be edited
-or deleted through the project. `champion_changes` has a unique (model, seq) key, which is
-how two racing promotions resolve to exactly one winner.
+Every record is one row of `decision_log` whose `hash` covers its content and the hash of
+the row before it, so an edited, deleted or reordered row breaks the chain at that row;
+`verify_chain` names the first bad one. `prev_hash` is unique: the log is one line, never a
+fork, even if two writers race. The interface offers appends and reads only.
+
+Champion changes are serialized by `champion_lock`: an OS file lock beside a sqlite file, a
+session advisory lock on PostgreSQL. Both are released by the operating system or the
+server when the holder dies (SIGKILL included), so a killed process never wedges the lock.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 from pydantic import PrivateAttr
+
+GENESIS = "0" * 64
+LOCK_TIMEOUT_S = 60.0
+# record kinds in the log
+EVENT, CHANGE, OUTCOME, INCIDENT = "event", "change", "outcome", "incident"
 
 
 class ChangeConflict(RuntimeError):
     """Another champion change was recorded first (a concurrent promotion or rollback)."""
 
 
+class DecisionStoreError(RuntimeError):
+    """The store cannot be read or written; the message names it and what to do."""
+
+
+class AuditError(DecisionStoreError):
+    """The log fails verification: a row was edited, deleted, reordered or the file replaced."""
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def _canonical(payload: dict) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def chain_hash(prev_hash: str, payload_json: str) -> str:
+    return hashlib.sha256(f"{prev_hash}\n{payload_json}".encode()).hexdigest()
 
 
 class DecisionStore(dg.ConfigurableResource):
@@ -28,136 +64,277 @@ class DecisionStore(dg.ConfigurableResource):
 
     url: str
     _engine: Any = PrivateAttr(default=None)
-    _tables: Any = PrivateAttr(default=None)
+    _table: Any = PrivateAttr(default=None)
+
+    # setup -----------------------------------------------------------------------------
+
+    @property
+    def _sqlite_path(self) -> Path | None:
+        if not self.url.startswith("sqlite:///"):
+            return None
+        return Path(self.url.removeprefix("sqlite:///"))
+
+    def exists(self) -> bool:
+        """False when the store was never created here (or was deleted)."""
+        path = self._sqlite_path
+        if path is not None:
+            return path.is_file()
+        import sqlalchemy as sa
+
+        with self._guard("open"), sa.create_engine(self.url).connect() as conn:
+            return sa.inspect(conn).has_table("decision_log")
 
     def _setup(self):
-        if self._engine is None:
-            import sqlalchemy as sa
+        if self._engine is not None:
+            return self._engine, self._table
+        import sqlalchemy as sa
 
-            metadata = sa.MetaData()
-            events = sa.Table(
-                "approval_events", metadata,
-                sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-                sa.Column("model_name", sa.String(200), nullable=False),
-                sa.Column("version", sa.String(50), nullable=False),
-                sa.Column("kind", sa.String(20), nullable=False),  # request/decision/refusal
-                sa.Column("decision", sa.String(20)),
-                sa.Column("actor", sa.String(200)),
-                sa.Column("reason", sa.Text),
-                sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-                sa.Column("expires_at", sa.DateTime(timezone=True)),
-                sa.Column("details", sa.Text),
-            )
-            changes = sa.Table(
-                "champion_changes", metadata,
-                sa.Column("model_name", sa.String(200), primary_key=True),
-                sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
-                sa.Column("action", sa.String(20), nullable=False),  # promote/rollback
-                sa.Column("from_version", sa.String(50)),
-                sa.Column("to_version", sa.String(50), nullable=False),
-                sa.Column("actor", sa.String(200), nullable=False),
-                sa.Column("reason", sa.Text, nullable=False),
-                sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-                sa.Column("details", sa.Text),
-            )
-            incidents = sa.Table(
-                "incidents", metadata,
-                sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-                sa.Column("kind", sa.String(50), nullable=False),
-                sa.Column("model_name", sa.String(200)),
-                sa.Column("actor", sa.String(200)),
-                sa.Column("reason", sa.Text),
-                sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-                sa.Column("details", sa.Text),
-            )
-            engine = sa.create_engine(self.url)
+        metadata = sa.MetaData()
+        table = sa.Table(
+            "decision_log", metadata,
+            sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+            sa.Column("record", sa.String(20), nullable=False),  # event/change/outcome/incident
+            sa.Column("model_name", sa.String(200)),
+            sa.Column("version", sa.String(50)),  # event: the version decided on
+            sa.Column("change_seq", sa.Integer),  # change: its number per model
+            sa.Column("payload", sa.Text, nullable=False),  # canonical JSON, what is hashed
+            sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
+            sa.Column("hash", sa.String(64), nullable=False),
+            sa.UniqueConstraint("model_name", "change_seq", name="one_change_per_seq"),
+            sa.Index("by_record_model", "record", "model_name"),
+        )
+        sqlite = self._sqlite_path is not None
+        engine = sa.create_engine(self.url, **({"connect_args": {"timeout": LOCK_TIMEOUT_S}}
+                                                if sqlite else {}))
+        if sqlite:
+            # pysqlite opens transactions lazily, so two appenders could both read the same
+            # chain head; BEGIN IMMEDIATE takes the write lock before the read.
+            @sa.event.listens_for(engine, "connect")
+            def _no_pysqlite_begin(dbapi_connection, _record):
+                dbapi_connection.isolation_level = None
+
+            @sa.event.listens_for(engine, "begin")
+            def _begin(conn):
+                immediate = conn.get_execution_options().get("write", False)
+                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+        with self._guard("open"):
+            if sqlite:
+                self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+            with engine.connect() as conn:
+                legacy = sa.inspect(conn).has_table("champion_changes")
+            if legacy:
+                raise DecisionStoreError(
+                    f"decision store {self.url} was written by an earlier version of unified-ai "
+                    "(table champion_changes, no hash chain); keep it as an archive and point "
+                    "the project at a new store, or migrate it by hand")
             metadata.create_all(engine)
-            self._engine = engine
-            self._tables = {"events": events, "changes": changes, "incidents": incidents}
-        return self._engine, self._tables
+        self._engine, self._table = engine, table
+        return engine, table
+
+    @contextmanager
+    def _guard(self, doing: str) -> Iterator[None]:
+        """Database errors name the store: a corrupt file is not a bare traceback."""
+        import sqlalchemy as sa
+
+        try:
+            yield
+        except sa.exc.IntegrityError:
+            raise
+        except sa.exc.DBAPIError as error:
+            raise DecisionStoreError(
+                f"decision store {self.url}: cannot {doing}: {error.orig}. If the file is "
+                "corrupt, restore it from a backup; nothing was changed") from None
+
+    # appending and reading -------------------------------------------------------------
+
+    def _append(self, record: str, payload: dict, *, model_name: str | None = None,
+                version: str | None = None, change_seq: int | None = None) -> tuple[int, dict]:
+        engine, table = self._setup()
+        payload = {"record": record, "model_name": model_name, **payload}
+        body = _canonical(payload)
+        with self._guard(f"append a {record}"), engine.connect() as conn, \
+                conn.execution_options(write=True).begin():
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("LOCK TABLE decision_log IN SHARE ROW EXCLUSIVE MODE")
+            head = conn.execute(table.select().order_by(table.c.id.desc()).limit(1)).mappings().first()
+            prev = head["hash"] if head else GENESIS
+            row_id = conn.execute(table.insert().values(
+                record=record, model_name=model_name, version=version, change_seq=change_seq,
+                payload=body, prev_hash=prev, hash=chain_hash(prev, body),
+            )).inserted_primary_key[0]
+        return int(row_id), json.loads(body)
+
+    def _read(self, record: str, model_name: str | None = None, after_id: int = 0,
+              version: str | None = None) -> list[dict]:
+        engine, table = self._setup()
+        query = (table.select().where(table.c.record == record, table.c.id > after_id)
+                 .order_by(table.c.id))
+        if model_name is not None:
+            query = query.where(table.c.model_name == model_name)
+        if version is not None:
+            query = query.where(table.c.version == version)
+        with self._guard("read"), engine.connect() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [self._decode(r) for r in rows]
+
+    @staticmethod
+    def _decode(row) -> dict:
+        out = json.loads(row["payload"])
+        out.pop("record", None)
+        out["id"] = row["id"]
+        for key in ("created_at", "expires_at"):
+            if out.get(key):
+                out[key] = datetime.fromisoformat(out[key])
+        return out
+
+    def head(self) -> dict | None:
+        """The newest row's id and hash: what the registry anchors after a champion change."""
+        engine, table = self._setup()
+        with self._guard("read"), engine.connect() as conn:
+            row = conn.execute(table.select().order_by(table.c.id.desc()).limit(1)).mappings().first()
+        return {"id": row["id"], "hash": row["hash"]} if row else None
+
+    def contains(self, row_id: int, row_hash: str) -> bool:
+        engine, table = self._setup()
+        with self._guard("read"), engine.connect() as conn:
+            found = conn.execute(table.select().where(table.c.id == row_id)).mappings().first()
+        return found is not None and found["hash"] == row_hash
 
     # approvals -------------------------------------------------------------------------
 
     def append_event(self, *, model_name: str, version: str, kind: str, actor: str | None = None,
                      decision: str | None = None, reason: str | None = None,
                      expires_at: datetime | None = None, details: dict | None = None) -> int:
-        engine, tables = self._setup()
-        row = dict(model_name=model_name, version=version, kind=kind, decision=decision,
-                   actor=actor, reason=reason, created_at=_now(), expires_at=expires_at,
-                   details=json.dumps(details or {}, default=str))
-        with engine.begin() as conn:
-            return int(conn.execute(tables["events"].insert().values(**row)).inserted_primary_key[0])
+        """kind: request | decision | refusal."""
+        row_id, _ = self._append(EVENT, dict(
+            version=version, kind=kind, decision=decision, actor=actor, reason=reason,
+            created_at=_iso(_now()), expires_at=_iso(expires_at), details=details or {},
+        ), model_name=model_name, version=version)
+        return row_id
 
     def events(self, model_name: str | None = None, version: str | None = None,
                after_id: int = 0) -> list[dict]:
-        engine, tables = self._setup()
-        table = tables["events"]
-        query = table.select().where(table.c.id > after_id).order_by(table.c.id)
-        if model_name is not None:
-            query = query.where(table.c.model_name == model_name)
-        if version is not None:
-            query = query.where(table.c.version == version)
-        with engine.connect() as conn:
-            return [self._row(r) for r in conn.execute(query).mappings()]
+        return self._read(EVENT, model_name, after_id, version)
 
     # champion history ------------------------------------------------------------------
 
     def changes(self, model_name: str) -> list[dict]:
-        engine, tables = self._setup()
-        table = tables["changes"]
-        query = table.select().where(table.c.model_name == model_name).order_by(table.c.seq)
-        with engine.connect() as conn:
-            return [self._row(r) for r in conn.execute(query).mappings()]
+        """Champion changes, oldest first, each with `status`: done | pending | abandoned."""
+        outcomes = {o["seq"]: o for o in self._read(OUTCOME, model_name)}
+        changes = self._read(CHANGE, model_name)
+        for change in changes:
+            outcome = outcomes.get(change["seq"])
+            change["status"] = outcome["status"] if outcome else "pending"
+            change["outcome"] = outcome
+        return changes
 
     def record_change(self, *, model_name: str, expected_seq: int, action: str,
                       from_version: str | None, to_version: str, actor: str, reason: str,
                       details: dict | None = None) -> dict:
-        """Append change number `expected_seq + 1`; raises ChangeConflict if it exists."""
+        """Append change number `expected_seq + 1` as pending; ChangeConflict if it exists."""
         import sqlalchemy as sa
 
-        engine, tables = self._setup()
-        row = dict(model_name=model_name, seq=expected_seq + 1, action=action,
-                   from_version=from_version, to_version=to_version, actor=actor, reason=reason,
-                   created_at=_now(), details=json.dumps(details or {}, default=str))
+        seq = expected_seq + 1
         try:
-            with engine.begin() as conn:
-                conn.execute(tables["changes"].insert().values(**row))
+            row_id, payload = self._append(CHANGE, dict(
+                seq=seq, action=action, from_version=from_version, to_version=to_version,
+                actor=actor, reason=reason, created_at=_iso(_now()), details=details or {},
+            ), model_name=model_name, change_seq=seq)
         except sa.exc.IntegrityError:
-            latest = self.changes(model_name)[-1]
             raise ChangeConflict(
-                f"champion change #{expected_seq + 1} of {model_name} was already recorded: "
-                f"{latest['action']} to v{latest['to_version']} by {latest['actor']} at "
-                f"{latest['created_at']}; re-run to act on the new state"
-            ) from None
-        return self._row(row)
+                f"champion change #{seq} of {model_name} was already recorded by another "
+                "writer; re-run to act on the new state") from None
+        return self._decode({"id": row_id, "payload": _canonical(payload)}) | {"status": "pending"}
+
+    def record_outcome(self, *, model_name: str, seq: int, status: str, actor: str,
+                       reason: str, details: dict | None = None) -> None:
+        """Close a pending change: `done` (the alias was read back) or `abandoned`."""
+        self._append(OUTCOME, dict(seq=seq, status=status, actor=actor, reason=reason,
+                                   created_at=_iso(_now()), details=details or {}),
+                     model_name=model_name)
+
+    @contextmanager
+    def champion_lock(self, model_name: str, timeout_s: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+        """Held for a whole champion change: read, record, move the alias, read it back."""
+        engine, _ = self._setup()
+        if engine.dialect.name == "sqlite":
+            with _file_lock(Path(f"{self._sqlite_path}.lock"), timeout_s, self.url):
+                yield
+        elif engine.dialect.name == "postgresql":
+            key = zlib.crc32(f"unified-ai:champion:{model_name}".encode())
+            with self._guard("lock the champion"), engine.connect() as conn:
+                conn.exec_driver_sql(f"SET lock_timeout = '{int(timeout_s * 1000)}ms'")
+                conn.exec_driver_sql("SELECT pg_advisory_lock(%s)", (key,))
+                conn.commit()
+                try:
+                    yield
+                finally:
+                    conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (key,))
+                    conn.commit()
+        else:
+            raise DecisionStoreError(f"decision store {self.url}: champion changes need a lock "
+                                     f"this database ({engine.dialect.name}) does not offer; "
+                                     "use sqlite or PostgreSQL")
 
     # incidents -------------------------------------------------------------------------
 
     def record_incident(self, *, kind: str, model_name: str | None, actor: str | None,
                         reason: str | None, details: dict | None = None) -> int:
-        engine, tables = self._setup()
-        row = dict(kind=kind, model_name=model_name, actor=actor, reason=reason,
-                   created_at=_now(), details=json.dumps(details or {}, default=str))
-        with engine.begin() as conn:
-            return int(conn.execute(tables["incidents"].insert().values(**row))
-                       .inserted_primary_key[0])
+        row_id, _ = self._append(INCIDENT, dict(kind=kind, actor=actor, reason=reason,
+                                                created_at=_iso(_now()), details=details or {}),
+                                 model_name=model_name)
+        return row_id
 
     def incidents(self, kind: str | None = None) -> list[dict]:
-        engine, tables = self._setup()
-        table = tables["incidents"]
-        query = table.select().order_by(table.c.id)
-        if kind is not None:
-            query = query.where(table.c.kind == kind)
-        with engine.connect() as conn:
-            return [self._row(r) for r in conn.execute(query).mappings()]
+        rows = self._read(INCIDENT)
+        return [r for r in rows if kind is None or r["kind"] == kind]
 
-    @staticmethod
-    def _row(row) -> dict:
-        out = dict(row)
-        if out.get("details"):
-            out["details"] = json.loads(out["details"])
-        for key in ("created_at", "expires_at"):
-            value = out.get(key)
-            if isinstance(value, datetime) and value.tzinfo is None:
-                out[key] = value.replace(tzinfo=UTC)  # sqlite drops the zone
-        return out
+    # audit -----------------------------------------------------------------------------
+
+    def verify_chain(self) -> int:
+        """Walk the whole log; the number of rows verified, or AuditError at the first bad row."""
+        engine, table = self._setup()
+        with self._guard("read"), engine.connect() as conn:
+            rows = conn.execute(table.select().order_by(table.c.id)).mappings().all()
+        prev = GENESIS
+        for row in rows:
+            where = f"decision store {self.url}: row {row['id']} ({row['record']})"
+            if row["prev_hash"] != prev:
+                raise AuditError(f"{where} does not follow the row before it: a row was deleted, "
+                                 "inserted or reordered there")
+            if chain_hash(prev, row["payload"]) != row["hash"]:
+                raise AuditError(f"{where} was edited: its content no longer matches its hash")
+            payload = json.loads(row["payload"])
+            indexed = {"record": row["record"], "model_name": row["model_name"]}
+            if {k: payload.get(k) for k in indexed} != indexed or (
+                row["record"] == CHANGE and payload.get("seq") != row["change_seq"]
+            ) or (row["record"] == EVENT and payload.get("version") != row["version"]):
+                raise AuditError(f"{where} was edited: its indexed columns disagree with its content")
+            prev = row["hash"]
+        return len(rows)
+
+
+@contextmanager
+def _file_lock(path: Path, timeout_s: float, url: str) -> Iterator[None]:
+    """An exclusive flock; the kernel drops it when the holder's process dies."""
+    import fcntl
+    import time
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise DecisionStoreError(
+                        f"decision store {url}: another champion change has held the lock for "
+                        f"over {timeout_s:.0f}s; nothing was changed") from None
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -15,6 +15,9 @@ from typing import Any, Literal
 import dagster as dg
 
 CHAMPION_ALIAS = "champion"
+# MLflow's error codes for an unknown model, version or alias (a missing alias is reported
+# as an invalid parameter); every other error means the registry could not answer.
+_NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 CHALLENGER_ALIAS = "challenger"
 # Types inside our own HistGradientBoosting pipeline that MLflow's skops format asks us to
 # vouch for; we only ever load files this project wrote.
@@ -131,13 +134,18 @@ class MlflowRegistry(dg.ConfigurableResource):
         return score
 
     def alias_version(self, model_name: str, alias: str = CHAMPION_ALIAS) -> str | None:
-        """The version an alias points at, or None when unset or the model is unknown."""
+        """The version an alias points at, or None when unset or the model is unknown.
+
+        Any other registry error (unreachable server, broken store) is raised: "cannot tell"
+        must never read as "no champion"."""
         from mlflow.exceptions import MlflowException
 
         try:
             return str(self.client().get_model_version_by_alias(model_name, alias).version)
-        except MlflowException:
-            return None
+        except MlflowException as error:
+            if error.error_code in _NOT_FOUND:
+                return None
+            raise
 
     def set_alias(self, model_name: str, version: str, alias: str = CHAMPION_ALIAS) -> None:
         self.client().set_registered_model_alias(model_name, alias, version)
@@ -148,8 +156,24 @@ class MlflowRegistry(dg.ConfigurableResource):
         try:
             self.client().get_model_version(model_name, version)
             return True
-        except MlflowException:
-            return False
+        except MlflowException as error:
+            if error.error_code in _NOT_FOUND:
+                return False
+            raise
+
+    def model_tag(self, model_name: str, key: str) -> str | None:
+        """A registered model's tag, or None when the tag or the model does not exist."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_registered_model(model_name).tags.get(key)
+        except MlflowException as error:
+            if error.error_code in _NOT_FOUND:
+                return None
+            raise
+
+    def set_model_tag(self, model_name: str, key: str, value: str) -> None:
+        self.client().set_registered_model_tag(model_name, key, value)
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client().get_model_version(model_name, version).tags)
