@@ -176,13 +176,14 @@ def torch_candidate(
 
 
 def evaluate(
-    registry: MlflowRegistry, store: ArtifactStore, candidate: RegisteredCandidate,
+    registry: MlflowRegistry, decisions: DecisionStore, store: ArtifactStore,
+    candidate: RegisteredCandidate,
     training: TrainingSet, promotion: PromotionPolicy,
 ) -> dict:
     """Holdout report, Evidently HTML and policy gates, stored (the `evaluation_<family>` body)."""
     from unified_assets.ml.evidently_report import evidently_html
 
-    report, scorer = evaluate_on_holdout(registry, candidate, training,
+    report, scorer = evaluate_on_holdout(registry, decisions, candidate, training,
                                          promotion.operating_threshold)
     holdout_scores = report.pop("_holdout_scores")
     html = evidently_html(training.train, scorer(training.train), training.holdout,
@@ -259,6 +260,7 @@ def promote(decisions: DecisionStore, registry: MlflowRegistry, approval: dict,
         reason=f"passed every gate; {approval['approval']}",
         details={"evaluation_report": approval["report_uri"],
                  "training_batches": approval["training_batches"], "dagster_run_id": run_id},
+        evaluated_against=(approval.get("champion") or {}).get("version"),
     )
     registry.alias_version(model_name, CHAMPION_ALIAS)
     decisions.changes(model_name)
@@ -292,7 +294,8 @@ def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> 
     candidates["torch"] = torch_candidate(training, registry, policy, run_id)
     lap("model_torch")
     for family, candidate in candidates.items():
-        result.candidates[family] = evaluate(registry, store, candidate, training, promotion)
+        result.candidates[family] = evaluate(registry, decisions, store, candidate, training,
+                                             promotion)
         lap(f"evaluation_{family}")
     result.challenger = select(registry, [result.candidates["sklearn"], result.candidates["torch"]],
                                promotion)

@@ -6,6 +6,7 @@ import time
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
+from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
 from unified_assets.assets.models import CANDIDATE_FAMILIES
@@ -49,11 +50,34 @@ def _metrics(training: TrainingSet, scores, threshold: float, latency_ms: float)
     }
 
 
+def score_champion(registry: MlflowRegistry, decisions: DecisionStore, model_name: str,
+                   version: str, frame) -> tuple:
+    """`score_holdout` for the champion; a champion that cannot be scored (version deleted,
+    artifacts gone) blocks the comparison with an incident naming what is missing, since
+    gating against "no champion" would wave any candidate through."""
+    try:
+        if not registry.version_exists(model_name, version):
+            raise LookupError("the model version is no longer in the registry")
+        return score_holdout(registry, model_name, version, frame)
+    except Exception as error:  # noqa: BLE001 - any load failure means the same to the gate
+        what = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = (f"champion v{version} of {model_name} (models:/{model_name}/{version}) cannot "
+                   f"be scored: {what}. Candidates cannot be compared with it; roll back to an "
+                   "earlier champion (`unified-ai rollback`) or restore its artifacts")
+        decisions.record_incident(kind="champion_unusable", model_name=model_name,
+                                  actor="evaluation", reason=message,
+                                  details={"version": version, "error": repr(error)[:500]})
+        raise dg.Failure(message) from None
+
+
 def evaluate_on_holdout(
-    registry: MlflowRegistry, candidate: RegisteredCandidate, training: TrainingSet,
-    threshold: float,
+    registry: MlflowRegistry, decisions: DecisionStore, candidate: RegisteredCandidate,
+    training: TrainingSet, threshold: float,
 ) -> tuple[dict, object]:
-    """The candidate's report (with the champion's numbers on the same rows) and its scorer."""
+    """The candidate's report (with the champion's numbers on the same rows) and its scorer.
+    The champion is the ledger's, not whatever the alias says."""
+    from unified_assets.champion import ChampionLedger
+
     scores, scorer, latency_ms = score_holdout(
         registry, candidate.model_name, candidate.version, training.holdout
     )
@@ -67,10 +91,10 @@ def evaluate_on_holdout(
         **_metrics(training, scores, threshold, latency_ms),
         "champion": None,
     }
-    champion = registry.alias_version(candidate.model_name)
+    champion = ChampionLedger(decisions, registry).champion(candidate.model_name)
     if champion is not None and champion != candidate.version:
-        champion_scores, _, champion_latency = score_holdout(
-            registry, candidate.model_name, champion, training.holdout
+        champion_scores, _, champion_latency = score_champion(
+            registry, decisions, candidate.model_name, champion, training.holdout
         )
         report["champion"] = {"version": champion,
                               **_metrics(training, champion_scores, threshold, champion_latency)}
@@ -131,6 +155,7 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
         candidate: RegisteredCandidate,
         training_set: TrainingSet,
         mlflow_registry: MlflowRegistry,
+        decisions: DecisionStore,
         store: ArtifactStore,
         policy: PolicyResource,
     ):
@@ -138,7 +163,7 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
 
         promotion = policy.policy.promotion
         report, scorer = evaluate_on_holdout(
-            mlflow_registry, candidate, training_set, promotion.operating_threshold
+            mlflow_registry, decisions, candidate, training_set, promotion.operating_threshold
         )
         holdout_scores = report.pop("_holdout_scores")
         html = evidently_html(

@@ -56,12 +56,12 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
              rules: "Policy") -> tuple[dict, str | None, "LiveVerdict"]:
     """The champion's (and the previous champion's) numbers on the labelled rows, and the
     policy's verdict on them."""
+    from unified_assets.champion import ChampionLedger
     from unified_assets.live import LiveVerdict, judge_live
 
     batch = context.partition_key
-    # The previous champion first: finding it may finish an interrupted champion change.
     previous = _previous_champion(decisions, registry, spec.name)
-    champion = registry.alias_version(spec.name)
+    champion = ChampionLedger(decisions, registry).champion(spec.name)  # the ledger's, not the alias
     record: dict = {"batch": batch, "model_name": spec.name, "champion": champion,
                     "rows": len(frame), "positives": int(frame[spec.target].sum())}
     if champion is None:
