@@ -58,16 +58,25 @@ def score_champion(registry: MlflowRegistry, decisions: DecisionStore, model_nam
     try:
         if not registry.version_exists(model_name, version):
             raise LookupError("the model version is no longer in the registry")
-        return score_holdout(registry, model_name, version, frame)
-    except Exception as error:  # noqa: BLE001 - any load failure means the same to the gate
-        what = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        message = (f"champion v{version} of {model_name} (models:/{model_name}/{version}) cannot "
-                   f"be scored: {what}. Candidates cannot be compared with it; roll back to an "
-                   "earlier champion (`unified-ai rollback`) or restore its artifacts")
-        decisions.record_incident(kind="champion_unusable", model_name=model_name,
-                                  actor="evaluation", reason=message,
-                                  details={"version": version, "error": repr(error)[:500]})
-        raise dg.Failure(message) from None
+        source = registry.client().get_model_version(model_name, version).source
+    except Exception as error:  # noqa: BLE001 - any registry failure means the same to the gate
+        what = _first_line(error)
+    else:
+        try:
+            return score_holdout(registry, model_name, version, frame)
+        except Exception as error:  # noqa: BLE001 - any load failure means the same to the gate
+            what = f"its model files at {source} cannot be loaded (MLflow: {_first_line(error)})"
+    message = (f"champion v{version} of {model_name} (models:/{model_name}/{version}) cannot "
+               f"be scored: {what}. Candidates cannot be compared with it; roll back to an "
+               "earlier champion (`unified-ai rollback`) or restore its artifacts")
+    decisions.record_incident(kind="champion_unusable", model_name=model_name, actor="evaluation",
+                              reason=message, details={"version": version})
+    raise dg.Failure(message)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def evaluate_on_holdout(
