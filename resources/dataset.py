@@ -49,7 +49,7 @@ class DatasetResource(dg.ConfigurableResource):
     @cached_property
     def spec(self) -> DatasetSpec:
         if self.spec_path:
-            return load_spec(self.spec_path)
+            return load_spec(self.spec_path, landing_dir=self.landing_dir)
         return payments_spec(Path(self.landing_dir).resolve())
 
     @property

@@ -7,6 +7,7 @@ import pytest
 from unified_assets.assets.data import landed_batch
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.batch_validation import CHECK_NAMES
 from unified_assets.ml.generator import generate_batch, write_batches
 
 
@@ -19,11 +20,16 @@ def _land_bad_batches(landing):
     )
     (landing / "batch-empty.parquet").write_bytes(b"")
     (landing / "batch-text.parquet").write_text("transaction_id,amount\nx,1\n")
+    # Values that passed every check once and then broke training or the holdout:
+    generate_batch(12, 200).assign(amount=float("inf")).to_parquet(
+        landing / "batch-inf.parquet", index=False)
+    generate_batch(13, 200).assign(transaction_id="t-1").to_parquet(
+        landing / "batch-sameid.parquet", index=False)
 
 
 def _check_details(instance, batch):
     evaluations = {}
-    for name in ("schema", "nulls", "ranges", "label"):
+    for name in CHECK_NAMES:
         key = dg.AssetCheckKey(dg.AssetKey("landed_batch"), name)
         records = instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
         for record in records:
@@ -50,10 +56,12 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
 
     assert summary.batches_ingested == ["batch-00000", "batch-00001", "batch-00002"]
     assert summary.batches_rejected == {
-        "batch-empty": ["schema", "nulls", "ranges", "label"],
-        "batch-missing": ["schema", "nulls", "ranges", "label"],
-        "batch-text": ["schema", "nulls", "ranges", "label"],
-        "batch-wrongtype": ["schema", "nulls", "ranges", "label"],
+        "batch-inf": ["ranges"],
+        "batch-sameid": ["ids"],
+        "batch-empty": list(CHECK_NAMES),
+        "batch-missing": list(CHECK_NAMES),
+        "batch-text": list(CHECK_NAMES),
+        "batch-wrongtype": list(CHECK_NAMES),
     }
     details = _check_details(instance, "batch-wrongtype")
     assert details["schema"].severity == dg.AssetCheckSeverity.ERROR
@@ -64,6 +72,11 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
     assert "batch-missing.parquet: missing columns ['region']" in missing
     text = _check_details(instance, "batch-text")["schema"].metadata["details"].value
     assert "batch-text.parquet: cannot be read as parquet" in text
+    inf = _check_details(instance, "batch-inf")["ranges"].metadata["details"].value
+    assert "batch-inf.parquet: column 'amount' has 200 non-finite value(s) (200 +inf, 0 -inf)" in inf
+    same = _check_details(instance, "batch-sameid")["ids"].metadata["details"].value
+    assert "batch-sameid.parquet: id column 'transaction_id' has 199 duplicated value(s), e.g. ['t-1']" \
+        in same
 
     # Nothing curated for a bad batch; the landed files are all still there.
     assert not (landing.artifacts_dir / "batches" / "batch-wrongtype.parquet").exists()
@@ -74,7 +87,7 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
     training = result.output_for_node("training_set")
     assert training.batches == ["batch-00000", "batch-00001", "batch-00002"]
     assert set(training.excluded_batches) == {
-        "batch-empty", "batch-missing", "batch-text", "batch-wrongtype"
+        "batch-empty", "batch-missing", "batch-text", "batch-wrongtype", "batch-inf", "batch-sameid"
     }
     assert training.excluded_batches["batch-missing"].startswith("failed checks: schema")
     assert set(training.train["batch_id"]) | set(training.holdout["batch_id"]) == set(training.batches)

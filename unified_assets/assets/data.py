@@ -13,10 +13,12 @@ from unified_assets.partitions import BATCHES
 CHECK_DESCRIPTIONS = {
     "schema": "The file reads in the spec's format, has rows, every required column, numeric "
     "features numeric.",
+    "ids": "Every row has its own id (the spec's id_column present, never null, blank or "
+    "duplicated): ids decide the holdout side and match late labels.",
     "nulls": "Features and segments are no more null than the spec's max_null_fraction.",
-    "ranges": "Numeric features lie within the spec's ranges.",
-    "label": "The label is binary and present on every row, or absent on every row (labels "
-    "land later for the whole batch).",
+    "ranges": "Numeric features are finite (no +/-inf) and lie within the spec's ranges.",
+    "label": "The label is binary (the positive label and at most one other value) and present "
+    "on every row, or absent on every row (labels land later for the whole batch).",
 }
 
 

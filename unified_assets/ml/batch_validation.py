@@ -16,7 +16,8 @@ from unified_assets.ml.dataset_spec import DatasetSpec
 if TYPE_CHECKING:
     import pandas as pd
 
-CHECK_NAMES = ("schema", "nulls", "ranges", "label")
+CHECK_NAMES = ("schema", "ids", "nulls", "ranges", "label")
+EXAMPLES = 5  # values quoted in a finding, enough to find the rows
 
 
 @dataclass
@@ -90,6 +91,9 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
         _skip_rest(report, "schema is wrong")
         return
 
+    if spec.id_column:
+        report.findings["ids"].extend(id_problems(frame, spec.id_column, name))
+
     nulls = report.findings["nulls"]
     for column in spec.feature_columns + spec.segment_columns:
         fraction = float(frame[column].isna().mean())
@@ -100,8 +104,12 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
             )
 
     ranges = report.findings["ranges"]
+    # Any infinity breaks training downstream (scaling turns it into NaN), bounds or not.
+    for column in spec.numeric_features:
+        ranges.extend(_non_finite(frame[column], column, name))
     for column, (low, high) in spec.ranges.items():
         values = frame[column].dropna()
+        values = values[~values.isin([float("inf"), float("-inf")])]  # reported above
         below = int((values < low).sum()) if low is not None else 0
         above = int((values > high).sum()) if high is not None else 0
         if below or above:
@@ -121,11 +129,61 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
             f"{name}: label {spec.target!r} missing on {missing_labels} of {len(frame)} row(s); "
             "a batch is labelled on every row or on none (labels may land later)"
         )
-    unexpected = sorted(set(target.dropna().unique().tolist()) - {0, 1, spec.positive_label})
-    if unexpected:
-        labels.append(
-            f"{name}: label {spec.target!r} must be binary, found values {unexpected[:5]}"
-        )
+    labels.extend(label_problems(target, spec, name))
+
+
+def label_problems(target: pd.Series, spec: DatasetSpec, name: str) -> list[str]:
+    """A binary target holds the positive label and at most one other value (0/1 coded):
+    a third class would silently be folded into the negatives."""
+    found = _sorted_values(target.dropna().unique().tolist())
+    problems = []
+    if len([v for v in found if v != spec.positive_label]) > 1:
+        problems.append(f"{name}: label {spec.target!r} must be binary (the positive label "
+                        f"{spec.positive_label} and one other value), found {found[:EXAMPLES + 1]}")
+    unexpected = [v for v in found if v not in {0, 1, spec.positive_label}]
+    if unexpected and not problems:
+        problems.append(f"{name}: label {spec.target!r} must be binary, found values "
+                        f"{unexpected[:EXAMPLES]}")
+    return problems
+
+
+def id_problems(frame: pd.DataFrame, column: str, name: str) -> list[str]:
+    """Ids decide each row's holdout side and match late labels: every row needs its own.
+    Compared as the text stored in `row_id`."""
+    if column not in frame.columns:
+        return [f"{name}: id column {column!r} is missing; rows cannot be matched to late labels "
+                "or kept on one side of the holdout"]
+    problems = []
+    ids = frame[column]
+    blank = ids.isna() | (ids.astype(str).str.strip() == "")
+    if blank.any():
+        rows = [int(i) for i in blank.to_numpy().nonzero()[0][:EXAMPLES]]
+        problems.append(f"{name}: id column {column!r} is null or blank on {int(blank.sum())} "
+                        f"row(s), e.g. rows {rows}")
+    text = ids[~blank].astype(str)
+    duplicated = text[text.duplicated()]
+    if len(duplicated):
+        problems.append(f"{name}: id column {column!r} has {len(duplicated)} duplicated value(s), "
+                        f"e.g. {list(dict.fromkeys(duplicated))[:EXAMPLES]}")
+    return problems
+
+
+def _non_finite(series: pd.Series, column: str, name: str) -> list[str]:
+    import numpy as np
+
+    values = series.dropna().to_numpy(dtype="float64", na_value=np.nan)
+    positive, negative = int(np.isposinf(values).sum()), int(np.isneginf(values).sum())
+    if not positive and not negative:
+        return []
+    return [f"{name}: column {column!r} has {positive + negative} non-finite value(s) "
+            f"({positive} +inf, {negative} -inf); numeric features must be finite"]
+
+
+def _sorted_values(values: list) -> list:
+    try:
+        return sorted(values)
+    except TypeError:  # mixed types: keep the order found
+        return values
 
 
 def _bound(value: float | None) -> str:

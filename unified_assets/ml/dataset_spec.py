@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class DatasetSpecError(ValueError):
@@ -27,9 +27,29 @@ class SourceSpec(BaseModel):
         default=None, description="Folder of late label files, one per batch, named like the batch "
         "file (relative to the spec file); default: <path>/labels.")
 
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_names_files_in_the_folder(cls, pattern: str | None) -> str | None:
+        """A pattern matches file names in `path` only: a separator or `..` would let a spec
+        read files anywhere on the machine."""
+        if pattern is None:
+            return None
+        if not pattern.strip() or "/" in pattern or "\\" in pattern or pattern in (".", "..") \
+                or "**" in pattern:
+            raise ValueError(f"{pattern!r} must match file names inside the source folder "
+                             "(no '/', '\\', '..' or '**')")
+        return pattern
+
     @property
     def glob(self) -> str:
         return self.pattern or f"*.{self.format}"
+
+    @property
+    def extension(self) -> str:
+        """The literal suffix batch files end with (`.csv` for `b-*.csv`), used to name
+        partitions; `.<format>` when the pattern ends in a wildcard."""
+        suffix = "." + self.glob.rsplit(".", 1)[-1] if "." in self.glob else ""
+        return suffix if suffix and not any(c in suffix for c in "*?[]") else f".{self.format}"
 
     @property
     def labels_folder(self) -> str:
@@ -109,8 +129,11 @@ def parse_spec(data: object, origin: str = "<dataset spec>") -> DatasetSpec:
         raise DatasetSpecError(f"{origin}: {describe_validation_error(error)}") from None
 
 
-def load_spec(path: str | Path) -> DatasetSpec:
-    """Load a YAML dataset spec; a relative source path is resolved against the spec's folder."""
+def load_spec(path: str | Path, landing_dir: str | Path | None = None) -> DatasetSpec:
+    """Load a YAML dataset spec; a relative source path is resolved against the spec's folder.
+
+    Source and labels folders must stay inside the spec's folder or the landing zone
+    (`landing_dir`): a spec is configuration, not a way to read any file on the machine."""
     path = Path(path)
     if not path.is_file():
         raise DatasetSpecError(f"{path}: dataset spec file not found")
@@ -119,14 +142,25 @@ def load_spec(path: str | Path) -> DatasetSpec:
     except yaml.YAMLError as error:
         raise DatasetSpecError(f"{path}: not valid YAML: {error}") from None
     spec = parse_spec(data, origin=str(path))
-    source = Path(spec.source.path)
-    if not source.is_absolute():
-        spec = spec.with_source_path((path.parent / source).resolve())
-    labels = spec.source.labels_path
-    if labels and not Path(labels).is_absolute():
+    roots = [path.parent.resolve()] + ([Path(landing_dir).resolve()] if landing_dir else [])
+    source = _contained(path, "source.path", spec.source.path, roots)
+    spec = spec.with_source_path(source)
+    if spec.source.labels_path:
+        labels = _contained(path, "source.labels_path", spec.source.labels_path, roots)
         spec = spec.model_copy(update={"source": spec.source.model_copy(
-            update={"labels_path": str((path.parent / labels).resolve())})})
+            update={"labels_path": str(labels)})})
     return spec
+
+
+def _contained(spec_file: Path, field: str, value: str, roots: list[Path]) -> Path:
+    """`value` resolved against the spec's folder (symlinks followed); refused unless it lies
+    inside one of `roots`."""
+    resolved = (spec_file.parent / value).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise DatasetSpecError(
+            f"{spec_file}: {field}: {value!r} resolves to {resolved}, outside the spec's folder "
+            f"and the landing zone ({', '.join(str(r) for r in roots)})")
+    return resolved
 
 
 PAYMENTS_SPEC_DATA: dict = {

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unified_assets.ml.batch_validation import read_batch
+from unified_assets.ml.batch_validation import id_problems, label_problems, read_batch
 from unified_assets.ml.dataset_spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -50,11 +50,14 @@ def align_labels(path: Path, batch: pd.DataFrame, spec: DatasetSpec) -> LabelsRe
     nulls = int(target.isna().sum())
     if nulls:
         report.problems.append(f"{name}: label {spec.target!r} missing on {nulls} row(s)")
-    unexpected = sorted(set(target.dropna().unique().tolist()) - {0, 1, spec.positive_label})
-    if unexpected:
-        report.problems.append(f"{name}: label {spec.target!r} must be binary, "
-                               f"found values {unexpected[:5]}")
+    report.problems.extend(label_problems(target, spec, name))
     if report.problems:
+        return report
+    if batch["row_id"].isna().any() or batch["row_id"].duplicated().any():
+        # A curated batch has unique ids (its `ids` check); anything else would let one label
+        # row label many batch rows.
+        report.problems.append(f"{name}: the batch's row ids are not unique; labels cannot be "
+                               "matched to its rows")
         return report
     binary = (target == spec.positive_label).astype("int64")
     if spec.id_column:
@@ -62,11 +65,10 @@ def align_labels(path: Path, batch: pd.DataFrame, spec: DatasetSpec) -> LabelsRe
             report.problems.append(f"{name}: missing the id column {spec.id_column!r} that "
                                    "matches labels to rows")
             return report
-        ids = frame[spec.id_column].astype(str)
-        duplicated = int(ids.duplicated().sum())
-        if duplicated:
-            report.problems.append(f"{name}: {duplicated} duplicated id(s) in {spec.id_column!r}")
+        report.problems.extend(id_problems(frame, spec.id_column, name))
+        if report.problems:
             return report
+        ids = frame[spec.id_column].astype(str)
         by_id = pd.Series(binary.to_numpy(), index=ids.to_numpy())
         missing = int((~batch["row_id"].isin(by_id.index)).sum())
         unknown = int((~by_id.index.isin(batch["row_id"])).sum())

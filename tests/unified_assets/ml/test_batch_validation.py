@@ -26,7 +26,7 @@ def test_clean_batch_passes_every_check(tmp_path, spec):
 def test_missing_column_fails_schema_naming_file_and_column(tmp_path, spec):
     path = _write(tmp_path, generate_batch(0, 50).drop(columns=["amount"]), "missing.parquet")
     report = validate_batch_file(path, spec)
-    assert report.failed_checks() == ["schema", "nulls", "ranges", "label"]
+    assert report.failed_checks() == ["schema", "ids", "nulls", "ranges", "label"]
     assert "missing.parquet" in report.findings["schema"][0]
     assert "'amount'" in report.findings["schema"][0] or "amount" in report.findings["schema"][0]
 
@@ -64,7 +64,7 @@ def test_nulls_ranges_and_labels(tmp_path, spec):
     assert "'device_trust_score' is 10.0% null" in report.findings["nulls"][0]
     assert "'hour_of_day' has 0 value(s) below 0 and 1 above 23" in report.findings["ranges"][0]
     assert "missing on 1 of 100 row(s)" in report.findings["label"][0]
-    assert "found values [3.0]" in report.findings["label"][1]
+    assert "found [0.0, 1.0, 3.0]" in report.findings["label"][1]
 
 
 def test_curated_types_ids_and_label(spec):
@@ -94,3 +94,77 @@ def test_batch_without_label_column_passes_and_awaits_labels(tmp_path, spec):
     assert report.passed and report.labelled is False
     out = curated(report.frame, spec, "batch-00001")
     assert "is_fraud" not in out.columns and len(out) == 50
+
+
+@pytest.mark.parametrize("positive_label, values", [(2, [0, 1, 2]), (1, [0, 1, 2]), (2, [0, 1])])
+def test_a_target_with_more_than_two_classes_fails_whatever_positive_label_says(
+        tmp_path, spec, positive_label, values):
+    spec = spec.model_copy(update={"positive_label": positive_label})
+    frame = generate_batch(0, 60)
+    frame["is_fraud"] = [values[i % len(values)] for i in range(len(frame))]
+    report = validate_batch_file(_write(tmp_path, frame, "classes.parquet"), spec)
+    assert report.failed_checks() == ["label"], report.findings
+    (problem,) = report.findings["label"]
+    assert "classes.parquet" in problem and "'is_fraud'" in problem
+    assert str(values) in problem
+
+
+def test_a_target_with_the_positive_label_and_one_other_value_passes(tmp_path, spec):
+    spec = spec.model_copy(update={"positive_label": 2})
+    frame = generate_batch(0, 60)
+    frame["is_fraud"] = frame["is_fraud"] * 2
+    report = validate_batch_file(_write(tmp_path, frame), spec)
+    assert report.passed, report.findings
+    expected = (frame["is_fraud"] == 2).astype(int).tolist()
+    assert curated(report.frame, spec, "b")["is_fraud"].tolist() == expected
+
+
+def test_infinite_values_fail_ranges_naming_file_column_and_count(tmp_path, spec):
+    frame = generate_batch(0, 100)
+    frame.loc[[3, 4], "amount"] = float("inf")
+    frame.loc[5, "hour_of_day"] = float("-inf")
+    report = validate_batch_file(_write(tmp_path, frame, "inf.parquet"), spec)
+    assert report.failed_checks() == ["ranges"], report.findings
+    problems = "\n".join(report.findings["ranges"])
+    assert "inf.parquet: column 'amount' has 2 non-finite value(s) (2 +inf, 0 -inf)" in problems
+    assert "inf.parquet: column 'hour_of_day' has 1 non-finite value(s) (0 +inf, 1 -inf)" in problems
+
+
+def test_infinite_values_fail_even_without_a_declared_range_and_from_csv(tmp_path):
+    spec = payments_spec(tmp_path).model_copy(update={"ranges": {}, "id_column": None})
+    spec = spec.model_copy(update={"source": spec.source.model_copy(update={"format": "csv"})})
+    frame = generate_batch(0, 40)
+    frame["amount"] = frame["amount"].astype(str)
+    frame.loc[7, "amount"] = "inf"
+    path = tmp_path / "b.csv"
+    frame.to_csv(path, index=False)
+    report = validate_batch_file(path, spec)
+    assert report.failed_checks() == ["ranges"]
+    assert "b.csv: column 'amount' has 1 non-finite value(s) (1 +inf, 0 -inf)" in report.findings["ranges"][0]
+
+
+def test_nan_in_a_feature_fails_nulls_when_nulls_are_not_allowed(tmp_path, spec):
+    frame = generate_batch(0, 50)
+    frame.loc[2, "amount"] = float("nan")
+    report = validate_batch_file(_write(tmp_path, frame), spec)
+    assert report.failed_checks() == ["nulls"]
+    assert "column 'amount' is 2.0% null" in report.findings["nulls"][0]
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda f: f.assign(transaction_id=["t-1"] * 3 + f["transaction_id"].tolist()[3:]),
+     "ids.parquet: id column 'transaction_id' has 2 duplicated value(s), e.g. ['t-1']"),
+    (lambda f: f.assign(transaction_id=[None, None] + f["transaction_id"].tolist()[2:]),
+     "ids.parquet: id column 'transaction_id' is null or blank on 2 row(s), e.g. rows [0, 1]"),
+    (lambda f: f.assign(transaction_id=[""] + f["transaction_id"].tolist()[1:]),
+     "ids.parquet: id column 'transaction_id' is null or blank on 1 row(s), e.g. rows [0]"),
+    (lambda f: f.drop(columns=["transaction_id"]),
+     "ids.parquet: id column 'transaction_id' is missing"),
+])
+def test_duplicate_null_or_missing_ids_fail_the_ids_check(tmp_path, spec, mutate, expected):
+    frame = mutate(generate_batch(0, 50))
+    if frame.get("transaction_id") is not None:
+        frame["transaction_id"] = frame["transaction_id"].astype(object)
+    report = validate_batch_file(_write(tmp_path, frame, "ids.parquet"), spec)
+    assert report.failed_checks() == ["ids"], report.findings
+    assert any(p.startswith(expected) for p in report.findings["ids"]), report.findings["ids"]

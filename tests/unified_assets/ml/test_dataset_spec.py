@@ -65,3 +65,63 @@ def test_load_spec_missing_file_and_bad_yaml(tmp_path):
     listing.write_text("- a\n- b\n")
     with pytest.raises(DatasetSpecError, match="expected a mapping"):
         load_spec(listing)
+
+
+def _write_spec(folder, source):
+    path = folder / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(source=source)))
+    return path
+
+
+@pytest.mark.parametrize("source, field, value", [
+    ({"path": "../../elsewhere"}, "source.path", "../../elsewhere"),
+    ({"path": "/etc"}, "source.path", "/etc"),
+    ({"path": "batches", "labels_path": "../labels"}, "source.labels_path", "../labels"),
+    ({"path": "batches", "labels_path": "/etc"}, "source.labels_path", "/etc"),
+    ({"path": "batches", "pattern": "../../**/*.csv"}, "source.pattern", "../../**/*.csv"),
+    ({"path": "batches", "pattern": "sub/*.csv"}, "source.pattern", "sub/*.csv"),
+    ({"path": "batches", "pattern": "**"}, "source.pattern", "**"),
+    ({"path": "batches", "pattern": ".."}, "source.pattern", ".."),
+])
+def test_spec_paths_that_leave_the_spec_folder_are_refused_at_load(tmp_path, source, field, value):
+    spec_dir = tmp_path / "project" / "specs"
+    spec_dir.mkdir(parents=True)
+    path = _write_spec(spec_dir, source)
+    with pytest.raises(DatasetSpecError) as error:
+        load_spec(path, landing_dir=tmp_path / "landing")
+    message = str(error.value)
+    assert str(path) in message and field in message and repr(value) in message, message
+
+
+def test_a_symlink_out_of_the_spec_folder_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "batches").symlink_to(outside)
+    with pytest.raises(DatasetSpecError, match="source.path"):
+        load_spec(_write_spec(tmp_path / "specs", {"path": "batches"}))
+
+
+def test_spec_paths_inside_the_spec_folder_or_the_landing_zone_are_accepted(tmp_path):
+    landing = tmp_path / "landing"
+    (tmp_path / "specs").mkdir()
+    inside = load_spec(_write_spec(tmp_path / "specs", {"path": "data/batches", "labels_path": "data/lab",
+                                                        "pattern": "b-*.csv", "format": "csv"}))
+    assert inside.source.path == str(tmp_path / "specs" / "data" / "batches")
+    assert inside.source.labels_folder == str(tmp_path / "specs" / "data" / "lab")
+    in_landing = load_spec(_write_spec(tmp_path / "specs", {"path": str(landing / "byo")}),
+                           landing_dir=landing)
+    assert in_landing.source.path == str(landing / "byo")
+
+
+def test_a_glob_that_climbs_out_lists_nothing_it_is_refused_when_the_resource_loads(tmp_path):
+    from resources.dataset import DatasetResource
+
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "passwords.csv").write_text("user,password\nroot,hunter2\n")
+    (tmp_path / "specs" / "batches").mkdir(parents=True)
+    path = _write_spec(tmp_path / "specs", {"path": "batches", "format": "csv",
+                                            "pattern": "../../secrets/*.csv"})
+    dataset = DatasetResource(spec_path=str(path), landing_dir=str(tmp_path / "landing"))
+    with pytest.raises(DatasetSpecError, match=r"source\.pattern: '\.\./\.\./secrets/\*\.csv'"):
+        dataset.batch_files()

@@ -35,7 +35,7 @@ def test_labels_match_rows_by_id_in_any_order(tmp_path, spec, batch_and_truth):
 
 @pytest.mark.parametrize("mutate, problem", [
     (lambda f: f.iloc[5:], "no label for 5 of 60 batch row(s)"),
-    (lambda f: pd.concat([f, f.iloc[:2]]), "2 duplicated id(s) in 'transaction_id'"),
+    (lambda f: pd.concat([f, f.iloc[:2]]), "id column 'transaction_id' has 2 duplicated value(s)"),
     (lambda f: pd.concat([f, f.iloc[:1].assign(transaction_id="x")]),
      "1 label(s) for ids that are not in the batch"),
     (lambda f: f.drop(columns=["transaction_id"]), "missing the id column 'transaction_id'"),
@@ -64,3 +64,28 @@ def test_unreadable_labels_file_is_a_finding(tmp_path, spec, batch_and_truth):
     path.write_text("not parquet")
     report = align_labels(path, batch_and_truth[0], spec)
     assert "cannot be read as parquet" in report.problems[0]
+
+
+@pytest.mark.parametrize("mutate, problem", [
+    (lambda f: f.assign(transaction_id=f["transaction_id"].where(f.index > 1)),
+     "labels.parquet: id column 'transaction_id' is null or blank on 2 row(s), e.g. rows [0, 1]"),
+    (lambda f: pd.concat([f, f.iloc[:2]]),
+     "labels.parquet: id column 'transaction_id' has 2 duplicated value(s), e.g. ["),
+    (lambda f: f.assign(is_fraud=[i % 3 for i in range(len(f))]),
+     "labels.parquet: label 'is_fraud' must be binary (the positive label 1 and one other value), "
+     "found [0, 1, 2]"),
+])
+def test_labels_with_null_or_duplicate_ids_or_three_classes_name_file_column_examples(
+        tmp_path, spec, batch_and_truth, mutate, problem):
+    batch, truth = batch_and_truth
+    report = align_labels(_labels(tmp_path, mutate(truth[["transaction_id", "is_fraud"]])), batch, spec)
+    assert not report.passed
+    assert any(p.startswith(problem) for p in report.problems), report.problems
+
+
+def test_a_single_label_row_never_labels_a_batch_whose_ids_collapse(tmp_path, spec, batch_and_truth):
+    batch, truth = batch_and_truth
+    collapsed = batch.assign(row_id="None")  # ids that all read as one value
+    one_row = truth[["transaction_id", "is_fraud"]].iloc[:1].assign(transaction_id=None)
+    report = align_labels(_labels(tmp_path, one_row), collapsed, spec)
+    assert not report.passed and report.labels is None
