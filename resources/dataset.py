@@ -8,7 +8,9 @@ and hand the assets a local path to read.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -17,12 +19,26 @@ import dagster as dg
 
 from unified_assets.ml.dataset_spec import DatasetSpec, load_spec, payments_spec
 
-_PARTITION_SAFE = re.compile(r"[^A-Za-z0-9_.=-]")
+_SIMPLE_STEM = re.compile(r"[A-Za-z0-9_=-]{1,100}")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_=-]+")
+_READABLE_CHARS = 60
+_HASH_CHARS = 12
 
 
-def batch_key(name: str) -> str:
-    """Partition key for a batch file name: the name without extension, made key-safe."""
-    return _PARTITION_SAFE.sub("_", name.split(".")[0])
+def batch_key(name: str, extension: str = ".parquet") -> str:
+    """Partition key for a landed file name, one per exact name (a batch and its labels file
+    share it). `stem<extension>` with a plain stem keeps `stem`, as keys always were; any
+    other name gets its readable stem plus `.` and a hash of the exact name, so names that
+    differ only in what sanitizing drops (`batch.v1`/`batch.v2`, `my batch`/`my_batch`,
+    `bätch`/`b_tch`) never share a partition. Plain keys have no `.`, hashed keys exactly
+    one; both are valid Dagster keys and safe in store paths and comma-joined tags."""
+    stem = name[: -len(extension)] if extension and name.endswith(extension) else name
+    if stem != name and _SIMPLE_STEM.fullmatch(stem):
+        return stem
+    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode()
+    readable = _UNSAFE.sub("_", ascii_stem).strip("_")[:_READABLE_CHARS] or "file"
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_CHARS]
+    return f"{readable}.{digest}"
 
 
 def is_complete(name: str) -> bool:
@@ -74,7 +90,19 @@ class DatasetResource(dg.ConfigurableResource):
             return {}
         files = sorted(p for p in folder.glob(self.spec.source.glob)
                        if p.is_file() and is_complete(p.name))
-        return {batch_key(p.name): LandedFile(batch_key(p.name), str(p), _version(p)) for p in files}
+        return self._index((p.name, str(p), _version(p)) for p in files)
+
+    def _index(self, listed) -> dict[str, LandedFile]:
+        """Files by partition key, in key order; two names with one key would lose a file, so
+        that is an error naming both (the hash in keys makes it practically impossible)."""
+        found: dict[str, LandedFile] = {}
+        for name, uri, version in listed:
+            key = batch_key(name, self.spec.source.extension)
+            if key in found:
+                raise dg.Failure(f"landed files {found[key].uri} and {uri} map to one partition "
+                                 f"key {key!r}; rename one of them")
+            found[key] = LandedFile(key, uri, version)
+        return dict(sorted(found.items()))
 
     def fetch(self, landed: LandedFile) -> Path:
         """A local path holding the file's content."""
@@ -115,15 +143,14 @@ class S3DatasetResource(DatasetResource):
         bucket, prefix = split_s3_uri(folder_uri)
         prefix = f"{prefix}/" if prefix else ""
         client = self.s3.get_client()
-        found: dict[str, LandedFile] = {}
+        listed = []
         for page in client.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=prefix, Delimiter="/"):
             for item in page.get("Contents", []):
                 name = item["Key"][len(prefix):]
-                if is_complete(name) and fnmatch.fnmatch(name, self.spec.source.glob):
-                    found[batch_key(name)] = LandedFile(batch_key(name), f"s3://{bucket}/{item['Key']}",
-                                                        item["ETag"].strip('"'))
-        return dict(sorted(found.items()))
+                if is_complete(name) and fnmatch.fnmatchcase(name, self.spec.source.glob):
+                    listed.append((name, f"s3://{bucket}/{item['Key']}", item["ETag"].strip('"')))
+        return self._index(listed)
 
     def fetch(self, landed: LandedFile) -> Path:
         """Download once per object version into the cache."""
