@@ -1,12 +1,16 @@
 """Artifact store for curated batches and reports: a local folder or any S3-compatible bucket.
 
 One code path for both through pyarrow's filesystem layer, so tests of the local store
-exercise the same read/write code that runs against S3 in production.
+exercise the same read/write code that runs against S3 in production. Every write is
+atomic: locally a temp file in the same folder renamed into place, on S3 a single object
+upload (an object appears only once complete). A write that fails raises
+`ArtifactWriteError` naming the key and the path and leaves no temp file behind.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -14,6 +18,11 @@ from pydantic import PrivateAttr
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+class ArtifactWriteError(OSError):
+    """A write that did not take effect (disk full, permissions, network): the message names
+    the key and the path; the previous content, if any, is untouched."""
 
 
 class ArtifactStore(dg.ConfigurableResource):
@@ -57,12 +66,45 @@ class ArtifactStore(dg.ConfigurableResource):
         return None if self.root.startswith("s3://") else self._path(key)
 
     def write_bytes(self, key: str, data: bytes) -> str:
+        """Replace `key` with `data` all at once, or raise and leave it as it was."""
         filesystem, path = self._filesystem(), self._path(key)
-        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with filesystem.open_output_stream(path + ".tmp") as out:
-            out.write(data)
-        filesystem.move(path + ".tmp", path)
+        if self.root.startswith("s3://"):
+            try:
+                with filesystem.open_output_stream(path) as out:
+                    out.write(data)
+            except Exception as error:
+                raise self._write_error(key, path, error) from error
+            return self.uri(key)
+        folder, name = path.rsplit("/", 1)
+        # Hidden, unique per write (two runs never share one), same folder (rename is atomic).
+        temp = f"{folder}/.{name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            filesystem.create_dir(folder, recursive=True)
+            with filesystem.open_output_stream(temp) as out:
+                out.write(data)
+            filesystem.move(temp, path)
+        except Exception as error:
+            leftover = self._discard(temp)
+            raise self._write_error(key, path, error, leftover) from error
         return self.uri(key)
+
+    def _discard(self, temp: str) -> str:
+        """Remove a temp file a failed write left; '' when gone, else why it stayed."""
+        from pyarrow import fs
+
+        try:
+            filesystem = self._filesystem()
+            if filesystem.get_file_info(temp).type != fs.FileType.NotFound:
+                filesystem.delete_file(temp)
+        except Exception as error:  # noqa: BLE001 - reported with the write error
+            return f"; the temp file {temp} could not be removed ({error})"
+        return ""
+
+    @staticmethod
+    def _write_error(key: str, path: str, error: Exception, note: str = "") -> ArtifactWriteError:
+        message = f"could not write {key!r} to {path}: {type(error).__name__}: {error}{note}"
+        number = getattr(error, "errno", None)
+        return ArtifactWriteError(number, message) if number else ArtifactWriteError(message)
 
     def read_bytes(self, key: str) -> bytes:
         with self._filesystem().open_input_stream(self._path(key)) as stream:
