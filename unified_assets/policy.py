@@ -1,20 +1,22 @@
-"""Policy as code: promotion, approval, placement, drift and live-performance rules in one
-YAML file, validated at load.
+"""Policy as code: promotion, approval, rollback, placement, drift and live-performance rules
+in one YAML file, validated at load.
 
-A bad policy (unknown key, wrong type, impossible value) raises `PolicyError` naming the
-file and the key, which fails `dagster definitions validate` and the UI load, so no run
-ever executes under a policy nobody can read.
+The policy fails closed. A file that cannot be read as intended (unknown key, wrong type,
+duplicate key, empty, a gate section missing) or whose rules could never hold anything back
+or never let anything through raises `PolicyError` naming the file and the key, which fails
+`dagster definitions validate` and the UI load: no run ever executes under a policy nobody
+can read, and no missing section ever means "no gate".
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from unified_assets.ml.dataset_spec import describe_validation_error
 from unified_assets.placement.policy import DEFAULT_POLICY as DEFAULT_PLACEMENT
 from unified_assets.placement.policy import PlacementPolicy
 
@@ -27,10 +29,55 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "brier": False, "latency_ms_per_1k": False,
 }
 UNIT_INTERVAL = {"roc_auc", "pr_auc", "f1", "recall", "precision", "brier"}
+# A model scoring at random has this value whatever the data; a floor at or below it holds
+# nothing back (the shuffled-label model of issue 10 scored 0.53).
+CHANCE_LEVEL = {"roc_auc": 0.5}
+# Segment and live-batch minimums above these make every segment (batch) "too small to
+# count", and an uncounted segment passes the fairness gate (an uncounted batch only
+# informs): the rule would switch itself off. Past ~1,000 positives a segment's ROC AUC is
+# already known to about +-0.01 (its standard error shrinks like 1/sqrt(positives)), so a
+# larger minimum buys no precision; 10,000 rows is ten times the shipped holdouts' segments.
+MAX_MIN_ROWS = 10_000
+MAX_MIN_POSITIVES = 1_000
+
+# Identities: a person's name never contains ':', so `group:NAME` (a group) and
+# `policy[:NAME]` (the code itself) can never be mistaken for, or claimed by, a person.
+PERSON_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}")
+GROUP_PREFIX = "group:"
+RESERVED_NAMES = {"policy", "ledger"}  # the code's own actors
+SIGNATURE_PREFIX = "ed25519:"
+REQUIRED_SECTIONS = ("promotion", "approval", "rollback")
 
 
 class PolicyError(ValueError):
     """A policy file that cannot be used; the message names the file and the key."""
+
+
+def person_problem(name: str) -> str | None:
+    """Why `name` is not a person's name (None when it is one)."""
+    if name.startswith(GROUP_PREFIX):
+        return f"{name!r} is a group, not a person; a decision is taken by one of its members"
+    if name in RESERVED_NAMES or name.startswith("policy:"):
+        return f"{name!r} is reserved for the code's own automated decisions"
+    if not PERSON_NAME.fullmatch(name):
+        return (f"{name!r} is not a person's name (letters, digits and . _ @ + -, starting with "
+                "a letter or digit)")
+    return None
+
+
+def _person(name: str) -> str:
+    problem = person_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+def _countable(min_rows: int, min_positives: int, what: str, consequence: str) -> None:
+    for key, value, cap in (("min_rows", min_rows, MAX_MIN_ROWS),
+                            ("min_positives", min_positives, MAX_MIN_POSITIVES)):
+        if value > cap:
+            raise ValueError(f"{key}: {value} is more than a {what} can reasonably have (at most "
+                             f"{cap}): none would be counted and {consequence}")
 
 
 class _Strict(BaseModel):
@@ -49,7 +96,7 @@ class MetricBound(_Strict):
         if self.min is None and self.max is None:
             raise ValueError("give min and/or max")
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min {self.min} exceeds max {self.max}")
+            raise ValueError(f"min {self.min} exceeds max {self.max}: no model can pass")
         return self
 
 
@@ -60,34 +107,70 @@ class ImprovementRule(_Strict):
     min_absolute: float = Field(default=0.0, ge=0.0)
     min_relative: float = Field(default=0.0, ge=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _passable(self) -> ImprovementRule:
+        if self.metric in UNIT_INTERVAL and self.min_absolute >= 1.0:
+            raise ValueError(f"min_absolute: {self.min_absolute} is a gain no {self.metric} in "
+                             "[0, 1] can make: no challenger could ever replace the champion")
+        return self
+
 
 class SegmentRule(_Strict):
-    """Per-segment floor and the largest allowed gap between segments of one column."""
+    """Per-segment floor and the largest allowed gap between segments of one column.
+    null switches a rule off explicitly; a value that can never trigger is refused."""
 
     metric: Metric = "roc_auc"
     floor: float | None = None
-    max_disparity: float | None = Field(default=None, ge=0.0)
+    max_disparity: float | None = Field(default=None, gt=0.0)
     min_rows: int = Field(default=100, ge=1, description="Smaller segments are not counted.")
     min_positives: int = Field(default=5, ge=1, description="Segments need both classes.")
+
+    @model_validator(mode="after")
+    def _meaningful(self) -> SegmentRule:
+        _countable(self.min_rows, self.min_positives, "segment", "the fairness gate would pass "
+                   "every model")
+        if self.metric in UNIT_INTERVAL:
+            if self.floor is not None and not 0 < self.floor <= 1:
+                raise ValueError(f"floor: {self.floor} is outside (0, 1]"
+                                 + (" (0 lets every segment pass; null switches it off)"
+                                    if self.floor == 0 else ""))
+            if self.max_disparity is not None and self.max_disparity >= 1:
+                raise ValueError(f"max_disparity: {self.max_disparity} allows any gap in "
+                                 f"{self.metric} (null switches it off)")
+        return self
 
 
 class PromotionPolicy(_Strict):
     operating_threshold: float = Field(default=0.2, gt=0.0, lt=1.0)
-    quality: dict[Metric, MetricBound] = Field(default_factory=dict)
+    quality: dict[Metric, MetricBound] = Field(
+        description="Required: at least one blocking bound, or every model would pass.")
     improvement: ImprovementRule = ImprovementRule()
     segments: SegmentRule = SegmentRule()
 
     @model_validator(mode="after")
-    def _bounds_are_possible(self) -> PromotionPolicy:
+    def _quality_gates(self) -> PromotionPolicy:
         for metric, bound in self.quality.items():
-            if metric in UNIT_INTERVAL:
-                for side in ("min", "max"):
-                    value = getattr(bound, side)
-                    if value is not None and not 0.0 <= value <= 1.0:
-                        raise ValueError(f"quality.{metric}.{side}: {value} is outside [0, 1]")
-        floor = self.segments.floor
-        if floor is not None and self.segments.metric in UNIT_INTERVAL and not 0 <= floor <= 1:
-            raise ValueError(f"segments.floor: {floor} is outside [0, 1]")
+            for side in ("min", "max"):
+                value = getattr(bound, side)
+                if value is None:
+                    continue
+                where = f"quality.{metric}.{side}: {value}"
+                if metric in UNIT_INTERVAL and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{where} is outside [0, 1]: "
+                                     + ("no model can pass" if (value > 1) == (side == "min")
+                                        else "it lets every model pass"))
+                if side == "min" and value <= CHANCE_LEVEL.get(metric, 0.0):
+                    chance = f"chance level {CHANCE_LEVEL[metric]}" if metric in CHANCE_LEVEL \
+                        else "the lowest possible value"
+                    raise ValueError(f"{where} is at or below {chance}: it lets every model pass")
+                if side == "max" and metric in UNIT_INTERVAL and value >= 1.0:
+                    raise ValueError(f"{where} is the highest possible value: it lets every "
+                                     "model pass")
+                if side == "max" and value <= 0.0:
+                    raise ValueError(f"{where}: no model can pass")
+        if not any(bound.blocking for bound in self.quality.values()):
+            raise ValueError("quality: no blocking bound, so every model would pass the quality "
+                             "gate (give at least one bound without `blocking: false`)")
         return self
 
 
@@ -102,25 +185,86 @@ class RequireHuman(_Strict):
 
 
 class ApprovalPolicy(_Strict):
-    approvers: list[str] = Field(default_factory=list, description="Names or `group:<name>`.")
+    approvers: list[str] = Field(min_length=1, description="Names or `group:<name>`.")
     groups: dict[str, list[str]] = Field(default_factory=dict)
+    keys: dict[str, str] = Field(
+        default_factory=dict, description="Each person's public key, `ed25519:<base64>` "
+        "(`unified-ai keys new NAME` prints the line).")
+    require_signature: bool = Field(
+        default=True, description="Refuse decisions not signed with a key listed in `keys`.")
     require_human_when: RequireHuman = RequireHuman()
     request_ttl_hours: float = Field(default=72.0, gt=0.0)
 
+    @field_validator("groups")
+    @classmethod
+    def _groups_hold_people(cls, groups: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, members in groups.items():
+            if not PERSON_NAME.fullmatch(name):
+                raise ValueError(f"{name}: not a group name (letters, digits and . _ @ + -)")
+            if not members:
+                raise ValueError(f"{name}: a group with no members")
+            for index, member in enumerate(members):
+                problem = person_problem(member)
+                if problem:
+                    raise ValueError(f"{name}.{index}: {problem}")
+        return groups
+
+    @field_validator("keys")
+    @classmethod
+    def _keys_parse(cls, keys: dict[str, str]) -> dict[str, str]:
+        for name, key in keys.items():
+            problem = person_problem(name)
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+            try:
+                public_key_bytes(key)
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
+        return keys
+
     @model_validator(mode="after")
-    def _groups_exist(self) -> ApprovalPolicy:
+    def _entries_resolve(self) -> ApprovalPolicy:
         for index, entry in enumerate(self.approvers):
-            if entry.startswith("group:") and entry.removeprefix("group:") not in self.groups:
-                raise ValueError(f"approvers.{index}: unknown group {entry!r}")
+            problem = self.entry_problem(entry)
+            if problem:
+                raise ValueError(f"approvers.{index}: {problem}")
+        if self.require_signature:
+            for person in sorted(self.expand(self.approvers)):
+                if person not in self.keys:
+                    raise ValueError(f"keys: approver {person!r} has no key, but require_signature "
+                                     "is true, so they could never decide (`unified-ai keys new "
+                                     f"{person}` prints the line to add)")
         return self
 
+    def entry_problem(self, entry: str) -> str | None:
+        """Why an entry of an allow-list (a person or `group:NAME`) cannot be used."""
+        if entry.startswith(GROUP_PREFIX):
+            group = entry.removeprefix(GROUP_PREFIX)
+            return None if group in self.groups else f"unknown group {entry!r}"
+        return person_problem(entry)
+
+    def expand(self, entries: list[str]) -> set[str]:
+        """The people an allow-list names: `group:NAME` stands for its members, never itself."""
+        people: set[str] = set()
+        for entry in entries:
+            if entry.startswith(GROUP_PREFIX):
+                people.update(self.groups[entry.removeprefix(GROUP_PREFIX)])
+            else:
+                people.add(entry)
+        return people
+
     def may_approve(self, person: str) -> bool:
-        if person in self.approvers:
-            return True
-        return any(
-            entry.startswith("group:") and person in self.groups[entry.removeprefix("group:")]
-            for entry in self.approvers
-        )
+        return person_problem(person) is None and person in self.expand(self.approvers)
+
+
+class RollbackPolicy(_Strict):
+    """Who may move `champion` back by hand (the live-performance sensor acts on its own
+    evidence, see `live.on_regression`), and where to."""
+
+    by: list[str] = Field(min_length=1, description="Names or `group:<name>` of approval.groups.")
+    to_any_approved_version: bool = Field(
+        default=False, description="False: only to an earlier champion; true: also to any "
+        "approved version.")
 
 
 class DriftPolicy(_Strict):
@@ -161,29 +305,115 @@ class LivePolicy(_Strict):
 
     @model_validator(mode="after")
     def _floor_is_possible(self) -> LivePolicy:
+        _countable(self.min_rows, self.min_positives, "labelled batch", "live performance would "
+                   "never act")
         if self.floor is not None and self.metric in UNIT_INTERVAL and not 0 <= self.floor <= 1:
             raise ValueError(f"floor: {self.floor} is outside [0, 1]")
+        if self.floor is not None and self.floor == (0.0 if HIGHER_IS_BETTER[self.metric] else 1.0):
+            raise ValueError(f"floor: {self.floor} never triggers a retrain (null switches it off)")
+        if self.max_drop_vs_previous is not None and self.max_drop_vs_previous >= 1.0:
+            raise ValueError(f"max_drop_vs_previous: {self.max_drop_vs_previous} is a drop no "
+                             f"{self.metric} in [0, 1] can show (null switches it off)")
         return self
 
 
 class Policy(_Strict):
     version: Literal[1] = 1
-    promotion: PromotionPolicy = PromotionPolicy()
-    approval: ApprovalPolicy = ApprovalPolicy()
+    promotion: PromotionPolicy
+    approval: ApprovalPolicy
+    rollback: RollbackPolicy
     placement: PlacementPolicy = DEFAULT_PLACEMENT
     drift: DriftPolicy = DriftPolicy()
     live: LivePolicy = LivePolicy()
 
+    @model_validator(mode="after")
+    def _rollback_names_resolve(self) -> Policy:
+        for index, entry in enumerate(self.rollback.by):
+            problem = self.approval.entry_problem(entry)
+            if problem:
+                raise ValueError(f"rollback.by.{index}: {problem}")
+        if self.approval.require_signature:
+            for person in sorted(self.approval.expand(self.rollback.by)):
+                if person not in self.approval.keys:
+                    raise ValueError(f"rollback.by: {person!r} has no key in approval.keys, but "
+                                     "approval.require_signature is true, so they could never roll "
+                                     "back")
+        return self
+
+    def may_roll_back(self, person: str) -> bool:
+        return person_problem(person) is None and person in self.approval.expand(self.rollback.by)
+
+
+def public_key_bytes(text: str) -> bytes:
+    """The 32 raw bytes of an `ed25519:<base64>` public key; ValueError saying what is wrong."""
+    import base64
+    import binascii
+
+    if not isinstance(text, str) or not text.startswith(SIGNATURE_PREFIX):
+        raise ValueError(f"{text!r} is not a public key: expected {SIGNATURE_PREFIX}<base64>")
+    try:
+        raw = base64.b64decode(text.removeprefix(SIGNATURE_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{text!r} is not valid base64 after {SIGNATURE_PREFIX}") from None
+    if len(raw) != 32:
+        raise ValueError(f"{text!r} holds {len(raw)} bytes; an Ed25519 public key has 32")
+    return raw
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys, so a second `promotion:` (or a repeated
+    `min:` in a bound) silently replaces the first: a gate would vanish without a word.
+    This loader refuses duplicate keys at every level, and merge keys (`<<`), whose
+    overriding rules hide which value wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise yaml.constructor.ConstructorError(
+                    None, None, "merge keys (<<) are not allowed in a policy: write the values out",
+                    key_node.start_mark)
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is not a plain value", key_node.start_mark) from None
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {first}); which one "
+                    "applies would be a guess", key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_policy_yaml(text: str) -> object:
+    """YAML text to plain data, refusing duplicate and merge keys (yaml.YAMLError)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _describe(error: ValidationError) -> str:
+    parts = []
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = ("missing; the policy must state it (a missing section or rule never "
+                       "means 'no gate')")
+        parts.append(f"{key}: {message}" if key else message)
+    return "; ".join(parts)
+
 
 def parse_policy(data: object, origin: str = "<policy>") -> Policy:
     if data is None:
-        data = {}
+        raise PolicyError(f"policy {origin}: empty (no sections, or only comments); a policy must "
+                          f"state at least {', '.join(REQUIRED_SECTIONS)}")
     if not isinstance(data, dict):
-        raise PolicyError(f"{origin}: expected a mapping of sections, got {type(data).__name__}")
+        raise PolicyError(f"policy {origin}: expected a mapping of sections, got {type(data).__name__}")
     try:
         return Policy.model_validate(data)
     except ValidationError as error:
-        raise PolicyError(f"policy {origin}: {describe_validation_error(error)}") from None
+        raise PolicyError(f"policy {origin}: {_describe(error)}") from None
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
@@ -192,7 +422,7 @@ def load_policy(path: str | Path | None = None) -> Policy:
     if not path.is_file():
         raise PolicyError(f"policy {path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = read_policy_yaml(path.read_text())
     except yaml.YAMLError as error:
         raise PolicyError(f"policy {path}: not valid YAML: {error}") from None
     return parse_policy(data, origin=str(path))

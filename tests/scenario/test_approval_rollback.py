@@ -1,7 +1,6 @@
 """Human approval and rollback on a test instance with real MLflow (sqlite) and a real
 decision store (sqlite): decisions are data, promotion waits for them, rollback keeps all."""
 
-import dataclasses
 import subprocess
 import sys
 import threading
@@ -9,10 +8,10 @@ import time
 
 import dagster as dg
 import pytest
-import yaml
 
 from resources.decision_store import ChangeConflict, DecisionStore
 from resources.mlflow_registry import MlflowRegistry
+from tests.policies import with_policy
 from unified_assets.approvals import ApprovalRefused
 from unified_assets.assets.deployment import record_decision
 from unified_assets.champion import ChampionError, ChampionLedger
@@ -30,12 +29,6 @@ HUMAN_POLICY = {
 PRODUCTION = dg.AssetKey("production_model")
 
 
-def _with_policy(settings, tmp_path, policy):
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    return dataclasses.replace(settings, policy_path=str(path))
-
-
 def _champion(settings, model="payments-risk"):
     client = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri).client()
     try:
@@ -47,7 +40,7 @@ def _champion(settings, model="payments-risk"):
 @pytest.fixture
 def human(settings, tmp_path, instance):
     write_batches(settings.landing_dir, batches=3, rows=2000)
-    settings = _with_policy(settings, tmp_path, HUMAN_POLICY)
+    settings = with_policy(settings, tmp_path, HUMAN_POLICY)
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     result = train_evaluate_promote(defs, instance)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 
 from resources.mlflow_registry import MlflowRegistry
+from tests.policies import shipped_policy, with_policy
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -21,18 +21,17 @@ CRIPPLED = {"ops": {
     "model_sklearn": {"config": {"max_iter": 1, "max_leaf_nodes": 2, "learning_rate": 0.05}},
     "model_torch": {"config": {"epochs": 1, "hidden_units": 2, "learning_rate": 1e-5}},
 }}
-LENIENT = {"promotion": {
-    "quality": {"roc_auc": {"min": 0.5}},
-    "improvement": {"min_absolute": 0.01},
-    "segments": {"floor": None, "max_disparity": None},
-}}
 PRODUCTION = dg.AssetKey("production_model")
 
 
-def _with_policy(settings, tmp_path, policy: dict):
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump(policy))
-    return dataclasses.replace(settings, policy_path=str(path))
+def _lenient() -> dict:
+    """The shipped policy with one low quality floor, no segment rules and no human needed."""
+    policy = shipped_policy()
+    policy["promotion"] |= {"quality": {"roc_auc": {"min": 0.55}},
+                            "improvement": {"metric": "roc_auc", "min_absolute": 0.01},
+                            "segments": {"floor": None, "max_disparity": None}}
+    policy["approval"]["require_human_when"] = {}
+    return policy
 
 
 @pytest.fixture
@@ -73,7 +72,7 @@ def test_first_model_is_promoted_and_the_check_says_there_was_no_champion(landed
 def test_better_challenger_is_promoted_by_automation_and_records_the_previous(
     landed, instance, tmp_path
 ):
-    settings = _with_policy(landed, tmp_path, LENIENT)
+    settings = with_policy(landed, tmp_path, base=_lenient())
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     weak = train_evaluate_promote(defs, instance, CRIPPLED)
@@ -132,7 +131,7 @@ def test_worse_challenger_is_blocked_now_and_in_later_ticks(landed, instance):
 def test_segment_floor_or_disparity_blocks_and_names_the_segment(
     landed, instance, tmp_path, segments, expected
 ):
-    settings = _with_policy(landed, tmp_path, {"promotion": {"segments": segments}})
+    settings = with_policy(landed, tmp_path, {"promotion": {"segments": segments}})
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     result = train_evaluate_promote(defs, instance)
@@ -154,19 +153,33 @@ def test_segment_floor_or_disparity_blocks_and_names_the_segment(
         ({"promotion": {"quality": {"roc_auc": {"min": 1.5}}}}, "quality.roc_auc.min"),
         ({"promotion": {"quality": {"accuracy": {"min": 0.5}}}}, "promotion.quality.accuracy"),
         ({"promotion": {"segments": {"max_disparity": -1}}}, "promotion.segments.max_disparity"),
-        ({"promotion": {"quality": {"brier": {}}}}, "promotion.quality.brier"),
+        ({"promotion": {"quality": {"f1": {}}}}, "promotion.quality.f1"),
+        ({"promotion": {"quality": {"roc_auc": {"min": 0.5}}}}, "quality.roc_auc.min: 0.5"),
+        ({"approval": {"approvers": ["group:nobody"]}}, "approvers.0"),
     ],
 )
 def test_bad_policy_fails_the_load_naming_the_key(settings, tmp_path, policy, key):
-    bad = _with_policy(settings, tmp_path, policy)
+    bad = with_policy(settings, tmp_path, policy)
     with pytest.raises(PolicyError) as error:
         build_definitions(bad)
     assert key in str(error.value)
     assert bad.policy_path in str(error.value)
 
 
+@pytest.mark.parametrize("text, key", [
+    ("# a policy with every line commented out\n", "empty"),
+    ("promotion:\n  quality: {roc_auc: {min: 0.7}}\npromotion: {}\n", "duplicate key 'promotion'"),
+])
+def test_an_empty_or_ambiguous_policy_file_fails_the_load(settings, tmp_path, text, key):
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyError) as error:
+        build_definitions(dataclasses.replace(settings, policy_path=str(path)))
+    assert key in str(error.value) and str(path) in str(error.value)
+
+
 def test_bad_policy_fails_dagster_definitions_validate(settings, tmp_path):
-    bad = _with_policy(settings, tmp_path, {"promotion": {"improvement": {"metric": "acc"}}})
+    bad = with_policy(settings, tmp_path, {"promotion": {"improvement": {"metric": "acc"}}})
     out = subprocess.run(
         [str(Path(sys.executable).with_name("dagster")), "definitions", "validate",
          "-w", "workspace.yaml"],
