@@ -208,12 +208,14 @@ def production_model(
             if approval["approval_state"] != "approved":
                 raise ChampionError(f"v{approval['version']} is not approved: "
                                     f"{approval['approval']}")
+            compared_with = approval.get("champion")
             outcome = ledger.promote(
                 model_name, approval["version"], actor=approval["approved_by"] or POLICY_ACTOR,
                 reason=f"passed every gate; {approval['approval']}",
                 details={"evaluation_report": approval["report_uri"],
                          "training_batches": approval["training_batches"],
                          "dagster_run_id": context.run_id},
+                evaluated_against=compared_with["version"] if compared_with else None,
             )
             record = {"model_name": model_name, "action": outcome.action,
                       "message": outcome.message, "champion": outcome.to_version,
