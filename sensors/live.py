@@ -12,9 +12,11 @@ from resources.escalation import Escalation
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from sensors.retrain import retrain_request, run_in_flight
+from unified_assets.assets.deployment import SOURCE_TAG
 from unified_assets.assets.live import ACTION_KEY, live_performance
+from unified_assets.decisions import LIVE_ACTOR, mint_automation_token
 
-POLICY_ACTOR = "policy:live-performance"
+POLICY_ACTOR = LIVE_ACTOR  # the name the sensor acts in; a person can never claim it
 REGRESSION = "live_regression"
 
 
@@ -92,12 +94,18 @@ def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
                     "champion": champion, "previous_champion": last["previous"],
                     "batches": batches, "reason": reason}))
             else:
+                # The run acts in the sensor's name only with this one-time token, bound to
+                # exactly this request (unified_assets/decisions.py says why it is minted).
+                token = mint_automation_token(decisions, model=model, actor=POLICY_ACTOR,
+                                              reason=reason, to_version=last["previous"],
+                                              expected_from=champion)
                 requests.append(dg.RunRequest(
                     job_name=rollback_job.name, run_key=f"live-rollback:v{champion}",
                     run_config={"ops": {"production_model": {"config": {
-                        "action": "rollback", "rollback_to": last["previous"],
-                        "expected_from": champion, "by": POLICY_ACTOR, "reason": reason}}}},
-                    tags={"unified-ai/trigger": "live-regression",
+                        "action": "rollback", "rollback_to": last["previous"] or "",
+                        "expected_from": champion, "by": POLICY_ACTOR, "reason": reason,
+                        "token": token}}}},
+                    tags={"unified-ai/trigger": "live-regression", SOURCE_TAG: "sensor:live-performance",
                           "unified-ai/live-batches": batches, "unified-ai/reason": reason[:1000]}))
         slipping = [v for v in current if v["action"] == "retrain"] if not regressions else []
         if slipping:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from unified_assets.policy import HIGHER_IS_BETTER, ApprovalPolicy, PromotionPolicy
+from unified_assets.policy import HIGHER_IS_BETTER, ApprovalPolicy, PromotionPolicy, person_problem
 
-POLICY_ACTOR = "policy"
+POLICY_ACTOR = "policy"  # the policy approving by itself, in code (never from config)
 
 
 class ApprovalRefused(ValueError):
@@ -92,13 +92,22 @@ def approval_state(events: list[dict], version: str, now: datetime) -> ApprovalS
     return ApprovalState("pending", request)
 
 
+def check_authorized(person: str, approval: ApprovalPolicy) -> None:
+    """Raise ApprovalRefused unless `person` is a person the policy lets approve or reject
+    (`group:NAME` stands for its members and is never an identity itself)."""
+    problem = person_problem(person)
+    if problem:
+        raise ApprovalRefused(problem)
+    if not approval.may_approve(person):
+        people = ", ".join(sorted(approval.expand(approval.approvers)))
+        raise ApprovalRefused(f"{person!r} may not approve or reject: the policy allows {people} "
+                              f"(approvers: {', '.join(approval.approvers)})")
+
+
 def check_decision(state: ApprovalState, version: str, person: str, approval: ApprovalPolicy,
                    known_version: bool) -> None:
     """Raise ApprovalRefused unless `person` may decide on `version` now."""
-    if not approval.may_approve(person):
-        raise ApprovalRefused(
-            f"{person!r} may not approve or reject: the policy allows {approval.approvers}"
-        )
+    check_authorized(person, approval)
     if not known_version:
         raise ApprovalRefused(f"version {version} is not a registered version of this model")
     if state.state == "none":

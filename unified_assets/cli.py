@@ -1,4 +1,5 @@
-"""`unified-ai`: generate data, run the headless demo, write the bring-your-own example."""
+"""`unified-ai`: generate data, run the headless demo, write the bring-your-own example, and
+take or audit production decisions (approve, reject, rollback: signed with your key)."""
 
 from __future__ import annotations
 
@@ -81,40 +82,74 @@ def _pending(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signing_key(args: argparse.Namespace):
+    """The private key named by --key or the environment; None when neither names one."""
+    from unified_assets.identity import SIGNING_KEY_ENV, load_private_key
+
+    path = getattr(args, "key", None) or os.environ.get(SIGNING_KEY_ENV)
+    return load_private_key(path) if path else None
+
+
+def _token_for(args: argparse.Namespace, action: str, model: str, version: str) -> str | None:
+    """A token signed with the caller's key, or None (unsigned) when no key is configured."""
+    from unified_assets.identity import sign
+
+    key = _signing_key(args)
+    if key is None:
+        return None
+    return sign(key, action=action, model=model, version=version, actor=args.by, reason=args.reason)
+
+
 def _decide(args: argparse.Namespace) -> int:
     from unified_assets.approvals import ApprovalRefused
-    from unified_assets.assets.deployment import record_decision
+    from unified_assets.decisions import record_decision
+    from unified_assets.identity import IdentityError
 
     _, resources, model = _context()
     try:
-        record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
-                        model, args.version, args.decision, args.by, args.reason, source="cli")
+        token = _token_for(args, args.decision, model, args.version)
+        recorded = record_decision(resources["decisions"], resources["mlflow_registry"],
+                                   resources["policy"].policy, model, args.version, args.decision,
+                                   args.by, args.reason, source="cli", token=token)
+    except IdentityError as error:
+        print(f"cannot sign: {error}", file=sys.stderr)
+        return 1
     except ApprovalRefused as refused:
         print(f"refused (recorded): {refused}", file=sys.stderr)
         return 1
     follow = ("promotion follows via the approval sensor" if args.decision == "approve"
               else "this candidate will not be promoted")
-    print(f"{args.decision}d v{args.version} of {model} by {args.by}; {follow}")
+    signed = "signed" if recorded["signed"] else "UNSIGNED"
+    print(f"{args.decision}d v{args.version} of {model} by {args.by} ({signed}); {follow}")
     return 0
 
 
 def _rollback(args: argparse.Namespace) -> int:
     import dagster as dg
 
+    from unified_assets.assets.deployment import SOURCE_TAG
     from unified_assets.definitions import build_definitions, rollback_job
+    from unified_assets.identity import IdentityError
     from unified_assets.settings import load_settings
 
     started = time.perf_counter()
     settings = load_settings()
     defs = build_definitions(settings)
+    model = defs.resources["dataset"].spec.name
+    try:
+        token = _token_for(args, "rollback", model, args.to or "")
+    except IdentityError as error:
+        print(f"cannot sign: {error}", file=sys.stderr)
+        return 1
     home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home)
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     config = {"ops": {"production_model": {"config": {
-        "action": "rollback", "rollback_to": args.to or "", "by": args.by, "reason": args.reason}}}}
+        "action": "rollback", "rollback_to": args.to or "", "by": args.by, "reason": args.reason,
+        "token": token or ""}}}}
     with dg.DagsterInstance.get() as instance:
         result = defs.resolve_job_def(rollback_job.name).execute_in_process(
-            run_config=config, instance=instance, raise_on_error=False)
+            run_config=config, instance=instance, raise_on_error=False, tags={SOURCE_TAG: "cli"})
     if not result.success:
         failure = next(e for e in result.all_events if e.is_step_failure)
         print(f"rollback failed: {failure.event_specific_data.error.message.strip()}",
@@ -126,14 +161,68 @@ def _rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_new(args: argparse.Namespace) -> int:
+    from unified_assets.identity import SIGNING_KEY_ENV, IdentityError, write_key_pair
+
+    try:
+        path, public = write_key_pair(args.name, Path(args.out).expanduser())
+    except IdentityError as error:
+        print(f"no key written: {error}", file=sys.stderr)
+        return 1
+    print(f"private key: {path} (mode 600; keep it to yourself)")
+    print(f"sign with it: export {SIGNING_KEY_ENV}={path}")
+    print("add this line under `approval: keys:` in the policy:")
+    print(f'    {args.name}: "{public}"')
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from unified_assets.identity import SIGNING_KEY_ENV, IdentityError, sign
+
+    model = args.model or _context()[2]
+    version = (args.to or "") if args.action == "rollback" else args.version
+    try:
+        key = _signing_key(args)
+        if key is None:
+            print(f"no signing key: set {SIGNING_KEY_ENV} or pass --key", file=sys.stderr)
+            return 1
+        token = sign(key, action=args.action, model=model, version=version, actor=args.by,
+                     reason=args.reason)
+    except IdentityError as error:
+        print(f"cannot sign: {error}", file=sys.stderr)
+        return 1
+    job = "rollback_production" if args.action == "rollback" else "approve_or_reject"
+    print(token)
+    print(f"paste it as `token` in the launchpad of {job} (valid 24 h, once)", file=sys.stderr)
+    return 0
+
+
 def _history(args: argparse.Namespace) -> int:
     _, resources, model = _context()
     changes = resources["decisions"].changes(model)
     if not changes:
         print(f"no champion changes recorded for {model}")
+    markers = {"done": "", "pending": "  PENDING (not in effect yet)",
+               "abandoned": "  ABANDONED (never took effect)"}
     for c in changes:
+        marker = markers.get(c["status"], f"  {c['status'].upper()}")
         print(f"#{c['seq']:<3} {c['created_at']:%Y-%m-%d %H:%M:%S}  {c['action']:8s} "
-              f"v{c['from_version'] or '-'} -> v{c['to_version']}  by {c['actor']}: {c['reason']}")
+              f"v{c['from_version'] or '-'} -> v{c['to_version']}  by {c['actor']}: "
+              f"{c['reason']}{marker}")
+    return 0
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from resources.decision_store import AuditError
+
+    _, resources, _ = _context()
+    store = resources["decisions"]
+    try:
+        rows = store.verify_chain()
+    except AuditError as error:
+        print(f"audit FAILED: {error}", file=sys.stderr)
+        return 1
+    print(f"decision log intact: {rows} rows verified ({store.url})")
     return 0
 
 
@@ -238,21 +327,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("pending", help="list approval requests awaiting a decision").set_defaults(
         run=_pending)
+    key_help = "private key file (default: $UNIFIED_AI_SIGNING_KEY)"
     for decision in ("approve", "reject"):
-        decide = commands.add_parser(decision, help=f"{decision} a challenger version")
+        decide = commands.add_parser(decision, help=f"{decision} a challenger version (signed "
+                                     "with the key in $UNIFIED_AI_SIGNING_KEY)")
         decide.add_argument("version")
         decide.add_argument("--by", required=True, help="who decides (allowed by the policy)")
         decide.add_argument("--reason", required=True)
+        decide.add_argument("--key", default=None, help=key_help)
         decide.set_defaults(run=_decide, decision=decision)
 
-    rollback = commands.add_parser("rollback", help="move `champion` back, with an incident")
+    rollback = commands.add_parser("rollback", help="move `champion` back, with an incident "
+                                   "(signed like approvals)")
     rollback.add_argument("--to", default=None, help="version (default: previous good champion)")
-    rollback.add_argument("--by", required=True)
+    rollback.add_argument("--by", required=True, help="who asks (listed in rollback.by)")
     rollback.add_argument("--reason", required=True)
+    rollback.add_argument("--key", default=None, help=key_help)
     rollback.set_defaults(run=_rollback)
 
-    commands.add_parser("history", help="every champion change with its reason").set_defaults(
-        run=_history)
+    keys = commands.add_parser("keys", help="signing keys for decisions").add_subparsers(
+        dest="keys_command", required=True)
+    new_key = keys.add_parser("new", help="make a key pair; prints the policy line to add")
+    new_key.add_argument("name", help="the person, as the policy names them")
+    new_key.add_argument("--out", default=str(Path("~/.unified-ai/keys")),
+                         help="folder for NAME.key (default: ~/.unified-ai/keys)")
+    new_key.set_defaults(run=_keys_new)
+
+    sign = commands.add_parser("sign", help="print a signed decision to paste in the UI launchpad")
+    sign_actions = sign.add_subparsers(dest="action", required=True)
+    for action in ("approve", "reject", "rollback"):
+        signed = sign_actions.add_parser(action, help=f"sign a {action}")
+        if action == "rollback":
+            signed.add_argument("--to", default=None, help="version (default: previous champion)")
+        else:
+            signed.add_argument("version")
+        signed.add_argument("--by", required=True)
+        signed.add_argument("--reason", required=True)
+        signed.add_argument("--key", default=None, help=key_help)
+        signed.add_argument("--model", default=None,
+                            help="registered model name (default: the configured dataset's)")
+        signed.set_defaults(run=_sign)
+
+    commands.add_parser("history", help="every champion change with its reason and status"
+                        ).set_defaults(run=_history)
+    audit = commands.add_parser("audit", help="check the decision log").add_subparsers(
+        dest="audit_command", required=True)
+    audit.add_parser("verify", help="verify the hash chain of the whole decision log"
+                     ).set_defaults(run=_audit_verify)
     incidents = commands.add_parser("incidents", help="run failures, rollbacks, live regressions")
     incidents.add_argument("--kind", default=None,
                            help="run_failure | rollback | live_regression | escalation")

@@ -1,5 +1,6 @@
 """Human approval and rollback on a test instance with real MLflow (sqlite) and a real
-decision store (sqlite): decisions are data, promotion waits for them, rollback keeps all."""
+decision store (sqlite): decisions are data, signed by the people the policy lists,
+promotion waits for them, rollback keeps all."""
 
 import subprocess
 import sys
@@ -13,23 +14,42 @@ from resources.decision_store import ChangeConflict, DecisionStore
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import with_policy
 from unified_assets.approvals import ApprovalRefused
-from unified_assets.assets.deployment import record_decision
 from unified_assets.champion import ChampionError, ChampionLedger
+from unified_assets.decisions import LIVE_ACTOR, record_decision
 from unified_assets.definitions import build_definitions
+from unified_assets.identity import SIGNING_KEY_ENV, load_private_key, sign, write_key_pair
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
 
-HUMAN_POLICY = {
-    "approval": {
-        "approvers": ["alice", "group:leads"],
-        "groups": {"leads": ["bob"]},
-        "require_human_when": {"first_deployment": True},
-    }
-}
+MODEL = "payments-risk"
+PEOPLE = ("alice", "bob", "ops", "risk-officer")
 PRODUCTION = dg.AssetKey("production_model")
 
 
-def _champion(settings, model="payments-risk"):
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Key files and public keys of the people in the policy (signatures are required)."""
+    folder = tmp_path_factory.mktemp("keys")
+    return {name: write_key_pair(name, folder) for name in PEOPLE}
+
+
+def _human_policy(keys) -> dict:
+    return {"approval": {
+        "approvers": ["alice", "group:leads"],
+        "groups": {"leads": ["bob"]},
+        "keys": {name: public for name, (_, public) in keys.items()},
+        "require_signature": True,
+        "require_human_when": {"first_deployment": True},
+    }}
+
+
+def _token(keys, actor, action, version, reason, key_of=None):
+    """`actor`'s signed decision, made with `key_of`'s key (default: the actor's own)."""
+    return sign(load_private_key(keys[key_of or actor][0]), action=action, model=MODEL,
+                version=version, actor=actor, reason=reason)
+
+
+def _champion(settings, model=MODEL):
     client = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri).client()
     try:
         return str(client.get_model_version_by_alias(model, "champion").version)
@@ -38,16 +58,25 @@ def _champion(settings, model="payments-risk"):
 
 
 @pytest.fixture
-def human(settings, tmp_path, instance):
+def human(settings, tmp_path, instance, keys):
     write_batches(settings.landing_dir, batches=3, rows=2000)
-    settings = with_policy(settings, tmp_path, HUMAN_POLICY)
+    settings = with_policy(settings, tmp_path, _human_policy(keys))
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     result = train_evaluate_promote(defs, instance)
     return settings, defs, result
 
 
-def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human, instance):
+def _decide(defs, keys, version, decision, person, reason, signer=None):
+    """A decision as the CLI records it, signed with `signer`'s key (default: the person's)."""
+    resources = defs.resources
+    token = _token(keys, person, decision, version, reason, key_of=signer) if signer != "" else None
+    return record_decision(resources["decisions"], resources["mlflow_registry"],
+                           resources["policy"].policy, MODEL, version, decision, person, reason,
+                           "cli", token=token)
+
+
+def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human, instance, keys):
     settings, defs, result = human
     approval = result.output_for_node("approval")
     version = approval["version"]
@@ -57,8 +86,7 @@ def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human
     assert instance.fetch_materializations(PRODUCTION, limit=1).records == []
 
     resources = defs.resources
-    record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
-                    "payments-risk", version, "approve", "bob", "reviewed the report", "cli")
+    _decide(defs, keys, version, "approve", "bob", "reviewed the report")
     sensor = defs.resolve_sensor_def("approval_decisions_sensor")
     context = dg.build_sensor_context(instance=instance, definitions=defs,
                                       resources={"decisions": resources["decisions"]})
@@ -72,70 +100,88 @@ def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human
     assert run.success
     assert _champion(settings) == version
     assert run.output_for_node("production_model")["message"].endswith("by bob")
-    history = resources["decisions"].changes("payments-risk")
+    history = resources["decisions"].changes(MODEL)
     assert [(c["action"], c["to_version"], c["actor"]) for c in history] == [
         ("promote", version, "bob")]
 
 
-def test_rejection_from_the_ui_job_ends_the_candidate(human, instance):
+def test_rejection_from_the_ui_with_a_signed_token_ends_the_candidate(human, instance, keys):
     settings, defs, result = human
     version = result.output_for_node("approval")["version"]
+    # The launchpad takes only the token `unified-ai sign reject ...` printed.
     config = {"ops": {"approval": {"config": {
-        "decision": "reject", "version": version, "approver": "alice", "reason": "too risky"}}}}
+        "token": _token(keys, "alice", "reject", version, "too risky")}}}}
     run = defs.resolve_job_def("approve_or_reject").execute_in_process(
         instance=instance, run_config=config, raise_on_error=False)
     assert not run.success
     check = next(e for e in run.get_asset_check_evaluations() if e.check_name == "approved")
     assert not check.passed and "rejected by alice" in check.metadata["decision"].value
     assert _champion(settings) is None
-    resources = defs.resources
+    (decision,) = [e for e in defs.resources["decisions"].events(MODEL) if e["kind"] == "decision"]
+    assert decision["details"]["signed"] is True and decision["details"]["source"] == "ui"
     with pytest.raises(ApprovalRefused, match="already rejected by alice"):
-        record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
-                        "payments-risk", version, "approve", "bob", "changed my mind", "cli")
+        _decide(defs, keys, version, "approve", "bob", "changed my mind")
 
 
-def test_unauthorized_or_invalid_decisions_are_refused_and_recorded(human):
+def test_unauthorized_unsigned_or_invalid_decisions_are_refused_and_recorded(human, instance, keys):
     settings, defs, result = human
     version = result.output_for_node("approval")["version"]
-    resources = defs.resources
-    args = (resources["decisions"], resources["mlflow_registry"], resources["policy"],
-            "payments-risk")
     with pytest.raises(ApprovalRefused, match="'mallory' may not approve"):
-        record_decision(*args, version, "approve", "mallory", "ship it", "cli")
+        _decide(defs, keys, version, "approve", "mallory", "ship it", signer="")
+    with pytest.raises(ApprovalRefused, match="'group:leads' is a group, not a person"):
+        _decide(defs, keys, version, "approve", "group:leads", "ship it", signer="")
+    with pytest.raises(ApprovalRefused, match="not signed and the policy requires signatures"):
+        _decide(defs, keys, version, "approve", "alice", "ship it", signer="")
+    with pytest.raises(ApprovalRefused, match="does not match 'alice'"):
+        _decide(defs, keys, version, "approve", "alice", "ship it", signer="bob")
     with pytest.raises(ApprovalRefused, match="not a registered version"):
-        record_decision(*args, "999", "approve", "alice", "ship it", "cli")
+        _decide(defs, keys, "999", "approve", "alice", "ship it")
     other = "1" if version != "1" else "2"
     with pytest.raises(ApprovalRefused, match="has no approval request"):
-        record_decision(*args, other, "approve", "alice", "ship it", "cli")
-    refusals = [e for e in resources["decisions"].events("payments-risk") if e["kind"] == "refusal"]
-    assert [r["actor"] for r in refusals] == ["mallory", "alice", "alice"]
+        _decide(defs, keys, other, "approve", "alice", "ship it")
+    # A typed name in the launchpad, without a token, is refused the same way.
+    config = {"ops": {"approval": {"config": {
+        "decision": "approve", "version": version, "approver": "alice", "reason": "ship it"}}}}
+    ui = defs.resolve_job_def("approve_or_reject").execute_in_process(
+        instance=instance, run_config=config, raise_on_error=False)
+    assert not ui.success and "not signed" in str(ui.all_events)
+    refusals = [e for e in defs.resources["decisions"].events(MODEL) if e["kind"] == "refusal"]
+    assert [r["actor"] for r in refusals] == ["mallory", "group:leads", "alice", "alice", "alice",
+                                             "alice", "alice"]
     assert "may not approve" in refusals[0]["reason"]
     assert _champion(settings) is None
 
 
-def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path):
+def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys):
     settings, defs, result = human
     version = result.output_for_node("approval")["version"]
     env = {"UNIFIED_AI_HOME": str(settings.home), "UNIFIED_AI_POLICY": settings.policy_path,
            "DAGSTER_HOME": str(tmp_path / "dh"), "PATH": ""}
     cli = [sys.executable, "-m", "unified_assets.cli"]
 
-    def run(*args):
-        return subprocess.run(cli + list(args), capture_output=True, text=True, env=env)
+    def run(*args, key=None):
+        signing = {SIGNING_KEY_ENV: str(keys[key][0])} if key else {}
+        return subprocess.run(cli + list(args), capture_output=True, text=True, env=env | signing)
 
     pending = run("pending")
     assert f"v{version}" in pending.stdout and "first deployment" in pending.stdout
-    refused = run("approve", version, "--by", "mallory", "--reason", "x")
+    refused = run("approve", version, "--by", "mallory", "--reason", "x", key="alice")
     assert refused.returncode == 1 and "may not approve" in refused.stderr
-    assert run("approve", version, "--by", "alice", "--reason", "ok").returncode == 0
+    unsigned = run("approve", version, "--by", "alice", "--reason", "ok")
+    assert unsigned.returncode == 1 and "not signed" in unsigned.stderr
+    approved = run("approve", version, "--by", "alice", "--reason", "ok", key="alice")
+    assert approved.returncode == 0 and "(signed)" in approved.stdout
     assert "no pending approval requests" in run("pending").stdout
     # The sensor path is tested above; here promote directly through the ledger.
     ledger = ChampionLedger(defs.resources["decisions"], defs.resources["mlflow_registry"])
-    ledger.promote("payments-risk", version, "alice", "approved")
-    back = run("rollback", "--by", "ops", "--reason", "bad live numbers")
+    ledger.promote(MODEL, version, "alice", "approved", evaluated_against=None)
+    back = run("rollback", "--by", "ops", "--reason", "bad live numbers", key="ops")
     assert back.returncode == 1 and "no earlier champion to roll back to" in back.stderr
     history = run("history")
-    assert f"promote  v- -> v{version}  by alice" in history.stdout
+    assert f"promote  v- -> v{version}  by alice: approved" in history.stdout
+    assert "PENDING" not in history.stdout
+    audit = run("audit", "verify")
+    assert audit.returncode == 0 and "rows verified" in audit.stdout
 
 
 def _register_versions(settings, count):
@@ -182,30 +228,53 @@ def test_rollback_moves_the_alias_records_an_incident_and_keeps_everything(setti
     assert sorted(int(v.version) for v in versions) == [1, 2, 3], "nothing deleted"
 
 
-def test_rollback_job_materializes_production_with_an_incident(human, instance):
+def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instance, keys):
     settings, defs, result = human
     version = result.output_for_node("approval")["version"]
-    resources = defs.resources
-    record_decision(resources["decisions"], resources["mlflow_registry"], resources["policy"],
-                    "payments-risk", version, "approve", "alice", "ok", "cli")
-    defs.resolve_job_def("approve_or_reject").execute_in_process(instance=instance)
+    store = defs.resources["decisions"]
+    job = defs.resolve_job_def("approve_or_reject")
+    approve = {"ops": {"approval": {"config": {
+        "token": _token(keys, "alice", "approve", version, "ok")}}}}
+    assert job.execute_in_process(instance=instance, run_config=approve).success
+    assert _champion(settings) == version
+    # A second champion, so there is an earlier one to go back to.
     other = "1" if version != "1" else "2"
-    config = {"ops": {"production_model": {"config": {
-        "action": "rollback", "rollback_to": other, "by": "ops", "reason": "incident 42"}}}}
-    run = defs.resolve_job_def("rollback_production").execute_in_process(
-        instance=instance, run_config=config)
+    store.append_event(model_name=MODEL, version=other, kind="decision", decision="approve",
+                       actor="policy", reason="approved for the test", details={})
+    ChampionLedger(store, defs.resources["mlflow_registry"]).promote(
+        MODEL, other, "policy", "second champion", evaluated_against=version)
+
+    rollback = defs.resolve_job_def("rollback_production")
+
+    def launch(**config):
+        return rollback.execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"ops": {"production_model": {"config": {"action": "rollback", **config}}}})
+
+    # Typing the live-performance sensor's name, or a person rollback.by does not list.
+    typed = launch(by=LIVE_ACTOR, reason="looks bad", rollback_to=version, expected_from=other)
+    assert not typed.success and "only from a request the sensor made itself" in str(typed.all_events)
+    unlisted = launch(token=_token(keys, "risk-officer", "rollback", "", "looks bad"))
+    assert not unlisted.success and "'risk-officer' may not roll back" in str(unlisted.all_events)
+    assert _champion(settings) == other
+    assert [i["actor"] for i in store.incidents("refusal")] == [LIVE_ACTOR, "risk-officer"]
+
+    token = _token(keys, "ops", "rollback", "", "incident 42")
+    run = launch(token=token)
     record = run.output_for_node("production_model")
-    assert record["action"] == "rollback" and _champion(settings) == other
-    (incident,) = resources["decisions"].incidents("rollback")
+    assert record["action"] == "rollback" and _champion(settings) == version
+    (incident,) = store.incidents("rollback")
     assert incident["actor"] == "ops" and incident["reason"] == "incident 42"
-    assert incident["details"]["from_version"] == version
-    assert incident["details"]["evaluation_reports"]["from"].endswith(f"v{version}.json")
+    assert incident["details"]["from_version"] == other
+    assert incident["details"]["authorization"]["signed"] is True
+    assert incident["details"]["evaluation_reports"]["from"].endswith(f"v{other}.json")
     materializations = instance.fetch_materializations(PRODUCTION, limit=5).records
     assert materializations[0].asset_materialization.metadata["action"].value == "rollback"
-    again = defs.resolve_job_def("rollback_production").execute_in_process(
-        instance=instance, run_config=config)
+    replayed = launch(token=token)
+    assert not replayed.success and "already used" in str(replayed.all_events)
+    again = launch(token=_token(keys, "ops", "rollback", version, "incident 42"))
     assert again.output_for_node("production_model")["action"] == "none"
-    assert len(resources["decisions"].incidents("rollback")) == 1
+    assert len(store.incidents("rollback")) == 1
 
 
 KILL_SCRIPT = """

@@ -11,19 +11,22 @@ from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.approvals import (
-    POLICY_ACTOR,
-    ApprovalRefused,
-    approval_state,
-    check_decision,
-    human_reasons,
-)
+from unified_assets.approvals import POLICY_ACTOR, ApprovalRefused, approval_state, human_reasons
 from unified_assets.assets.evaluation import report_key
 from unified_assets.champion import ChampionError, ChampionLedger
 from unified_assets.compute import CPU_LIGHT
+from unified_assets.decisions import (
+    APPROVAL_FIELDS,
+    ROLLBACK_FIELDS,
+    authorize_rollback,
+    decision_problem,
+    fill_from_token,
+    record_decision,
+)
 from unified_assets.metadata import OWNERS, markdown_table
 
 APPROVED_CHECK = "approved"
+SOURCE_TAG = "unified-ai/source"  # cli | sensor:live-performance; absent: launched in the UI
 # ARCHITECTURE.md 5: a failed blocking check upstream never promotes, in this run or in
 # any later automation tick. Approval carries the same guard, so a failed challenger is
 # not even put up for approval by automation.
@@ -34,33 +37,15 @@ GATED_CONDITION = (
 
 class ApprovalConfig(dg.Config):
     decision: Literal["none", "approve", "reject"] = Field(
-        default="none", description="none: only (re)evaluate; approve/reject: record a decision."
+        default="none", description="none: only (re)evaluate; approve/reject: record a decision "
+        "(with a token: taken from it)."
     )
     version: str = Field(default="", description="The model version decided on.")
     approver: str = Field(default="", description="Who decides; must be allowed by the policy.")
     reason: str = Field(default="", description="Why; kept with the decision.")
-
-
-def record_decision(store: DecisionStore, registry: MlflowRegistry, policy: PolicyResource,
-                    model_name: str, version: str, decision: str, person: str, reason: str,
-                    source: str) -> dict:
-    """Validate and append a human decision; a refused one is recorded too, then raised."""
-    approval = policy.policy.approval
-    state = approval_state(store.events(model_name, version), version, datetime.now(UTC))
-    try:
-        if not reason.strip():
-            raise ApprovalRefused("a reason is required")
-        check_decision(state, version, person, approval,
-                       known_version=registry.version_exists(model_name, version))
-    except ApprovalRefused as refused:
-        store.append_event(model_name=model_name, version=version, kind="refusal",
-                           decision=decision, actor=person, reason=str(refused),
-                           details={"source": source, "given_reason": reason})
-        raise
-    event_id = store.append_event(model_name=model_name, version=version, kind="decision",
-                                  decision=decision, actor=person, reason=reason,
-                                  details={"source": source})
-    return {"event_id": event_id, "version": version, "decision": decision, "actor": person}
+    token: str = Field(default="", description="The signed decision `unified-ai sign approve|"
+                       "reject VERSION --by NAME --reason ...` prints; the fields above may then "
+                       "stay empty. Required when the policy requires signatures.")
 
 
 @dg.asset(
@@ -90,13 +75,17 @@ def approval(
     model_name, version = challenger["model_name"], challenger["version"]
     if version is None:
         raise dg.Failure(f"no challenger to approve: {challenger['reason']}")
-    if config.decision != "none":
-        if config.version != version:
-            raise dg.Failure(f"config names v{config.version or '?'} but the challenger is "
+    if config.decision != "none" or config.token:
+        typed = {"decision": config.decision, "version": config.version,
+                 "approver": config.approver, "reason": config.reason}
+        given = fill_from_token(config.token, typed, APPROVAL_FIELDS) if config.token else typed
+        if given["version"] != version:
+            raise dg.Failure(f"config names v{given['version'] or '?'} but the challenger is "
                              f"v{version}; decide on the current challenger")
         try:
-            record_decision(decisions, mlflow_registry, policy, model_name, version,
-                            config.decision, config.approver, config.reason, source="ui")
+            record_decision(decisions, mlflow_registry, policy.policy, model_name, version,
+                            given["decision"], given["approver"], given["reason"],
+                            source=_source(context), token=config.token or None)
         except ApprovalRefused as refused:
             raise dg.Failure(f"decision refused and recorded: {refused}") from None
     now = datetime.now(UTC)
@@ -120,21 +109,32 @@ def approval(
                                    reason="approved automatically: no policy rule needs a human",
                                    details={"source": "policy"})
         state = approval_state(decisions.events(model_name, version), version, now)
-    record = {**challenger, "approval_state": state.state, "approval": state.describe(),
-              "approved_by": state.decision["actor"] if state.decision else None}
+    # A decision is checked again when acted on: the policy may have dropped the approver,
+    # rotated the key or started requiring signatures since it was taken.
+    problem = decision_problem(state.decision, model_name, policy.policy) \
+        if state.state == "approved" else None
+    state_name = "unverified" if problem else state.state
+    described = f"{state.describe()}; not acted on: {problem}" if problem else state.describe()
+    record = {**challenger, "approval_state": state_name, "approval": described,
+              "approved_by": state.decision["actor"] if state.decision and not problem else None}
     yield dg.Output(record, metadata={
         "version": dg.MetadataValue.text(version),
-        "state": dg.MetadataValue.text(state.state),
-        "decision": dg.MetadataValue.text(state.describe()),
+        "state": dg.MetadataValue.text(state_name),
+        "decision": dg.MetadataValue.text(described),
         "requested_because": dg.MetadataValue.text(
             state.request["reason"] if state.request else "-"),
     })
     yield dg.AssetCheckResult(
-        check_name=APPROVED_CHECK, passed=state.state == "approved",
-        severity=dg.AssetCheckSeverity.ERROR, description=state.describe(),
-        metadata={"state": dg.MetadataValue.text(state.state),
-                  "decision": dg.MetadataValue.text(state.describe())},
+        check_name=APPROVED_CHECK, passed=state_name == "approved",
+        severity=dg.AssetCheckSeverity.ERROR, description=described,
+        metadata={"state": dg.MetadataValue.text(state_name),
+                  "decision": dg.MetadataValue.text(described)},
     )
+
+
+def _source(context: dg.AssetExecutionContext) -> str:
+    """Where a decision came from, for the record (informational: a tag anyone can set)."""
+    return context.run.tags.get(SOURCE_TAG, "ui")
 
 
 class ProductionConfig(dg.Config):
@@ -143,20 +143,27 @@ class ProductionConfig(dg.Config):
     )
     rollback_to: str = Field(default="", description="Version to roll back to; empty: the "
                              "most recent earlier champion never rolled back from.")
-    by: str = Field(default="", description="Who asks for the rollback.")
+    by: str = Field(default="", description="Who asks for the rollback (listed in the "
+                    "policy's rollback.by).")
     expected_from: str = Field(default="", description="Refuse unless this version is the "
                                "champion (set by automated rollbacks; empty: no guard).")
     reason: str = Field(default="", description="Why; kept in the incident record.")
+    token: str = Field(default="", description="The signed rollback `unified-ai sign rollback "
+                       "[--to VERSION] --by NAME --reason ...` prints; by, reason and rollback_to "
+                       "may then stay empty. Required when the policy requires signatures.")
 
 
 def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name: str,
                         by: str, reason: str, to_version: str | None = None,
-                        expected_from: str | None = None) -> dict:
-    """Move `champion` back in one registry call and record an incident with both reports."""
+                        expected_from: str | None = None, allow_any_approved: bool = False,
+                        details: dict | None = None) -> dict:
+    """Move `champion` back in one registry call and record an incident with both reports.
+    Who may ask is checked before (`unified_assets.decisions.authorize_rollback`)."""
     if not by.strip() or not reason.strip():
         raise ChampionError("a rollback needs --by and --reason")
     outcome = ledger.rollback(model_name, actor=by, reason=reason, to_version=to_version,
-                              expected_from=expected_from)
+                              expected_from=expected_from, allow_any_approved=allow_any_approved,
+                              details=details)
     if outcome.action == "none":
         return {"action": "none", "message": outcome.message, "champion": outcome.to_version}
     reports = {}
@@ -167,7 +174,7 @@ def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name
     incident = ledger.store.record_incident(
         kind="rollback", model_name=model_name, actor=by, reason=reason,
         details={"from_version": outcome.from_version, "to_version": outcome.to_version,
-                 "evaluation_reports": reports,
+                 "evaluation_reports": reports, "authorization": details or {},
                  "live_metrics": store.read_json(live_key) if store.exists(live_key) else None},
     )
     return {"action": "rollback", "message": outcome.message, "champion": outcome.to_version,
@@ -196,13 +203,27 @@ def production_model(
     decisions: DecisionStore,
     mlflow_registry: MlflowRegistry,
     store: ArtifactStore,
+    policy: PolicyResource,
 ) -> dg.Output[dict]:
     ledger = ChampionLedger(decisions, mlflow_registry)
     model_name = approval["model_name"]
     try:
         if config.action == "rollback":
-            result = rollback_production(ledger, store, model_name, config.by, config.reason,
-                                         config.rollback_to or None, config.expected_from or None)
+            typed = {"rollback_to": config.rollback_to, "by": config.by, "reason": config.reason}
+            given = fill_from_token(config.token, typed, ROLLBACK_FIELDS) if config.token else typed
+            try:
+                identity = authorize_rollback(
+                    decisions, policy.policy, model=model_name, by=given["by"],
+                    reason=given["reason"], to_version=given["rollback_to"] or None,
+                    expected_from=config.expected_from or None, token=config.token or None,
+                    source=_source(context))
+            except ApprovalRefused as refused:
+                raise dg.Failure(f"rollback refused and recorded: {refused}") from None
+            result = rollback_production(
+                ledger, store, model_name, given["by"], given["reason"],
+                given["rollback_to"] or None, config.expected_from or None,
+                allow_any_approved=policy.policy.rollback.to_any_approved_version,
+                details={k: v for k, v in identity.items() if k != "token"})
             record = {"model_name": model_name, **result}
         else:
             if approval["approval_state"] != "approved":

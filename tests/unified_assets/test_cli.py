@@ -1,0 +1,124 @@
+"""The decision commands of `unified-ai`, in process on a fresh state folder: keys, signing,
+refusals, history with each change's status, and the audit of the decision log."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from resources.decision_store import DecisionStore
+from tests.policies import write_policy
+from unified_assets.cli import main
+from unified_assets.identity import SIGNING_KEY_ENV, read_token, verify
+
+MODEL = "payments-risk"
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(home))
+    monkeypatch.setenv("UNIFIED_AI_POLICY", str(write_policy(tmp_path)))
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    return home
+
+
+def _store(home) -> DecisionStore:
+    return DecisionStore(url=f"sqlite:///{home / 'decisions.db'}")
+
+
+def _new_key(tmp_path, capsys, name="alice") -> tuple[str, str]:
+    assert main(["keys", "new", name, "--out", str(tmp_path / "keys")]) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.strip().startswith(f"{name}: "))
+    return str(tmp_path / "keys" / f"{name}.key"), line.split('"')[1]
+
+
+def _strict_policy(tmp_path, monkeypatch, **keys):
+    path = write_policy(tmp_path, {"approval": {"require_signature": True, "keys": keys},
+                                   "rollback": {"by": ["alice"]}}, name="strict.yaml")
+    monkeypatch.setenv("UNIFIED_AI_POLICY", str(path))
+
+
+def test_keys_new_writes_a_private_key_and_prints_the_policy_line(home, tmp_path, capsys):
+    path, public = _new_key(tmp_path, capsys)
+    assert (tmp_path / "keys" / "alice.key").stat().st_mode & 0o777 == 0o600
+    assert public.startswith("ed25519:")
+    assert main(["keys", "new", "alice", "--out", str(tmp_path / "keys")]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["keys", "new", "group:leads", "--out", str(tmp_path / "keys")]) == 1
+    assert "is a group" in capsys.readouterr().err
+
+
+def test_sign_prints_a_token_bound_to_the_decision(home, tmp_path, capsys, monkeypatch):
+    from datetime import UTC, datetime
+
+    path, public = _new_key(tmp_path, capsys)
+    assert main(["sign", "approve", "7", "--by", "alice", "--reason", "ok"]) == 1
+    assert SIGNING_KEY_ENV in capsys.readouterr().err, "no key, no token"
+    monkeypatch.setenv(SIGNING_KEY_ENV, path)
+    assert main(["sign", "approve", "7", "--by", "alice", "--reason", "ok"]) == 0
+    token = capsys.readouterr().out.strip()
+    signed = verify(token, {"alice": public}, datetime.now(UTC))
+    assert (signed.action, signed.model, signed.version, signed.actor) == ("approve", MODEL, "7",
+                                                                         "alice")
+    assert main(["sign", "rollback", "--by", "alice", "--reason", "bad", "--model", "m"]) == 0
+    rollback = read_token(capsys.readouterr().out.strip())
+    assert (rollback.action, rollback.model, rollback.version) == ("rollback", "m", "")
+
+
+def test_a_group_cannot_approve_from_the_cli(home, capsys):
+    assert main(["approve", "7", "--by", "group:ml-leads", "--reason", "leads agree"]) == 1
+    assert "'group:ml-leads' is a group, not a person" in capsys.readouterr().err
+    (refusal,) = [e for e in _store(home).events(MODEL) if e["kind"] == "refusal"]
+    assert refusal["actor"] == "group:ml-leads"
+
+
+def test_unsigned_cli_decisions_are_refused_when_the_policy_requires_signatures(
+        home, tmp_path, capsys, monkeypatch):
+    path, public = _new_key(tmp_path, capsys)
+    _, other = _new_key(tmp_path, capsys, "bob")
+    _strict_policy(tmp_path, monkeypatch, alice=public, bob=other, **{"risk-officer": other})
+    assert main(["approve", "7", "--by", "alice", "--reason", "ok"]) == 1
+    assert "not signed and the policy requires signatures" in capsys.readouterr().err
+    monkeypatch.setenv(SIGNING_KEY_ENV, path)
+    assert main(["approve", "7", "--by", "bob", "--reason", "ok"]) == 1
+    assert "does not match 'bob'" in capsys.readouterr().err, "alice's key cannot sign as bob"
+    # Signed with her own key, alice passes the identity checks and meets the next rule.
+    assert main(["approve", "7", "--by", "alice", "--reason", "ok"]) == 1
+    assert "not a registered version" in capsys.readouterr().err
+    refusals = [(e["actor"], e["details"]["token"] is not None)
+                for e in _store(home).events(MODEL) if e["kind"] == "refusal"]
+    assert refusals == [("alice", False), ("bob", True), ("alice", True)]
+
+
+def test_history_shows_whether_each_change_took_effect(home, capsys):
+    store = _store(home)
+    for seq, (status, to) in enumerate([("done", "1"), ("abandoned", "2"), (None, "3")]):
+        store.record_change(model_name=MODEL, expected_seq=seq, action="promote",
+                            from_version=None, to_version=to, actor="alice", reason=f"v{to}")
+        if status:
+            store.record_outcome(model_name=MODEL, seq=seq + 1, status=status, actor="ledger",
+                                 reason="test")
+    assert main(["history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "PENDING" not in lines[0] and "ABANDONED" not in lines[0]
+    assert "ABANDONED" in lines[1] and "PENDING" in lines[2]
+
+
+def test_audit_verify_counts_rows_and_fails_naming_the_first_bad_one(home, capsys):
+    store = _store(home)
+    for version in ("1", "2"):
+        store.append_event(model_name=MODEL, version=version, kind="request", actor="policy",
+                           reason="first deployment")
+    assert main(["audit", "verify"]) == 0
+    assert "2 rows verified" in capsys.readouterr().out
+    with sqlite3.connect(home / "decisions.db") as db:
+        payload = db.execute("select payload from decision_log where id = 1").fetchone()[0]
+        db.execute("update decision_log set payload = ? where id = 1",
+                   (payload.replace("first deployment", "no request"),))
+    assert main(["audit", "verify"]) == 1
+    err = capsys.readouterr().err
+    assert "audit FAILED" in err and "row 1 (event) was edited" in err
