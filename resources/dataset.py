@@ -108,11 +108,28 @@ class DatasetResource(dg.ConfigurableResource):
         """A local path holding the file's content."""
         return Path(landed.uri)
 
+    def check_unchanged(self, landed: LandedFile) -> None:
+        """A file copied in place can change while it is read: fail, so that its final content
+        is ingested as its own version rather than a torn read recorded under this one."""
+        path = Path(landed.uri)
+        current = _version(path) if path.is_file() else "deleted"
+        if current != landed.version:
+            raise dg.Failure(f"{landed.uri} changed while it was read (version {landed.version} "
+                             f"-> {current}); it is ingested again as its new version")
+
+    def batch(self, key: str) -> LandedFile:
+        """Partition `key`'s batch file as listed now (uri and version)."""
+        return self._find(self.batch_files(), key, self.source_uri, "batch")
+
+    def labels(self, key: str) -> LandedFile:
+        """Partition `key`'s late labels file as listed now (uri and version)."""
+        return self._find(self.label_files(), key, self.labels_uri, "labels")
+
     def batch_file(self, key: str) -> Path:
-        return self.fetch(self._find(self.batch_files(), key, self.source_uri, "batch"))
+        return self.fetch(self.batch(key))
 
     def label_file(self, key: str) -> Path:
-        return self.fetch(self._find(self.label_files(), key, self.labels_uri, "labels"))
+        return self.fetch(self.labels(key))
 
     def _find(self, files: dict[str, LandedFile], key: str, where: str, what: str) -> LandedFile:
         if key not in files:
@@ -153,15 +170,36 @@ class S3DatasetResource(DatasetResource):
         return self._index(listed)
 
     def fetch(self, landed: LandedFile) -> Path:
-        """Download once per object version into the cache."""
+        """Download once per object version into the cache. The download is pinned to the
+        listed ETag: an object replaced since it was listed fails instead of being read as
+        this version."""
+        from botocore.exceptions import ClientError
+
         bucket, key = split_s3_uri(landed.uri)
         target = Path(self.cache_dir) / landed.version / Path(key).name
         if not target.is_file():
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
-            self.s3.get_client().download_file(bucket, key, str(partial))
-            partial.replace(target)
+            try:
+                response = self.s3.get_client().get_object(Bucket=bucket, Key=key,
+                                                           IfMatch=f'"{landed.version}"')
+                with partial.open("wb") as out:
+                    for chunk in response["Body"].iter_chunks(1 << 20):
+                        out.write(chunk)
+                partial.replace(target)
+            except ClientError as error:
+                code = str(error.response.get("Error", {}).get("Code", ""))
+                if code in ("412", "PreconditionFailed"):
+                    raise dg.Failure(f"{landed.uri} changed since it was listed (version "
+                                     f"{landed.version}); it is ingested again as its new "
+                                     "version") from error
+                raise
+            finally:
+                partial.unlink(missing_ok=True)
         return target
+
+    def check_unchanged(self, landed: LandedFile) -> None:
+        """Nothing to check: `fetch` read exactly the listed object version."""
 
 
 def _version(path: Path) -> str:

@@ -1,14 +1,30 @@
 """Late labels: a labels file for an ingested batch requests its labels and the champion's
-live performance on it. The cursor remembers each file's version, so a corrected file (a new
-version) is used again and a replayed tick starts nothing twice."""
+live performance on it. A labels file is matched again when it changes (a corrected file)
+and when its batch is re-landed as a new version (labels match one version of the rows).
+The cursor remembers, per batch, the labels and batch versions last requested or settled;
+run keys carry both, so a replayed tick starts nothing twice; a run that failed without
+storing the labels is retried like an ingestion (see `sensors.landing`)."""
 
 import json
+import time
 
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
+from sensors.landing import DONE, REQUESTED, UNVERSIONED, latest_metadata, next_step
 from unified_assets.assets.data import landed_batch, report_key
+from unified_assets.assets.labels import batch_labels
+
+LABELS_VERSION_TAG = "unified-ai/labels-version"
+BATCH_VERSION_TAG = "unified-ai/batch-version"
+ATTEMPT_TAG = "unified-ai/attempt"
+
+
+def _state(value) -> list[str]:
+    """[labels@batch version, state]; a cursor written before batch versions held the labels
+    version alone, which stands for an unversioned batch."""
+    return value if isinstance(value, list) else [f"{value}@{UNVERSIONED}", DONE]
 
 
 def build_labels_sensor(job) -> dg.SensorDefinition:
@@ -17,36 +33,69 @@ def build_labels_sensor(job) -> dg.SensorDefinition:
         job=job,
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests labels + live performance for each batch whose labels file lands.",
+        description="Requests labels + live performance for each batch whose labels file lands "
+        "or changes, or whose batch is re-landed; retries failed label runs.",
     )
     def labels_landing_sensor(
         context: dg.SensorEvaluationContext, dataset: DatasetResource, store: ArtifactStore
     ) -> dg.SensorResult | dg.SkipReason:
-        seen: dict[str, str] = json.loads(context.cursor or "{}")
-        files = {k: f for k, f in dataset.label_files().items() if seen.get(k) != f.version}
-        if not files:
-            return dg.SkipReason(f"no new labels in {dataset.labels_uri}")
-        ingested = set(context.instance.get_materialized_partitions(landed_batch.key))
-        requests, waiting, unused = [], [], []
+        instance, now = context.instance, time.time()
+        previous = json.loads(context.cursor or "{}")
+        files = dataset.label_files()
+        state = {k: _state(v) for k, v in previous.items() if k in files}
+        ingested = set(instance.get_materialized_partitions(landed_batch.key))
+        requests, waiting, unused, notes = [], [], [], []
         for key, landed in files.items():
-            if key not in ingested:
-                waiting.append(key)  # its batch has not been ingested yet: look again later
+            report = store.read_json(report_key(key)) \
+                if key in ingested and store.exists(report_key(key)) else None
+            if report is None or report.get("state") == "ingesting":
+                waiting.append(key)  # its batch is not (fully) ingested yet: look again later
                 continue
-            report = store.read_json(report_key(key)) if store.exists(report_key(key)) else None
-            if report is None or not report["passed"] or report.get("labelled", True):
-                why = "failed its checks" if report and not report["passed"] else "came labelled"
+            batch_version = report.get("version", UNVERSIONED)
+            pair = f"{landed.version}@{batch_version}"
+            if state.get(key) == [pair, DONE]:
+                continue
+            if not report["passed"] or report.get("labelled", True):
+                why = "failed its checks" if not report["passed"] else "came labelled"
                 unused.append(f"{key} ({why})")
-                seen[key] = landed.version
+                state[key] = [pair, DONE]
                 continue
-            requests.append(dg.RunRequest(
-                partition_key=key, run_key=f"labels:{key}:{landed.version}",
-                tags={"unified-ai/trigger": "late-labels", "unified-ai/labels-file": landed.uri}))
-            seen[key] = landed.version
+            built = latest_metadata(instance, batch_labels.key, key) or {}
+            if (built.get("labels_version"), built.get("batch_version")) == \
+                    (landed.version, str(report.get("version"))):
+                state[key] = [pair, DONE]  # matched (stored, or rejected by its check)
+                continue
+            tags = {LABELS_VERSION_TAG: landed.version, BATCH_VERSION_TAG: batch_version}
+            what = f"labels of {key} ({landed.uri}, version {landed.version})"
+            step = next_step(instance, job.name, key, tags, state.get(key) == [pair, REQUESTED],
+                             what, now)
+            if step.action == "give_up":
+                context.log.error(step.note)
+                state[key] = [pair, DONE]
+            elif step.action == "wait":
+                context.log.info(step.note)
+            else:
+                if step.note:
+                    context.log.warning(step.note)
+                run_key = f"labels:{key}:{landed.version}:{batch_version}" + \
+                    (f":{step.attempt}" if step.attempt > 1 else "")
+                requests.append(dg.RunRequest(
+                    partition_key=key, run_key=run_key,
+                    tags={"unified-ai/trigger": "late-labels" if step.attempt == 1 else "retry",
+                          "unified-ai/labels-file": landed.uri, ATTEMPT_TAG: str(step.attempt),
+                          **tags}))
+                state[key] = [pair, REQUESTED]
+                continue
+            notes.append(step.note)
         notes = ([f"labels wait for their batch: {waiting}"] if waiting else []) + \
-            ([f"labels not used, the batch {', '.join(unused)}"] if unused else [])
+            ([f"labels not used, the batch {', '.join(unused)}"] if unused else []) + notes
         if unused:
-            context.log.warning(notes[-1])
-        return dg.SensorResult(run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
-                               skip_reason="; ".join(notes) if not requests else None)
+            context.log.warning(f"labels not used, the batch {', '.join(unused)}")
+        skip = "; ".join(notes) or f"no new or changed labels in {dataset.labels_uri}"
+        cursor = json.dumps(state, sort_keys=True)
+        if not requests and cursor == json.dumps(previous, sort_keys=True):
+            return dg.SkipReason(skip)
+        return dg.SensorResult(run_requests=requests, cursor=cursor,
+                               skip_reason=None if requests else skip)
 
     return labels_landing_sensor

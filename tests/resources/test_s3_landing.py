@@ -128,3 +128,18 @@ def test_artifact_store_round_trips_on_s3(s3, s3_endpoint):
     assert store.read_frame("batches/b.parquet")["amount"].tolist() == frame["amount"].tolist()
     assert store.read_json("reports/r.json") == {"auc": 0.81}
     assert store.local_path("reports/r.json") is None
+
+
+def test_an_object_replaced_after_listing_is_not_read_as_the_listed_version(settings, s3, tmp_path):
+    _put(s3, f"landing/{batch_name(0)}.parquet", generate_batch(0, 50))
+    defs = build_definitions(_s3_settings(settings))
+    with dg.build_resources({"dataset": defs.resources["dataset"]}) as resources:
+        dataset = resources.dataset
+        listed = dataset.batch(batch_name(0))
+        _put(s3, f"landing/{batch_name(0)}.parquet", generate_batch(1, 70))  # re-landed
+        with pytest.raises(dg.Failure, match="changed since it was listed"):
+            dataset.fetch(listed)
+        assert not [p for p in (settings.home / "landing-cache").rglob("*") if p.is_file()]
+        current = dataset.batch(batch_name(0))
+        assert current.version != listed.version
+        assert len(pd.read_parquet(dataset.fetch(current))) == 70

@@ -3,11 +3,12 @@
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
+from resources.artifact_store import ArtifactStore, ArtifactWriteError
 from resources.dataset import DatasetResource
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table
-from unified_assets.ml.batch_validation import CHECK_NAMES, curated, validate_batch_file
+from unified_assets.ml.batch_validation import CHECK_NAMES, BatchReport, curated, validate_batch_file
+from unified_assets.ml.dataset_spec import DatasetSpec
 from unified_assets.partitions import BATCHES
 
 CHECK_DESCRIPTIONS = {
@@ -39,7 +40,8 @@ def report_key(batch: str) -> str:
         "One landed batch of records (labelled, or awaiting late labels), read from the landing "
         "zone, validated against the dataset spec and stored as a curated Parquet file with a "
         "compact column profile (for drift). A batch that fails a check is recorded with its "
-        "findings but never written for training."
+        "findings but never written for training. A file re-landed with other content is "
+        "ingested again as a new version; metadata names the file and version it came from."
     ),
     check_specs=[
         dg.AssetCheckSpec(name, asset="landed_batch", blocking=True,
@@ -53,43 +55,35 @@ def landed_batch(
 ) -> dg.MaterializeResult:
     batch = context.partition_key
     spec = dataset.spec
-    path = dataset.batch_file(batch)
+    landed = dataset.batch(batch)
+    path = dataset.fetch(landed)
     report = validate_batch_file(path, spec)
-    findings = {name: problems for name, problems in report.findings.items()}
-    store.write_json(
-        report_key(batch),
-        {"batch": batch, "file": str(path), "rows": report.rows, "passed": report.passed,
-         "labelled": report.labelled, "findings": findings},
-    )
+    dataset.check_unchanged(landed)
+    record = {"batch": batch, "file": landed.uri, "version": landed.version, "run_id": context.run_id,
+              "rows": report.rows, "passed": report.passed, "labelled": report.labelled,
+              "findings": report.findings}
     metadata: dict = {
         "source_file": dg.MetadataValue.path(str(path)),
+        "source_uri": dg.MetadataValue.text(landed.uri),
+        "source_version": dg.MetadataValue.text(landed.version),
         "rows": dg.MetadataValue.int(report.rows),
         "passed_quality_checks": report.passed,
         "labelled": report.labelled,
     }
-    if report.passed:
-        from unified_assets.monitoring import store_batch_profile
-
-        frame = curated(report.frame, spec, batch)
-        uri = store.write_frame(curated_key(batch), frame)
-        profile = store_batch_profile(store, frame, spec, batch)
-        metadata |= {
-            "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
-            dg.MetadataValue.path(store.local_path(curated_key(batch))),
-            **({"label_rate": dg.MetadataValue.float(float(frame[spec.target].mean()))}
-               if report.labelled else {"labels": dg.MetadataValue.text("awaiting late labels")}),
-            "profile_columns": dg.MetadataValue.int(len(profile["columns"])),
-            "columns": markdown_table(
-                [{"column": c, "dtype": str(report.frame[c].dtype),
-                  "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns
-                 if c in report.frame.columns],
-                ["column", "dtype", "nulls"],
-            ),
-        }
-    else:
+    try:
+        if report.passed:
+            metadata |= _store_curated(store, report, spec, batch, record)
+        store.write_json(report_key(batch), record)  # last: the report is what marks it passed
+    except ArtifactWriteError as error:
+        raise dg.Failure(
+            description=f"batch {batch} ({landed.uri}, version {landed.version}) was not stored: "
+            f"{error}. Nothing is marked as passed; the landing sensor retries the ingestion.",
+            metadata={"source_uri": landed.uri, "source_version": landed.version},
+        ) from error
+    if not report.passed:
         context.log.error(
-            f"batch {batch} ({path}) failed checks {report.failed_checks()}: it is kept in the "
-            "landing zone and excluded from training"
+            f"batch {batch} ({landed.uri}, version {landed.version}) failed checks "
+            f"{report.failed_checks()}: it is kept in the landing zone and excluded from training"
         )
     return dg.MaterializeResult(
         metadata=metadata,
@@ -100,12 +94,42 @@ def landed_batch(
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata={
                     "file": dg.MetadataValue.path(str(path)),
+                    "source_version": dg.MetadataValue.text(landed.version),
                     "problems": dg.MetadataValue.int(len(problems)),
                     "details": dg.MetadataValue.md(
                         "\n".join(f"- {p}" for p in problems) or "no problems"
                     ),
                 },
             )
-            for name, problems in findings.items()
+            for name, problems in report.findings.items()
         ],
     )
+
+
+def _store_curated(store: ArtifactStore, report: BatchReport, spec: DatasetSpec, batch: str,
+                   record: dict) -> dict:
+    """Curated rows and profile of a passing batch. An earlier version's report is replaced
+    by one that is not passed first, so a write failing half way never leaves a passed
+    report describing other data."""
+    from unified_assets.monitoring import store_batch_profile
+
+    store.write_json(report_key(batch), {
+        **record, "passed": False, "state": "ingesting",
+        "findings": {"ingestion": [f"version {record['version']} of {record['file']}: ingestion "
+                                   f"started in run {record['run_id']} and did not finish"]}})
+    frame = curated(report.frame, spec, batch)
+    uri = store.write_frame(curated_key(batch), frame)
+    profile = store_batch_profile(store, frame, spec, batch)
+    return {
+        "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
+        dg.MetadataValue.path(store.local_path(curated_key(batch))),
+        **({"label_rate": dg.MetadataValue.float(float(frame[spec.target].mean()))}
+           if report.labelled else {"labels": dg.MetadataValue.text("awaiting late labels")}),
+        "profile_columns": dg.MetadataValue.int(len(profile["columns"])),
+        "columns": markdown_table(
+            [{"column": c, "dtype": str(report.frame[c].dtype),
+              "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns
+             if c in report.frame.columns],
+            ["column", "dtype", "nulls"],
+        ),
+    }

@@ -1,0 +1,107 @@
+"""Disk full during ingestion: the run fails naming the key, the path and the error, leaves no
+'passed' report and no temp file, and the landing sensor retries it (new run key per attempt,
+bounded, saying so) once space returns."""
+
+import pytest
+
+import sensors.landing as landing
+from tests.resources.test_ingest_atomic_writes import fill_disk
+from tests.sensors.test_landing_sensor import launch, skipped, tick
+from unified_assets.definitions import build_definitions
+from unified_assets.ml.generator import generate_batch, write_batches
+
+CURATED = "batch-00000.parquet"
+
+
+@pytest.fixture
+def landed(settings):
+    write_batches(settings.landing_dir, batches=1, rows=60)
+    return build_definitions(settings)
+
+
+def _temp_files(settings):
+    return [p for p in settings.artifacts_dir.rglob("*") if p.is_file() and ".tmp" in p.name]
+
+
+def _error(run):
+    return next(e for e in run.all_events if e.is_step_failure).event_specific_data.error.message
+
+
+def test_disk_full_fails_the_run_without_a_passed_report_and_is_retried_when_space_returns(
+        settings, instance, landed, monkeypatch):
+    store = landed.resources["store"]
+    first = tick(landed, instance)
+    (request,) = first.run_requests
+
+    fill_disk(monkeypatch, full=lambda path: CURATED in path)
+    (run,) = launch(landed, instance, first)
+    assert not run.success
+    message = _error(run)
+    assert "batches/batch-00000.parquet" in message and str(settings.artifacts_dir) in message
+    assert "No space left on device" in message and "Errno 28" in message
+    report = store.read_json("batches/batch-00000.report.json") \
+        if store.exists("batches/batch-00000.report.json") else None
+    assert report is None or report["passed"] is False
+    assert _temp_files(settings) == []
+    assert not store.exists("batches/batch-00000.parquet")
+
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 3600.0)
+    waiting = skipped(tick(landed, instance, first.cursor))
+    assert "batch-00000" in waiting and "attempt 2" in waiting
+
+    monkeypatch.undo()  # space returns
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
+    retry = tick(landed, instance, first.cursor)
+    (again,) = retry.run_requests
+    assert again.run_key == f"{request.run_key}:2" and again.tags["unified-ai/attempt"] == "2"
+    assert again.tags["unified-ai/trigger"] == "retry"
+    (run,) = launch(landed, instance, retry)
+    assert run.success
+    assert store.read_json("batches/batch-00000.report.json")["passed"] is True
+    assert "no new or changed batch" in skipped(tick(landed, instance, retry.cursor))
+
+
+def test_a_report_that_fails_to_write_leaves_no_passed_report_of_an_older_version(
+        settings, instance, landed, monkeypatch):
+    store = landed.resources["store"]
+    first = tick(landed, instance)
+    assert launch(landed, instance, first)[0].success
+    assert store.read_json("batches/batch-00000.report.json")["passed"] is True
+
+    generate_batch(9, 30).to_parquet(settings.landing_dir / CURATED, index=False)
+    second = tick(landed, instance, first.cursor)
+    writes = []
+
+    def full_after_the_curated_file(path: str) -> bool:
+        writes.append(path)
+        return "report.json" in path and any(CURATED in p for p in writes)
+
+    fill_disk(monkeypatch, full=full_after_the_curated_file)
+    (run,) = launch(landed, instance, second)
+    monkeypatch.undo()
+    assert not run.success and "batch-00000.report.json" in _error(run)
+    assert store.read_json("batches/batch-00000.report.json")["passed"] is False
+    assert _temp_files(settings) == []
+
+
+def test_retries_are_bounded_and_reported_and_a_new_version_starts_over(
+        settings, instance, landed, monkeypatch):
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(landing, "MAX_ATTEMPTS", 2)
+    fill_disk(monkeypatch, full=lambda path: CURATED in path)
+    first = tick(landed, instance)
+    assert not launch(landed, instance, first)[0].success
+    second = tick(landed, instance, first.cursor)
+    assert [r.run_key.rsplit(":", 1)[1] for r in second.run_requests] == ["2"]
+    assert not launch(landed, instance, second)[0].success
+
+    gave_up = tick(landed, instance, second.cursor)
+    message = skipped(gave_up)
+    assert "gave up on batch-00000" in message and "2 failed ingestion attempts" in message
+    assert str(settings.landing_dir / CURATED) in message
+    assert "no new or changed batch" in skipped(tick(landed, instance, gave_up.cursor))
+
+    monkeypatch.setattr(landing, "MAX_ATTEMPTS", 5)
+    generate_batch(5, 60).to_parquet(settings.landing_dir / CURATED, index=False)  # re-landed
+    (fresh,) = tick(landed, instance, gave_up.cursor).run_requests
+    assert fresh.tags["unified-ai/attempt"] == "1"
