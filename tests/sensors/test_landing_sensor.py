@@ -174,3 +174,16 @@ def test_sensors_default_to_running(settings):
                      "live_performance_sensor"}
     for name in names:
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_an_ingestion_a_person_canceled_is_reported_not_retried(settings, instance):
+    write_batches(settings.landing_dir, batches=1, rows=30)
+    defs = build_definitions(settings)
+    first = tick(defs, instance)
+    (request,) = first.run_requests
+    instance.add_dynamic_partitions(BATCHES.name, ["batch-00000"])
+    run = instance.create_run_for_job(defs.resolve_job_def("ingest_batch"),
+                                      tags={**request.tags, "dagster/partition": "batch-00000"})
+    instance.report_run_canceled(run)
+    message = skipped(tick(defs, instance, first.cursor))
+    assert "gave up on batch-00000" in message and "was canceled" in message

@@ -105,3 +105,16 @@ def test_retries_are_bounded_and_reported_and_a_new_version_starts_over(
     generate_batch(5, 60).to_parquet(settings.landing_dir / CURATED, index=False)  # re-landed
     (fresh,) = tick(landed, instance, gave_up.cursor).run_requests
     assert fresh.tags["unified-ai/attempt"] == "1"
+
+
+def test_a_relanded_version_that_fails_its_checks_is_not_passed_though_old_files_remain(
+        settings, instance, landed):
+    from unified_assets.assets.data import batch_passed
+
+    store = landed.resources["store"]
+    first = tick(landed, instance)
+    assert launch(landed, instance, first)[0].success and batch_passed(store, "batch-00000")
+    (settings.landing_dir / CURATED).write_bytes(b"not parquet")
+    assert not launch(landed, instance, tick(landed, instance, first.cursor))[0].success
+    assert store.exists("batches/batch-00000.parquet")  # the earlier version's, kept
+    assert not batch_passed(store, "batch-00000")

@@ -31,6 +31,12 @@ def report_key(batch: str) -> str:
     return f"batches/{batch}.report.json"
 
 
+def batch_passed(store: ArtifactStore, batch: str) -> bool:
+    """The batch's latest ingested version passed every check. Its curated file or profile
+    existing is not enough: they stay from an earlier version when a re-landed one fails."""
+    return store.exists(report_key(batch)) and bool(store.read_json(report_key(batch))["passed"])
+
+
 @dg.asset(
     partitions_def=BATCHES,
     group_name="data",
