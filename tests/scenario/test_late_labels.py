@@ -15,6 +15,7 @@ import yaml
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
 from unified_assets.champion import ChampionLedger
+from unified_assets.decisions import mint_automation_token
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -214,8 +215,15 @@ def _promote_a_model_trained_on_shuffled_labels(settings, defs) -> tuple[str, st
         model_name=MODEL, family="sklearn", flavor="sklearn", model=pipeline, params={},
         metrics={}, tags={"training_batches": "batch-00000,batch-00001,batch-00002"},
         pip_requirements=["scikit-learn"])
-    ChampionLedger(DecisionStore(url=settings.decisions_url), registry).promote(
-        MODEL, bad.version, actor="alice", reason="hotfix pushed past the gates")
+    store = DecisionStore(url=settings.decisions_url)
+    # A person's approval, as recorded, of a model no gate saw (the ledger promotes only
+    # approved versions).
+    store.append_event(model_name=MODEL, version=bad.version, kind="decision", decision="approve",
+                       actor="alice", reason="hotfix approved past the gates",
+                       details={"source": "cli", "signed": False})
+    ChampionLedger(store, registry).promote(
+        MODEL, bad.version, actor="alice", reason="hotfix pushed past the gates",
+        evaluated_against=good)
     return good, bad.version
 
 
@@ -243,6 +251,7 @@ def test_live_regression_vs_previous_champion_rolls_back_once(with_champion, ins
     store = DecisionStore(url=settings.decisions_url)
     (incident,) = store.incidents(kind="rollback")
     assert incident["actor"] == "policy:live-performance"
+    assert incident["details"]["authorization"]["automation"] is True, "the sensor's own token"
     assert incident["details"]["from_version"] == bad and incident["details"]["to_version"] == good
     assert incident["details"]["live_metrics"]["batch"] == "batch-00003"
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
@@ -254,7 +263,15 @@ def test_live_regression_vs_previous_champion_rolls_back_once(with_champion, ins
     replay = _tick(defs, instance, "live_performance_sensor")
     assert replay.run_requests == []
     assert "1 result(s) about an earlier champion dropped" in replay.skip_reason.skip_message
-    stale = _run(defs, instance, rollback, "rollback_production", raise_on_error=False)
+    replayed = _run(defs, instance, rollback, "rollback_production", raise_on_error=False)
+    assert not replayed.success and "already used" in str(replayed.all_events), "a token acts once"
+    config = rollback.run_config["ops"]["production_model"]["config"]
+    fresh = mint_automation_token(store, model=MODEL, actor=config["by"], reason=config["reason"],
+                                  to_version=config["rollback_to"], expected_from=bad)
+    stale = _run(defs, instance, dg.RunRequest(
+        job_name=rollback.job_name, tags=rollback.tags,
+        run_config={"ops": {"production_model": {"config": config | {"token": fresh}}}}),
+        "rollback_production", raise_on_error=False)
     assert not stale.success
     assert f"asked for v{bad}, but the champion is now v{good}" in str(stale.all_events)
     assert _champion(settings) == good
