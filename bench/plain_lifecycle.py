@@ -74,8 +74,8 @@ def ingest(dataset: DatasetResource, store: ArtifactStore) -> list[str]:
     """Validate, curate and store every landed batch (the `landed_batch` asset body)."""
     spec = dataset.spec
     ingested = []
-    for batch, path in dataset.batch_files().items():
-        report = validate_batch_file(path, spec)
+    for batch, landed in dataset.batch_files().items():
+        report = validate_batch_file(dataset.fetch(landed), spec)
         store.write_json(
             report_key(batch),
             {"batch": batch, "file": str(path), "rows": report.rows, "passed": report.passed,

@@ -8,6 +8,8 @@ from typing import Any
 
 import dagster as dg
 
+from sensors.landing import FILE_TAG, VERSION_TAG, latest_metadata
+from unified_assets.assets.data import landed_batch
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings
@@ -51,13 +53,16 @@ def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> Lifecyc
     with dg.build_resources({"dataset": defs.resources["dataset"]}) as resources:
         files = resources.dataset.batch_files()
     known = set(instance.get_dynamic_partitions(BATCHES.name))
-    new = [k for k in files if k not in known]
-    instance.add_dynamic_partitions(BATCHES.name, new)
+    instance.add_dynamic_partitions(BATCHES.name, [k for k in files if k not in known])
+    # New files and files re-landed with other content (a new version) are ingested.
+    new = [k for k, f in files.items() if (latest_metadata(instance, landed_batch.key, k) or {})
+           .get("source_version") != f.version]
     job = defs.resolve_job_def(ingest_job.name)
     summary = LifecycleSummary()
     for key in new:
         # A failed blocking check fails the ingestion run by design; anything else is an error.
-        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
+                                        tags={VERSION_TAG: files[key].version, FILE_TAG: files[key].uri})
         failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
         if not result.success and not failed:
             failure = next(e for e in result.all_events if e.is_failure)

@@ -49,10 +49,11 @@ def drift_report(
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
+    from unified_assets.assets.data import batch_passed
     from unified_assets.ml.evidently_report import evidently_drift
 
     batch = context.partition_key
-    if not store.exists(curated_key(batch)):
+    if not batch_passed(store, batch) or not store.exists(curated_key(batch)):
         raise dg.Failure(f"batch {batch} has no curated data: it failed its quality checks")
     spec = dataset.spec
     version = mlflow_registry.alias_version(spec.name)

@@ -34,11 +34,12 @@ def batch_drift(
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
+    from unified_assets.assets.data import batch_passed
     from unified_assets.monitoring import batch_drift as compute
     from unified_assets.monitoring import champion_reference, drift_key, profile_key
 
     batch = context.partition_key
-    if not store.exists(profile_key(batch)):
+    if not batch_passed(store, batch) or not store.exists(profile_key(batch)):
         raise dg.Failure(f"batch {batch} has no profile: it failed its quality checks")
     reference = champion_reference(store, mlflow_registry, dataset.spec.name)
     if reference is None:

@@ -7,7 +7,7 @@ from pydantic import Field
 from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from unified_assets.assets.data import landed_batch, report_key
-from unified_assets.assets.labels import batch_labels, labelled_frame, labels_key
+from unified_assets.assets.labels import awaiting_labels, batch_labels, labelled_frame
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table
 from unified_assets.ml.training_data import TrainingSet
@@ -80,8 +80,7 @@ def training_set(
         for b in ordered
         if b in materialized and store.exists(report_key(b))
     }
-    awaiting = frozenset(b for b, r in reports.items()
-                         if not r.get("labelled", True) and not store.exists(labels_key(b)))
+    awaiting = frozenset(b for b, r in reports.items() if awaiting_labels(store, b, r))
     window, excluded = select_window(ordered, materialized, reports, config.window_batches, awaiting)
     if not window:
         raise dg.Failure(
