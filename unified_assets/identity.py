@@ -150,9 +150,10 @@ def token_id(token: str) -> str:
     return hashlib.sha256(_split(token)[2]).hexdigest()
 
 
-def verify(token: str, keys: dict[str, str], now: datetime, check_age: bool = True) -> SignedDecision:
+def verify(token: str, keys: dict[str, str], now: datetime) -> SignedDecision:
     """The decision a token carries, if signed by the key `keys` lists for its actor and
-    (with `check_age`) issued within the last TOKEN_TTL; IdentityError otherwise."""
+    issued within TOKEN_TTL before `now` (when the decision was taken); IdentityError
+    otherwise."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -166,14 +167,13 @@ def verify(token: str, keys: dict[str, str], now: datetime, check_age: bool = Tr
     except InvalidSignature:
         raise IdentityError(f"the token's signature does not match {decision.actor!r}'s key in "
                             "the policy: it was altered or signed with another key") from None
-    if check_age:
-        issued = datetime.fromtimestamp(decision.issued_at, UTC)
-        if issued > now + CLOCK_SKEW:
-            raise IdentityError(f"the token is dated {issued:%Y-%m-%d %H:%M:%S} UTC, in the "
-                                "future: check the signer's clock")
-        if now - issued > TOKEN_TTL:
-            raise IdentityError(f"the token was signed at {issued:%Y-%m-%d %H:%M:%S} UTC, more "
-                                f"than {TOKEN_TTL.total_seconds() / 3600:g} h ago; sign again")
+    issued = datetime.fromtimestamp(decision.issued_at, UTC)
+    if issued > now + CLOCK_SKEW:
+        raise IdentityError(f"the token is dated {issued:%Y-%m-%d %H:%M:%S} UTC, in the "
+                            "future: check the signer's clock")
+    if now - issued > TOKEN_TTL:
+        raise IdentityError(f"the token was signed at {issued:%Y-%m-%d %H:%M:%S} UTC, more "
+                            f"than {TOKEN_TTL.total_seconds() / 3600:g} h ago; sign again")
     return decision
 
 

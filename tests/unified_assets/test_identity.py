@@ -99,7 +99,7 @@ def test_an_old_or_future_token_is_refused(alice):
         verify(token, keys, NOW + timedelta(hours=24, seconds=1))
     with pytest.raises(IdentityError, match="in the future"):
         verify(token, keys, NOW - timedelta(minutes=10))
-    assert verify(token, keys, NOW + timedelta(days=30), check_age=False).version == "7"
+    assert verify(token, keys, NOW + timedelta(hours=23)).version == "7"
 
 
 @pytest.mark.parametrize("token", ["", "hello", "uai1.x.y", "uai2.e30.AA", "uai1.e30.AA"])
