@@ -150,6 +150,16 @@ def test_unauthorized_unsigned_or_invalid_decisions_are_refused_and_recorded(hum
                                              "alice", "alice"]
     assert "may not approve" in refusals[0]["reason"]
     assert _champion(settings) is None
+    # An approval recorded unsigned (under a policy that allowed it then) is not acted on now.
+    defs.resources["decisions"].append_event(
+        model_name=MODEL, version=version, kind="decision", decision="approve", actor="alice",
+        reason="ok", details={"source": "cli", "signed": False})
+    later = defs.resolve_job_def("approve_or_reject").execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert later.output_for_node("approval")["approval_state"] == "unverified"
+    check = next(e for e in later.get_asset_check_evaluations() if e.check_name == "approved")
+    assert not check.passed and "not acted on: it is unsigned" in check.description
+    assert _champion(settings) is None
 
 
 def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys):
