@@ -78,7 +78,7 @@ def ingest(dataset: DatasetResource, store: ArtifactStore) -> list[str]:
         report = validate_batch_file(dataset.fetch(landed), spec)
         store.write_json(
             report_key(batch),
-            {"batch": batch, "file": str(path), "rows": report.rows, "passed": report.passed,
+            {"batch": batch, "file": landed.uri, "rows": report.rows, "passed": report.passed,
              "findings": dict(report.findings)},
         )
         if report.passed:

@@ -2,11 +2,9 @@
 policy's fallback and says so; with fail_and_escalate the run fails clearly and nothing
 downstream of the GPU step runs."""
 
-import dataclasses
-
 import dagster as dg
-import yaml
 
+from tests.policies import shipped_policy, with_policy
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -15,11 +13,12 @@ from unified_assets.placement.steps import requirements_for_job
 
 
 def _policy(settings, tmp_path, gpu_rule):
-    path = tmp_path / "policy.yaml"
-    path.write_text(yaml.safe_dump({"placement": {"profiles": {
+    """The shipped policy with these placement rules (a partial policy is refused)."""
+    policy = shipped_policy()
+    policy["placement"] = {"profiles": {
         "cpu-light": {"targets": ["cpu"]}, "cpu-training": {"targets": ["cpu"]},
-        "gpu-training": gpu_rule}}}))
-    return dataclasses.replace(settings, policy_path=str(path))
+        "gpu-training": gpu_rule}}
+    return with_policy(settings, tmp_path, base=policy)
 
 
 def test_gpu_model_degrades_to_cpu_and_the_run_carries_the_plan(settings, instance, tmp_path):

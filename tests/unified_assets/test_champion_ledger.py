@@ -163,6 +163,8 @@ def test_rollback_goes_only_to_an_earlier_champion_never_rolled_back_from(world)
     with pytest.raises(ChampionError, match="asked for v2, but the champion is now v1"):
         world.rollback(MODEL, "policy", "stale evidence", expected_from="2")
     assert alias(world) == "1"
+    versions = world.registry.client().search_model_versions(f"name='{MODEL}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4, 5], "nothing deleted"
 
 
 def test_a_policy_may_allow_rollback_to_any_approved_version_but_never_an_unapproved_one(world):

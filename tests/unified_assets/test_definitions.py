@@ -8,6 +8,7 @@ import pytest
 
 from unified_assets.assets.models import model_sklearn, model_torch
 from unified_assets.definitions import LOCAL_EXECUTOR_CONFIG, build_definitions, defs
+from unified_assets.policy import PolicyError
 from unified_assets.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,10 +56,26 @@ def test_local_executor_limits_gpu_steps_to_the_gpu_slots(tmp_path):
     ]
 
 
+def _signed_policy(folder):
+    """The shipped rules with signatures required and a key for every decider."""
+    from tests.policies import write_policy
+    from unified_assets.identity import new_key_pair
+
+    people = ["alice", "bob", "risk-officer", "ops"]
+    keys = {person: new_key_pair()[1] for person in people}
+    return str(write_policy(folder, {"approval": {"require_signature": True, "keys": keys}}))
+
+
 def test_kubernetes_deployment_uses_the_k8s_job_executor(tmp_path):
-    k8s = build_definitions(Settings("kubernetes", tmp_path, None))
+    k8s = build_definitions(Settings("kubernetes", tmp_path, None,
+                                     policy_path=_signed_policy(tmp_path)))
     assert k8s.executor.name == "k8s"
     dg.Definitions.validate_loadable(k8s)
+
+
+def test_kubernetes_refuses_a_policy_that_allows_unsigned_decisions(tmp_path):
+    with pytest.raises(PolicyError, match="require_signature is false; a kubernetes deployment"):
+        build_definitions(Settings("kubernetes", tmp_path, None))
 
 
 def test_unknown_deployment_is_an_error():
