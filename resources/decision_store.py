@@ -74,16 +74,6 @@ class DecisionStore(dg.ConfigurableResource):
             return None
         return Path(self.url.removeprefix("sqlite:///"))
 
-    def exists(self) -> bool:
-        """False when the store was never created here (or was deleted)."""
-        path = self._sqlite_path
-        if path is not None:
-            return path.is_file()
-        import sqlalchemy as sa
-
-        with self._guard("open"), sa.create_engine(self.url).connect() as conn:
-            return sa.inspect(conn).has_table("decision_log")
-
     def _setup(self):
         if self._engine is not None:
             return self._engine, self._table
