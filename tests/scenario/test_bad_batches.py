@@ -4,7 +4,7 @@ check naming the file and field; none reaches training; nothing is deleted."""
 import dagster as dg
 import pytest
 
-from unified_assets.assets.data import landed_batch
+from unified_assets.assets.data import batch_findings, landed_batch
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.batch_validation import CHECK_NAMES
@@ -68,8 +68,16 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
     assert all(spec.blocking for spec in landed_batch.check_specs)
     assert "column 'amount' must be numeric" in details["schema"].metadata["details"].value
     missing = _check_details(instance, "batch-missing")["schema"].metadata["details"].value
-    # A missing label column is not a finding (labels may land later); a missing feature is.
-    assert "batch-missing.parquet: missing columns ['region']" in missing
+    # A missing label column is not a finding (the payments spec says labels: either); a
+    # missing feature is, naming the spec field. The checks it stopped say they did not run.
+    assert "batch-missing.parquet: missing column 'region' (spec field segment_columns)" in missing
+    nulls = _check_details(instance, "batch-missing")["nulls"]
+    assert "not evaluated, because the schema check failed" in nulls.metadata["details"].value
+    assert nulls.metadata["evaluated"].value is False and not nulls.passed
+    store = defs.resources["store"]
+    assert batch_findings(store, "batch-missing") == [
+        "batch-missing.parquet: missing column 'region' (spec field segment_columns)"]
+    assert batch_findings(store, "batch-00000") == []
     text = _check_details(instance, "batch-text")["schema"].metadata["details"].value
     assert "batch-text.parquet: cannot be read as parquet" in text
     inf = _check_details(instance, "batch-inf")["ranges"].metadata["details"].value

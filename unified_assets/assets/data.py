@@ -16,10 +16,11 @@ CHECK_DESCRIPTIONS = {
     "features numeric.",
     "ids": "Every row has its own id (the spec's id_column present, never null, blank or "
     "duplicated): ids decide the holdout side and match late labels.",
-    "nulls": "Features and segments are no more null than the spec's max_null_fraction.",
+    "nulls": "Features and segments are no more null than the spec allows (null_limits per "
+    "column, else max_null_fraction).",
     "ranges": "Numeric features are finite (no +/-inf) and lie within the spec's ranges.",
-    "label": "The label is binary (the positive label and at most one other value) and present "
-    "on every row, or absent on every row (labels land later for the whole batch).",
+    "label": "The label is binary (0/1, booleans, or the spec's positive_label and one other "
+    "value) and present on every row, or absent on every row when the spec's labels are late.",
 }
 
 
@@ -67,7 +68,7 @@ def landed_batch(
     dataset.check_unchanged(landed)
     record = {"batch": batch, "file": landed.uri, "version": landed.version, "run_id": context.run_id,
               "rows": report.rows, "passed": report.passed, "labelled": report.labelled,
-              "findings": report.findings}
+              "findings": report.findings, "not_evaluated": report.not_evaluated}
     metadata: dict = {
         "source_file": dg.MetadataValue.path(str(path)),
         "source_uri": dg.MetadataValue.text(landed.uri),
@@ -98,8 +99,11 @@ def landed_batch(
                 check_name=name,
                 passed=not problems,
                 severity=dg.AssetCheckSeverity.ERROR,
+                description=(f"not evaluated: {report.not_evaluated[name]}"
+                             if name in report.not_evaluated else None),
                 metadata={
                     "file": dg.MetadataValue.path(str(path)),
+                    "evaluated": dg.MetadataValue.bool(name not in report.not_evaluated),
                     "source_version": dg.MetadataValue.text(landed.version),
                     "problems": dg.MetadataValue.int(len(problems)),
                     "details": dg.MetadataValue.md(
@@ -110,6 +114,19 @@ def landed_batch(
             for name, problems in report.findings.items()
         ],
     )
+
+
+def batch_findings(store: ArtifactStore, batch: str) -> list[str]:
+    """What is wrong with an ingested batch, one line per finding ('file: column ...: what'),
+    read from its stored ingestion report, for the demo and the CLI to print. Checks that
+    could not run are left out: the finding that stopped them is listed. Empty when the batch
+    passed or was never ingested."""
+    if not store.exists(report_key(batch)):
+        return []
+    report = store.read_json(report_key(batch))
+    skipped = set(report.get("not_evaluated", {}))
+    return [problem for check, problems in report.get("findings", {}).items()
+            if check not in skipped for problem in problems]
 
 
 def _store_curated(store: ArtifactStore, report: BatchReport, spec: DatasetSpec, batch: str,

@@ -27,6 +27,7 @@ class BatchReport:
     file: str
     frame: pd.DataFrame | None
     labelled: bool = True
+    not_evaluated: dict[str, str] = field(default_factory=dict)  # check -> why it could not run
     findings: dict[str, list[str]] = field(default_factory=lambda: {c: [] for c in CHECK_NAMES})
 
     @property
@@ -68,8 +69,44 @@ def validate_batch_file(path: Path, spec: DatasetSpec) -> BatchReport:
 
 
 def _skip_rest(report: BatchReport, why: str) -> None:
+    """Checks that cannot run stay failed (fail closed: the batch is never trained on) with
+    one message saying they were not evaluated and why; `batch_findings` leaves them out."""
     for name in CHECK_NAMES[1:]:
-        report.findings[name].append(f"{Path(report.file).name}: not checked, {why}")
+        report.not_evaluated[name] = why
+        report.findings[name].append(f"{Path(report.file).name}: not evaluated, because {why}; "
+                                     "it runs once the schema check passes")
+
+
+def close_matches(column: str, available: list[str]) -> str:
+    """' (did you mean 'Outcome'?)' for a misspelled column, '' when nothing is close."""
+    import difflib
+
+    by_case = [c for c in available if str(c).lower() == column.lower()]
+    matches = by_case or difflib.get_close_matches(column, [str(c) for c in available], n=3, cutoff=0.6)
+    if not matches:
+        return ""
+    return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
+
+
+def missing_named_columns(spec: DatasetSpec, columns: list[str], name: str) -> list[str]:
+    """Every column the spec names but the file lacks, naming the spec field and close
+    matches. The target is required unless the spec says labels may land later; the id and
+    time columns are checked elsewhere (ids) or optional."""
+    problems = []
+    for column, field_name in spec.named_columns.items():
+        if column in columns or field_name in ("id_column", "time_column"):
+            continue
+        if column == spec.target:
+            if spec.labels != "inline":
+                continue
+            problems.append(
+                f"{name}: target column {column!r} (spec field target) is missing"
+                f"{close_matches(column, columns)}; if labels land later in label files, set "
+                "labels: late in the spec")
+            continue
+        problems.append(f"{name}: missing column {column!r} (spec field {field_name})"
+                        f"{close_matches(column, columns)}")
+    return problems
 
 
 def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) -> None:
@@ -77,30 +114,30 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
     schema = report.findings["schema"]
     if frame.empty:
         schema.append(f"{name}: the batch has no rows")
-    # The label may come later (late labels): a batch without the target column is scored
-    # traffic awaiting ground truth, not a schema error.
-    missing = [c for c in spec.required_columns if c not in frame.columns and c != spec.target]
-    if missing:
-        schema.append(f"{name}: missing columns {missing}")
+    columns = [str(c) for c in frame.columns]
+    schema.extend(missing_named_columns(spec, columns, name))
     for column in spec.numeric_features:
         if column in frame.columns and not _is_numeric(frame[column]):
             schema.append(
-                f"{name}: column {column!r} must be numeric, found {frame[column].dtype}"
+                f"{name}: column {column!r} must be numeric, found {frame[column].dtype} (e.g. "
+                f"{_non_numeric_examples(frame[column])}); spec field numeric_features lists it, "
+                "list it under categorical_features if it is a category"
             )
     if schema:
-        _skip_rest(report, "schema is wrong")
+        _skip_rest(report, f"the schema check failed on {name}")
         return
 
     if spec.id_column:
         report.findings["ids"].extend(id_problems(frame, spec.id_column, name))
 
     nulls = report.findings["nulls"]
-    for column in spec.feature_columns + spec.segment_columns:
+    for column in dict.fromkeys(spec.feature_columns + spec.segment_columns):
         fraction = float(frame[column].isna().mean())
-        if fraction > spec.max_null_fraction:
+        limit, field_name = spec.null_limit(column)
+        if fraction > limit:
             nulls.append(
-                f"{name}: column {column!r} is {fraction:.1%} null "
-                f"(allowed {spec.max_null_fraction:.1%})"
+                f"{name}: column {column!r} is {fraction:.1%} null, above the {limit:.1%} allowed "
+                f"by spec field {field_name}; raise null_limits.{column} if nulls are expected there"
             )
 
     ranges = report.findings["ranges"]
@@ -108,18 +145,23 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
     for column in spec.numeric_features:
         ranges.extend(_non_finite(frame[column], column, name))
     for column, (low, high) in spec.ranges.items():
-        values = frame[column].dropna()
+        values = frame[column].dropna().astype("float64")
         values = values[~values.isin([float("inf"), float("-inf")])]  # reported above
         below = int((values < low).sum()) if low is not None else 0
         above = int((values > high).sum()) if high is not None else 0
         if below or above:
             ranges.append(
                 f"{name}: column {column!r} has {below} value(s) below {_bound(low)} and "
-                f"{above} above {_bound(high)} (min {values.min()}, max {values.max()})"
+                f"{above} above {_bound(high)} (min {values.min()}, max {values.max()}; spec "
+                f"field ranges.{column})"
             )
 
     labels = report.findings["label"]
     if spec.target not in frame.columns or frame[spec.target].isna().all():
+        if spec.labels == "inline":
+            labels.append(f"{name}: label {spec.target!r} is empty on every row; the spec says "
+                          "labels come inline (set labels: late if label files follow)")
+            return
         report.labelled = False  # labels land later, for the whole batch
         return
     target = frame[spec.target]
@@ -132,27 +174,63 @@ def validate_frame(frame: pd.DataFrame, spec: DatasetSpec, report: BatchReport) 
     labels.extend(label_problems(target, spec, name))
 
 
+def _non_numeric_examples(series: pd.Series) -> list:
+    import pandas as pd
+
+    text = series.dropna()
+    bad = text[pd.to_numeric(text, errors="coerce").isna()]
+    return list(dict.fromkeys(bad.astype(str)))[:EXAMPLES]
+
+
+def _same_label(value: object, positive: object) -> bool:
+    """A label equals `positive`: 1 == 1.0 == True; text compared without case or spaces, so
+    positive_label 'yes' matches 'Yes' and '1' matches 1."""
+    if isinstance(value, str) or isinstance(positive, str):
+        return str(value).strip().lower() == str(positive).strip().lower()
+    return bool(value == positive)
+
+
+def is_positive(value: object, spec: DatasetSpec) -> bool:
+    """Without positive_label only 0/1 or boolean labels are accepted and 1/True is positive."""
+    if spec.positive_label is None:
+        return _same_label(value, 1) and not isinstance(value, str)
+    return _same_label(value, spec.positive_label)
+
+
 def label_problems(target: pd.Series, spec: DatasetSpec, name: str) -> list[str]:
-    """A binary target holds the positive label and at most one other value (0/1 coded):
-    a third class would silently be folded into the negatives."""
+    """A binary target has at most two values, one of them the positive class: a third class
+    would silently be folded into the negatives, and 'No'/'Yes' needs positive_label."""
     found = _sorted_values(target.dropna().unique().tolist())
-    problems = []
-    if len([v for v in found if v != spec.positive_label]) > 1:
-        problems.append(f"{name}: label {spec.target!r} must be binary (the positive label "
-                        f"{spec.positive_label} and one other value), found {found[:EXAMPLES + 1]}")
-    unexpected = [v for v in found if v not in {0, 1, spec.positive_label}]
-    if unexpected and not problems:
-        problems.append(f"{name}: label {spec.target!r} must be binary, found values "
-                        f"{unexpected[:EXAMPLES]}")
-    return problems
+    field_hint = "set the spec field positive_label to the value of the positive class"
+    if len(found) > 2:
+        return [f"{name}: label {spec.target!r} must be binary, found {len(found)} classes "
+                f"{found[:EXAMPLES + 1]}; map it to two classes before landing"]
+    if spec.positive_label is None:
+        coded = all(not isinstance(v, str) and (_same_label(v, 0) or _same_label(v, 1)) for v in found)
+        if not coded:
+            return [f"{name}: label {spec.target!r} has values {found}, not 0/1 or booleans: "
+                    f"{field_hint} (e.g. positive_label: {found[-1]!r})"]
+        return []
+    if len(found) == 2 and not any(is_positive(v, spec) for v in found):
+        return [f"{name}: label {spec.target!r} must be binary (the positive label "
+                f"{spec.positive_label!r} and one other value), found {found}: the spec field "
+                f"positive_label matches none of them; {field_hint}"]
+    return []
+
+
+def binary_labels(target: pd.Series, spec: DatasetSpec) -> pd.Series:
+    """The target as 0/1 int64 (1 = the positive class), whatever type the labels had."""
+    positive = {v: int(is_positive(v, spec)) for v in target.dropna().unique().tolist()}
+    return target.map(positive).astype("int64")
 
 
 def id_problems(frame: pd.DataFrame, column: str, name: str) -> list[str]:
     """Ids decide each row's holdout side and match late labels: every row needs its own.
     Compared as the text stored in `row_id`."""
     if column not in frame.columns:
-        return [f"{name}: id column {column!r} is missing; rows cannot be matched to late labels "
-                "or kept on one side of the holdout"]
+        return [f"{name}: id column {column!r} is missing (spec field id_column)"
+                f"{close_matches(column, [str(c) for c in frame.columns])}; rows cannot be matched "
+                "to late labels or kept on one side of the holdout"]
     problems = []
     ids = frame[column]
     blank = ids.isna() | (ids.astype(str).str.strip() == "")
@@ -198,19 +276,29 @@ def _is_numeric(series: pd.Series) -> bool:
 
 def curated(frame: pd.DataFrame, spec: DatasetSpec, batch_id: str) -> pd.DataFrame:
     """The columns downstream needs, typed consistently, with a stable row id and batch id.
-    An unlabelled batch has no target column until its labels land."""
+
+    Numeric features are float64 (nulls NaN), even when also a segment; categories and
+    segments are text with nulls kept as nulls (never the string 'nan') and integer codes as
+    '0'/'1', never '0.0'. The target is 0/1 int64. An unlabelled batch has no target column
+    until its labels land."""
+    import numpy as np
+
+    from unified_assets.ml.profiles import category_text
+
     labelled = spec.target in frame.columns and not frame[spec.target].isna().all()
     columns = [c for c in dict.fromkeys(spec.required_columns) if c != spec.target]
     out = frame[columns].copy()
     for column in spec.numeric_features:
-        out[column] = out[column].astype("float64")
+        out[column] = frame[column].to_numpy(dtype="float64", na_value=np.nan)
     for column in dict.fromkeys(spec.categorical_features + spec.segment_columns):
-        out[column] = out[column].astype(str)
+        if column not in spec.numeric_features:
+            out[column] = category_text(frame[column])
     if labelled:
-        out[spec.target] = (frame[spec.target] == spec.positive_label).astype("int64")
+        out[spec.target] = binary_labels(frame[spec.target], spec).to_numpy()
     if spec.id_column and spec.id_column in frame.columns:
         out["row_id"] = frame[spec.id_column].astype(str)
     else:
         out["row_id"] = [f"{batch_id}:{i}" for i in range(len(frame))]
     out["batch_id"] = batch_id
     return out.reset_index(drop=True)
+

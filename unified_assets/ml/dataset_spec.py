@@ -10,7 +10,21 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_MAX_NULL_FRACTION = 0.1
+LabelValue = StrictBool | StrictInt | StrictFloat | StrictStr
 
 
 class DatasetSpecError(ValueError):
@@ -64,14 +78,28 @@ class DatasetSpec(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Also the MLflow model name.")
     source: SourceSpec
     target: str
-    positive_label: int = 1
+    positive_label: LabelValue | None = Field(
+        default=None, description="The target value of the positive class (any type: 1, true, "
+        "'Yes'); needed unless the labels are 0/1 or booleans.")
+    labels: Literal["inline", "late", "either"] = Field(
+        default="inline", description="inline: every batch carries the target column (a batch "
+        "without it is an error naming the column); late: batches land without it and label "
+        "files follow; either: both happen.")
     id_column: str | None = None
     time_column: str | None = None
     segment_columns: list[str] = Field(default_factory=list)
     numeric_features: list[str] = Field(default_factory=list)
     categorical_features: list[str] = Field(default_factory=list)
     ranges: dict[str, tuple[float | None, float | None]] = Field(default_factory=dict)
-    max_null_fraction: float = Field(default=0.0, ge=0.0, le=1.0)
+    max_null_fraction: float = Field(
+        default=DEFAULT_MAX_NULL_FRACTION, ge=0.0, le=1.0,
+        description="Share of null cells allowed in any feature or segment column.")
+    null_limits: dict[str, float] = Field(
+        default_factory=dict, description="Per-column share of nulls allowed, overriding "
+        "max_null_fraction for that column.")
+    policy: str | None = Field(
+        default=None, description="Policy file for this dataset, relative to the spec's folder "
+        "(used when UNIFIED_AI_POLICY is unset).")
 
     @model_validator(mode="after")
     def _columns_are_coherent(self) -> DatasetSpec:
@@ -89,6 +117,11 @@ class DatasetSpec(BaseModel):
                 raise ValueError(f"{role}: {column!r} is also a feature or the target")
         if self.target in self.segment_columns:
             raise ValueError(f"segment_columns: the target {self.target!r} cannot be a segment")
+        for column, limit in self.null_limits.items():
+            if column not in features and column not in self.segment_columns:
+                raise ValueError(f"null_limits.{column}: not a feature or segment column")
+            if not 0.0 <= limit <= 1.0:
+                raise ValueError(f"null_limits.{column}: {limit} is not a share between 0 and 1")
         for column, (low, high) in self.ranges.items():
             if column not in self.numeric_features:
                 raise ValueError(f"ranges.{column}: not a numeric feature")
@@ -99,6 +132,27 @@ class DatasetSpec(BaseModel):
     @property
     def feature_columns(self) -> list[str]:
         return self.numeric_features + self.categorical_features
+
+    def null_limit(self, column: str) -> tuple[float, str]:
+        """The share of nulls allowed in `column` and the spec field that sets it."""
+        if column in self.null_limits:
+            return self.null_limits[column], f"null_limits.{column}"
+        return self.max_null_fraction, "max_null_fraction"
+
+    @property
+    def named_columns(self) -> dict[str, str]:
+        """Every column the spec names, with the first spec field naming it."""
+        named: dict[str, str] = {self.target: "target"}
+        for role in ("id_column", "time_column"):
+            if getattr(self, role):
+                named.setdefault(getattr(self, role), role)
+        for role in ("segment_columns", "numeric_features", "categorical_features"):
+            for column in getattr(self, role):
+                named.setdefault(column, role)
+        for role in ("ranges", "null_limits"):
+            for column in getattr(self, role):
+                named.setdefault(column, f"{role}.{column}")
+        return named
 
     @property
     def required_columns(self) -> list[str]:
@@ -145,6 +199,9 @@ def load_spec(path: str | Path, landing_dir: str | Path | None = None) -> Datase
     roots = [path.parent.resolve()] + ([Path(landing_dir).resolve()] if landing_dir else [])
     source = _contained(path, "source.path", spec.source.path, roots)
     spec = spec.with_source_path(source)
+    if spec.policy:
+        policy = _contained(path, "policy", spec.policy, [path.parent.resolve()])
+        spec = spec.model_copy(update={"policy": str(policy)})
     if spec.source.labels_path:
         labels = _contained(path, "source.labels_path", spec.source.labels_path, roots)
         spec = spec.model_copy(update={"source": spec.source.model_copy(
@@ -167,6 +224,8 @@ PAYMENTS_SPEC_DATA: dict = {
     "name": "payments-risk",
     "source": {"path": "landing", "format": "parquet"},
     "target": "is_fraud",
+    "labels": "either",  # the generator's `--labels late` batches land without is_fraud
+    "max_null_fraction": 0.0,
     "id_column": "transaction_id",
     "time_column": "event_time",
     "segment_columns": ["region", "customer_tier"],

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unified_assets.ml.batch_validation import id_problems, label_problems, read_batch
+from unified_assets.ml.batch_validation import (
+    binary_labels,
+    close_matches,
+    id_problems,
+    label_problems,
+    read_batch,
+)
 from unified_assets.ml.dataset_spec import DatasetSpec
 
 if TYPE_CHECKING:
@@ -44,7 +50,8 @@ def align_labels(path: Path, batch: pd.DataFrame, spec: DatasetSpec) -> LabelsRe
                                f"({type(error).__name__}: {error})")
         return report
     if spec.target not in frame.columns:
-        report.problems.append(f"{name}: missing the label column {spec.target!r}")
+        report.problems.append(f"{name}: missing the label column {spec.target!r} (spec field "
+                               f"target){close_matches(spec.target, [str(c) for c in frame.columns])}")
         return report
     target = frame[spec.target]
     nulls = int(target.isna().sum())
@@ -59,7 +66,7 @@ def align_labels(path: Path, batch: pd.DataFrame, spec: DatasetSpec) -> LabelsRe
         report.problems.append(f"{name}: the batch's row ids are not unique; labels cannot be "
                                "matched to its rows")
         return report
-    binary = (target == spec.positive_label).astype("int64")
+    binary = binary_labels(target, spec)
     if spec.id_column:
         if spec.id_column not in frame.columns:
             report.problems.append(f"{name}: missing the id column {spec.id_column!r} that "

@@ -72,9 +72,34 @@ EDGE_RESOLUTION = 1e-5  # edges are rounded to this share of the column's range
 # ---------------------------------------------------------------- helpers
 
 
+def category_text(series: pd.Series) -> pd.Series:
+    """Categories as text with nulls kept as None (never 'nan'), whatever the dtype: an
+    integer code reads '1' whether pandas loaded it as int or float (one null turns a column
+    of ints into floats), booleans 'True'/'False'. Rendered once per distinct value."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    texts = np.array([_category(u) for u in uniques] + [None], dtype=object)
+    return pd.Series(texts[codes], index=series.index, dtype=object, name=series.name)
+
+
+def _category(value: object) -> str | None:
+    if pd.isna(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def _finite_values(series: pd.Series) -> tuple[np.ndarray, int]:
-    """Finite float64 values of a numeric column and the number of rows dropped (NaN/None/inf)."""
-    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    """Finite float64 values of a numeric column and the number of rows dropped (NaN/None/inf).
+    Any dtype is accepted (bool, nullable ints, objects): what is not a number counts as null."""
+    try:
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError):
+        values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     finite = np.isfinite(values)
     if finite.all():
         return values, 0
@@ -186,7 +211,7 @@ def _hist_fields(hist: np.ndarray, dsum: np.ndarray, edges: np.ndarray) -> dict:
 
 
 def _profile_categorical(series: pd.Series, vocab: Sequence[str]) -> dict:
-    counts = series.value_counts(dropna=True)
+    counts = category_text(series).value_counts(dropna=True)
     keys = [str(k) for k in counts.index]
     values = counts.to_numpy(dtype=np.int64)
     by_key: dict[str, int] = {}
@@ -244,7 +269,7 @@ def build_reference_profile(
         return {"kind": "numeric", "edges": [float(e) for e in edges], "exact": exact}
 
     def categorical_layout(column: str) -> dict:
-        counts = frame[column].dropna().astype(str).value_counts()
+        counts = category_text(frame[column]).value_counts(dropna=True)
         ranked = sorted(counts.items(), key=lambda item: (-int(item[1]), item[0]))
         return {"kind": "categorical", "vocab": [str(k) for k, _ in ranked[:top_k]]}
 

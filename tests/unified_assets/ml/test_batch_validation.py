@@ -64,7 +64,7 @@ def test_nulls_ranges_and_labels(tmp_path, spec):
     assert "'device_trust_score' is 10.0% null" in report.findings["nulls"][0]
     assert "'hour_of_day' has 0 value(s) below 0 and 1 above 23" in report.findings["ranges"][0]
     assert "missing on 1 of 100 row(s)" in report.findings["label"][0]
-    assert "found [0.0, 1.0, 3.0]" in report.findings["label"][1]
+    assert "found 3 classes [0.0, 1.0, 3.0]" in report.findings["label"][1]
 
 
 def test_curated_types_ids_and_label(spec):

@@ -72,8 +72,7 @@ def test_unreadable_labels_file_is_a_finding(tmp_path, spec, batch_and_truth):
     (lambda f: pd.concat([f, f.iloc[:2]]),
      "labels.parquet: id column 'transaction_id' has 2 duplicated value(s), e.g. ["),
     (lambda f: f.assign(is_fraud=[i % 3 for i in range(len(f))]),
-     "labels.parquet: label 'is_fraud' must be binary (the positive label 1 and one other value), "
-     "found [0, 1, 2]"),
+     "labels.parquet: label 'is_fraud' must be binary, found 3 classes [0, 1, 2]"),
 ])
 def test_labels_with_null_or_duplicate_ids_or_three_classes_name_file_column_examples(
         tmp_path, spec, batch_and_truth, mutate, problem):
