@@ -22,16 +22,21 @@ from unified_assets.placement.policy import PlacementPolicy
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
-Metric = Literal["roc_auc", "pr_auc", "f1", "recall", "precision", "brier", "latency_ms_per_1k"]
+Metric = Literal["roc_auc", "pr_auc", "pr_auc_lift", "f1", "recall", "precision", "brier",
+                 "brier_skill", "latency_ms_per_1k"]
 LiveMetric = Literal["roc_auc", "pr_auc", "f1", "recall", "precision", "brier"]  # from labels
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "roc_auc": True, "pr_auc": True, "f1": True, "recall": True, "precision": True,
-    "brier": False, "latency_ms_per_1k": False,
+    "roc_auc": True, "pr_auc": True, "pr_auc_lift": True, "f1": True, "recall": True,
+    "precision": True, "brier": False, "brier_skill": True, "latency_ms_per_1k": False,
 }
 UNIT_INTERVAL = {"roc_auc", "pr_auc", "f1", "recall", "precision", "brier"}
-# A model scoring at random has this value whatever the data; a floor at or below it holds
-# nothing back (the shuffled-label model of issue 10 scored 0.53).
-CHANCE_LEVEL = {"roc_auc": 0.5}
+# Relative to the data's own base rate (ml/metrics.py): brier_skill is 1 - brier / (p(1-p)),
+# at most 1 (perfect), 0 for the constant forecast at the positive rate, unbounded below;
+# pr_auc_lift is PR AUC / p, 1 for a model ranking at random, at most 1/p.
+AT_MOST_ONE = {"brier_skill"}
+# A model scoring at random (or forecasting the base rate) has this value whatever the data;
+# a floor at or below it holds nothing back (the shuffled-label model of issue 10 scored 0.53).
+CHANCE_LEVEL = {"roc_auc": 0.5, "brier_skill": 0.0, "pr_auc_lift": 1.0}
 # Segment and live-batch minimums above these make every segment (batch) "too small to
 # count", and an uncounted segment passes the fairness gate (an uncounted batch only
 # informs): the rule would switch itself off. Past ~1,000 positives a segment's ROC AUC is
@@ -140,12 +145,36 @@ class SegmentRule(_Strict):
         return self
 
 
+class LeakageRule(_Strict):
+    """A candidate that looks too good to be true: a feature encoding the target (or a
+    holdout that leaks into training) gives ROC AUC near 1, which the quality floors accept.
+    WARN on each evaluation by default; `blocking: true` keeps such a candidate back."""
+
+    blocking: bool = Field(default=False, description="True: a leakage finding fails the gate.")
+    max_holdout_auc: float = Field(default=0.999, description="Holdout ROC AUC at or above: flag.")
+    max_single_feature_auc: float = Field(
+        default=0.98, description="One feature alone separating the target this well "
+        "(max(auc, 1-auc) on the holdout): flag, naming the feature.")
+
+    @model_validator(mode="after")
+    def _can_trigger_and_can_pass(self) -> LeakageRule:
+        for key in ("max_holdout_auc", "max_single_feature_auc"):
+            value = getattr(self, key)
+            if value <= 0.5:
+                raise ValueError(f"{key}: {value} is at or below chance level 0.5: every model "
+                                 "(every feature) would be flagged")
+            if value > 1.0:
+                raise ValueError(f"{key}: {value} is above 1: the guard could never trigger")
+        return self
+
+
 class PromotionPolicy(_Strict):
     operating_threshold: float = Field(default=0.2, gt=0.0, lt=1.0)
     quality: dict[Metric, MetricBound] = Field(
         description="Required: at least one blocking bound, or every model would pass.")
     improvement: ImprovementRule = ImprovementRule()
     segments: SegmentRule = SegmentRule()
+    leakage: LeakageRule = LeakageRule()
 
     @model_validator(mode="after")
     def _quality_gates(self) -> PromotionPolicy:
@@ -159,6 +188,19 @@ class PromotionPolicy(_Strict):
                     raise ValueError(f"{where} is outside [0, 1]: "
                                      + ("no model can pass" if (value > 1) == (side == "min")
                                         else "it lets every model pass"))
+                if metric in AT_MOST_ONE and value > 1.0 and side == "min":
+                    raise ValueError(f"{where} is above 1, the score of a perfect model: no model "
+                                     "can pass")
+                if metric in AT_MOST_ONE and value >= 1.0 and side == "max":
+                    raise ValueError(f"{where} is at or above 1, the highest possible value: it "
+                                     "lets every model pass")
+                if side == "min" and metric in {"brier_skill", "pr_auc_lift"} \
+                        and value <= CHANCE_LEVEL[metric]:
+                    what = ("the constant forecast at the holdout's positive rate"
+                            if metric == "brier_skill" else "a model ranking at random")
+                    raise ValueError(f"{where} is at or below {CHANCE_LEVEL[metric]}, the score of "
+                                     f"{what}: the gate switches itself off (it lets a useless "
+                                     "model pass)")
                 if side == "min" and value <= CHANCE_LEVEL.get(metric, 0.0):
                     chance = f"chance level {CHANCE_LEVEL[metric]}" if metric in CHANCE_LEVEL \
                         else "the lowest possible value"
@@ -166,7 +208,7 @@ class PromotionPolicy(_Strict):
                 if side == "max" and metric in UNIT_INTERVAL and value >= 1.0:
                     raise ValueError(f"{where} is the highest possible value: it lets every "
                                      "model pass")
-                if side == "max" and value <= 0.0:
+                if side == "max" and value <= 0.0 and metric not in AT_MOST_ONE:
                     raise ValueError(f"{where}: no model can pass")
         if not any(bound.blocking for bound in self.quality.values()):
             raise ValueError("quality: no blocking bound, so every model would pass the quality "
