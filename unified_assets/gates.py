@@ -10,10 +10,22 @@ from dataclasses import dataclass, field
 
 from unified_assets.policy import HIGHER_IS_BETTER, PromotionPolicy
 
-QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL = (
-    "quality_floors", "beats_champion", "segment_fairness", "informational_metrics",
+QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL, LEAKAGE = (
+    "quality_floors", "beats_champion", "segment_fairness", "informational_metrics", "leakage",
 )
 BLOCKING_GATES = (QUALITY, IMPROVEMENT, FAIRNESS)
+ALL_GATES = (*BLOCKING_GATES, INFORMATIONAL, LEAKAGE)
+
+
+@dataclass(frozen=True)
+class CandidateFailure:
+    """A candidate that could not be trained (the model asset's value instead of a registered
+    version): evaluation turns it into a report that fails every gate, so the other
+    candidates still reach selection in the same run."""
+
+    family: str
+    model_name: str
+    error: str
 
 
 @dataclass
@@ -27,15 +39,19 @@ class GateResult:
 @dataclass
 class GateVerdict:
     family: str
-    version: str
+    version: str | None
     gates: dict[str, GateResult]
+    blocking: tuple[str, ...] = BLOCKING_GATES  # plus LEAKAGE when the policy blocks on it
+    error: str | None = None  # the candidate could not be trained or evaluated
 
     @property
     def passed(self) -> bool:
-        return all(self.gates[name].passed for name in BLOCKING_GATES)
+        return self.error is None and all(self.gates[name].passed for name in self.blocking)
 
     def failures(self) -> list[str]:
-        return [f"{n}: {self.gates[n].message}" for n in BLOCKING_GATES if not self.gates[n].passed]
+        if self.error:
+            return [f"not evaluated: {self.error}"]
+        return [f"{n}: {self.gates[n].message}" for n in self.blocking if not self.gates[n].passed]
 
 
 def _bound_rows(report: dict, policy: PromotionPolicy, blocking: bool) -> list[dict]:
@@ -144,22 +160,65 @@ def fairness_gate(report: dict, policy: PromotionPolicy) -> GateResult:
                       f"{counted_total} counted segment(s) within floor and disparity limits", rows)
 
 
+def leakage_gate(report: dict, policy: PromotionPolicy) -> GateResult:
+    """Too good to be true: holdout ROC AUC near 1, or one feature alone separating the
+    target (a column that encodes the label). Floors accept such a model; this says so."""
+    rule = policy.leakage
+    rows, problems = [], []
+    auc = report["overall"].get("roc_auc")
+    if auc is not None:
+        flagged = auc >= rule.max_holdout_auc
+        rows.append({"what": "holdout roc_auc", "value": auc, "limit": rule.max_holdout_auc,
+                     "passed": not flagged})
+        if flagged:
+            problems.append(f"holdout roc_auc={auc:.4f} is at or above {rule.max_holdout_auc}: "
+                            "check for a feature that encodes the target or rows shared with "
+                            "training")
+    for feature, value in sorted((report.get("feature_auc") or {}).items(),
+                                 key=lambda item: -item[1]):
+        flagged = value >= rule.max_single_feature_auc
+        rows.append({"what": f"feature {feature} alone", "value": value,
+                     "limit": rule.max_single_feature_auc, "passed": not flagged})
+        if flagged:
+            problems.append(f"feature {feature!r} alone separates the target (roc_auc "
+                            f"{value:.4f} >= {rule.max_single_feature_auc}): it likely encodes "
+                            "the label; drop it from the spec's features if so")
+    mode = "blocking" if rule.blocking else "warning only"
+    if problems:
+        return GateResult(LEAKAGE, False, f"possible leakage ({mode}): " + "; ".join(problems),
+                          rows)
+    checked = len(report.get("feature_auc") or {})
+    return GateResult(LEAKAGE, True, f"no sign of leakage (holdout roc_auc and {checked} "
+                      "single feature(s) checked)", rows)
+
+
+def _not_evaluated(report: dict) -> GateVerdict:
+    """A candidate that could not be trained or evaluated fails every gate, saying why."""
+    message = f"not evaluated: {report['error']}"
+    gates = {name: GateResult(name, False, message) for name in ALL_GATES}
+    return GateVerdict(report["family"], report.get("version"), gates, error=report["error"])
+
+
 def judge(report: dict, policy: PromotionPolicy) -> GateVerdict:
     """Every gate of the policy applied to one candidate's evaluation report."""
+    if report.get("error"):
+        return _not_evaluated(report)
     gates = [
         quality_gate(report, policy),
         improvement_gate(report, policy),
         fairness_gate(report, policy),
         quality_gate(report, policy, blocking=False),
+        leakage_gate(report, policy),
     ]
-    return GateVerdict(report["family"], report["version"], {g.name: g for g in gates})
+    blocking = (*BLOCKING_GATES, LEAKAGE) if policy.leakage.blocking else BLOCKING_GATES
+    return GateVerdict(report["family"], report["version"], {g.name: g for g in gates}, blocking)
 
 
 def select_challenger(reports: list[dict], policy: PromotionPolicy) -> tuple[dict | None, dict]:
     """The best candidate (by the improvement metric) that passes every blocking gate,
     and the verdict for every candidate by family."""
     verdicts = {r["family"]: judge(r, policy) for r in reports}
-    passing = [r for r in reports if verdicts[r["family"]].passed]
+    passing = [r for r in reports if verdicts[r["family"]].passed and not r.get("error")]
     metric = policy.improvement.metric
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     best = max(passing, key=lambda r: sign * r["overall"][metric], default=None)

@@ -2,6 +2,7 @@
 judged by the policy's gates (checks with numbers against the policy)."""
 
 import time
+from typing import Any
 
 import dagster as dg
 
@@ -11,7 +12,16 @@ from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
 from unified_assets.assets.models import CANDIDATE_FAMILIES
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.gates import FAIRNESS, IMPROVEMENT, INFORMATIONAL, QUALITY, GateResult, judge
+from unified_assets.gates import (
+    FAIRNESS,
+    IMPROVEMENT,
+    INFORMATIONAL,
+    LEAKAGE,
+    QUALITY,
+    CandidateFailure,
+    GateResult,
+    judge,
+)
 from unified_assets.metadata import OWNERS, markdown_table, numbers
 from unified_assets.ml.training_data import TrainingSet
 
@@ -23,7 +33,11 @@ CHECK_DESCRIPTIONS = {
     FAIRNESS: "Every counted segment is above the policy floor and the gap between segments of "
     "a column is within max_disparity.",
     INFORMATIONAL: "Metrics the policy tracks without gating (WARN only).",
+    LEAKAGE: "Too good to be true: holdout ROC AUC at or above the policy's max_holdout_auc, or "
+    "one feature alone separating the target (WARN unless promotion.leakage.blocking).",
 }
+COMPARED = ["roc_auc", "pr_auc", "pr_auc_lift", "f1", "recall", "precision", "brier", "brier_skill",
+            "latency_ms_per_1k"]
 
 
 def report_key(model_name: str, version: str, suffix: str = "json") -> str:
@@ -113,10 +127,9 @@ def evaluate_on_holdout(
 
 def _comparison_table(report: dict) -> dg.MarkdownMetadataValue:
     champion = (report["champion"] or {}).get("overall", {})
-    keys = ["roc_auc", "pr_auc", "f1", "recall", "precision", "brier", "latency_ms_per_1k"]
     return markdown_table(
-        [{"metric": k, "candidate": report["overall"][k], "champion": champion.get(k)}
-         for k in keys],
+        [{"metric": k, "candidate": report["overall"].get(k), "champion": champion.get(k)}
+         for k in COMPARED],
         ["metric", "candidate", "champion"],
     )
 
@@ -134,6 +147,73 @@ def check_result(gate: GateResult, severity: dg.AssetCheckSeverity) -> dg.AssetC
             else dg.MetadataValue.md("no values"),
         },
     )
+
+
+def failed_report(family: str, model_name: str, version: str | None, error: str) -> dict:
+    """The report of a candidate that could not be trained or evaluated: it fails every gate
+    (gates.judge), and the run goes on to select among the others."""
+    return {"family": family, "model_name": model_name, "version": version, "error": error,
+            "overall": {}, "segments": [], "champion": None, "report_uri": None,
+            "training_batches": None}
+
+
+def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
+              training: TrainingSet, registry: MlflowRegistry, decisions: DecisionStore,
+              store: ArtifactStore, promotion) -> dict:
+    """The candidate's full report. A failure of this candidate (it cannot be scored, its
+    metrics cannot be computed) becomes an error report; an unusable champion still fails the
+    step (dg.Failure), since it concerns every candidate alike."""
+    from unified_assets.ml.evidently_report import evidently_html
+    from unified_assets.ml.metrics import single_feature_aucs
+
+    try:
+        report, scorer = evaluate_on_holdout(registry, decisions, candidate, training,
+                                             promotion.operating_threshold)
+    except dg.Failure:
+        raise
+    except Exception as error:  # noqa: BLE001 - this candidate's own failure, reported as such
+        return failed_report(candidate.family, candidate.model_name, candidate.version,
+                             f"evaluation failed: {type(error).__name__}: {_first_line(error)}")
+    holdout_scores = report.pop("_holdout_scores")
+    report["feature_auc"] = single_feature_aucs(
+        training.train, training.holdout, training.target, training.numeric_features,
+        training.categorical_features)
+    try:
+        html = evidently_html(
+            training.train, scorer(training.train), training.holdout, holdout_scores,
+            training.numeric_features, training.categorical_features, training.target,
+        )
+        report["evidently_report_uri"] = store.write_bytes(
+            report_key(candidate.model_name, candidate.version, "html"), html.encode()
+        )
+    except Exception as error:  # noqa: BLE001 - a report for people; the gates do not need it
+        report["evidently_report_uri"] = None
+        report["evidently_error"] = f"{type(error).__name__}: {_first_line(error)}"
+        context.log.warning(f"Evidently report not written: {report['evidently_error']}")
+    report["report_uri"] = store.write_json(
+        report_key(candidate.model_name, candidate.version), report
+    )
+    return report
+
+
+def _metadata(report: dict) -> dict:
+    champion = report["champion"]
+    evidently = report.get("evidently_report_uri")
+    return {
+        "model_version": dg.MetadataValue.text(report["version"]),
+        "passed_gates": report["passed_gates"],
+        "report": dg.MetadataValue.url(report["report_uri"]),
+        "evidently_report": dg.MetadataValue.url(evidently) if evidently
+        else dg.MetadataValue.text(f"not written: {report.get('evidently_error')}"),
+        **numbers(report["overall"]),
+        "vs_champion": _comparison_table(report),
+        "champion_version": dg.MetadataValue.text(champion["version"] if champion else "none yet"),
+        "segments": markdown_table(report["segments"], SEGMENT_COLUMNS),
+        "single_feature_auc": markdown_table(
+            [{"feature": k, "roc_auc_alone": v} for k, v in
+             sorted(report.get("feature_auc", {}).items(), key=lambda kv: -kv[1])],
+            ["feature", "roc_auc_alone"]),
+    }
 
 
 def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
@@ -154,61 +234,43 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
         ),
         check_specs=[
             dg.AssetCheckSpec(check, asset=name, description=CHECK_DESCRIPTIONS[check])
-            for check in (QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL)
+            for check in (QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL, LEAKAGE)
         ],
         automation_condition=dg.AutomationCondition.eager(),
         **CPU_LIGHT.asset_kwargs(),
     )
     def _evaluation(
         context: dg.AssetExecutionContext,
-        candidate: RegisteredCandidate,
+        candidate: Any,  # RegisteredCandidate, or CandidateFailure when training failed
         training_set: TrainingSet,
         mlflow_registry: MlflowRegistry,
         decisions: DecisionStore,
         store: ArtifactStore,
         policy: PolicyResource,
     ):
-        from unified_assets.ml.evidently_report import evidently_html
-
         promotion = policy.policy.promotion
-        report, scorer = evaluate_on_holdout(
-            mlflow_registry, decisions, candidate, training_set, promotion.operating_threshold
-        )
-        holdout_scores = report.pop("_holdout_scores")
-        html = evidently_html(
-            training_set.train, scorer(training_set.train), training_set.holdout, holdout_scores,
-            training_set.numeric_features, training_set.categorical_features, training_set.target,
-        )
-        report["evidently_report_uri"] = store.write_bytes(
-            report_key(candidate.model_name, candidate.version, "html"), html.encode()
-        )
+        if isinstance(candidate, CandidateFailure):
+            report = failed_report(candidate.family, candidate.model_name, None,
+                                   f"training failed: {candidate.error}")
+        else:
+            report = _evaluate(context, candidate, training_set, mlflow_registry, decisions, store,
+                               promotion)
         verdict = judge(report, promotion)
         report["gates"] = {n: {"passed": g.passed, "message": g.message}
                            for n, g in verdict.gates.items()}
         report["passed_gates"] = verdict.passed
-        report["report_uri"] = store.write_json(
-            report_key(candidate.model_name, candidate.version), report
-        )
-        champion = report["champion"]
-        yield dg.Output(
-            report,
-            metadata={
-                "model_version": dg.MetadataValue.text(candidate.version),
-                "passed_gates": verdict.passed,
-                "report": dg.MetadataValue.url(report["report_uri"]),
-                "evidently_report": dg.MetadataValue.url(report["evidently_report_uri"]),
-                **numbers(report["overall"]),
-                "vs_champion": _comparison_table(report),
-                "champion_version": dg.MetadataValue.text(
-                    champion["version"] if champion else "none yet"
-                ),
-                "segments": markdown_table(report["segments"], SEGMENT_COLUMNS),
-            },
-        )
+        if report.get("error"):
+            context.log.error(f"{family} candidate not evaluated: {report['error']}")
+            yield dg.Output(report, metadata={
+                "model_version": dg.MetadataValue.text(str(report.get("version") or "none")),
+                "passed_gates": False,
+                "error": dg.MetadataValue.text(report["error"]),
+            })
+        else:
+            yield dg.Output(report, metadata=_metadata(report))
         for gate_name, gate in verdict.gates.items():
-            severity = (dg.AssetCheckSeverity.WARN if gate_name == INFORMATIONAL
-                        else dg.AssetCheckSeverity.ERROR)
-            yield check_result(gate, severity)
+            warn = gate_name == INFORMATIONAL or (gate_name == LEAKAGE and not promotion.leakage.blocking)
+            yield check_result(gate, dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR)
 
     return _evaluation
 

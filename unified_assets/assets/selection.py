@@ -76,8 +76,8 @@ def challenger(
         "segments": chosen["segments"] if chosen else None,
         "champion": chosen["champion"] if chosen else None,
         "reason": reason,
-        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures()}
-                       for f, v in verdicts.items()},
+        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures(),
+                           "error": v.error} for f, v in verdicts.items()},
     }
     yield dg.Output(
         value,
@@ -94,7 +94,10 @@ def challenger(
     )
     metric = promotion.improvement.metric
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    subject = chosen or max(reports, key=lambda r: sign * (r["overall"][metric] or -1e9))
+    # With none chosen, the checks show the best evaluated candidate's gates (any, if all failed).
+    evaluated = [r for r in reports if not r.get("error")] or reports
+    subject = chosen or max(evaluated, key=lambda r: (r["overall"].get(metric) is not None,
+                                                      sign * (r["overall"].get(metric) or 0.0)))
     subject_verdict = verdicts[subject["family"]] if chosen else judge(subject, promotion)
     for name in BLOCKING_GATES:
         gate = subject_verdict.gates[name]
