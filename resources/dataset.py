@@ -17,7 +17,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from unified_assets.ml.dataset_spec import DatasetSpec, load_spec, payments_spec
+from unified_assets.ml.dataset_spec import DatasetSpec, DatasetSpecError, load_spec, payments_spec
 
 _SIMPLE_STEM = re.compile(r"[A-Za-z0-9_=-]{1,100}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_=-]+")
@@ -65,8 +65,20 @@ class DatasetResource(dg.ConfigurableResource):
     @cached_property
     def spec(self) -> DatasetSpec:
         if self.spec_path:
-            return load_spec(self.spec_path, landing_dir=self.landing_dir)
+            spec = load_spec(self.spec_path, landing_dir=self.landing_dir)
+            self._check_first_batch(spec)
+            return spec
         return payments_spec(Path(self.landing_dir).resolve())
+
+    def _check_first_batch(self, spec: DatasetSpec) -> None:
+        """A spec that names columns the first landed batch lacks is refused at load, naming
+        the file, column, spec field and close matches."""
+        from unified_assets.ml.batch_validation import first_batch_problems
+
+        problems = first_batch_problems(spec)
+        if problems:
+            raise DatasetSpecError(f"{self.spec_path}: does not match the landed data: "
+                                   + "; ".join(problems))
 
     @property
     def source_uri(self) -> str:

@@ -68,6 +68,39 @@ def validate_batch_file(path: Path, spec: DatasetSpec) -> BatchReport:
     return report
 
 
+def read_columns(path: Path, file_format: str) -> list[str]:
+    """Column names only (parquet schema, csv header): cheap enough to run at load."""
+    if file_format == "parquet":
+        import pyarrow.parquet as pq
+
+        return [str(c) for c in pq.read_schema(path).names]
+    import pandas as pd
+
+    return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+
+
+def first_batch_problems(spec: DatasetSpec) -> list[str]:
+    """The spec's named columns checked against the first landed batch file (by name), so a
+    misspelled column is an error at load instead of every batch failing (or, for the
+    target, every batch silently waiting for labels). Nothing landed or unreadable: []
+    (the batch's own schema check reports an unreadable file)."""
+    folder = Path(spec.source.path)
+    files = sorted(p for p in folder.glob(spec.source.glob) if p.is_file() and not p.name.startswith(".")
+                   and not p.name.endswith(".partial")) \
+        if folder.is_dir() else []
+    if not files:
+        return []
+    try:
+        columns = read_columns(files[0], spec.source.format)
+    except Exception:  # noqa: BLE001 - the schema check reports it per batch
+        return []
+    problems = missing_named_columns(spec, columns, str(files[0]))
+    if spec.id_column and spec.id_column not in columns:
+        problems.append(f"{files[0]}: missing column {spec.id_column!r} (spec field id_column)"
+                        f"{close_matches(spec.id_column, columns)}")
+    return problems
+
+
 def _skip_rest(report: BatchReport, why: str) -> None:
     """Checks that cannot run stay failed (fail closed: the batch is never trained on) with
     one message saying they were not evaluated and why; `batch_findings` leaves them out."""
