@@ -28,17 +28,31 @@ def _demo(args: argparse.Namespace) -> int:
 
     from unified_assets.lifecycle import run_lifecycle
     from unified_assets.ml.generator import write_batches
-    from unified_assets.settings import Settings
+    from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError
+    from unified_assets.settings import POLICY_ENV, Settings, policy_choice
 
     started = time.perf_counter()
     home = Path(args.home or tempfile.mkdtemp(prefix="unified-ai-demo-")).resolve()
-    settings = Settings(deployment="local", home=home, dataset_spec=args.spec)
+    policy = args.policy or os.environ.get(POLICY_ENV) or None
+    settings = Settings(deployment="local", home=home, dataset_spec=args.spec,
+                        policy_path=str(Path(policy).resolve()) if policy else None)
+    try:
+        path, source = policy_choice(settings)
+    except ValueError as error:  # a spec or policy that cannot be read: say which, run nothing
+        print(f"unified-ai demo: {error}", file=sys.stderr)
+        return 2
+    source = "--policy" if args.policy else source
     if args.spec is None:
         write_batches(settings.landing_dir, args.batches, args.rows, seed=args.seed)
     print(f"demo home: {home}")
+    print(f"policy: {path or DEFAULT_POLICY_PATH} ({source})")
     (home / "dagster").mkdir(parents=True, exist_ok=True)
     with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
-        summary = run_lifecycle(settings, instance)
+        try:
+            summary = run_lifecycle(settings, instance)
+        except PolicyError as error:
+            print(f"unified-ai demo: {error}", file=sys.stderr)
+            return 2
     for line in summary.lines():
         print(line)
     print(f"mlflow: {settings.mlflow_tracking_uri}")
@@ -318,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--home", default=None, help="state folder (default: a new temp folder)")
     demo.add_argument("--spec", default=None, help="dataset spec YAML (bring your own data)")
+    demo.add_argument("--policy", default=None,
+                      help="policy YAML (default: UNIFIED_AI_POLICY, else the spec's `policy:`, "
+                      "else the shipped policy)")
     demo.set_defaults(run=_demo)
 
     byo = commands.add_parser("byo-example", help="write scikit-learn's breast-cancer data + spec")

@@ -28,7 +28,7 @@ from unified_assets.assets.training import training_set
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
 from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from unified_assets.settings import Settings, load_settings
+from unified_assets.settings import Settings, load_settings, policy_choice
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
@@ -132,17 +132,19 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     # Fail the load (UI, `dagster definitions validate`) on a bad policy, naming the key.
-    policy = load_policy(settings.policy_path)
+    # The one place the policy file is chosen: UNIFIED_AI_POLICY, else the dataset spec's.
+    policy_path, _ = policy_choice(settings)
+    policy = load_policy(policy_path)
     if settings.deployment == "kubernetes" and not policy.approval.require_signature:
         # The image ships the demo policy (unsigned decisions allowed); production acts only
         # on signed decisions, so forgetting UNIFIED_AI_POLICY must not fail open.
         raise PolicyError(
-            f"policy {settings.policy_path or DEFAULT_POLICY_PATH}: approval.require_signature is "
+            f"policy {policy_path or DEFAULT_POLICY_PATH}: approval.require_signature is "
             "false; a kubernetes deployment acts only on signed decisions (set UNIFIED_AI_POLICY "
             "to a policy with require_signature: true and each decider's public key)")
     resources = (kubernetes_resources if settings.deployment == "kubernetes"
                  else local_resources)(settings)
-    resources["policy"] = PolicyResource(path=settings.policy_path)
+    resources["policy"] = PolicyResource(path=policy_path)
     resources["escalation"] = Escalation()
     schedules = []
     if policy.drift.retrain_cron:

@@ -77,3 +77,22 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         policy_path=env.get(POLICY_ENV) or None, landing_uri=landing_uri,
         s3_endpoint=bool(env.get(S3_ENDPOINT_ENV)),
     )
+
+
+def policy_choice(settings: Settings) -> tuple[str | None, str]:
+    """The policy file that applies and where that choice came from: UNIFIED_AI_POLICY (or
+    `demo --policy`), else the `policy:` the dataset spec names (a policy kept next to the
+    spec), else None: the policy shipped with the code. Every entry point (code location,
+    CLI, demo) asks here, through `definitions.build_definitions`."""
+    if settings.policy_path:
+        return settings.policy_path, POLICY_ENV
+    if settings.dataset_spec:
+        from unified_assets.ml.dataset_spec import load_spec
+
+        # A spec that cannot be read fails here, naming the file: if it names a policy,
+        # falling back to the shipped one would run under rules nobody chose.
+        spec = load_spec(settings.dataset_spec, landing_dir=settings.landing_dir)
+        if spec.policy:
+            return str(spec.policy), f"dataset spec {settings.dataset_spec}"
+    return None, "shipped with the code"
+
