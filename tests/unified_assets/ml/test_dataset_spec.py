@@ -125,3 +125,32 @@ def test_a_glob_that_climbs_out_lists_nothing_it_is_refused_when_the_resource_lo
     dataset = DatasetResource(spec_path=str(path), landing_dir=str(tmp_path / "landing"))
     with pytest.raises(DatasetSpecError, match=r"source\.pattern: '\.\./\.\./secrets/\*\.csv'"):
         dataset.batch_files()
+
+
+def test_policy_path_resolves_inside_the_spec_folder_and_is_refused_outside(tmp_path):
+    (tmp_path / "specs").mkdir()
+    path = tmp_path / "specs" / "spec.yaml"
+    path.write_text(yaml.safe_dump(_spec(source={"path": "batches"}, policy="policy.yaml")))
+    assert load_spec(path).policy == str(tmp_path / "specs" / "policy.yaml")
+    path.write_text(yaml.safe_dump(_spec(source={"path": "batches"}, policy="../policy.yaml")))
+    with pytest.raises(DatasetSpecError, match=r"policy: '\.\./policy\.yaml' resolves to"):
+        load_spec(path, landing_dir=tmp_path)
+    assert payments_spec(tmp_path).policy is None
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"labels": "sometimes"}, "labels"),
+    ({"null_limits": {"amount": 2}}, "null_limits.amount"),
+    ({"null_limits": {"nope": 0.1}}, "null_limits.nope"),
+    ({"positive_label": {"a": 1}}, "positive_label"),
+])
+def test_new_fields_name_themselves_when_wrong(changes, field):
+    with pytest.raises(DatasetSpecError) as error:
+        parse_spec(_spec(**changes), origin="my-spec.yaml")
+    assert field in str(error.value) and "my-spec.yaml" in str(error.value)
+
+
+def test_the_payments_spec_accepts_late_labels_and_no_nulls():
+    spec = parse_spec(PAYMENTS_SPEC_DATA)
+    assert spec.labels == "either" and spec.max_null_fraction == 0.0
+    assert spec.null_limit("amount") == (0.0, "max_null_fraction")
