@@ -1,10 +1,13 @@
 """Append-only, hash-chained record of approvals, champion changes and incidents (any
 SQLAlchemy URL: sqlite locally, PostgreSQL in production).
 
-Every record is one row of `decision_log` whose `hash` covers its content and the hash of
-the row before it, so an edited, deleted or reordered row breaks the chain at that row;
-`verify_chain` names the first bad one. `prev_hash` is unique: the log is one line, never a
-fork, even if two writers race. The interface offers appends and reads only.
+Every record is one row of `decision_log` whose `hash` is an HMAC (keyed with the ledger
+key) of its content and the hash of the row before it, so an edited, deleted or reordered
+row breaks the chain at that row and `verify_chain` names the first bad one; without the
+key nobody who can write to the database can append a row that verifies. The key is a
+secret (`dg.EnvVar` in production); locally it is a 0600 file beside the sqlite file.
+`prev_hash` is unique: the log is one line, never a fork, even if two writers race. The
+interface offers appends and reads only.
 
 Champion changes are serialized by `champion_lock`: an OS file lock beside a sqlite file, a
 session advisory lock on PostgreSQL. Both are released by the operating system or the
@@ -14,7 +17,10 @@ server when the holder dies (SIGKILL included), so a killed process never wedges
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import os
+import secrets
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,16 +61,18 @@ def _canonical(payload: dict) -> str:
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def chain_hash(prev_hash: str, payload_json: str) -> str:
-    return hashlib.sha256(f"{prev_hash}\n{payload_json}".encode()).hexdigest()
+def chain_hash(key: bytes, prev_hash: str, payload_json: str) -> str:
+    return hmac.new(key, f"{prev_hash}\n{payload_json}".encode(), hashlib.sha256).hexdigest()
 
 
 class DecisionStore(dg.ConfigurableResource):
     """`url`: e.g. sqlite:////path/decisions.db locally, postgresql://... in production."""
 
     url: str
+    chain_key: str | None = None  # hex; None: the key file beside a sqlite store
     _engine: Any = PrivateAttr(default=None)
     _table: Any = PrivateAttr(default=None)
+    _key: bytes | None = PrivateAttr(default=None)
 
     # setup -----------------------------------------------------------------------------
 
@@ -119,8 +127,37 @@ class DecisionStore(dg.ConfigurableResource):
                     "(table champion_changes, no hash chain); keep it as an archive and point "
                     "the project at a new store, or migrate it by hand")
             metadata.create_all(engine)
+            with engine.connect() as conn:
+                empty = conn.execute(table.select().limit(1)).first() is None
+        self._key = self._chain_key(new_store=empty)
         self._engine, self._table = engine, table
         return engine, table
+
+    def _chain_key(self, new_store: bool) -> bytes:
+        """The HMAC key: given, or read from (for a new store: created as) the 0600 file
+        beside the sqlite file. A key file missing beside a store with rows is an error,
+        never a new key that would make every row look edited."""
+        if self.chain_key:
+            return bytes.fromhex(self.chain_key)
+        if self._sqlite_path is None:
+            raise DecisionStoreError(f"decision store {self.url}: no ledger key; set it with "
+                                     "UNIFIED_AI_LEDGER_KEY (64 hex characters, a secret)")
+        path = Path(f"{self._sqlite_path}.key")
+        if not path.exists():
+            if not new_store:
+                raise DecisionStoreError(f"decision store {self.url}: its ledger key {path} is "
+                                         "missing; restore it (rows cannot be verified without it)")
+            draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+            fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_hex(32))
+            try:
+                os.link(draft, path)  # atomic and exclusive: nobody reads a half-written key
+            except FileExistsError:
+                pass  # another process created it first; read theirs
+            finally:
+                draft.unlink()
+        return bytes.fromhex(path.read_text().strip())
 
     @contextmanager
     def _guard(self, doing: str) -> Iterator[None]:
@@ -151,7 +188,7 @@ class DecisionStore(dg.ConfigurableResource):
             prev = head["hash"] if head else GENESIS
             row_id = conn.execute(table.insert().values(
                 record=record, model_name=model_name, version=version, change_seq=change_seq,
-                payload=body, prev_hash=prev, hash=chain_hash(prev, body),
+                payload=body, prev_hash=prev, hash=chain_hash(self._key, prev, body),
             )).inserted_primary_key[0]
         return int(row_id), json.loads(body)
 
@@ -293,7 +330,7 @@ class DecisionStore(dg.ConfigurableResource):
             if row["prev_hash"] != prev:
                 raise AuditError(f"{where} does not follow the row before it: a row was deleted, "
                                  "inserted or reordered there")
-            if chain_hash(prev, row["payload"]) != row["hash"]:
+            if not hmac.compare_digest(chain_hash(self._key, prev, row["payload"]), row["hash"]):
                 raise AuditError(f"{where} was edited: its content no longer matches its hash")
             payload = json.loads(row["payload"])
             indexed = {"record": row["record"], "model_name": row["model_name"]}

@@ -293,6 +293,37 @@ def test_an_edited_decision_is_caught_before_it_acts(world, settings):
     assert alias(world) is None
 
 
+def test_a_row_appended_without_the_ledger_key_does_not_verify(world, settings):
+    """Found: two rows appended with correct SHA-256 hashes (a forged promotion to a version
+    that failed its gates, then its "done") passed `audit verify` and moved the alias."""
+    import json
+
+    from resources.decision_store import chain_hash
+
+    promote_chain(world, "1")
+    with sqlite3.connect(settings.home / "decisions.db") as conn:
+        head_hash = conn.execute("SELECT hash FROM decision_log ORDER BY id DESC LIMIT 1").fetchone()[0]
+        payload = json.dumps({"record": "change", "model_name": MODEL, "seq": 2, "action": "promote",
+                              "from_version": "1", "to_version": "5", "actor": "alice",
+                              "reason": "forged", "created_at": "2026-12-01T00:00:00+00:00",
+                              "details": {}}, sort_keys=True, separators=(",", ":"))
+        guessed = chain_hash(b"not the ledger key", head_hash, payload)
+        conn.execute("INSERT INTO decision_log (record, model_name, change_seq, payload, prev_hash, "
+                     "hash) VALUES ('change', ?, 2, ?, ?, ?)", (MODEL, payload, head_hash, guessed))
+    with pytest.raises(AuditError, match=r"row \d+ \(change\) was edited"):
+        world.store.verify_chain()
+    with pytest.raises(ChampionError, match="nothing changed"):
+        world.rollback(MODEL, "ops", "settle the forged change")
+    assert alias(world) == "1"
+
+
+def test_a_store_whose_key_file_is_gone_is_refused_not_rekeyed(world, settings):
+    promote_chain(world, "1")
+    (settings.home / "decisions.db.key").unlink()
+    with pytest.raises(DecisionStoreError, match=r"ledger key .*decisions\.db\.key is missing"):
+        DecisionStore(url=settings.decisions_url).changes(MODEL)
+
+
 def test_the_last_rows_cut_off_are_caught_through_the_registry_anchor(world, settings):
     promote_chain(world, "1", "2")
     _sql(settings, "DELETE FROM decision_log WHERE id = (SELECT max(id) FROM decision_log)")
