@@ -27,6 +27,10 @@ class SklearnModelConfig(dg.Config):
     max_leaf_nodes: int = Field(default=31, ge=2, description="Tree size.")
     l2_regularization: float = Field(default=1.0, ge=0.0, description="L2 penalty on leaves.")
     seed: int = Field(default=7, description="Random seed, fixed for repeatable training.")
+    max_category_levels: int = Field(
+        default=100, ge=1, le=253,
+        description="Levels kept per categorical (most frequent first); the rest share <other>.",
+    )
 
 
 class TorchModelConfig(dg.Config):
@@ -38,6 +42,10 @@ class TorchModelConfig(dg.Config):
     seed: int = Field(default=7, description="Random seed, fixed for repeatable training.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: CUDA when present, else CPU (recorded in metadata)."
+    )
+    max_category_levels: int = Field(
+        default=100, ge=1, le=253,
+        description="One-hot columns per categorical (most frequent levels); the rest share <other>.",
     )
 
 
@@ -74,6 +82,17 @@ def _placement(context: dg.AssetExecutionContext, profile: ComputeProfile, rows:
     return decision
 
 
+def _levels_metadata(levels) -> dict:
+    """The one-hot/level cap and how many training levels it folded into <other>."""
+    summary = levels.metadata()
+    return {
+        "category_levels_cap": dg.MetadataValue.int(summary["category_levels_cap"]),
+        "category_levels_folded": dg.MetadataValue.int(summary["category_levels_folded"]),
+        "category_levels_folded_by_column": dg.MetadataValue.json(
+            summary["category_levels_folded_by_column"]),
+    }
+
+
 def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[RegisteredCandidate]:
     return dg.Output(
         candidate,
@@ -92,7 +111,8 @@ def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[Registered
     owners=OWNERS,
     description=(
         "Gradient-boosted trees (scikit-learn HistGradientBoosting) trained on the training "
-        "set, logged to MLflow and registered as a new model version. Runs on the CPU profile."
+        "set, logged to MLflow as a pyfunc (raw frame in, fitted levels applied) and registered "
+        "as a new model version. Runs on the CPU profile; metadata says the category-level cap."
     ),
     **CPU_TRAINING.asset_kwargs(),
 )
@@ -103,26 +123,29 @@ def model_sklearn(
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
 ) -> dg.Output[RegisteredCandidate]:
-    from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
+    from unified_assets.ml.sklearn_model import SklearnParams, SklearnRiskModel, fit_sklearn
     from unified_assets.placement import decision_metadata
 
     placement = _placement(context, CPU_TRAINING, len(training_set.train), policy)
     params = SklearnParams(**config.model_dump())
     started = time.perf_counter()
-    pipeline = train_sklearn(training_set.train, training_set.numeric_features,
-                             training_set.categorical_features, training_set.target, params)
+    result = fit_sklearn(training_set.train, training_set.numeric_features,
+                         training_set.categorical_features, training_set.target, params)
     fit_seconds = time.perf_counter() - started
-    features = training_set.categorical_features + training_set.numeric_features
-    train_auc = _train_auc(training_set.train[training_set.target],
-                           pipeline.predict_proba(training_set.train[features])[:, 1])
+    # A pyfunc, so the registered model maps raw frames (nulls, nullable/int/bool categoricals,
+    # unseen levels) to the fitted levels before the pipeline, as the torch model does.
+    model = SklearnRiskModel(result.pipeline, result.levels, training_set.numeric_features,
+                             training_set.categorical_features)
+    train_auc = _train_auc(training_set.train[training_set.target], model.score(training_set.train))
     metrics = {"fit_seconds": fit_seconds, "train_roc_auc": train_auc,
                "train_rows": float(len(training_set.train))}
     candidate = mlflow_registry.log_candidate(
-        model_name=training_set.dataset_name, family="sklearn", flavor="sklearn", model=pipeline,
+        model_name=training_set.dataset_name, family="sklearn", flavor="pyfunc", model=model,
         params=config.model_dump(), metrics=metrics, tags=_run_tags(context, training_set),
         pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}", "pandas"],
     )
-    return _output(candidate, {"device": "cpu", **numbers(metrics), **decision_metadata(placement)})
+    return _output(candidate, {"device": "cpu", **numbers(metrics), **_levels_metadata(result.levels),
+                               **decision_metadata(placement)})
 
 
 @dg.asset(
@@ -176,6 +199,8 @@ def model_torch(
             "device_reason": dg.MetadataValue.text(
                 placement.reason if placement.target == "cpu" else result.device.reason),
             "cuda_available": result.device.cuda_available,
+            **_levels_metadata(result.encoder.levels),
+            "numeric_missing_indicators": dg.MetadataValue.json(result.encoder.missing_indicators),
             **numbers(metrics),
             **decision_metadata(placement),
         },

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from unified_assets.ml.features import TabularEncoder
+from unified_assets.ml.features import DEFAULT_MAX_LEVELS, TabularEncoder
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class TorchParams:
     weight_decay: float = 1e-4
     seed: int = 7
     device: str = "auto"
+    max_category_levels: int = DEFAULT_MAX_LEVELS
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def train_torch(train: pd.DataFrame, numeric: list[str], categorical: list[str],
     torch.manual_seed(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     choice = choose_device(params.device)
-    encoder = TabularEncoder.fit(train, numeric, categorical)
+    encoder = TabularEncoder.fit(train, numeric, categorical, params.max_category_levels)
     features = torch.from_numpy(encoder.transform(train))
     labels = torch.from_numpy(train[target].to_numpy(dtype=np.float32))
 
