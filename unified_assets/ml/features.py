@@ -48,7 +48,24 @@ def category_keys(values: pd.Series) -> pd.Series:
     """One string per level whatever dtype carried it (object, string, category, int, float,
     bool, nullable), so 3, 3.0 and "3" agree between fit and predict; None where missing
     (None, NaN, pd.NA, NaT alike), never the literal "nan"."""
+    from pandas.api.types import infer_dtype
+
     missing = values.isna().to_numpy()
+    kind = infer_dtype(values, skipna=True)
+    if kind == "categorical":  # key the few categories, then index them by code
+        categories = category_keys(pd.Series(values.cat.categories)).to_numpy(dtype=object)
+        codes = values.cat.codes.to_numpy()
+        keys = np.where(codes >= 0, categories[codes], None)
+        return pd.Series(keys, index=values.index, dtype=object)
+    if kind in ("string", "integer", "boolean"):  # fast paths for the common, uniform columns
+        keys = np.full(len(values), None, dtype=object)
+        present = values[~missing]
+        if kind == "integer":
+            present = present.astype("int64")
+        elif kind == "boolean":
+            present = present.astype(bool)
+        keys[~missing] = present.astype(str).to_numpy(dtype=object)
+        return pd.Series(keys, index=values.index, dtype=object)
     raw = values.to_numpy(dtype=object)
     keys = np.full(len(raw), None, dtype=object)
     seen: dict[tuple[type, object], str] = {}
@@ -65,13 +82,13 @@ def category_keys(values: pd.Series) -> pd.Series:
 def level_codes(values: pd.Series, vocab: list[str]) -> np.ndarray:
     """int64 position of each value in `vocab`, -1 for none. A null goes to MISSING_LEVEL and a
     level not in `vocab` to OTHER_LEVEL when the vocabulary has them (a state seen at fit)."""
-    keys = category_keys(values)
-    missing = keys.isna().to_numpy()
-    has_other, has_missing = OTHER_LEVEL in vocab, MISSING_LEVEL in vocab
-    known = keys.isin(vocab).to_numpy() & ~missing
-    mapped = keys.where(known, OTHER_LEVEL if has_other else None)
-    mapped[missing] = MISSING_LEVEL if has_missing else (OTHER_LEVEL if has_other else None)
-    return pd.Categorical(mapped, categories=vocab).codes.astype(np.int64)
+    keys = category_keys(values).to_numpy(dtype=object)
+    missing = pd.isna(keys)
+    codes = pd.Index(vocab, dtype=object).get_indexer(keys).astype(np.int64)
+    other = vocab.index(OTHER_LEVEL) if OTHER_LEVEL in vocab else -1
+    codes[(codes < 0) & ~missing] = other
+    codes[missing] = vocab.index(MISSING_LEVEL) if MISSING_LEVEL in vocab else other
+    return codes
 
 
 @dataclass(frozen=True)
