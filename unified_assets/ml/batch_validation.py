@@ -240,9 +240,13 @@ def label_problems(target: pd.Series, spec: DatasetSpec, name: str) -> list[str]
                 f"{found[:EXAMPLES + 1]}; map it to two classes before landing"]
     if spec.positive_label is None:
         coded = all(not isinstance(v, str) and (_same_label(v, 0) or _same_label(v, 1)) for v in found)
+        if not coded and len(found) == 2:
+            return [f"{name}: label {spec.target!r} has the two values {found}, not 0/1 or "
+                    f"booleans, and the spec does not say which is positive: {field_hint} (e.g. "
+                    f"positive_label: {found[-1]!r})"]
         if not coded:
-            return [f"{name}: label {spec.target!r} has values {found}, not 0/1 or booleans: "
-                    f"{field_hint} (e.g. positive_label: {found[-1]!r})"]
+            return [f"{name}: label {spec.target!r} must be binary, found values {found}, not 0/1 "
+                    f"or booleans: {field_hint}"]
         return []
     if len(found) == 2 and not any(is_positive(v, spec) for v in found):
         return [f"{name}: label {spec.target!r} must be binary (the positive label "

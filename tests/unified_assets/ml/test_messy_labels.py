@@ -44,8 +44,14 @@ def test_labels_not_zero_one_without_positive_label_are_refused_naming_values_an
         tmp_path, labels, found):
     report = validate_batch_file(_batch(tmp_path, labels, "churn.csv"), _spec(tmp_path))
     (problem,) = report.findings["label"]
-    assert problem.startswith(f"churn.csv: label 'churned' has values {found}")
+    assert problem.startswith(f"churn.csv: label 'churned' has the two values {found}, not 0/1")
     assert "positive_label" in problem
+
+
+def test_one_value_that_is_not_zero_one_is_refused_naming_it(tmp_path):
+    report = validate_batch_file(_batch(tmp_path, [3, 3, 3, 3], "one.csv"), _spec(tmp_path))
+    assert report.findings["label"][0].startswith("one.csv: label 'churned' must be binary, found "
+                                                  "values [3], not 0/1 or booleans")
 
 
 def test_three_classes_are_refused_naming_them(tmp_path):
