@@ -96,6 +96,7 @@ class Outcome:
     best_model: str = ""
     candidates: dict = field(default_factory=dict)
     baseline_auc: float = float("nan")
+    baseline_se: float = float("nan")  # bootstrap over holdout rows: the noise of one holdout
     holdout_rows: int = 0
     holdout_positives: int = 0
     rejected: dict = field(default_factory=dict)
@@ -307,6 +308,13 @@ def baseline(home: Path, spec_path: Path, table: Table, out: Outcome, batches: l
     model.fit(X.iloc[:n_train], y[:n_train])
     scores = model.predict_proba(X.iloc[n_train:])[:, 1]
     out.baseline_auc = float(roc_auc_score(y[n_train:], scores))
+    rng = np.random.default_rng(0)
+    truth, boot = y[n_train:], []
+    for _ in range(200):
+        pick = rng.integers(0, len(truth), len(truth))
+        if 0 < truth[pick].sum() < len(pick):
+            boot.append(roc_auc_score(truth[pick], scores[pick]))
+    out.baseline_se = float(np.std(boot))
     out.holdout_rows = len(frame) - n_train
     out.holdout_positives = int(np.sum(y[n_train:]))
 
@@ -406,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     for o in outcomes:
         if o.candidates:
             print(f"  {o.table.key}: candidates " + ", ".join(
-                f"{k}={v:.4f}" for k, v in sorted(o.candidates.items())))
+                f"{k}={v:.4f}" for k, v in sorted(o.candidates.items()))
+                + f"; baseline bootstrap s.e. over holdout rows {o.baseline_se:.4f}")
         if o.promotion:
             print(f"  {o.table.key}: {o.promotion}")
         if o.table.edits:
