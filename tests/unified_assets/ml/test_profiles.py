@@ -154,3 +154,33 @@ def test_small_references_keep_every_value_as_an_edge_unless_told_not_to():
     assert exact["exact"] and len(exact["edges"]) == 800
     binned = build_reference_profile(frame, ["x"], [], exact_rows=0)["layout"]["columns"]["x"]
     assert not binned["exact"] and len(binned["edges"]) <= 66
+
+
+def test_profiles_and_drift_accept_every_dtype_and_read_integer_codes_as_integers():
+    from unified_assets.ml.drift import compute_drift
+
+    rows = 200
+
+    def frame(seed):
+        r = np.random.default_rng(seed)
+        codes = r.integers(0, 2, rows)
+        return pd.DataFrame({
+            "flag_bool": r.random(rows) < 0.5,
+            "count_nullable": pd.array(np.where(r.random(rows) < 0.1, None, codes), dtype="Int64"),
+            "mixed_objects": pd.Series([None if i % 7 == 0 else float(v) for i, v in enumerate(codes)],
+                                       dtype=object),
+            "code_int": codes,
+            "code_float": np.where(r.random(rows) < 0.1, np.nan, codes.astype(float)),
+            "answer_bool": pd.array(np.where(r.random(rows) < 0.1, None, codes == 1), dtype="boolean"),
+        })
+
+    numeric = ["flag_bool", "count_nullable", "mixed_objects"]
+    categorical = ["code_int", "code_float", "answer_bool"]
+    reference = build_reference_profile(frame(0), numeric, categorical)
+    current = profile_batch(frame(1), reference)
+    assert set(reference["layout"]["columns"]["code_float"]["vocab"]) == {"0", "1"}
+    assert set(reference["layout"]["columns"]["answer_bool"]["vocab"]) == {"True", "False"}
+    assert current["columns"]["code_float"]["other"] == 0
+    assert current["columns"]["count_nullable"]["nulls"] > 0
+    result = compute_drift(reference, current)
+    assert len(result.columns) == 6
