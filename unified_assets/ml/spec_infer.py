@@ -30,6 +30,7 @@ TARGET_HINTS = ("target", "label", "outcome", "class", "churn", "fraud", "defaul
 POSITIVE_HINTS = ("yes", "y", "true", "t", "1", "positive", "pos", "churned", "fraud", "malignant",
                   "default", "bad", "fail", "failed")
 ID_HINTS = ("id", "uuid", "key", "guid")
+GENERIC_FOLDERS = ("batches", "data", "landing", "raw", "input")  # the spec folder names it better
 
 
 class SpecInferError(ValueError):
@@ -212,7 +213,7 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
     nullable = [c for c in numeric + categorical if c.null_rate > 0]
 
     spec: dict = {
-        "name": _name(folder),
+        "name": _name(spec_dir if folder.name.lower() in GENERIC_FOLDERS else folder),
         "source": {"path": str(folder.relative_to(spec_dir)) or ".", "format": FORMATS[files[0].suffix]},
         "target": target.name if target else None,
     }

@@ -50,6 +50,7 @@ def test_string_labels_nulls_codes_and_booleans_draft_a_spec_that_loads_and_pass
     folder = _land(tmp_path / "batches", [_messy(0), _messy(1)])
     draft, spec = _infer_and_load(tmp_path, folder)
     assert spec.target == "churned" and spec.positive_label == "Yes"
+    assert spec.name == tmp_path.name  # not the generic "batches"
     assert spec.id_column == "customer_id"
     assert {"tenure", "income", "score", "senior"} <= set(spec.numeric_features)
     assert {"plan", "city", "paperless"} <= set(spec.categorical_features)
