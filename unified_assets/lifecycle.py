@@ -9,7 +9,8 @@ from typing import Any
 import dagster as dg
 
 from sensors.landing import FILE_TAG, VERSION_TAG, latest_metadata
-from unified_assets.assets.data import landed_batch
+from unified_assets.assets.data import landed_batch, report_key
+from unified_assets.assets.models import CANDIDATE_FAMILIES
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings
@@ -18,33 +19,98 @@ from unified_assets.settings import Settings
 @dataclass
 class LifecycleSummary:
     batches_ingested: list[str] = field(default_factory=list)
-    batches_rejected: dict[str, list[str]] = field(default_factory=dict)
-    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batches_rejected: dict[str, list[str]] = field(default_factory=dict)  # batch -> failed checks
+    batch_findings: dict[str, list[str]] = field(default_factory=dict)  # batch -> what is wrong
+    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluated (or failed)
+    failed: dict[str, str] = field(default_factory=dict)  # candidate family -> why it failed
+    steps_failed: dict[str, str] = field(default_factory=dict)  # step -> error, not run: why
     challenger: dict[str, Any] = field(default_factory=dict)
     approval: dict[str, Any] = field(default_factory=dict)
     production: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
-        out = [
-            f"batches ingested: {len(self.batches_ingested)}"
-            + (f", rejected: {sorted(self.batches_rejected)}" if self.batches_rejected else ""),
-            f"models trained: {len(self.candidates)}",
-        ]
-        for family, report in sorted(self.candidates.items()):
+        out = [f"batches ingested: {len(self.batches_ingested)}"
+               + (f", rejected: {sorted(self.batches_rejected)}" if self.batches_rejected else "")]
+        for batch, checks in sorted(self.batches_rejected.items()):
+            out.append(f"  rejected {batch} (failed checks: {', '.join(checks)})")
+            out.extend(f"    - {finding}" for finding in self.batch_findings.get(batch, []))
+        evaluated = {f: r for f, r in self.candidates.items() if not r.get("error")}
+        out.append(f"models trained: {len(evaluated)}"
+                   + (f", failed: {sorted(self.failed)}" if self.failed else ""))
+        for family, report in sorted(evaluated.items()):
             overall = report["overall"]
-            out.append(
-                f"  {family:8s} v{report['version']}: roc_auc={overall['roc_auc']:.4f} "
-                f"pr_auc={overall['pr_auc']:.4f} f1={overall['f1']:.4f} "
-                f"brier={overall['brier']:.4f}"
-            )
+            out.append(f"  {family:8s} v{report['version']}: " + " ".join(
+                f"{k}={_fmt(overall.get(k))}" for k in SUMMARY_METRICS))
+        for family, why in sorted(self.failed.items()):
+            out.append(f"  {family:8s} FAILED: {why}")
+        for step, why in sorted(self.steps_failed.items()):
+            held = step in ("challenger", "approval") and "DagsterAssetCheckFailedError" in why
+            if not held and not any(step.endswith(f"_{family}") for family in self.failed):
+                out.append(f"  step {step} FAILED: {why}")
         prod = self.production
         if prod:
             out.append(f"champion: {prod['model_name']} v{prod['champion']} ({prod['message']})")
         elif self.approval and self.approval["approval_state"] != "approved":
             out.append(f"promotion waits: v{self.approval['version']} {self.approval['approval']}")
-        else:
+        elif self.challenger:
             out.append(f"promotion held back: {self.challenger.get('reason')}")
+        else:
+            out.append("promotion held back: no challenger was selected (see the failures above)")
         return out
+
+
+SUMMARY_METRICS = ("roc_auc", "pr_auc", "f1", "brier", "brier_skill")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _findings(defs: dg.Definitions, batches: list[str]) -> dict[str, list[str]]:
+    """What is wrong with each rejected batch, one line per finding, from its stored report."""
+    if not batches:
+        return {}
+    out: dict[str, list[str]] = {}
+    with dg.build_resources({"store": defs.resources["store"]}) as resources:
+        for batch in batches:
+            try:
+                report = resources.store.read_json(report_key(batch))
+            except Exception as error:  # noqa: BLE001 - the summary says it could not read it
+                out[batch] = [f"(report not readable: {error})"]
+                continue
+            findings = report.get("findings") or {}
+            skipped = set(report.get("not_evaluated") or {})
+            out[batch] = [f"{check}: {problem}" for check, problems in findings.items()
+                          if check not in skipped for problem in problems]
+    return out
+
+
+def _root_cause(error) -> str:
+    """The first line of the innermost error (Dagster wraps the user's exception)."""
+    if error is None:
+        return "failed"
+    while error.cause is not None:
+        error = error.cause
+    return (error.message.strip().splitlines() or ["failed"])[0]
+
+
+def _step_outcomes(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
+    """The steps that succeeded, and for each failed or skipped step why."""
+    succeeded, why = set(), {}
+    for event in result.all_events:
+        if event.step_key is None:
+            continue
+        if event.is_step_success:
+            succeeded.add(event.step_key)
+        elif event.is_step_failure:
+            why[event.step_key] = _root_cause(event.event_specific_data.error)
+        elif event.is_step_skipped:
+            why.setdefault(event.step_key, "not run: an upstream step produced no output")
+    for event in result.all_events:  # abandoned steps only log an engine error
+        if event.step_key and event.step_key not in succeeded and event.step_key not in why \
+                and event.message and "Dependencies for step" in event.message:
+            why[event.step_key] = f"not run: {event.message}"
+    return succeeded, why
 
 
 def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> LifecycleSummary:
@@ -87,14 +153,35 @@ def train_evaluate_promote(
 def run_lifecycle(
     settings: Settings, instance: dg.DagsterInstance, run_config: dict | None = None
 ) -> LifecycleSummary:
+    """Ingest, then train, evaluate and promote; the summary says who failed and why. Only
+    outputs that were yielded are read: a failed candidate never hides the others."""
     defs = build_definitions(settings)
     summary = ingest_landed(defs, instance)
+    summary.batch_findings = _findings(defs, sorted(summary.batches_rejected))
     result = train_evaluate_promote(defs, instance, run_config)
-    for family in ("sklearn", "torch"):
-        summary.candidates[family] = result.output_for_node(f"evaluation_{family}")
-    summary.challenger = result.output_for_node("challenger")
-    if summary.challenger["version"]:
-        summary.approval = result.output_for_node("approval")
+    succeeded, why = _step_outcomes(result)
+    summary.steps_failed = why
+
+    def output(step: str) -> dict | None:
+        # A step whose blocking check failed (challenger, approval) yielded its output first.
+        try:
+            return result.output_for_node(step)
+        except dg.DagsterInvariantViolationError:
+            return None
+
+    for family in CANDIDATE_FAMILIES:
+        report = output(f"evaluation_{family}")
+        if report is not None:
+            summary.candidates[family] = report
+            if report.get("error"):
+                summary.failed[family] = report["error"]
+        else:
+            step = next((s for s in (f"model_{family}", f"evaluation_{family}") if s in why),
+                        f"evaluation_{family}")
+            summary.failed[family] = f"{step}: {why.get(step, 'did not run')}"
+    summary.challenger = output("challenger") or {}
+    if summary.challenger.get("version"):
+        summary.approval = output("approval") or {}
     if summary.approval.get("approval_state") == "approved":
-        summary.production = result.output_for_node("production_model")
+        summary.production = output("production_model") or {}
     return summary

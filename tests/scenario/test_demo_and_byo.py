@@ -49,3 +49,23 @@ def test_bring_your_own_data_breast_cancer_end_to_end(settings, instance, tmp_pa
     client = MlflowRegistry(tracking_uri=byo.mlflow_tracking_uri).client()
     alias = client.get_model_version_by_alias("breast-cancer", "champion")
     assert str(alias.version) == summary.production["champion"]
+
+
+def test_the_summary_lists_each_rejected_batch_with_its_findings(settings, instance):
+    import pandas as pd
+
+    from unified_assets.definitions import build_definitions
+    from unified_assets.lifecycle import _findings, ingest_landed
+    from unified_assets.ml.generator import write_batches
+
+    (good, bad) = write_batches(settings.landing_dir, batches=2, rows=300)
+    frame = pd.read_parquet(bad)
+    frame.drop(columns=["amount"]).to_parquet(bad)
+    defs = build_definitions(settings)
+    summary = ingest_landed(defs, instance)
+    summary.batch_findings = _findings(defs, sorted(summary.batches_rejected))
+    assert list(summary.batches_rejected) == [bad.stem]
+    text = "\n".join(summary.lines())
+    assert f"rejected {bad.stem} (failed checks: " in text
+    finding = next(line for line in text.splitlines() if line.startswith("    - "))
+    assert "amount" in finding, text
