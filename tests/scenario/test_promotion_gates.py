@@ -2,6 +2,7 @@
 no sequence of runs puts a model that failed a blocking check into the champion alias."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -217,6 +218,9 @@ def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, insta
     assert "models trained: 1, failed: ['sklearn']" in text
     assert "sklearn  FAILED: evaluation failed: RuntimeError: scorer crashed" in text
     assert "champion: payments-risk v" in text
+    stored = settings.artifacts_dir / "reports" / "payments-risk" / f"v{summary.challenger['version']}.json"
+    report = json.loads(stored.read_text())
+    assert report["passed_gates"] is True and "leakage" in report["gates"], "stored with its verdict"
 
 
 def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instance, tmp_path,

@@ -190,9 +190,6 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
         report["evidently_report_uri"] = None
         report["evidently_error"] = f"{type(error).__name__}: {_first_line(error)}"
         context.log.warning(f"Evidently report not written: {report['evidently_error']}")
-    report["report_uri"] = store.write_json(
-        report_key(candidate.model_name, candidate.version), report
-    )
     return report
 
 
@@ -259,6 +256,9 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
         report["gates"] = {n: {"passed": g.passed, "message": g.message}
                            for n, g in verdict.gates.items()}
         report["passed_gates"] = verdict.passed
+        if not report.get("error"):  # stored with its verdict, as approvals and rollbacks cite it
+            report["report_uri"] = store.write_json(
+                report_key(report["model_name"], report["version"]), report)
         if report.get("error"):
             context.log.error(f"{family} candidate not evaluated: {report['error']}")
             yield dg.Output(report, metadata={
