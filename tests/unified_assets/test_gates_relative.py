@@ -58,8 +58,8 @@ def test_a_useless_model_on_rare_positives_fails_quality_and_says_by_how_much():
     y = (RNG.random(20_000) < 0.01).astype(int)
     report = _report(y, np.full(len(y), 0.01) + RNG.normal(0, 1e-4, len(y)))
     assert report["overall"]["brier"] < 0.08
-    gate = judge(report, _promotion({"promotion": {"quality": {"roc_auc": {"min": 0.51}}}})
-                 ).gates[QUALITY]
+    gate = judge(report, _promotion({"promotion": {"quality": {
+        "roc_auc": {"min": 0.51}, "brier_skill": {"min": 0.001, "blocking": True}}}})).gates[QUALITY]
     assert not gate.passed
     assert "brier_skill=" in gate.message and "violates min 0.001" in gate.message
     assert "pr_auc_lift=" in gate.message

@@ -23,7 +23,7 @@ def _refused(tmp_path, overrides: dict, *fragments: str) -> None:
 def test_the_shipped_policy_gates_on_skill_not_on_an_absolute_brier():
     quality = load_policy().promotion.quality
     assert "brier" not in quality, "an absolute Brier ceiling depends on the positive rate"
-    assert quality["brier_skill"].blocking and quality["brier_skill"].min > 0
+    assert quality["brier_skill"].min > 0, "beats the base-rate forecast (informs by default)"
     assert quality["pr_auc_lift"].blocking and quality["pr_auc_lift"].min > 1
     assert "pr_auc" not in quality, "a random model's PR AUC is the positive rate"
 
