@@ -231,7 +231,7 @@ def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instan
     def broken(*args, **kwargs):
         raise ValueError("could not convert string to float: 'n/a'")
 
-    monkeypatch.setattr(sklearn_model, "train_sklearn", broken)
+    monkeypatch.setattr(sklearn_model, "fit_sklearn", broken)
     summary = run_lifecycle(with_policy(landed, tmp_path, base=_lenient()), instance)
     assert "could not convert string to float: 'n/a'" in summary.failed["sklearn"]
     assert "sklearn  FAILED: " in "\n".join(summary.lines())
@@ -249,7 +249,7 @@ def test_a_candidate_whose_training_fails_never_blocks_the_other(landed, instanc
     def broken(*args, **kwargs):
         raise ValueError("could not convert string to float: 'n/a'")
 
-    monkeypatch.setattr(sklearn_model, "train_sklearn", broken)
+    monkeypatch.setattr(sklearn_model, "fit_sklearn", broken)
     summary = run_lifecycle(with_policy(landed, tmp_path, base=_lenient()), instance)
     assert summary.challenger.get("family") == "torch"
     assert summary.production["champion"] == summary.challenger["version"]
