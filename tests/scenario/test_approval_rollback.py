@@ -238,3 +238,9 @@ def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instanc
     again = launch(token=_token(keys, "ops", "rollback", version, "incident 42"))
     assert again.output_for_node("production_model")["action"] == "none"
     assert len(store.incidents("rollback")) == 1
+    # Authorized, then refused by the ledger (v99 was never champion): the log says so.
+    refused = launch(token=_token(keys, "ops", "rollback", "99", "to a version never deployed"))
+    assert not refused.success and "v99 is not a registered version" in str(refused.all_events)
+    last = store.events(MODEL)[-1]
+    assert (last["kind"], last["actor"], last["version"]) == ("refusal", "ops", "99")
+    assert last["reason"].startswith("refused by the ledger: v99 is not a registered version")

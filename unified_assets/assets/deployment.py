@@ -17,6 +17,8 @@ from unified_assets.champion import ChampionError, ChampionLedger
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.decisions import (
     APPROVAL_FIELDS,
+    REFUSAL,
+    ROLLBACK,
     ROLLBACK_FIELDS,
     authorize_rollback,
     decision_problem,
@@ -244,6 +246,13 @@ def production_model(
                       "evaluation_report": approval["report_uri"],
                       "training_batches": approval["training_batches"]}
     except ChampionError as error:
+        if config.action == "rollback":
+            # The request was authorized (recorded above); what the ledger refused is recorded
+            # beside it, so the log never shows an authorized rollback as if it happened.
+            decisions.append_event(model_name=model_name, version=given["rollback_to"] or "",
+                                   kind=REFUSAL, decision=ROLLBACK, actor=given["by"],
+                                   reason=f"refused by the ledger: {error}",
+                                   details={"source": _source(context)})
         raise dg.Failure(str(error)) from None
     champion = mlflow_registry.alias_version(model_name, CHAMPION_ALIAS)
     history = decisions.changes(model_name)
