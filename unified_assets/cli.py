@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     byo.add_argument("--out", default=".unified_ai/byo-breast-cancer")
     byo.add_argument("--batches", type=int, default=3)
     byo.set_defaults(run=_byo_example)
+    from unified_assets.spec_cli import add_spec_parser
+
+    add_spec_parser(commands)
 
     commands.add_parser("pending", help="list approval requests awaiting a decision").set_defaults(
         run=_pending)
@@ -417,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in ("batches", "rows"):
-        if getattr(args, name, 1) < 1:
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
             print(f"unified-ai {args.command}: --{name} must be at least 1", file=sys.stderr)
             return 2
     return args.run(args)

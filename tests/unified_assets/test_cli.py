@@ -4,6 +4,7 @@ refusals, history with each change's status, and the audit of the decision log."
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -122,3 +123,15 @@ def test_audit_verify_counts_rows_and_fails_naming_the_first_bad_one(home, capsy
     assert main(["audit", "verify"]) == 1
     err = capsys.readouterr().err
     assert "audit FAILED" in err and "row 1 (event) was edited" in err
+
+
+def test_plan_and_k8s_manifests_run_as_the_readme_writes_them(tmp_path, monkeypatch):
+    """Found: without --rows both crashed with TypeError ('<' between None and int)."""
+    from unified_assets.cli import main
+
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    assert main(["plan"]) == 0
+    assert main(["k8s-manifests", "--out", str(tmp_path / "manifests")]) == 0
+    assert sorted((tmp_path / "manifests").iterdir())
+    assert main(["demo", "--rows", "0"]) == 2
