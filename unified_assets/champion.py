@@ -246,28 +246,33 @@ class ChampionLedger:
                 details={"version": champion})
 
     def _verify(self, model_name: str) -> None:
-        """The whole chain, and the row the registry anchored still there: a deleted or
-        replaced store is refused, never taken as a fresh start."""
+        """`audit`, recorded as an incident and refused when it fails."""
         try:
-            self.store.verify_chain()
-            anchor = self.registry.model_tag(model_name, ANCHOR_TAG)
-            if anchor:
-                row_id, _, row_hash = anchor.partition(":")
-                if not self.store.contains(int(row_id), row_hash):
-                    raise AuditError(
-                        f"decision store {self.store.url} lacks row {row_id}, which the registry "
-                        f"recorded as the log head after {model_name}'s last champion change: the "
-                        "store was deleted, replaced or cut short; restore it")
-            elif not self.store.changes(model_name):
-                alias = self.registry.alias_version(model_name, CHAMPION_ALIAS)
-                if alias is not None:
-                    raise AuditError(
-                        f"decision store {self.store.url} has no history for {model_name}, but "
-                        f"the registry's champion is v{alias}: restore the store that recorded it")
+            self.audit(model_name)
         except AuditError as error:
             self.store.record_incident(kind="audit_failure", model_name=model_name,
                                        actor=LEDGER_ACTOR, reason=str(error))
             raise ChampionError(f"nothing changed: {error}") from None
+
+    def audit(self, model_name: str) -> int:
+        """The whole chain, and the row the registry anchored still there: a deleted or
+        replaced store is refused, never taken as a fresh start. Rows verified, or AuditError."""
+        rows = self.store.verify_chain()
+        anchor = self.registry.model_tag(model_name, ANCHOR_TAG)
+        if anchor:
+            row_id, _, row_hash = anchor.partition(":")
+            if not self.store.contains(int(row_id), row_hash):
+                raise AuditError(
+                    f"decision store {self.store.url} lacks row {row_id}, which the registry "
+                    f"recorded as the log head after {model_name}'s last champion change: the "
+                    "store was deleted, replaced or cut short; restore it")
+        elif not self.store.changes(model_name):
+            alias = self.registry.alias_version(model_name, CHAMPION_ALIAS)
+            if alias is not None:
+                raise AuditError(
+                    f"decision store {self.store.url} has no history for {model_name}, but "
+                    f"the registry's champion is v{alias}: restore the store that recorded it")
+        return rows
 
     def _default_target(self, model_name: str, state: LedgerState) -> str:
         for version in state.earlier_champions():

@@ -228,11 +228,12 @@ def _history(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from resources.decision_store import AuditError
+    from unified_assets.champion import ChampionLedger
 
-    _, resources, _ = _context()
+    _, resources, model = _context()
     store = resources["decisions"]
-    try:
-        rows = store.verify_chain()
+    try:  # the chain, and the row the registry anchored (a deleted or cut store fails here)
+        rows = ChampionLedger(store, resources["mlflow_registry"]).audit(model)
     except AuditError as error:
         print(f"audit FAILED: {error}", file=sys.stderr)
         return 1

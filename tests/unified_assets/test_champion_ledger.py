@@ -348,3 +348,13 @@ def test_a_corrupt_store_names_the_file(settings):
     store = DecisionStore(url=settings.decisions_url)
     with pytest.raises(DecisionStoreError, match=r"decision store sqlite:///.*decisions\.db: cannot"):
         store.changes(MODEL)
+
+
+def test_audit_of_a_deleted_store_fails_instead_of_reporting_zero_rows_intact(world, settings):
+    """Found: after decisions.db was deleted `audit verify` said "intact: 0 rows verified"."""
+    promote_chain(world, "1")
+    assert world.audit(MODEL) > 0
+    (settings.home / "decisions.db").unlink()
+    fresh = ChampionLedger(DecisionStore(url=settings.decisions_url), world.registry)
+    with pytest.raises(AuditError, match="lacks row .*deleted, replaced or cut short"):
+        fresh.audit(MODEL)
