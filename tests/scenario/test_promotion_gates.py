@@ -223,8 +223,7 @@ def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, insta
     assert report["passed_gates"] is True and "leakage" in report["gates"], "stored with its verdict"
 
 
-def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instance, tmp_path,
-                                                                  monkeypatch):
+def _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch):
     from unified_assets.lifecycle import run_lifecycle
     from unified_assets.ml import sklearn_model
 
@@ -232,7 +231,12 @@ def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instan
         raise ValueError("could not convert string to float: 'n/a'")
 
     monkeypatch.setattr(sklearn_model, "fit_sklearn", broken)
-    summary = run_lifecycle(with_policy(landed, tmp_path, base=_lenient()), instance)
+    return run_lifecycle(with_policy(landed, tmp_path, base=_lenient()), instance)
+
+
+def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instance, tmp_path,
+                                                                  monkeypatch):
+    summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)
     assert "could not convert string to float: 'n/a'" in summary.failed["sklearn"]
     assert "sklearn  FAILED: " in "\n".join(summary.lines())
     assert "torch" in summary.candidates and not summary.candidates["torch"].get("error")
@@ -243,13 +247,6 @@ def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instan
                    "failed step abandons every step downstream of it, challenger included")
 def test_a_candidate_whose_training_fails_never_blocks_the_other(landed, instance, tmp_path,
                                                                  monkeypatch):
-    from unified_assets.lifecycle import run_lifecycle
-    from unified_assets.ml import sklearn_model
-
-    def broken(*args, **kwargs):
-        raise ValueError("could not convert string to float: 'n/a'")
-
-    monkeypatch.setattr(sklearn_model, "fit_sklearn", broken)
-    summary = run_lifecycle(with_policy(landed, tmp_path, base=_lenient()), instance)
+    summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)
     assert summary.challenger.get("family") == "torch"
     assert summary.production["champion"] == summary.challenger["version"]

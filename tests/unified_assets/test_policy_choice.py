@@ -13,7 +13,6 @@ from tests.policies import write_policy
 from unified_assets import cli
 from unified_assets.definitions import build_definitions
 from unified_assets.ml import dataset_spec
-from unified_assets.ml.dataset_spec import DatasetSpec
 from unified_assets.settings import POLICY_ENV, load_settings, policy_choice
 
 STRICT = {"promotion": {"quality": {"roc_auc": {"min": 0.91}}}}
@@ -68,8 +67,6 @@ def test_demo_honours_policy_flag_and_environment(tmp_path, monkeypatch, capsys,
 
 
 def test_a_real_spec_field_names_a_policy_resolved_next_to_it(tmp_path, settings):
-    if "policy" not in DatasetSpec.model_fields:
-        pytest.skip("DatasetSpec.policy has not landed in this tree yet (stubbed above)")
     from unified_assets.ml.sklearn_datasets import write_breast_cancer_example
 
     spec = write_breast_cancer_example(tmp_path / "byo", batches=1)
