@@ -242,9 +242,6 @@ def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instan
     assert "torch" in summary.candidates and not summary.candidates["torch"].get("error")
 
 
-@pytest.mark.xfail(strict=True, reason="needs model assets to yield gates.CandidateFailure "
-                   "instead of failing the step (models.py diff in the issue-11 report): a "
-                   "failed step abandons every step downstream of it, challenger included")
 def test_a_candidate_whose_training_fails_never_blocks_the_other(landed, instance, tmp_path,
                                                                  monkeypatch):
     summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)

@@ -6,8 +6,9 @@ registered version, which is what evaluation and promotion take as input.
 
 
 import time
+from collections.abc import Callable, Iterator
 from importlib.metadata import version as installed_version
-from typing import Literal
+from typing import Any, Literal
 
 import dagster as dg
 from pydantic import Field
@@ -15,6 +16,7 @@ from pydantic import Field
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
 from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
+from unified_assets.gates import CandidateFailure
 from unified_assets.metadata import OWNERS, numbers
 from unified_assets.ml.training_data import TrainingSet
 
@@ -93,6 +95,17 @@ def _levels_metadata(levels) -> dict:
     }
 
 
+TRAINED_CHECK = "trained"
+
+
+def _trained_check(asset_name: str) -> list[dg.AssetCheckSpec]:
+    return [dg.AssetCheckSpec(
+        TRAINED_CHECK, asset=asset_name,
+        description="The candidate trained and was registered. When training fails the asset "
+                    "records why and the other candidates still go on to evaluation.",
+    )]
+
+
 def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[RegisteredCandidate]:
     return dg.Output(
         candidate,
@@ -105,6 +118,37 @@ def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[Registered
     )
 
 
+def _train_independently(
+    context: dg.AssetExecutionContext, family: str, model_name: str,
+    train: Callable[[], dg.Output[RegisteredCandidate]],
+) -> Iterator[Any]:
+    """Run one candidate's training so that its failure is this candidate's outcome, not the
+    run's: a failed step would skip every step downstream of it, the other candidate's
+    evaluation and the challenger included. Placement refusals and retries still fail or
+    retry the step (they are the policy speaking, escalated by the failure sensor)."""
+    try:
+        output = train()
+    except (dg.Failure, dg.RetryRequested):
+        raise
+    except Exception as error:  # noqa: BLE001 - recorded as this candidate's failure
+        message = f"{type(error).__name__}: {error}".strip()
+        context.log.error(f"{family} candidate failed to train: {message}")
+        yield dg.Output(
+            CandidateFailure(family=family, model_name=model_name, error=message),
+            metadata={"model_version": dg.MetadataValue.text("none"),
+                      "training_error": dg.MetadataValue.text(message[:2000])},
+        )
+        yield dg.AssetCheckResult(
+            check_name=TRAINED_CHECK, passed=False, severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"error": dg.MetadataValue.text(message[:2000])},
+            description=f"training failed: {message[:300]}",
+        )
+        return
+    yield output
+    yield dg.AssetCheckResult(check_name=TRAINED_CHECK, passed=True,
+                              metadata={"model_version": output.value.version})
+
+
 @dg.asset(
     group_name="training",
     kinds={"scikit-learn", "mlflow"},
@@ -114,6 +158,7 @@ def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[Registered
         "set, logged to MLflow as a pyfunc (raw frame in, fitted levels applied) and registered "
         "as a new model version. Runs on the CPU profile; metadata says the category-level cap."
     ),
+    check_specs=_trained_check("model_sklearn"),
     **CPU_TRAINING.asset_kwargs(),
 )
 def model_sklearn(
@@ -122,11 +167,19 @@ def model_sklearn(
     training_set: TrainingSet,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-) -> dg.Output[RegisteredCandidate]:
+) -> Iterator[Any]:
+    placement = _placement(context, CPU_TRAINING, len(training_set.train), policy)
+    yield from _train_independently(
+        context, "sklearn", training_set.dataset_name,
+        lambda: _train_sklearn(context, config, training_set, mlflow_registry, placement))
+
+
+def _train_sklearn(context: dg.AssetExecutionContext, config: SklearnModelConfig,
+                   training_set: TrainingSet, mlflow_registry: MlflowRegistry,
+                   placement) -> dg.Output[RegisteredCandidate]:
     from unified_assets.ml.sklearn_model import SklearnParams, SklearnRiskModel, fit_sklearn
     from unified_assets.placement import decision_metadata
 
-    placement = _placement(context, CPU_TRAINING, len(training_set.train), policy)
     params = SklearnParams(**config.model_dump())
     started = time.perf_counter()
     result = fit_sklearn(training_set.train, training_set.numeric_features,
@@ -157,6 +210,7 @@ def model_sklearn(
         "a pyfunc and registered as a new model version. Runs on the GPU profile: on CUDA when "
         "the host has it, otherwise on CPU, and the metadata says which and why."
     ),
+    check_specs=_trained_check("model_torch"),
     **GPU_TRAINING.asset_kwargs(),
 )
 def model_torch(
@@ -165,7 +219,16 @@ def model_torch(
     training_set: TrainingSet,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-) -> dg.Output[RegisteredCandidate]:
+) -> Iterator[Any]:
+    placement = _placement(context, GPU_TRAINING, len(training_set.train), policy)
+    yield from _train_independently(
+        context, "torch", training_set.dataset_name,
+        lambda: _train_torch(context, config, training_set, mlflow_registry, placement))
+
+
+def _train_torch(context: dg.AssetExecutionContext, config: TorchModelConfig,
+                 training_set: TrainingSet, mlflow_registry: MlflowRegistry,
+                 placement) -> dg.Output[RegisteredCandidate]:
     from unified_assets.ml.torch_model import (
         TorchParams,
         TorchRiskModel,
@@ -174,7 +237,6 @@ def model_torch(
     )
     from unified_assets.placement import decision_metadata
 
-    placement = _placement(context, GPU_TRAINING, len(training_set.train), policy)
     device = config.device
     if device == "auto":
         device = str(placement.settings.get("device", "cuda" if placement.target == "gpu" else "cpu"))
