@@ -35,7 +35,7 @@ from unified_assets.gates import judge, select_challenger
 from unified_assets.ml.batch_validation import curated, validate_batch_file
 from unified_assets.ml.features import holdout_mask
 from unified_assets.ml.metrics import binary_metrics
-from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
+from unified_assets.ml.sklearn_model import SklearnParams, SklearnRiskModel, fit_sklearn
 from unified_assets.ml.training_data import TrainingSet
 from unified_assets.monitoring import store_batch_profile
 from unified_assets.placement import Decision
@@ -124,17 +124,18 @@ def sklearn_candidate(
     place("model_sklearn", CPU_TRAINING, len(training.train), policy)
     config = SklearnModelConfig()
     started = time.perf_counter()
-    pipeline = train_sklearn(training.train, training.numeric_features,
-                             training.categorical_features, training.target,
-                             SklearnParams(**config.model_dump()))
+    result = fit_sklearn(training.train, training.numeric_features,
+                         training.categorical_features, training.target,
+                         SklearnParams(**config.model_dump()))
     fit_seconds = time.perf_counter() - started
-    features = training.categorical_features + training.numeric_features
+    model = SklearnRiskModel(result.pipeline, result.levels, training.numeric_features,
+                             training.categorical_features)
     train_auc = binary_metrics(training.train[training.target],
-                               pipeline.predict_proba(training.train[features])[:, 1])["roc_auc"]
+                               model.score(training.train))["roc_auc"]
     metrics = {"fit_seconds": fit_seconds, "train_roc_auc": train_auc,
                "train_rows": float(len(training.train))}
     return registry.log_candidate(
-        model_name=training.dataset_name, family="sklearn", flavor="sklearn", model=pipeline,
+        model_name=training.dataset_name, family="sklearn", flavor="pyfunc", model=model,
         params=config.model_dump(), metrics=metrics,
         tags=_tags("model_sklearn", training, run_id),
         pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}", "pandas"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from unified_assets.ml.profiles import category_text
+
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float = 0.5) -> dict:
     """Ranking and thresholded metrics; ROC/PR AUC are None when only one class is present."""
@@ -60,7 +62,8 @@ def segment_metrics(
     y_true = np.asarray(y_true)
     scores = np.asarray(scores)
     for column in segment_columns:
-        values = frame[column].astype(str).to_numpy()
+        # As profiles and drift name them: '1' whether loaded as int or float, never 'nan'.
+        values = category_text(frame[column]).fillna("(missing)").to_numpy()
         for value in sorted(set(values)):
             mask = values == value
             rows.append(

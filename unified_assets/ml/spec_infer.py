@@ -47,6 +47,9 @@ class Column:
     integer: bool = False
     minimum: float | None = None
     maximum: float | None = None
+    worst_null_rate: float = 0.0  # the highest rate in any one sampled file
+    worst_file: str = ""
+    row_number: bool = False  # consecutive integers in every file: a row number, not data
 
 
 @dataclass
@@ -109,6 +112,29 @@ def _column(name: str, series: pd.Series) -> Column:
         column.integer = bool((values == values.round()).all())
         column.minimum, column.maximum = float(values.min()), float(values.max())
     return column
+
+
+def _is_row_number(name: str, frames: dict[str, pd.DataFrame]) -> bool:
+    """Consecutive integers in every file ('rownames' of R data sets, 'Unnamed: 0' of a
+    frame written with its index): they carry no information, or leak a sort order."""
+    import numpy as np
+
+    for frame in frames.values():
+        values = frame[name]
+        if len(values) < 2 or values.isna().any() or not np.issubdtype(values.dtype, np.integer):
+            return False
+        ordered = np.sort(values.to_numpy())
+        if not (np.diff(ordered) == 1).all():
+            return False
+    return True
+
+
+def _null_rates(column: Column, frames: dict[str, pd.DataFrame]) -> None:
+    """The worst file's null rate: a limit from the pooled rate would reject a sampled file."""
+    for file_name, frame in frames.items():
+        rate = float(frame[column.name].isna().mean()) if len(frame) else 0.0
+        if rate > column.worst_null_rate:
+            column.worst_null_rate, column.worst_file = rate, file_name
 
 
 def _is_zero_one(column: Column) -> bool:
@@ -176,6 +202,9 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
         notes.append(f"column {name!r} is missing from {lacking[:3]}: left out of the spec")
     frame = pd.concat([f[in_all] for f in frames.values()], ignore_index=True)
     columns = {str(c): _column(str(c), frame[c]) for c in in_all}
+    for column in columns.values():
+        _null_rates(column, frames)
+        column.row_number = column.kind == "numeric" and _is_row_number(column.name, frames)
     names = list(columns)
 
     binary = [c for c in columns.values() if c.levels == 2]
@@ -189,8 +218,9 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
     rows = len(frame)
     ids = [c for c in columns.values() if c is not target and c.null_rate == 0 and c.levels == rows
            and rows > 1 and (c.kind == "text" or (c.kind == "numeric" and c.integer))]
-    ids.sort(key=lambda c: (_hinted(c.name, ID_HINTS), c.kind == "text"), reverse=True)
-    id_column = ids[0] if ids and (_hinted(ids[0].name, ID_HINTS) or ids[0].kind == "text") else None
+    ids.sort(key=lambda c: (_hinted(c.name, ID_HINTS), c.kind == "text", c.row_number), reverse=True)
+    id_column = ids[0] if ids and (_hinted(ids[0].name, ID_HINTS) or ids[0].kind == "text"
+                                   or ids[0].row_number) else None
 
     numeric, categorical, high, left_out = [], [], [], []
     for column in columns.values():
@@ -198,6 +228,8 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
             continue
         if column.kind == "empty":
             left_out.append((column.name, "empty in every sampled row"))
+        elif column.row_number:
+            left_out.append((column.name, "a row number (consecutive integers in every file)"))
         elif column.kind == "numeric":
             numeric.append(column)
         elif column.kind == "text" and column.levels == rows and rows > SEGMENT_LEVELS:
@@ -210,7 +242,7 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
                           if 2 <= c.levels <= SEGMENT_LEVELS and (c.kind != "numeric" or c.integer)]
     segment_candidates.sort(key=lambda c: (c.kind == "numeric", c.null_rate, c.levels))
     segments = segment_candidates[:SEGMENTS]
-    nullable = [c for c in numeric + categorical if c.null_rate > 0]
+    nullable = [c for c in numeric + categorical if c.worst_null_rate > 0]
 
     spec: dict = {
         "name": _name(spec_dir if folder.name.lower() in GENERIC_FOLDERS else folder),
@@ -231,7 +263,7 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
         "numeric_features": [c.name for c in numeric],
         "categorical_features": [c.name for c in categorical],
         "max_null_fraction": DEFAULT_NULLS,
-        "null_limits": {c.name: _headroom(c.null_rate) for c in nullable},
+        "null_limits": {c.name: _headroom(c.worst_null_rate) for c in nullable},
     })
     text = _render(spec, files, rows, target, ranked, positive, ids, id_column, segments,
                    segment_candidates, high, left_out, nullable, numeric, notes)
@@ -292,6 +324,8 @@ def _render(spec, files, rows, target, ranked, positive, ids, id_column, segment
     lines.append(f"max_null_fraction: {DEFAULT_NULLS}  # columns not under null_limits (none sampled)")
     lines.append("null_limits:" + (" {}" if not nullable else "  # sampled null rate plus headroom"))
     for column in nullable:
+        worst = (f", {column.worst_null_rate:.1%} null in {column.worst_file}"
+                 if len(files) > 1 and column.worst_null_rate > column.null_rate else "")
         lines.append(f"  {_y(column.name)}: {spec['null_limits'][column.name]}  "
-                     f"# {column.null_rate:.1%} null in the sample")
+                     f"# {column.null_rate:.1%} null in the sample{worst}")
     return "\n".join(lines) + "\n"

@@ -55,3 +55,12 @@ def test_segment_metrics_one_row_per_value():
     assert by_value["EU"]["roc_auc"] == 1.0
     assert by_value["NA"]["roc_auc"] == 0.0
     assert by_value["EU"]["rows"] == 2
+
+
+def test_segment_values_read_as_codes_and_missing_never_as_nan():
+    """A 0/1 segment that pandas loaded as float (one null) is named '0'/'1', as profiles and
+    drift name it, and its null rows form their own '(missing)' segment, not 'nan'."""
+    frame = pd.DataFrame({"smoker": [0.0, 1.0, None, 1.0, 0.0, None]})
+    rows = segment_metrics(frame, np.array([0, 1, 0, 1, 1, 0]),
+                           np.array([0.1, 0.9, 0.2, 0.8, 0.3, 0.4]), ["smoker"])
+    assert {r["value"]: r["rows"] for r in rows} == {"0": 2, "1": 2, "(missing)": 2}

@@ -143,3 +143,46 @@ def test_the_cli_writes_the_draft_beside_the_data(tmp_path, capsys):
     assert load_spec(tmp_path / "spec.yaml").target == "churned"
     assert args.run(args) == 1 and "exists" in capsys.readouterr().err
     assert yaml.safe_load((tmp_path / "spec.yaml").read_text())["positive_label"] == "Yes"
+
+
+def test_a_row_number_column_is_the_id_never_a_feature(tmp_path):
+    """R data sets and `to_csv()` without index=False carry a row number ('rownames',
+    'Unnamed: 0'): unique consecutive integers that would train as a feature (and, on data
+    sorted by the target, leak it)."""
+    frames = []
+    for i in (0, 1):
+        frame = _messy(i).drop(columns=["customer_id"])
+        frame.insert(0, "rownames", range(1 + i * ROWS, 1 + (i + 1) * ROWS))
+        frames.append(frame)
+    folder = _land(tmp_path / "batches", frames)
+    draft, spec = _infer_and_load(tmp_path, folder)
+    assert spec.id_column == "rownames"
+    assert "rownames" not in spec.numeric_features + spec.categorical_features
+
+
+def test_an_unnamed_index_column_is_left_out_when_there_is_an_id(tmp_path):
+    frames = []
+    for i in (0, 1):
+        frame = _messy(i)
+        frame.insert(0, "Unnamed: 0", range(ROWS))  # restarts in every file
+        frames.append(frame)
+    folder = _land(tmp_path / "batches", frames)
+    draft, spec = _infer_and_load(tmp_path, folder)
+    assert spec.id_column == "customer_id"
+    assert "Unnamed: 0" not in spec.numeric_features + spec.categorical_features
+    assert "# left out: Unnamed: 0: a row number" in draft.text
+
+
+def test_null_limits_cover_the_worst_sampled_file_not_the_average(tmp_path):
+    """One file 40% null in 'score', the others clean: a limit from the pooled rate (~13%)
+    would reject the file the draft was made from."""
+    frames = [_messy(i) for i in range(3)]
+    for frame in frames:
+        frame["score"] = frame["score"].fillna(0.5)
+    frames[2]["score"] = np.where(np.arange(ROWS) % 5 < 2, np.nan, frames[2]["score"])
+    folder = _land(tmp_path / "batches", frames)
+    draft, spec = _infer_and_load(tmp_path, folder)
+    assert spec.null_limits["score"] >= 0.4
+    assert "40.0% null in b-2.csv" in draft.text
+    for path in sorted(folder.iterdir()):
+        assert validate_batch_file(path, spec).passed
