@@ -63,6 +63,9 @@ class ComputeProfile:
     gpus: int = 0
     accelerator: str | None = None
     latency: Literal["batch", "interactive"] = "batch"
+    # Concurrency pool; None: "<device>-pool". Light steps get their own pool so a rollback or
+    # an approval never queues behind training for a slot.
+    pool_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.device == "gpu" and self.gpus < 1:
@@ -78,11 +81,15 @@ class ComputeProfile:
 
     @property
     def pool(self) -> str:
-        return f"{self.device}-pool"
+        return self.pool_name or f"{self.device}-pool"
 
     def as_cpu(self) -> ComputeProfile:
         """The same profile without GPU: what a GPU step degraded to CPU runs with."""
         return replace(self, device="cpu", gpus=0, accelerator=None)
+
+    def slots_on(self, cpus: int) -> int:
+        """How many steps of this profile fit on `cpus` cores by its CPU request (at least 1)."""
+        return max(1, math.floor(cpus / cpu_cores(self.cpu)))
 
     def k8s_config(self) -> dict[str, Any]:
         """`dagster-k8s/config` for the step pod: requests/limits, and for GPU steps the GPU
@@ -131,7 +138,28 @@ class ComputeProfile:
         return {"pool": self.pool, "op_tags": self.op_tags()}
 
 
-CPU_LIGHT = ComputeProfile(name="cpu-light", device="cpu", cpu="500m", memory="1Gi")
+CPU_LIGHT = ComputeProfile(name="cpu-light", device="cpu", cpu="500m", memory="1Gi",
+                           pool_name="light-pool")
 CPU_TRAINING = ComputeProfile(name="cpu-training", device="cpu", cpu="2", memory="4Gi")
 GPU_TRAINING = ComputeProfile(name="gpu-training", device="gpu", cpu="2", memory="8Gi", gpus=1)
 PROFILES: dict[str, ComputeProfile] = {p.name: p for p in (CPU_LIGHT, CPU_TRAINING, GPU_TRAINING)}
+POOLS: tuple[str, ...] = tuple(sorted({p.pool for p in PROFILES.values()}))
+# Kubernetes: every step is its own pod and the cluster schedules CPU, so the CPU pools only
+# bound how many pods one code location asks for at once; GPUs come from the cluster and policy.
+K8S_CPU_POOL_SLOTS = {CPU_LIGHT.pool: 16, CPU_TRAINING.pool: 8}
+
+
+def pool_slots(cpus: int, gpus: int) -> dict[str, int]:
+    """Slots per pool for a machine with `cpus` usable cores and `gpus` CUDA devices: light
+    and CPU-training steps by how many of their CPU requests fit, one GPU step per device.
+    The GPU pool keeps one slot without a GPU: its steps then run degraded on CPU and must
+    not wait forever for a device that does not exist."""
+    return {CPU_LIGHT.pool: CPU_LIGHT.slots_on(cpus),
+            CPU_TRAINING.pool: CPU_TRAINING.slots_on(cpus),
+            GPU_TRAINING.pool: max(1, gpus)}
+
+
+def cluster_pool_slots(gpus_allocatable: int, scalable_gpus: int) -> dict[str, int]:
+    """Slots on Kubernetes: GPU steps by the GPUs the cluster has now plus one node's worth of
+    each GPU node pool the placement policy says can scale up (`scalable_node_pools`)."""
+    return {**K8S_CPU_POOL_SLOTS, GPU_TRAINING.pool: max(1, gpus_allocatable + scalable_gpus)}

@@ -2,6 +2,7 @@
 and only here; the deployment comes from `unified_assets.settings`."""
 
 
+import json
 import warnings
 
 import dagster as dg
@@ -44,6 +45,15 @@ ASSETS = [landed_batch, batch_labels, training_set, model_sklearn, model_torch,
           *EVALUATION_ASSETS, challenger, approval, production_model, batch_drift,
           live_performance, drift_report]
 
+# Run priority (the run queue dequeues higher first; a run's steps add it to their pool
+# claims): a person's decision or a rollback goes ahead of retrains and ingestion.
+DECISION_PRIORITY = {"dagster/priority": "10"}
+TRIGGER_TAG = "unified-ai/trigger"
+# Runs the declarative automation sensor launches (batch_drift, drift_report, promotion)
+# say why they started like every other run.
+AUTOMATION_RUN_TAGS = {TRIGGER_TAG: "automation",
+                       "unified-ai/reason": "declarative automation: an upstream asset updated"}
+
 ingest_job = dg.define_asset_job(
     "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
     description="Validate and curate one landed batch (one partition).",
@@ -60,12 +70,14 @@ lifecycle_job = dg.define_asset_job(
 approval_job = dg.define_asset_job(
     "approve_or_reject",
     selection=[approval, production_model],
+    tags=DECISION_PRIORITY,
     description="Record a decision on the challenger (config: decision, version, approver, "
     "reason); an approval promotes in the same run.",
 )
 rollback_job = dg.define_asset_job(
     "rollback_production",
     selection=[production_model],
+    tags=DECISION_PRIORITY,
     config={"ops": {"production_model": {"config": {
         "action": "rollback", "rollback_to": "", "by": "", "reason": ""}}}},
     description="Move `champion` back to the previous good version (or rollback_to), with an "
@@ -130,6 +142,35 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     return dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
 
+def build_pool_limits_sensor(kubernetes: bool) -> dg.SensorDefinition:
+    """Sizes the concurrency pools from the machine (or cluster and policy). Dagster OSS keeps
+    per-pool limits only in the instance (dagster.yaml has just `default_limit`), and the code
+    location has no instance at load; a sensor runs in the daemon against the real instance,
+    the same under `dagster dev` and Helm, with no start script to forget, and re-applies the
+    limits after an instance reset. A limit an operator changed by hand is left alone."""
+
+    @dg.sensor(
+        name="pool_limits",
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Sets the light-pool, cpu-pool and gpu-pool slots from this machine's cores "
+        "and GPUs (Kubernetes: the cluster's GPUs and the policy's scalable node pools).",
+    )
+    def pool_limits(context: dg.SensorEvaluationContext, policy: PolicyResource):
+        from unified_assets.placement.probe import apply_pool_limits, machine_pool_slots
+
+        wanted = machine_pool_slots(policy.policy.placement, kubernetes=kubernetes)
+        ours, notes = apply_pool_limits(context.instance, wanted,
+                                        json.loads(context.cursor or "{}"))
+        for note in notes:
+            context.log.info(note)
+        summary = ", ".join(f"{pool} {slots}" for pool, slots in sorted(wanted.items()))
+        return dg.SensorResult(cursor=json.dumps(ours, sort_keys=True),
+                               skip_reason="; ".join(notes) or f"pools as derived: {summary}")
+
+    return pool_limits
+
+
 def build_definitions(settings: Settings) -> dg.Definitions:
     # Fail the load (UI, `dagster definitions validate`) on a bad policy, naming the key.
     # The one place the policy file is chosen: UNIFIED_AI_POLICY, else the dataset spec's.
@@ -151,7 +192,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         schedules.append(dg.ScheduleDefinition(
             name="retrain_floor", job=lifecycle_job, cron_schedule=policy.drift.retrain_cron,
             default_status=dg.DefaultScheduleStatus.RUNNING,
-            tags={"unified-ai/trigger": "schedule"},
+            tags={TRIGGER_TAG: "schedule"},
             description="Freshness floor from the policy's drift.retrain_cron.",
         ))
     return dg.Definitions(
@@ -165,9 +206,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_approval_sensor(approval_job),
             build_drift_sensor(lifecycle_job),
             run_failure_incidents,
+            build_pool_limits_sensor(settings.deployment == "kubernetes"),
             dg.AutomationConditionSensorDefinition(
                 "lifecycle_automation", target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING,
+                run_tags=AUTOMATION_RUN_TAGS,
             ),
         ],
         resources=resources,

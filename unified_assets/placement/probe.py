@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from unified_assets.compute import PROFILES
+from unified_assets.compute import GPU_NODE_POOL, PROFILES, cluster_pool_slots, pool_slots
 from unified_assets.placement.snapshot import (
     CapacitySnapshot,
     CudaDevice,
@@ -83,6 +83,46 @@ def probe_instance(instance: Any, pools: Iterable[str] = DEFAULT_POOLS) -> Insta
     queued = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.QUEUED]))
     in_progress = instance.get_runs_count(RunsFilter(statuses=list(IN_PROGRESS_RUN_STATUSES)))
     return InstanceLoad(pools=occupancy, queued_runs=queued, in_progress_runs=in_progress)
+
+
+def machine_pool_slots(placement: Any = None, *, kubernetes: bool = False,
+                       core_api: Any = None) -> dict[str, int]:
+    """Pool slots this deployment should have: locally from this host's usable cores and CUDA
+    devices; on Kubernetes from the GPU node pool's allocatable GPUs plus the node pools the
+    placement policy (`scalable_node_pools`) says can scale up."""
+    if kubernetes:
+        from unified_assets.placement.kube import fetch_k8s_capacity
+
+        allocatable = fetch_k8s_capacity(core_api).pools().get(GPU_NODE_POOL, {})
+        scalable = sum(p.gpus_per_node for p in placement.scalable_node_pools.values()) \
+            if placement is not None else 0
+        return cluster_pool_slots(allocatable.get("gpus_allocatable", 0), scalable)
+    devices, _ = probe_cuda()
+    return pool_slots(usable_cpus(), len(devices))
+
+
+def apply_pool_limits(instance: Any, wanted: dict[str, int],
+                      applied: dict[str, int]) -> tuple[dict[str, int], list[str]]:
+    """Set each pool's limit in the instance (the only place Dagster OSS keeps per-pool
+    limits) to `wanted`, unless a person set it since we last did (`applied`: what we set
+    before): an operator's `dagster instance concurrency set` wins. Returns what is now ours
+    and one note per pool changed or left alone."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return applied, ["this instance's storage has no concurrency pools"]
+    current = {limit.name: limit.limit for limit in storage.get_pool_limits()
+               if not limit.from_default}
+    ours, notes = {}, []
+    for pool, slots in sorted(wanted.items()):
+        now = current.get(pool)
+        if now is not None and now != slots and applied.get(pool) != now:
+            notes.append(f"{pool}: {now} slots set by an operator, kept (derived: {slots})")
+            continue
+        if now != slots:
+            storage.set_concurrency_slots(pool, slots)
+            notes.append(f"{pool}: {now if now is not None else 'default'} -> {slots} slots")
+        ours[pool] = slots
+    return ours, notes
 
 
 def take_snapshot(instance: Any = None, *, kubernetes: bool = False, core_api: Any = None,
