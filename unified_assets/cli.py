@@ -1,9 +1,12 @@
-"""`unified-ai`: generate data, run the headless demo, write the bring-your-own example, and
-take or audit production decisions (approve, reject, rollback: signed with your key)."""
+"""`unified-ai`: the command line beside the Dagster UI. Data (generate, spec infer), the
+headless lifecycle (demo), production decisions signed with your key (pending, approve,
+reject, rollback, keys, sign), their record (history, audit verify, incidents) and placement
+(plan, k8s-manifests)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import tempfile
@@ -21,6 +24,17 @@ def _generate(args: argparse.Namespace) -> int:
             "only": "labels file(s)"}[args.labels]
     print(f"wrote {len(written)} {what} of {args.rows} rows to {written[0].parent}")
     return 0
+
+
+@contextlib.contextmanager
+def _events_to(path: Path | None):
+    """Dagster's console logger writes every run event (hundreds of DEBUG lines) to stderr,
+    looked up when each line is written: send them to a file so the summary stands alone."""
+    if path is None:
+        yield
+        return
+    with path.open("a") as log, contextlib.redirect_stderr(log):
+        yield
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -47,15 +61,19 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"demo home: {home}")
     print(f"policy: {path or DEFAULT_POLICY_PATH} ({source})")
     (home / "dagster").mkdir(parents=True, exist_ok=True)
+    events = home / "demo-events.log"
     with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
         try:
-            summary = run_lifecycle(settings, instance)
+            with _events_to(None if args.verbose else events):
+                summary = run_lifecycle(settings, instance)
         except PolicyError as error:
             print(f"unified-ai demo: {error}", file=sys.stderr)
             return 2
     for line in summary.lines():
         print(line)
     print(f"mlflow: {settings.mlflow_tracking_uri}")
+    if not args.verbose:
+        print(f"run events: {events} (--verbose prints them as they happen)")
     print(f"done in {time.perf_counter() - started:.1f}s")
     return 0
 
@@ -216,12 +234,28 @@ def _history(args: argparse.Namespace) -> int:
     changes = resources["decisions"].changes(model)
     if not changes:
         print(f"no champion changes recorded for {model}")
+        return 0
+    registry = resources["mlflow_registry"]
+    families: dict[str, str] = {}
+
+    def named(version: str | None) -> str:
+        """'v3 torch': the version and its model family (from the registry, when it answers)."""
+        if not version:
+            return "(none)"
+        if version not in families:
+            try:
+                families[version] = registry.version_tags(model, version).get("family", "")
+            except Exception:  # noqa: BLE001 - history still prints without the registry
+                families[version] = ""
+        return f"v{version} {families[version]}".rstrip()
+
     markers = {"done": "", "pending": "  PENDING (not in effect yet)",
                "abandoned": "  ABANDONED (never took effect)"}
+    print(f"champion changes of {model} (oldest first):")
     for c in changes:
         marker = markers.get(c["status"], f"  {c['status'].upper()}")
-        print(f"#{c['seq']:<3} {c['created_at']:%Y-%m-%d %H:%M:%S}  {c['action']:8s} "
-              f"v{c['from_version'] or '-'} -> v{c['to_version']}  by {c['actor']}: "
+        print(f"#{c['seq']:<3} {c['created_at']:%Y-%m-%d %H:%M:%S}  {c['action']:9s} "
+              f"{named(c['from_version'])} → {named(c['to_version'])}  by {c['actor']}: "
               f"{c['reason']}{marker}")
     return 0
 
@@ -269,16 +303,25 @@ def _plan_for(args: argparse.Namespace):
         requirements = [r for r in requirements if r.step_key in wanted or r.asset_key in wanted]
         if not requirements:
             raise SystemExit(f"--select {args.select!r} matches no step of job {args.job}")
-    snapshot = take_snapshot(kubernetes=settings.deployment == "kubernetes")
+    if args.cluster:
+        from unified_assets.placement.cluster_file import load_cluster_file
+
+        snapshot = load_cluster_file(args.cluster)
+    else:
+        snapshot = take_snapshot(kubernetes=settings.deployment == "kubernetes")
     policy = defs.resources["policy"].policy.placement
     return job, plan(requirements, snapshot, policy)
 
 
 def _plan(args: argparse.Namespace) -> int:
     from unified_assets.placement import PlacementError, render_table
+    from unified_assets.placement.cluster_file import ClusterFileError
 
     try:
         _, the_plan = _plan_for(args)
+    except ClusterFileError as error:
+        print(f"unified-ai {args.command}: {error}", file=sys.stderr)
+        return 2
     except PlacementError as error:
         print(f"no placement possible: {error}", file=sys.stderr)
         return 1
@@ -290,11 +333,15 @@ def _k8s_manifests(args: argparse.Namespace) -> int:
     import yaml
 
     from unified_assets.placement import PlacementError
+    from unified_assets.placement.cluster_file import ClusterFileError
     from unified_assets.placement.manifests import K8sTarget, job_manifests, write_manifests
     from unified_assets.placement.steps import step_tags_for_job
 
     try:
         job, the_plan = _plan_for(args)
+    except ClusterFileError as error:
+        print(f"unified-ai {args.command}: {error}", file=sys.stderr)
+        return 2
     except PlacementError as error:
         print(f"no placement possible: {error}", file=sys.stderr)
         return 1
@@ -309,8 +356,21 @@ def _k8s_manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+start here:
+  bash scripts/dev.sh                     the Dagster UI, running the lifecycle by itself
+  unified-ai demo                         the whole lifecycle headless, then a summary
+  unified-ai spec infer DATA --out SPEC   draft a spec for your own table
+  unified-ai demo --spec SPEC             run the lifecycle on it
+decide and audit:
+  unified-ai pending | approve V | reject V | rollback   (--by NAME --reason TEXT)
+  unified-ai history | audit verify | incidents
+`unified-ai COMMAND --help` for a command's options."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="unified-ai", description=__doc__)
+    parser = argparse.ArgumentParser(prog="unified-ai", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="write payment transaction batches")
@@ -333,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--home", default=None, help="state folder (default: a new temp folder)")
     demo.add_argument("--spec", default=None, help="dataset spec YAML (bring your own data)")
+    demo.add_argument("--verbose", action="store_true",
+                      help="print Dagster's run events as they happen (default: to a log file)")
     demo.add_argument("--policy", default=None,
                       help="policy YAML (default: UNIFIED_AI_POLICY, else the spec's `policy:`, "
                       "else the shipped policy)")
@@ -409,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--job", default="train_evaluate_promote")
         sub.add_argument("--select", default=None, help="comma-separated steps or assets")
         sub.add_argument("--rows", type=int, default=None, help="training rows (default: unknown)")
+        sub.add_argument("--cluster", default=None,
+                         help="plan against a recorded cluster (YAML of nodes and pools, e.g. "
+                         "deploy/cluster.example.yaml) instead of what this machine sees")
         sub.set_defaults(run=handler)
         if name == "k8s-manifests":
             sub.add_argument("--out", required=True, help="folder for one YAML per step")

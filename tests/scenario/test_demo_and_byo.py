@@ -18,6 +18,10 @@ def test_demo_command_runs_the_lifecycle_headless(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    # Quiet: the summary stands alone; Dagster's run events go to a file (--verbose prints them).
+    assert "DEBUG" not in out.stderr and "DEBUG" not in out.stdout
+    assert "DEBUG" in (tmp_path / "demo" / "demo-events.log").read_text()
+    assert "run events: " in out.stdout
     assert "batches ingested: 3" in out.stdout
     assert "models trained: 2" in out.stdout
     aucs = [float(x) for x in re.findall(r"roc_auc=([0-9.]+)", out.stdout)]

@@ -95,7 +95,10 @@ def test_unsigned_cli_decisions_are_refused_when_the_policy_requires_signatures(
     assert refusals == [("alice", False), ("bob", True), ("alice", True)]
 
 
-def test_history_shows_whether_each_change_took_effect(home, capsys):
+def test_history_shows_whether_each_change_took_effect(home, capsys, mlflow_db_template):
+    import shutil
+
+    shutil.copy(mlflow_db_template, home / "mlflow.db")
     store = _store(home)
     for seq, (status, to) in enumerate([("done", "1"), ("abandoned", "2"), (None, "3")]):
         store.record_change(model_name=MODEL, expected_seq=seq, action="promote",
@@ -104,7 +107,7 @@ def test_history_shows_whether_each_change_took_effect(home, capsys):
             store.record_outcome(model_name=MODEL, seq=seq + 1, status=status, actor="ledger",
                                  reason="test")
     assert main(["history"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    lines = capsys.readouterr().out.splitlines()[1:]  # under the heading
     assert "PENDING" not in lines[0] and "ABANDONED" not in lines[0]
     assert "ABANDONED" in lines[1] and "PENDING" in lines[2]
 
@@ -135,3 +138,84 @@ def test_plan_and_k8s_manifests_run_as_the_readme_writes_them(tmp_path, monkeypa
     assert main(["k8s-manifests", "--out", str(tmp_path / "manifests")]) == 0
     assert sorted((tmp_path / "manifests").iterdir())
     assert main(["demo", "--rows", "0"]) == 2
+
+
+def test_history_names_each_version_family_and_reads_as_a_move(home, capsys, mlflow_db_template):
+    """Found: `promote v- -> v1`, and never the model family."""
+    import shutil
+
+    from resources.mlflow_registry import MlflowRegistry
+
+    shutil.copy(mlflow_db_template, home / "mlflow.db")
+    client = MlflowRegistry(tracking_uri=f"sqlite:///{home / 'mlflow.db'}").client()
+    client.create_registered_model(MODEL)
+    for family in ("sklearn", "torch"):
+        version = client.create_model_version(MODEL, source=str(home / family)).version
+        client.set_model_version_tag(MODEL, version, "family", family)
+    store = _store(home)
+    for seq, (action, before, to) in enumerate([("promote", None, "1"), ("promote", "1", "2"),
+                                               ("rollback", "2", "1")]):
+        store.record_change(model_name=MODEL, expected_seq=seq, action=action,
+                            from_version=before, to_version=to, actor="alice", reason="r")
+        store.record_outcome(model_name=MODEL, seq=seq + 1, status="done", actor="ledger",
+                             reason="test")
+    assert main(["history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"champion changes of {MODEL}")
+    assert "promote   (none) → v1 sklearn" in lines[1]
+    assert "promote   v1 sklearn → v2 torch" in lines[2]
+    assert "rollback  v2 torch → v1 sklearn" in lines[3]
+
+
+def test_k8s_manifests_are_named_by_step_and_a_recorded_cluster_gives_the_gpu_request(
+        tmp_path, monkeypatch, capsys):
+    """Found: files named by hash, and on a machine without GPUs the GPU step's manifest
+    followed the local CPU fallback. `--cluster FILE` plans against a recorded cluster."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(root)
+    cluster = root / "deploy" / "cluster.example.yaml"
+    assert main(["plan", "--cluster", str(cluster), "--rows", "50000"]) == 0
+    out = capsys.readouterr().out
+    assert "model_torch" in out and "gpu" in out.split("model_torch", 1)[1].splitlines()[0]
+    assert main(["k8s-manifests", "--out", str(tmp_path / "m"), "--cluster", str(cluster),
+                 "--rows", "50000"]) == 0
+    files = {p.name for p in (tmp_path / "m").iterdir()}
+    assert {"model_torch.yaml", "model_sklearn.yaml", "challenger.yaml"} <= files
+    torch_job = yaml.safe_load((tmp_path / "m" / "model_torch.yaml").read_text())
+    container = torch_job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    sklearn_job = yaml.safe_load((tmp_path / "m" / "model_sklearn.yaml").read_text())
+    assert "nvidia.com/gpu" not in str(sklearn_job)
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("nodes: []\n", "nodes: no node listed"),
+    ("nodes:\n  - {name: a, pool: gpu, gpus: -1}\n", "nodes[0].gpus: -1"),
+    ("nodes:\n  - {pool: gpu}\n", "nodes[0].name"),
+    ("nodes:\n  - {name: a, pool: gpu, gpu: 1}\n", "nodes[0].gpu: unknown field"),
+])
+def test_a_bad_cluster_file_names_the_file_and_field(tmp_path, monkeypatch, capsys, content,
+                                                     problem):
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    path = tmp_path / "cluster.yaml"
+    path.write_text(content)
+    assert main(["plan", "--cluster", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and problem in err
+
+
+def test_top_level_help_lists_every_command(capsys):
+    from unified_assets.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for name in commands:
+        assert f"\n    {name}" in text or f"\n  {name}" in text, name
+    assert "spec infer" in text and "bash scripts/dev.sh" in text

@@ -141,14 +141,17 @@ def job_manifests(plan: Plan, target: K8sTarget,
 
 
 def write_manifests(manifests: Mapping[str, Mapping[str, Any]], out_dir: str | Path) -> list[Path]:
-    """One YAML file per step (`<job name>.yaml`, the step key in a comment)."""
+    """One YAML file per step, named by the step (`model_torch.yaml`; the Job's own name, a
+    hash as dagster-k8s makes it, is inside), the step key in a comment."""
+    import re
+
     import yaml
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for step_key, manifest in manifests.items():
-        path = folder / f"{manifest['metadata']['name']}.yaml"
+        path = folder / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', step_key)}.yaml"
         path.write_text(f"# step: {step_key}\n" + yaml.safe_dump(dict(manifest), sort_keys=False))
         written.append(path)
     return written
