@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 import dagster as dg
 
@@ -47,12 +48,33 @@ class RegisteredCandidate:
         return asdict(self) | {"registry_uri": self.registry_uri}
 
 
+@dataclass(frozen=True)
+class ArtifactLink:
+    """Where a person opens an artifact of an MLflow run over HTTP.
+
+    `page` is the MLflow UI's run page with the artifact open: it renders HTML reports (in a
+    sandboxed frame) and JSON. `file` is the artifact itself (`/get-artifact`, HTTP 200 with
+    the bytes; MLflow sends it as an attachment, so a browser downloads it)."""
+
+    run_id: str
+    experiment_id: str
+    path: str
+    page: str
+    file: str
+    run_page: str
+
+
 class MlflowRegistry(dg.ConfigurableResource):
-    """MLflow server or local sqlite store; `artifact_location` is used for new experiments."""
+    """MLflow server or local sqlite store; `artifact_location` is used for new experiments.
+
+    `ui_url` is where people open MLflow in a browser, for report links; unset, it is
+    UNIFIED_AI_MLFLOW_UI_URL, else the tracking server itself when it is one (http), else the
+    local MLflow UI that scripts/dev.sh starts."""
 
     tracking_uri: str
     artifact_location: str | None = None
     experiment_name: str = "unified-ai"
+    ui_url: str | None = None
 
     def _mlflow(self):
         import mlflow
@@ -66,20 +88,84 @@ class MlflowRegistry(dg.ConfigurableResource):
 
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
-    def _experiment_id(self) -> str:
+    def _experiment_id(self, name: str | None = None) -> str:
+        name = name or self.experiment_name
         client = self.client()
-        existing = client.get_experiment_by_name(self.experiment_name)
+        existing = client.get_experiment_by_name(name)
         if existing is not None:
             return existing.experiment_id
         try:
-            return client.create_experiment(
-                self.experiment_name, artifact_location=self.artifact_location
-            )
+            return client.create_experiment(name, artifact_location=self.artifact_location)
         except Exception:  # noqa: BLE001 - another step created it first
-            existing = client.get_experiment_by_name(self.experiment_name)
+            existing = client.get_experiment_by_name(name)
             if existing is None:
                 raise
             return existing.experiment_id
+
+    # ------------------------------------------------------------ reports for people
+
+    def ui_base(self) -> str:
+        """The MLflow UI's base URL for links (see the class docstring), without a final '/'."""
+        if self.ui_url:
+            return self.ui_url.rstrip("/")
+        from unified_assets.settings import LOCAL_MLFLOW_UI_URL, load_settings
+
+        configured = load_settings().mlflow_ui_url
+        if configured:
+            return configured
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return self.tracking_uri.rstrip("/")
+        return LOCAL_MLFLOW_UI_URL
+
+    def artifact_link(self, run_id: str, experiment_id: str, path: str) -> ArtifactLink:
+        base = self.ui_base()
+        run_page = f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+        return ArtifactLink(
+            run_id=run_id, experiment_id=experiment_id, path=path,
+            page=f"{run_page}/artifacts/{path}",
+            file=f"{base}/get-artifact?{urlencode({'path': path, 'run_uuid': run_id})}",
+            run_page=run_page,
+        )
+
+    def log_reports(self, run_id: str, folder: str,
+                    files: dict[str, str | bytes]) -> dict[str, ArtifactLink]:
+        """Upload `files` (name -> content) under `folder` of an existing (even finished) run,
+        in one call; their links by name. The tracking server stores them where its artifact
+        root says, so the links work wherever the MLflow UI runs, pods included."""
+        import tempfile
+        from pathlib import Path
+
+        client = self.client()
+        experiment_id = client.get_run(run_id).info.experiment_id
+        with tempfile.TemporaryDirectory(prefix="unified-ai-reports-") as tmp:
+            for name, content in files.items():
+                target = Path(tmp, name)
+                if isinstance(content, str):
+                    target.write_text(content, encoding="utf-8")
+                else:
+                    target.write_bytes(content)
+            client.log_artifacts(run_id, tmp, artifact_path=folder)
+        return {name: self.artifact_link(run_id, experiment_id, f"{folder}/{name}")
+                for name in files}
+
+    def log_report_run(self, *, experiment_suffix: str, run_name: str, tags: dict[str, str],
+                       metrics: dict[str, float], folder: str,
+                       files: dict[str, str | bytes]) -> dict[str, ArtifactLink]:
+        """A finished MLflow run of its own in the `<experiment>-<suffix>` experiment holding
+        `files` (reports not tied to a model run, e.g. drift); the run ends FAILED and the
+        error is raised when an upload fails."""
+        client = self.client()
+        experiment_id = self._experiment_id(f"{self.experiment_name}-{experiment_suffix}")
+        run_id = client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+        try:
+            for key, value in metrics.items():
+                client.log_metric(run_id, key, value)
+            links = self.log_reports(run_id, folder, files)
+        except Exception:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        client.set_terminated(run_id, status="FINISHED")
+        return links
 
     def log_candidate(
         self,

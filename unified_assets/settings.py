@@ -17,6 +17,8 @@ DATASET_SPEC_ENV = "UNIFIED_AI_DATASET_SPEC"
 POLICY_ENV = "UNIFIED_AI_POLICY"
 LANDING_URI_ENV = "UNIFIED_AI_LANDING_URI"
 S3_ENDPOINT_ENV = "UNIFIED_AI_S3_ENDPOINT_URL"
+MLFLOW_UI_URL_ENV = "UNIFIED_AI_MLFLOW_UI_URL"
+LOCAL_MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where scripts/dev.sh starts the MLflow UI
 Deployment = Literal["local", "kubernetes"]
 DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes")
 
@@ -29,6 +31,9 @@ class Settings:
     policy_path: str | None = None
     landing_uri: str | None = None  # s3://bucket/prefix: land batches and labels in S3
     s3_endpoint: bool = False  # an S3-compatible endpoint is set in UNIFIED_AI_S3_ENDPOINT_URL
+    # Where people open MLflow in a browser (report links); None: locally LOCAL_MLFLOW_UI_URL,
+    # on Kubernetes the MLflow tracking server's own URL.
+    mlflow_ui_url: str | None = None
 
     @property
     def landing_dir(self) -> Path:
@@ -76,6 +81,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         deployment=deployment, home=home, dataset_spec=env.get(DATASET_SPEC_ENV) or None,
         policy_path=env.get(POLICY_ENV) or None, landing_uri=landing_uri,
         s3_endpoint=bool(env.get(S3_ENDPOINT_ENV)),
+        mlflow_ui_url=(env.get(MLFLOW_UI_URL_ENV) or "").strip().rstrip("/") or None,
     )
 
 

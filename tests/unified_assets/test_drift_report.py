@@ -1,6 +1,8 @@
 """The Evidently drift report: its verdicts on synthetic frames, and the asset end to end on a
 real champion (MLflow sqlite, Parquet in temp folders) next to `batch_drift`'s decision."""
 
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 import pandas as pd
@@ -97,9 +99,7 @@ def test_drift_report_next_to_the_profile_decision(settings, instance):
         reports[batch] = _metadata(result)
 
     loud, quiet = reports[DRIFTED], reports[CALM]
-    html = settings.artifacts_dir / "drift_reports" / f"{DRIFTED}.html"
-    assert loud["report"] == str(html)
-    content = html.read_text()
+    content = _logged_report(settings, loud)
     assert len(content) > 10_000 and "<html" in content[:500] and "DATA DRIFT" in content
     assert '"column_name": "amount"' in content
     assert loud["dataset_drift"] is True and quiet["dataset_drift"] is False
@@ -111,8 +111,50 @@ def test_drift_report_next_to_the_profile_decision(settings, instance):
         assert metadata["agreement_with_profile_decision"] >= 0.9
     assert "| amount | Wasserstein distance (normed) |" in loud["columns"]
     assert "| **yes** | **yes** |" in loud["columns"]
+    drifted = loud["drifted_columns"]
+    assert loud["summary"].startswith(f"Dataset drift detected: {len(drifted)} of 13 columns drifted")
+    assert all(column in loud["summary"] for column in drifted)
+    assert quiet["summary"].startswith("Dataset drift not detected")
+    assert not (settings.artifacts_dir / "drift_reports").exists(), "MLflow holds the report"
     description = drift_report.descriptions_by_key[dg.AssetKey("drift_report")]
     assert f"at most {SAMPLE_ROWS:,} per side" in description
+
+
+def _logged_report(settings, metadata: dict) -> str:
+    """The HTML the metadata links to, read from the MLflow run the link names: a run of the
+    drift experiment, opened on the MLflow UI's run page (default URL when none is set)."""
+    from mlflow import MlflowClient
+
+    page, file = metadata["report"], metadata["report_file"]
+    assert page.startswith("http://127.0.0.1:5000/#/experiments/")
+    _, experiment_id, _, run_id, _, *path = page.split("#/", 1)[1].split("/")
+    assert file == (f"http://127.0.0.1:5000/get-artifact?path={'%2F'.join(path)}"
+                    f"&run_uuid={run_id}")
+    client = MlflowClient(tracking_uri=settings.mlflow_tracking_uri)
+    run = client.get_run(run_id)
+    assert client.get_experiment(experiment_id).name == "unified-ai-drift"
+    assert run.info.experiment_id == experiment_id and run.info.status == "FINISHED"
+    assert run.data.tags["batch"] == DRIFTED and run.data.tags["dagster_run_id"]
+    assert run.data.metrics["share_of_drifted_columns"] == pytest.approx(
+        metadata["share_of_drifted_columns"], abs=1e-3)
+    return Path(client.download_artifacts(run_id, "/".join(path))).read_text()
+
+
+def test_the_summary_names_every_drifted_column_or_how_many_more():
+    """Found: the drift reason named 5 of 7 drifted columns without '...'."""
+    from unified_assets.assets.drift_report import drift_summary
+
+    summary = {"dataset_drift": True, "number_of_drifted_columns": 12, "number_of_columns": 13,
+               "share_of_drifted_columns": 12 / 13, "drift_share": 0.3,
+               "drifted_columns": [f"c{i}" for i in range(12)]}
+    text = drift_summary(summary)
+    assert text.startswith("Dataset drift detected: 12 of 13 columns drifted (share 0.9231, "
+                           "threshold 0.3): c0, c1,")
+    assert text.endswith("c9 and 2 more")
+    calm = summary | {"dataset_drift": False, "number_of_drifted_columns": 1,
+                      "share_of_drifted_columns": 1 / 13, "drifted_columns": ["c0"]}
+    assert drift_summary(calm) == ("Dataset drift not detected: 1 of 13 columns drifted "
+                                   "(share 0.07692, threshold 0.3): c0")
 
 
 def test_a_batch_without_curated_data_fails_naming_it(settings, instance):

@@ -2,6 +2,8 @@
 compact profiles in milliseconds; this reads rows and takes seconds, so it runs as its own
 asset after `batch_drift`, never inside a sensor tick."""
 
+import json
+
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
@@ -11,7 +13,7 @@ from resources.policy import PolicyResource
 from unified_assets.assets.data import curated_key
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, rounded
 from unified_assets.monitoring import drift_key
 from unified_assets.partitions import BATCHES
 
@@ -19,25 +21,24 @@ TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted (Evidently)"
                  "drifted (profile decision)"]
 
 
-def report_key(batch: str) -> str:
-    return f"drift_reports/{batch}.html"
-
-
-def summary_key(batch: str) -> str:
-    return f"drift_reports/{batch}.json"
+DRIFT_EXPERIMENT_SUFFIX = "drift"  # MLflow experiment `<experiment>-drift`: one run per report
+REPORT_HTML, SUMMARY_JSON = "drift_report.html", "drift_summary.json"
+LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `drifted_columns`
 
 
 @dg.asset(
     partitions_def=BATCHES,
     deps=[batch_drift],
     group_name="monitoring",
-    kinds={"evidently", "html"},
+    kinds={"evidently", "mlflow"},
     owners=OWNERS,
     description=(
         "Evidently's DataDriftPreset HTML report of one batch against the current champion's "
         "training batches (rows sampled to at most 20,000 per side), with the policy's drift "
-        "thresholds and share. For people: the retrain decision stays with `batch_drift`, "
-        "whose per-column verdicts are shown next to Evidently's with their agreement."
+        "thresholds and share, logged to an MLflow run (experiment `<experiment>-drift`) and "
+        "linked from metadata with a one-line summary. For people: the retrain decision stays "
+        "with `batch_drift`, whose per-column verdicts are shown next to Evidently's with their "
+        "agreement."
     ),
     automation_condition=dg.AutomationCondition.eager(),
     **CPU_LIGHT.asset_kwargs(),
@@ -71,13 +72,36 @@ def drift_report(
         num_threshold=drift.num_threshold, cat_threshold=drift.cat_threshold,
         drift_share=drift.drift_share,
     )
-    uri = store.write_bytes(report_key(batch), html.encode())
     profile = _profile_verdicts(store, batch, version)
-    store.write_json(summary_key(batch), summary | {"champion": version, "reference_batches": batches})
-    context.log.info(f"drift report of {batch} against champion v{version}: {uri}")
-    link = (dg.MetadataValue.url(uri) if uri.startswith("s3") else
-            dg.MetadataValue.path(store.local_path(report_key(batch))))
-    return dg.MaterializeResult(metadata={"report": link} | _metadata(version, batches, summary, profile))
+    links = mlflow_registry.log_report_run(
+        experiment_suffix=DRIFT_EXPERIMENT_SUFFIX, run_name=batch,
+        tags={"batch": batch, "champion_version": version, "model_name": spec.name,
+              "dagster_run_id": context.run_id, "dataset_drift": str(summary["dataset_drift"])},
+        metrics={"share_of_drifted_columns": summary["share_of_drifted_columns"],
+                 "number_of_drifted_columns": summary["number_of_drifted_columns"]},
+        folder="reports",
+        files={REPORT_HTML: html, SUMMARY_JSON: json.dumps(
+            summary | {"champion": version, "reference_batches": batches}, indent=2, default=str)},
+    )
+    report = links[REPORT_HTML]
+    context.log.info(f"drift report of {batch} against champion v{version}: {report.page}")
+    return dg.MaterializeResult(metadata={
+        "summary": dg.MetadataValue.text(drift_summary(summary)),
+        "report": dg.MetadataValue.url(report.page),
+        "report_file": dg.MetadataValue.url(report.file),
+        "mlflow_run": dg.MetadataValue.url(report.run_page),
+    } | _metadata(version, batches, summary, profile))
+
+
+def drift_summary(summary: dict) -> str:
+    """One line: the verdict, how many columns drifted against the threshold, and which (all
+    of them, or the first LISTED_COLUMNS and how many more)."""
+    verdict = "detected" if summary["dataset_drift"] else "not detected"
+    drifted = summary["drifted_columns"]
+    line = (f"Dataset drift {verdict}: {summary['number_of_drifted_columns']} of "
+            f"{summary['number_of_columns']} columns drifted (share "
+            f"{fmt(summary['share_of_drifted_columns'])}, threshold {fmt(summary['drift_share'])})")
+    return line + (f": {listed(drifted, LISTED_COLUMNS)}" if drifted else "")
 
 
 def _training_batches(store: ArtifactStore, registry: MlflowRegistry, model_name: str,
@@ -128,7 +152,7 @@ def _metadata(version: str, batches: list[str], summary: dict, profile: dict[str
     rows = summary["rows"]
     metadata = {
         "dataset_drift": summary["dataset_drift"],
-        "share_of_drifted_columns": dg.MetadataValue.float(summary["share_of_drifted_columns"]),
+        "share_of_drifted_columns": dg.MetadataValue.float(rounded(summary["share_of_drifted_columns"])),
         "number_of_drifted_columns": dg.MetadataValue.int(summary["number_of_drifted_columns"]),
         "drifted_columns": dg.MetadataValue.json(summary["drifted_columns"]),
         "drift_share_threshold": dg.MetadataValue.float(summary["drift_share"]),
@@ -145,7 +169,7 @@ def _metadata(version: str, batches: list[str], summary: dict, profile: dict[str
     }
     agreement = _agreement(summary, profile) if profile else None
     if agreement is not None:
-        metadata["agreement_with_profile_decision"] = dg.MetadataValue.float(agreement)
+        metadata["agreement_with_profile_decision"] = dg.MetadataValue.float(rounded(agreement))
     else:
         metadata["profile_decision"] = dg.MetadataValue.text(
             "not available: batch_drift has not judged this batch against this champion")

@@ -1,6 +1,7 @@
 """Evaluation group: one report per candidate on the fixed holdout beside the champion,
 judged by the policy's gates (checks with numbers against the policy)."""
 
+import json
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from unified_assets.gates import (
     GateResult,
     judge,
 )
-from unified_assets.metadata import OWNERS, markdown_table, numbers
+from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, numbers
 from unified_assets.ml.training_data import TrainingSet
 
 SEGMENT_COLUMNS = ["segment", "value", "rows", "positives", "roc_auc", "pr_auc", "recall", "f1"]
@@ -36,6 +37,25 @@ CHECK_DESCRIPTIONS = {
     LEAKAGE: "Too good to be true: holdout ROC AUC at or above the policy's max_holdout_auc, or "
     "one feature alone separating the target (WARN unless promotion.leakage.blocking).",
 }
+# What each evaluation check means for promotion. The blocking gates are not Dagster-blocking
+# here: a failed blocking check would skip the challenger, which must still compare the other
+# candidate; the challenger's own blocking checks are what stop promotion.
+HOLDS_PROMOTION = {
+    QUALITY: "yes", IMPROVEMENT: "yes", FAIRNESS: "yes", INFORMATIONAL: "no",
+    LEAKAGE: "when promotion.leakage.blocking",
+}
+_BLOCKS = ("Blocks promotion (ERROR): a candidate failing it is never chosen as challenger, and "
+           "the challenger's blocking checks stop promotion. Not Dagster-blocking on this asset, "
+           "so the other candidate is still compared. ")
+ROLE = {
+    QUALITY: _BLOCKS, IMPROVEMENT: _BLOCKS, FAIRNESS: _BLOCKS,
+    INFORMATIONAL: "Informs only (WARN): never holds promotion back. ",
+    LEAKAGE: "Blocks promotion like the gates above when promotion.leakage.blocking is true "
+             "(then ERROR), else informs only (WARN). ",
+}
+SUMMARY_METRICS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "f1": "F1", "recall": "recall",
+                   "precision": "precision", "brier": "Brier"}
+REPORT_JSON, EVIDENTLY_HTML = "evaluation_report.json", "evidently_report.html"
 COMPARED = ["roc_auc", "pr_auc", "pr_auc_lift", "f1", "recall", "precision", "brier", "brier_skill",
             "latency_ms_per_1k"]
 
@@ -134,18 +154,24 @@ def _comparison_table(report: dict) -> dg.MarkdownMetadataValue:
     )
 
 
-def check_result(gate: GateResult, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+def check_result(gate: GateResult, severity: dg.AssetCheckSeverity,
+                 blocks_promotion: bool | None = None) -> dg.AssetCheckResult:
+    """The gate as a check result; `blocks_promotion`, when given, says in the UI whether this
+    failure holds promotion back (the check itself may not be Dagster-blocking)."""
     columns = list(gate.rows[0]) if gate.rows else []
+    metadata = {
+        "verdict": dg.MetadataValue.text(gate.message),
+        "values_vs_policy": markdown_table(gate.rows, columns) if gate.rows
+        else dg.MetadataValue.md("no values"),
+    }
+    if blocks_promotion is not None:
+        metadata["blocks_promotion"] = dg.MetadataValue.bool(blocks_promotion)
     return dg.AssetCheckResult(
         check_name=gate.name,
         passed=gate.passed,
         severity=severity,
         description=gate.message,
-        metadata={
-            "verdict": dg.MetadataValue.text(gate.message),
-            "values_vs_policy": markdown_table(gate.rows, columns) if gate.rows
-            else dg.MetadataValue.md("no values"),
-        },
+        metadata=metadata,
     )
 
 
@@ -159,10 +185,11 @@ def failed_report(family: str, model_name: str, version: str | None, error: str)
 
 def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
               training: TrainingSet, registry: MlflowRegistry, decisions: DecisionStore,
-              store: ArtifactStore, promotion) -> dict:
-    """The candidate's full report. A failure of this candidate (it cannot be scored, its
-    metrics cannot be computed) becomes an error report; an unusable champion still fails the
-    step (dg.Failure), since it concerns every candidate alike."""
+              store: ArtifactStore, promotion) -> tuple[dict, str | None]:
+    """The candidate's full report and its Evidently HTML (None when not written). A failure
+    of this candidate (it cannot be scored, its metrics cannot be computed) becomes an error
+    report; an unusable champion still fails the step (dg.Failure), since it concerns every
+    candidate alike."""
     from unified_assets.ml.evidently_report import evidently_html
     from unified_assets.ml.metrics import single_feature_aucs
 
@@ -173,16 +200,18 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
         raise
     except Exception as error:  # noqa: BLE001 - this candidate's own failure, reported as such
         return failed_report(candidate.family, candidate.model_name, candidate.version,
-                             f"evaluation failed: {type(error).__name__}: {_first_line(error)}")
+                             f"evaluation failed: {type(error).__name__}: {_first_line(error)}"), None
     holdout_scores = report.pop("_holdout_scores")
     report["feature_auc"] = single_feature_aucs(
         training.train, training.holdout, training.target, training.numeric_features,
         training.categorical_features)
+    html = None
     try:
         html = evidently_html(
             training.train, scorer(training.train), training.holdout, holdout_scores,
             training.numeric_features, training.categorical_features, training.target,
         )
+        # A stored copy beside the JSON (the lifecycle test reads it); people open MLflow's.
         report["evidently_report_uri"] = store.write_bytes(
             report_key(candidate.model_name, candidate.version, "html"), html.encode()
         )
@@ -190,18 +219,92 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
         report["evidently_report_uri"] = None
         report["evidently_error"] = f"{type(error).__name__}: {_first_line(error)}"
         context.log.warning(f"Evidently report not written: {report['evidently_error']}")
-    return report
+    return report, html
+
+
+def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, store: ArtifactStore,
+             run_id: str, report: dict, html: str | None) -> None:
+    """Store the judged report (approvals and rollbacks cite it by `report_key`) and log it
+    and the Evidently HTML to the candidate's MLflow run, with links that open them over HTTP
+    in the MLflow UI. One folder per Dagster run: an older materialization's links keep
+    showing its own report after a re-evaluation."""
+    key = report_key(report["model_name"], report["version"])
+    report["report_uri"] = store.uri(key)
+    folder = f"evaluation/{context.run_id[:8]}"
+    try:
+        experiment_id = registry.client().get_run(run_id).info.experiment_id
+        links = {name: registry.artifact_link(run_id, experiment_id, f"{folder}/{name}")
+                 for name in (REPORT_JSON, EVIDENTLY_HTML)}
+        report["mlflow_run_url"] = links[REPORT_JSON].run_page
+        report["report_url"], report["report_file_url"] = (links[REPORT_JSON].page,
+                                                           links[REPORT_JSON].file)
+        if html is not None:
+            report["evidently_report_url"] = links[EVIDENTLY_HTML].page
+            report["evidently_report_file_url"] = links[EVIDENTLY_HTML].file
+        files: dict[str, str | bytes] = {REPORT_JSON: json.dumps(report, indent=2, default=str)}
+        registry.log_reports(run_id, folder, files | ({EVIDENTLY_HTML: html} if html else {}))
+    except Exception as error:  # noqa: BLE001 - reports for people; the gates do not need them
+        for link in ("mlflow_run_url", "report_url", "report_file_url", "evidently_report_url",
+                     "evidently_report_file_url"):
+            report.pop(link, None)
+        report["mlflow_error"] = f"{type(error).__name__}: {_first_line(error)}"
+        context.log.warning(f"reports not logged to MLflow run {run_id}: {report['mlflow_error']}")
+    store.write_json(key, report)
+
+
+def summary(report: dict) -> str:
+    """A few lines that answer most questions without opening a report: who, the verdict and
+    why, the key metrics beside the champion's, the weakest segment."""
+    champion = report["champion"]
+    who = f"{report['family']} v{report['version']}"
+    who += f" vs champion v{champion['version']}" if champion else " (no champion yet)"
+    gates = report.get("gates", {})
+    failed = [f"{name} ({g['message']})" for name, g in gates.items()
+              if not g["passed"] and name in (QUALITY, IMPROVEMENT, FAIRNESS)]
+    warned = [name for name, g in gates.items() if not g["passed"] and name not in
+              (QUALITY, IMPROVEMENT, FAIRNESS)]
+    verdict = ("passed every blocking gate" if report.get("passed_gates") else
+               "held back: " + "; ".join(failed) if failed else "held back")
+    if warned:
+        verdict += f" (warnings: {listed(warned)})"
+    overall, theirs = report["overall"], (champion or {}).get("overall", {})
+    metrics = []
+    for key, label in SUMMARY_METRICS.items():
+        value = overall.get(key)
+        if value is None:
+            continue
+        text = f"{label} {fmt(value)}"
+        if theirs.get(key) is not None:
+            text += f" (champion {fmt(theirs[key])}, {value - theirs[key]:+.4f})"
+        metrics.append(text)
+    lines = [f"**{who}**: {verdict}", " · ".join(metrics)]
+    scored = [s for s in report.get("segments", []) if s.get("roc_auc") is not None]
+    if scored:
+        weakest = min(scored, key=lambda s: s["roc_auc"])
+        lines.append(f"weakest segment: {weakest['segment']}={weakest['value']} ROC AUC "
+                     f"{fmt(weakest['roc_auc'])} on {weakest.get('rows')} rows")
+    return "\n\n".join(lines)
+
+
+def _link(report: dict, key: str, missing: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(report[key]) if report.get(key) else dg.MetadataValue.text(missing)
 
 
 def _metadata(report: dict) -> dict:
     champion = report["champion"]
-    evidently = report.get("evidently_report_uri")
+    not_logged = f"not logged to MLflow: {report.get('mlflow_error')}"
+    evidently_missing = (f"not written: {report['evidently_error']}"
+                         if report.get("evidently_error") else not_logged)
     return {
+        "summary": dg.MetadataValue.md(summary(report)),
         "model_version": dg.MetadataValue.text(report["version"]),
         "passed_gates": report["passed_gates"],
-        "report": dg.MetadataValue.url(report["report_uri"]),
-        "evidently_report": dg.MetadataValue.url(evidently) if evidently
-        else dg.MetadataValue.text(f"not written: {report.get('evidently_error')}"),
+        "evidently_report": _link(report, "evidently_report_url", evidently_missing),
+        "evidently_report_file": _link(report, "evidently_report_file_url", evidently_missing),
+        "report": _link(report, "report_url", not_logged),
+        "report_file": _link(report, "report_file_url", not_logged),
+        "mlflow_run": _link(report, "mlflow_run_url", not_logged),
+        "report_stored_at": dg.MetadataValue.text(report["report_uri"]),
         **numbers(report["overall"]),
         "vs_champion": _comparison_table(report),
         "champion_version": dg.MetadataValue.text(champion["version"] if champion else "none yet"),
@@ -230,7 +333,8 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
             "judge it against the policy; a failing candidate is never selected as challenger."
         ),
         check_specs=[
-            dg.AssetCheckSpec(check, asset=name, description=CHECK_DESCRIPTIONS[check])
+            dg.AssetCheckSpec(check, asset=name, description=ROLE[check] + CHECK_DESCRIPTIONS[check],
+                              metadata={"blocks_promotion": HOLDS_PROMOTION[check]})
             for check in (QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL, LEAKAGE)
         ],
         automation_condition=dg.AutomationCondition.eager(),
@@ -246,19 +350,19 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
         policy: PolicyResource,
     ):
         promotion = policy.policy.promotion
+        html = None
         if isinstance(candidate, CandidateFailure):
             report = failed_report(candidate.family, candidate.model_name, None,
                                    f"training failed: {candidate.error}")
         else:
-            report = _evaluate(context, candidate, training_set, mlflow_registry, decisions, store,
-                               promotion)
+            report, html = _evaluate(context, candidate, training_set, mlflow_registry, decisions,
+                                     store, promotion)
         verdict = judge(report, promotion)
         report["gates"] = {n: {"passed": g.passed, "message": g.message}
                            for n, g in verdict.gates.items()}
         report["passed_gates"] = verdict.passed
         if not report.get("error"):  # stored with its verdict, as approvals and rollbacks cite it
-            report["report_uri"] = store.write_json(
-                report_key(report["model_name"], report["version"]), report)
+            _publish(context, mlflow_registry, store, candidate.run_id, report, html)
         if report.get("error"):
             context.log.error(f"{family} candidate not evaluated: {report['error']}")
             yield dg.Output(report, metadata={
@@ -270,7 +374,8 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
             yield dg.Output(report, metadata=_metadata(report))
         for gate_name, gate in verdict.gates.items():
             warn = gate_name == INFORMATIONAL or (gate_name == LEAKAGE and not promotion.leakage.blocking)
-            yield check_result(gate, dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR)
+            yield check_result(gate, dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR,
+                               blocks_promotion=not warn)
 
     return _evaluation
 

@@ -1,0 +1,174 @@
+"""Reports one click away: a real evaluation and a real drift report log their reports to
+MLflow, and the links in their metadata answer over HTTP from a real `mlflow server` process
+on a free loopback port, reading the same sqlite store and artifact folder.
+
+Found: the evaluation's Evidently link was a `file://` URL the browser refuses and the drift
+report a bare path; neither exists on a viewer's machine when the code runs in a pod."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from resources.mlflow_registry import MlflowRegistry
+from unified_assets.assets.drift_report import drift_report
+from unified_assets.assets.evaluation import EVALUATION_ASSETS
+from unified_assets.assets.models import model_sklearn
+from unified_assets.assets.monitoring import batch_drift
+from unified_assets.assets.training import training_set
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed
+from unified_assets.ml.generator import DriftSpec, write_batches
+
+STARTUP_DEADLINE_S = 180  # a deadline for a loaded machine, not an assertion about speed
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+@contextmanager
+def mlflow_server(tracking_uri: str, artifact_root: str, port: int) -> Iterator[str]:
+    """`mlflow server` as scripts/dev.sh starts it, in its own process group, stopped after."""
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [str(mlflow), "server", "--backend-store-uri", tracking_uri,
+         "--default-artifact-root", artifact_root, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"],
+        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_DEADLINE_S
+        while True:
+            assert process.poll() is None, f"mlflow server exited with {process.returncode}"
+            try:
+                if _get(f"{base}/health")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer on {base} within {STARTUP_DEADLINE_S} s")
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    (event,) = [e for e in result.get_asset_materialization_events()
+                if e.asset_key == dg.AssetKey(asset)]
+    return {k: v.value for k, v in event.materialization.metadata.items()}
+
+
+def _page_artifact(base: str, page_url: str) -> tuple[str, str]:
+    """(run id, artifact path) of an MLflow UI run-page link, which must sit on `base`."""
+    assert page_url.startswith(f"{base}/#/experiments/")
+    fragment = page_url.split("#", 1)[1]
+    parts = fragment.strip("/").split("/")
+    assert parts[2] == "runs" and parts[4] == "artifacts", page_url
+    return parts[3], "/".join(parts[5:])
+
+
+def _assert_page_shows(base: str, page_url: str, file_url: str) -> bytes:
+    """The UI page answers, lists the artifact, and the file link serves its bytes."""
+    run_id, path = _page_artifact(base, page_url)
+    status, headers, body = _get(page_url.split("#", 1)[0])
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    listing_url = (f"{base}/ajax-api/2.0/mlflow/artifacts/list?"
+                   + urllib.parse.urlencode({"run_id": run_id, "path": path.rsplit("/", 1)[0]}))
+    listed = json.loads(_get(listing_url)[2])
+    assert path in {f["path"] for f in listed["files"]}
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(file_url).query)
+    assert file_url.startswith(f"{base}/get-artifact?")
+    assert query == {"path": [path], "run_uuid": [run_id]}
+    status, headers, body = _get(file_url)
+    assert status == 200, body[:300]
+    return body
+
+
+def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settings, instance):
+    write_batches(settings.landing_dir, batches=3, rows=1500)
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    port = _free_port()  # the UI URL is configuration: the server comes up there later
+    registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
+                              artifact_location=settings.mlflow_artifact_location,
+                              ui_url=f"http://127.0.0.1:{port}/")
+    resources = dict(defs.resources) | {"mlflow_registry": registry}
+    (evaluation_sklearn,) = [a for a in EVALUATION_ASSETS
+                             if a.key == dg.AssetKey("evaluation_sklearn")]
+    trained = dg.materialize(
+        [training_set, model_sklearn, evaluation_sklearn], instance=instance,
+        resources=resources, raise_on_error=False,
+        run_config={"ops": {"model_sklearn": {"config": {"max_iter": 20}}}},
+    )
+    assert trained.success
+    evaluation = _metadata(trained, "evaluation_sklearn")
+    report = trained.output_for_node("evaluation_sklearn")
+    candidate = trained.output_for_node("model_sklearn")
+    # The summary answers the usual questions without opening anything.
+    assert f"sklearn v{candidate.version}" in evaluation["summary"]
+    assert "ROC AUC" in evaluation["summary"] and "no champion yet" in evaluation["summary"]
+    # Approvals and rollbacks still cite the stored JSON by its key.
+    assert report["report_uri"].startswith("file://") and "report_url" in report
+    registry.set_alias(candidate.model_name, candidate.version)
+
+    write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3,
+                  drift=DriftSpec(start_batch=3, covariate_shift=3.0))
+    ingest_landed(defs, instance)
+    drifted = dg.materialize([batch_drift, drift_report], partition_key="batch-00003",
+                             instance=instance, resources=resources, raise_on_error=False)
+    assert drifted.success
+    drift = _metadata(drifted, "drift_report")
+    assert "columns drifted" in drift["summary"] and "amount" in drift["summary"]
+
+    # The server comes up where the configuration said, on the store the code wrote to.
+    with mlflow_server(settings.mlflow_tracking_uri, settings.mlflow_artifact_location,
+                       port) as base:
+        html = _assert_page_shows(base, evaluation["evidently_report"],
+                                  evaluation["evidently_report_file"])
+        assert b"<html" in html[:500] and b"Drift" in html and len(html) > 10_000
+        stored = json.loads(_assert_page_shows(base, evaluation["report"], evaluation["report_file"]))
+        assert stored["version"] == candidate.version and stored["passed_gates"] is not None
+        run_id, _ = _page_artifact(base, evaluation["evidently_report"])
+        assert run_id == candidate.run_id, "evaluation reports belong to the candidate's run"
+
+        html = _assert_page_shows(base, drift["report"], drift["report_file"])
+        assert b"<html" in html[:500] and b"DATA DRIFT" in html
+        assert b'"column_name": "amount"' in html
+        status, _, _ = _get(drift["mlflow_run"].split("#", 1)[0])
+        assert status == 200
+
