@@ -116,3 +116,31 @@ def test_only_bad_batches_means_no_training_and_nothing_downstream(settings, ins
     assert "batch-text" in message
     for asset in ("model_sklearn", "model_torch", "production_model"):
         assert instance.fetch_materializations(dg.AssetKey(asset), limit=1).records == []
+
+
+def test_rejected_batch_looks_rejected_and_automation_skips_its_monitoring(landing, instance):
+    defs = build_definitions(landing)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    summary = ingest_landed(defs, instance)
+    assert "batch-missing" in summary.batches_rejected
+    # The ingestion run of a rejected batch fails with one line saying so (not a check
+    # stack trace), and its materialization says rejected before anything else.
+    run = instance.get_run_records(dg.RunsFilter(
+        job_name="ingest_batch", tags={"dagster/partition": "batch-missing"}))[0].dagster_run
+    assert run.status == dg.DagsterRunStatus.FAILURE
+    failures = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records]
+    message = failures[0].event_specific_data.error.message
+    assert message.split(": ", 1)[1].startswith("batch batch-missing rejected: failed checks schema")
+    record = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=landed_batch.key, asset_partitions=["batch-missing"]), limit=1).records[0]
+    metadata = record.asset_materialization.metadata
+    assert next(iter(metadata)) == "verdict"
+    assert metadata["verdict"].value.startswith("REJECTED")
+    good = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=landed_batch.key, asset_partitions=["batch-00000"]), limit=1).records[0]
+    assert good.asset_materialization.metadata["verdict"].value.startswith("passed")
+    # Automation carries only the good batches on to drift monitoring: no "has no profile".
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.get_requested_partitions(dg.AssetKey("batch_drift")) == {
+        "batch-00000", "batch-00001", "batch-00002"}

@@ -1,5 +1,6 @@
 """Data group: each landed batch file becomes a partition, gated by blocking quality checks."""
 
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -51,7 +52,9 @@ def batch_passed(store: ArtifactStore, batch: str) -> bool:
         "ingested again as a new version; metadata names the file and version it came from."
     ),
     check_specs=[
-        dg.AssetCheckSpec(name, asset="landed_batch", blocking=True,
+        # Partitioned like the asset: each batch's checks pass or fail on their own, so
+        # automation skips exactly the rejected batches (and the UI lists checks per batch).
+        dg.AssetCheckSpec(name, asset="landed_batch", blocking=True, partitions_def=BATCHES,
                           description=CHECK_DESCRIPTIONS[name])
         for name in CHECK_NAMES
     ],
@@ -59,7 +62,11 @@ def batch_passed(store: ArtifactStore, batch: str) -> bool:
 )
 def landed_batch(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: ArtifactStore
-) -> dg.MaterializeResult:
+) -> Iterator[dg.MaterializeResult]:
+    """Yields the materialization with its check results, then, for a rejected batch, fails
+    the step with one line: the partition's run is red and its materialization says
+    REJECTED first, while its metadata and findings stay recorded for the sensors, training
+    (which lists it as excluded) and the CLI."""
     batch = context.partition_key
     spec = dataset.spec
     landed = dataset.batch(batch)
@@ -69,7 +76,13 @@ def landed_batch(
     record = {"batch": batch, "file": landed.uri, "version": landed.version, "run_id": context.run_id,
               "rows": report.rows, "passed": report.passed, "labelled": report.labelled,
               "findings": report.findings, "not_evaluated": report.not_evaluated}
+    failed = report.failed_checks()
     metadata: dict = {
+        # First, so the asset page reads "rejected" before "Materialized" is taken for healthy.
+        "verdict": dg.MetadataValue.text(
+            "passed every check" if report.passed else
+            f"REJECTED: failed checks {', '.join(failed)}; kept in the landing zone, never "
+            "trained on or monitored"),
         "source_file": dg.MetadataValue.path(str(path)),
         "source_uri": dg.MetadataValue.text(landed.uri),
         "source_version": dg.MetadataValue.text(landed.version),
@@ -87,12 +100,7 @@ def landed_batch(
             f"{error}. Nothing is marked as passed; the landing sensor retries the ingestion.",
             metadata={"source_uri": landed.uri, "source_version": landed.version},
         ) from error
-    if not report.passed:
-        context.log.error(
-            f"batch {batch} ({landed.uri}, version {landed.version}) failed checks "
-            f"{report.failed_checks()}: it is kept in the landing zone and excluded from training"
-        )
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata=metadata,
         check_results=[
             dg.AssetCheckResult(
@@ -114,6 +122,14 @@ def landed_batch(
             for name, problems in report.findings.items()
         ],
     )
+    if not report.passed:
+        raise dg.Failure(
+            description=f"batch {batch} rejected: failed checks {', '.join(failed)} "
+            f"({landed.uri}, version {landed.version}); it is kept in the landing zone and "
+            "excluded from training and monitoring (findings in the check results)",
+            metadata={"outcome": "rejected", "failed_checks": ", ".join(failed)},
+            allow_retries=False,
+        )
 
 
 def batch_findings(store: ArtifactStore, batch: str) -> list[str]:

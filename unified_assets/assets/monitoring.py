@@ -24,7 +24,9 @@ from unified_assets.partitions import BATCHES
         "(Wasserstein for numeric, Jensen-Shannon for categorical columns) unless the policy "
         "sets others; the batch drifts when the policy's share of columns drifts."
     ),
-    automation_condition=dg.AutomationCondition.eager(),
+    # A batch rejected by its blocking checks is never monitored: it has no profile.
+    automation_condition=dg.AutomationCondition.eager()
+    & dg.AutomationCondition.all_deps_blocking_checks_passed(),
     **CPU_LIGHT.asset_kwargs(),
 )
 def batch_drift(
