@@ -1,15 +1,69 @@
 #!/usr/bin/env bash
-# One command to run it: set up, seed the landing zone, start `dagster dev` on embedded
+# One command to run it: set up, seed the landing zone, start the MLflow UI (models, runs and
+# the evaluation and drift reports the Dagster UI links to) and `dagster dev` on embedded
 # defaults (sqlite instance under .unified_ai/, MLflow on sqlite, local files).
+# PORT (default 3000) is the Dagster UI's port, MLFLOW_PORT (default 5000) the MLflow UI's.
+# Ctrl-C stops both: the MLflow UI stops when `dagster dev` exits, however it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export UNIFIED_AI_HOME=${UNIFIED_AI_HOME:-$PWD/.unified_ai}
+mkdir -p "$UNIFIED_AI_HOME"
+UNIFIED_AI_HOME=$(cd "$UNIFIED_AI_HOME" && pwd)  # absolute: the same store from every process
 export DAGSTER_HOME=${DAGSTER_HOME:-$UNIFIED_AI_HOME/dagster_home}
 mkdir -p "$DAGSTER_HOME"
 [ -f "$DAGSTER_HOME/dagster.yaml" ] || cp deploy/local/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
 if [ -z "${UNIFIED_AI_DATASET_SPEC:-}" ] && ! ls "$UNIFIED_AI_HOME"/landing/*.parquet >/dev/null 2>&1; then
   .venv/bin/unified-ai generate --out "$UNIFIED_AI_HOME/landing" --batches 6 --rows 4000
 fi
-echo "Dagster UI: http://127.0.0.1:${PORT:-3000}  (state in $UNIFIED_AI_HOME)"
-exec .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "${PORT:-3000}" "$@"
+
+PORT=${PORT:-3000}
+MLFLOW_PORT=${MLFLOW_PORT:-5000}
+# Report links in the Dagster UI point here (unified_assets/settings.py).
+export UNIFIED_AI_MLFLOW_UI_URL=${UNIFIED_AI_MLFLOW_UI_URL:-http://127.0.0.1:$MLFLOW_PORT}
+# The tracking store and artifact root exactly as the code location computes them.
+{ read -r TRACKING_URI; read -r ARTIFACT_ROOT; } < <(.venv/bin/python -c '
+from unified_assets.settings import load_settings
+s = load_settings()
+print(s.mlflow_tracking_uri); print(s.mlflow_artifact_location)')
+FRESH_STORE=$([ -f "$UNIFIED_AI_HOME/mlflow.db" ] && echo no || echo yes)
+MLFLOW_LOG="$UNIFIED_AI_HOME/mlflow-ui.log"
+if .venv/bin/python -c "import socket,sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $MLFLOW_PORT)) != 0)"; then
+  echo "warning: port $MLFLOW_PORT is taken; the MLflow UI will not start (choose another: MLFLOW_PORT=5001)" >&2
+fi
+# No job runner (it is for GenAI jobs, and a second process to stop); one worker is plenty.
+MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow server \
+  --backend-store-uri "$TRACKING_URI" --default-artifact-root "$ARTIFACT_ROOT" \
+  --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$MLFLOW_LOG" 2>&1 &
+MLFLOW_PID=$!
+# Until `exec` below, a failing step stops the MLflow UI with this script...
+trap 'kill "$MLFLOW_PID" 2>/dev/null || true' EXIT
+# ...after it, `dagster dev` is this very process ($$): a watcher stops the MLflow UI once it
+# has exited (Ctrl-C, a signal, a crash), so Ctrl-C and signals reach `dagster dev` as before.
+DEV_PID=$$
+( while kill -0 "$DEV_PID" 2>/dev/null; do sleep 2; done; kill "$MLFLOW_PID" 2>/dev/null ) &
+
+if [ "$FRESH_STORE" = yes ]; then
+  # A new store: let the MLflow server create its tables before the code location touches it
+  # (two processes migrating one sqlite file at once can fail).
+  .venv/bin/python - "$MLFLOW_PORT" "$MLFLOW_PID" <<'EOF' || echo "warning: the MLflow UI did not start; see $MLFLOW_LOG" >&2
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 180
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+            sys.exit(0)
+    except OSError:
+        time.sleep(0.5)
+sys.exit(1)
+EOF
+fi
+echo "Dagster UI: http://127.0.0.1:$PORT  (state in $UNIFIED_AI_HOME)"
+echo "MLflow UI:  $UNIFIED_AI_MLFLOW_UI_URL  (reports, runs, models; log in $MLFLOW_LOG)"
+trap - EXIT
+exec .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$PORT" "$@"
