@@ -1,10 +1,13 @@
 """A failed run becomes an incident record (run, step, error, assets affected) and is
-escalated through the configured channel."""
+escalated through the configured channel. Only real failures (errors, faults): a run that
+failed because a step refused a request (a decision or rollback not allowed) already says
+why in one line and was recorded as a refusal, so it files no incident. Holds never fail."""
 
 import dagster as dg
 
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
+from unified_assets.approvals import REFUSED_MARKER
 
 
 def _not_materialized(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
@@ -19,31 +22,64 @@ def _not_materialized(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[
     return sorted(set(plan.step_keys_to_execute) - succeeded)
 
 
+def refusal(event: dg.DagsterEvent) -> str | None:
+    """The one-line reason of a step failure that was a refused request, else None. Read from
+    the marker the refusing step put on its dg.Failure, never from the message text."""
+    data = event.event_specific_data
+    failure = getattr(data, "user_failure_data", None)
+    marker = failure.metadata.get(REFUSED_MARKER) if failure else None
+    if marker is None or marker.value is not True:
+        return None
+    return failure.description or "refused"
+
+
+def _error(event: dg.DagsterEvent) -> str | None:
+    """What went wrong in a step: the dg.Failure's own description, else the error message."""
+    data = event.event_specific_data
+    failure = getattr(data, "user_failure_data", None)
+    if failure and failure.description:
+        return failure.description.strip()[:2000]
+    error = data.error if data else None
+    if error is None:
+        return None
+    while error.cause is not None:  # Dagster wraps the user's exception: show the user's
+        error = error.cause
+    return error.message.strip()[:2000]
+
+
 @dg.run_failure_sensor(
     name="run_failure_incidents",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Records an incident for every failed run and escalates it.",
+    description="Records an incident for every run that failed on an error or fault and "
+    "escalates it; a run failed by a refused request (recorded as a refusal) files none.",
 )
 def run_failure_incidents(
     context: dg.RunFailureSensorContext, decisions: DecisionStore, escalation: Escalation
-) -> None:
+) -> dg.SkipReason | None:
     run = context.dagster_run
     steps = context.get_step_failure_events()
-    failed_steps = [e.step_key for e in steps]
-    errors = [e.event_specific_data.error.message.strip()[:2000] for e in steps
-              if e.event_specific_data and e.event_specific_data.error]
+    refusals = [refusal(e) for e in steps]
+    if steps and all(refusals):
+        # Everything that failed was a refused request: the run says why, nothing is broken.
+        message = f"run {run.run_id} of {run.job_name} refused a request: {'; '.join(refusals)}"
+        context.log.info(message)
+        return dg.SkipReason(f"no incident: {message}")
+    failed = [e for e, refused in zip(steps, refusals, strict=True) if not refused]
+    errors = [error for error in map(_error, failed) if error]
     details = {
         "run_id": run.run_id,
         "job": run.job_name,
-        "failed_steps": failed_steps,
+        "failed_steps": [e.step_key for e in failed],
         "errors": errors or [context.failure_event.message],
         "assets_affected": _not_materialized(context.instance, run),
         "tags": {k: v for k, v in run.tags.items() if k.startswith("unified-ai/")},
     }
+    first = (f"{failed[0].step_key}: " if failed else "") + details["errors"][0]
+    reason = f"run {run.run_id} of {run.job_name} failed at {first.splitlines()[0][:300]}"
     incident = decisions.record_incident(kind="run_failure", model_name=None, actor="dagster",
-                                         reason=f"run {run.run_id} of {run.job_name} failed",
-                                         details=details)
+                                         reason=reason, details=details)
     channel = escalation.escalate(context.log, f"run failure #{incident}", details)
     decisions.record_incident(kind="escalation", model_name=None, actor="dagster",
                               reason=f"incident #{incident} escalated via {channel}",
                               details={"incident": incident, "channel": channel})
+    return None

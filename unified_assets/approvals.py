@@ -8,6 +8,10 @@ from datetime import datetime
 from unified_assets.policy import HIGHER_IS_BETTER, ApprovalPolicy, PromotionPolicy, person_problem
 
 POLICY_ACTOR = "policy"  # the policy approving by itself, in code (never from config)
+# Metadata key a step sets on the dg.Failure it raises for a request it refused (a decision or
+# rollback not allowed, a version not decidable): the run fails with that one-line reason,
+# and `run_failure_incidents` files no incident, since nothing is broken.
+REFUSED_MARKER = "unified-ai/refused"
 
 
 class ApprovalRefused(ValueError):
@@ -90,6 +94,18 @@ def approval_state(events: list[dict], version: str, now: datetime) -> ApprovalS
     if request["expires_at"] is not None and request["expires_at"] <= now:
         return ApprovalState("expired", request)
     return ApprovalState("pending", request)
+
+
+def awaiting_decision(events: list[dict], now: datetime) -> list[dict]:
+    """The versions whose approval request is still open (oldest first), for people to see
+    what waits on them: version, why a person must decide, and until when."""
+    out = []
+    for version in dict.fromkeys(e["version"] for e in events if e["kind"] == "request"):
+        state = approval_state(events, version, now)
+        if state.state == "pending":
+            out.append({"version": version, "because": state.request["reason"],
+                        "expires_at": state.request["expires_at"]})
+    return out
 
 
 def check_authorized(person: str, approval: ApprovalPolicy) -> None:

@@ -35,6 +35,10 @@ class ChampionError(RuntimeError):
     """A promotion or rollback that must not happen; the message says why."""
 
 
+class LedgerFault(ChampionError):
+    """Not a refusal but a fault (the registry failed, the log does not verify): an incident."""
+
+
 @dataclass(frozen=True)
 class ChangeOutcome:
     action: str  # promote | rollback | none
@@ -187,7 +191,7 @@ class ChampionLedger:
             self.store.record_incident(kind="registry_fault", model_name=model_name,
                                        actor=LEDGER_ACTOR, reason=message,
                                        details={"seq": change["seq"], "to_version": target})
-            raise ChampionError(message) from error
+            raise LedgerFault(message) from error
         self.store.record_outcome(model_name=model_name, seq=change["seq"], status="done",
                                   actor=LEDGER_ACTOR, reason=f"alias reads back v{target}")
         self._anchor(model_name)
@@ -252,7 +256,7 @@ class ChampionLedger:
         except AuditError as error:
             self.store.record_incident(kind="audit_failure", model_name=model_name,
                                        actor=LEDGER_ACTOR, reason=str(error))
-            raise ChampionError(f"nothing changed: {error}") from None
+            raise LedgerFault(f"nothing changed: {error}") from None
 
     def audit(self, model_name: str) -> int:
         """The whole chain, and the row the registry anchored still there: a deleted or

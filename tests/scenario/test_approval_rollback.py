@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
+from sensors.failures import refusal
 from tests.policies import with_policy
 from unified_assets.approvals import ApprovalRefused
 from unified_assets.champion import ChampionLedger
@@ -64,6 +65,24 @@ def human(settings, tmp_path, instance, keys):
     return settings, defs, result
 
 
+def _refusal(run) -> str:
+    """The one-line reason a refused request failed its run with (None: not a refusal)."""
+    (failure,) = [e for e in run.all_events if e.is_step_failure]
+    return refusal(failure)
+
+
+def _no_incident_for(defs, instance, run) -> None:
+    """The failure sensor, evaluated on the run, files nothing: a refusal is not a fault."""
+    failure = next(e for e in run.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="run_failure_incidents", dagster_event=failure, dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        resources={k: defs.resources[k] for k in ("decisions", "escalation")},
+    ).for_run_failure()
+    defs.resolve_sensor_def("run_failure_incidents")(context)
+    assert defs.resources["decisions"].incidents("run_failure") == []
+
+
 def _decide(defs, keys, version, decision, person, reason, signer=None):
     """A decision as the CLI records it, signed with `signer`'s key (default: the person's)."""
     resources = defs.resources
@@ -79,8 +98,15 @@ def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human
     version = approval["version"]
     assert approval["approval_state"] == "pending"
     assert "first deployment" in approval["approval"]
-    assert not result.success and _champion(settings) is None
+    # Waiting for a person is an outcome: a green run, nothing promoted, the wait listed.
+    assert result.success and _champion(settings) is None
     assert instance.fetch_materializations(PRODUCTION, limit=1).records == []
+    assert result.asset_materializations_for_node("production_model") == []
+    (materialized,) = result.asset_materializations_for_node("approval")
+    assert materialized.metadata["awaiting_decision"].value == f"v{version}"
+    assert "first deployment" in materialized.metadata["awaiting_decision_detail"].value
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "approved")
+    assert not check.passed and check.blocking and check.severity == dg.AssetCheckSeverity.WARN
 
     resources = defs.resources
     _decide(defs, keys, version, "approve", "bob", "reviewed the report")
@@ -106,11 +132,11 @@ def test_rejection_from_the_ui_with_a_signed_token_ends_the_candidate(human, ins
     settings, defs, result = human
     version = result.output_for_node("approval")["version"]
     # The launchpad takes only the token `unified-ai sign reject ...` printed.
-    config = {"ops": {"approval": {"config": {
-        "token": _token(keys, "alice", "reject", version, "too risky")}}}}
+    config = {"token": _token(keys, "alice", "reject", version, "too risky")}
     run = defs.resolve_job_def("approve_or_reject").execute_in_process(
         instance=instance, run_config=config, raise_on_error=False)
-    assert not run.success
+    assert run.success, "a rejection carried out is an outcome, not a failure"
+    assert run.asset_materializations_for_node("production_model") == []
     check = next(e for e in run.get_asset_check_evaluations() if e.check_name == "approved")
     assert not check.passed and "rejected by alice" in check.metadata["decision"].value
     assert _champion(settings) is None
@@ -137,11 +163,13 @@ def test_unauthorized_unsigned_or_invalid_decisions_are_refused_and_recorded(hum
     with pytest.raises(ApprovalRefused, match="has no approval request"):
         _decide(defs, keys, other, "approve", "alice", "ship it")
     # A typed name in the launchpad, without a token, is refused the same way.
-    config = {"ops": {"approval": {"config": {
-        "decision": "approve", "version": version, "approver": "alice", "reason": "ship it"}}}}
+    config = {"decision": "approve", "version": version, "approver": "alice", "reason": "ship it"}
     ui = defs.resolve_job_def("approve_or_reject").execute_in_process(
         instance=instance, run_config=config, raise_on_error=False)
-    assert not ui.success and "not signed" in str(ui.all_events)
+    assert not ui.success
+    assert _refusal(ui).startswith("decision refused and recorded: ")
+    assert "not signed" in _refusal(ui) and "\n" not in _refusal(ui)
+    _no_incident_for(defs, instance, ui)
     refusals = [e for e in defs.resources["decisions"].events(MODEL) if e["kind"] == "refusal"]
     assert [r["actor"] for r in refusals] == ["mallory", "group:leads", "alice", "alice", "alice",
                                              "alice", "alice"]
@@ -185,7 +213,7 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
     back = run("rollback", "--by", "ops", "--reason", "bad live numbers", key="ops")
     assert back.returncode == 1 and "no earlier champion to roll back to" in back.stderr
     history = run("history")
-    assert f"promote  v- -> v{version}  by alice: approved" in history.stdout
+    assert f"(none) → v{version}" in history.stdout and "by alice: approved" in history.stdout
     assert "PENDING" not in history.stdout
     audit = run("audit", "verify")
     assert audit.returncode == 0 and "rows verified" in audit.stdout
@@ -196,8 +224,7 @@ def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instanc
     version = result.output_for_node("approval")["version"]
     store = defs.resources["decisions"]
     job = defs.resolve_job_def("approve_or_reject")
-    approve = {"ops": {"approval": {"config": {
-        "token": _token(keys, "alice", "approve", version, "ok")}}}}
+    approve = {"token": _token(keys, "alice", "approve", version, "ok")}
     assert job.execute_in_process(instance=instance, run_config=approve).success
     assert _champion(settings) == version
     # A second champion, so there is an earlier one to go back to.
@@ -216,9 +243,10 @@ def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instanc
 
     # Typing the live-performance sensor's name, or a person rollback.by does not list.
     typed = launch(by=LIVE_ACTOR, reason="looks bad", rollback_to=version, expected_from=other)
-    assert not typed.success and "only from a request the sensor made itself" in str(typed.all_events)
+    assert not typed.success and "only from a request the sensor made itself" in _refusal(typed)
     unlisted = launch(token=_token(keys, "risk-officer", "rollback", "", "looks bad"))
-    assert not unlisted.success and "'risk-officer' may not roll back" in str(unlisted.all_events)
+    assert not unlisted.success and "'risk-officer' may not roll back" in _refusal(unlisted)
+    _no_incident_for(defs, instance, unlisted)
     assert _champion(settings) == other
     assert [i["actor"] for i in store.incidents("refusal")] == [LIVE_ACTOR, "risk-officer"]
 
@@ -234,13 +262,14 @@ def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instanc
     materializations = instance.fetch_materializations(PRODUCTION, limit=5).records
     assert materializations[0].asset_materialization.metadata["action"].value == "rollback"
     replayed = launch(token=token)
-    assert not replayed.success and "already used" in str(replayed.all_events)
+    assert not replayed.success and "already used" in _refusal(replayed)
     again = launch(token=_token(keys, "ops", "rollback", version, "incident 42"))
     assert again.output_for_node("production_model")["action"] == "none"
     assert len(store.incidents("rollback")) == 1
     # Authorized, then refused by the ledger (v99 was never champion): the log says so.
     refused = launch(token=_token(keys, "ops", "rollback", "99", "to a version never deployed"))
-    assert not refused.success and "v99 is not a registered version" in str(refused.all_events)
+    assert not refused.success and "v99 is not a registered version" in _refusal(refused)
+    _no_incident_for(defs, instance, refused)
     last = store.events(MODEL)[-1]
     assert (last["kind"], last["actor"], last["version"]) == ("refusal", "ops", "99")
     assert last["reason"].startswith("refused by the ledger: v99 is not a registered version")

@@ -69,3 +69,77 @@ def test_without_a_webhook_the_incident_goes_to_the_log(settings, instance, monk
     _evaluate_sensor(defs, instance, _failed_run(defs, instance))
     (escalation,) = defs.resources["decisions"].incidents("escalation")
     assert escalation["reason"].endswith("escalated via log")
+
+
+def _run_of(job: dg.JobDefinition, instance) -> dg.ExecuteInProcessResult:
+    result = job.execute_in_process(instance=instance, raise_on_error=False)
+    assert not result.success
+    return result
+
+
+@dg.op
+def refusing_step() -> None:
+    from unified_assets.assets.deployment import refused
+
+    raise refused("rollback refused and recorded: 'mallory' may not roll back\nsecond line")
+
+
+@dg.op
+def crashing_step() -> None:
+    raise RuntimeError("disk on fire")
+
+
+@dg.job
+def refused_request() -> None:
+    refusing_step()
+
+
+@dg.job
+def refused_and_crashed() -> None:
+    refusing_step()
+    crashing_step()
+
+
+def test_a_refused_request_fails_with_one_line_and_files_no_incident(settings, instance, webhook):
+    defs = build_definitions(settings)
+    result = _run_of(refused_request, instance)
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    data = failure.event_specific_data.user_failure_data
+    assert data.description == "rollback refused and recorded: 'mallory' may not roll back"
+    _evaluate_sensor(defs, instance, result)
+    store = defs.resources["decisions"]
+    assert store.incidents("run_failure") == [] and store.incidents("escalation") == []
+    assert webhook == []
+
+
+def test_a_message_that_reads_like_a_refusal_is_still_an_incident(settings, instance, webhook):
+    """The distinction is the marker the refusing step sets, not the words of the message."""
+
+    @dg.op
+    def looks_refused() -> None:
+        raise dg.Failure("rollback refused and recorded: but nothing set the marker")
+
+    @dg.job
+    def unmarked() -> None:
+        looks_refused()
+
+    defs = build_definitions(settings)
+    result = _run_of(unmarked, instance)
+    _evaluate_sensor(defs, instance, result)
+    (incident,) = defs.resources["decisions"].incidents("run_failure")
+    assert incident["details"]["errors"] == [
+        "rollback refused and recorded: but nothing set the marker"]
+    assert incident["reason"].endswith("failed at looks_refused: rollback refused and recorded: "
+                                       "but nothing set the marker")
+
+
+def test_a_real_failure_beside_a_refusal_is_an_incident_naming_only_the_failure(
+    settings, instance, webhook
+):
+    defs = build_definitions(settings)
+    result = _run_of(refused_and_crashed, instance)
+    _evaluate_sensor(defs, instance, result)
+    (incident,) = defs.resources["decisions"].incidents("run_failure")
+    assert incident["details"]["failed_steps"] == ["crashing_step"]
+    assert "disk on fire" in incident["details"]["errors"][0]
+    assert webhook[0]["failed_steps"] == ["crashing_step"]

@@ -1,6 +1,7 @@
 """Deployment group: the approval decision (as data) and the production model (the version
 holding the MLflow `champion` alias), promoted or rolled back through one ledger."""
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -11,9 +12,16 @@ from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.approvals import POLICY_ACTOR, ApprovalRefused, approval_state, human_reasons
+from unified_assets.approvals import (
+    POLICY_ACTOR,
+    REFUSED_MARKER,
+    ApprovalRefused,
+    approval_state,
+    awaiting_decision,
+    human_reasons,
+)
 from unified_assets.assets.evaluation import report_key
-from unified_assets.champion import ChampionError, ChampionLedger
+from unified_assets.champion import ChampionError, ChampionLedger, LedgerFault
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.decisions import (
     APPROVAL_FIELDS,
@@ -37,7 +45,16 @@ GATED_CONDITION = (
 )
 
 
+def refused(reason: str) -> dg.Failure:
+    """The run of a request we refused fails with this one line and no stack of ours; the
+    marker tells `run_failure_incidents` that nothing is broken (no incident)."""
+    return dg.Failure(description=reason.strip().splitlines()[0] if reason.strip() else "refused",
+                      metadata={REFUSED_MARKER: True}, allow_retries=False)
+
+
 class ApprovalConfig(dg.Config):
+    """What a person fills in to decide; also the whole launchpad of `approve_or_reject`."""
+
     decision: Literal["none", "approve", "reject"] = Field(
         default="none", description="none: only (re)evaluate; approve/reject: record a decision "
         "(with a token: taken from it)."
@@ -50,6 +67,13 @@ class ApprovalConfig(dg.Config):
                        "stay empty. Required when the policy requires signatures.")
 
 
+@dg.config_mapping
+def approval_launchpad(config: ApprovalConfig) -> dict:
+    """`approve_or_reject`'s launchpad is the decision alone: resources keep their deployed
+    values and production_model its default (promote), so nobody edits sqlite URLs there."""
+    return {"ops": {"approval": {"config": config.model_dump()}}}
+
+
 @dg.asset(
     ins={"challenger": dg.AssetIn()},
     group_name="deployment",
@@ -58,11 +82,16 @@ class ApprovalConfig(dg.Config):
     description=(
         "The approval decision for the challenger, as data in the append-only decision store. "
         "The policy approves automatically (and records that it did) unless a rule wants a "
-        "person; then a request waits for a decision from the UI (launch this asset with "
-        "config) or the CLI. Its blocking check passes only when approved."
+        "person; then a request waits for a decision from the UI (launch `approve_or_reject`) "
+        "or the CLI; metadata lists every version awaiting a decision. Its blocking check "
+        "passes only when approved: otherwise it warns (waiting, rejected, not verifiable), "
+        "production_model promotes nothing, and automation does not request it."
     ),
-    check_specs=[dg.AssetCheckSpec(APPROVED_CHECK, asset="approval", blocking=True,
-                                   description="The challenger is approved for production.")],
+    check_specs=[dg.AssetCheckSpec(
+        APPROVED_CHECK, asset="approval", blocking=True,
+        description="The challenger is approved for production. Until it is (waiting for a "
+        "person, rejected) it fails as a warning: the run stays green, production_model "
+        "promotes nothing and automation never requests it.")],
     automation_condition=GATED_CONDITION,
     **CPU_LIGHT.asset_kwargs(),
 )
@@ -75,21 +104,21 @@ def approval(
     policy: PolicyResource,
 ):
     model_name, version = challenger["model_name"], challenger["version"]
-    if version is None:
-        raise dg.Failure(f"no challenger to approve: {challenger['reason']}")
+    if version is None:  # stored before holds stopped materializing the challenger
+        raise refused(f"no challenger to approve: {challenger['reason']}")
     if config.decision != "none" or config.token:
         typed = {"decision": config.decision, "version": config.version,
                  "approver": config.approver, "reason": config.reason}
         given = fill_from_token(config.token, typed, APPROVAL_FIELDS) if config.token else typed
         if given["version"] != version:
-            raise dg.Failure(f"config names v{given['version'] or '?'} but the challenger is "
-                             f"v{version}; decide on the current challenger")
+            raise refused(f"config names v{given['version'] or '?'} but the challenger is "
+                          f"v{version}; decide on the current challenger")
         try:
             record_decision(decisions, mlflow_registry, policy.policy, model_name, version,
                             given["decision"], given["approver"], given["reason"],
                             source=_source(context), token=config.token or None)
-        except ApprovalRefused as refused:
-            raise dg.Failure(f"decision refused and recorded: {refused}") from None
+        except ApprovalRefused as why:
+            raise refused(f"decision refused and recorded: {why}") from None
     now = datetime.now(UTC)
     state = approval_state(decisions.events(model_name, version), version, now)
     reasons: list[str] = []
@@ -119,16 +148,28 @@ def approval(
     described = f"{state.describe()}; not acted on: {problem}" if problem else state.describe()
     record = {**challenger, "approval_state": state_name, "approval": described,
               "approved_by": state.decision["actor"] if state.decision and not problem else None}
+    waiting = awaiting_decision(decisions.events(model_name), now)
     yield dg.Output(record, metadata={
         "version": dg.MetadataValue.text(version),
         "state": dg.MetadataValue.text(state_name),
         "decision": dg.MetadataValue.text(described),
         "requested_because": dg.MetadataValue.text(
             state.request["reason"] if state.request else "-"),
+        "awaiting_decision": dg.MetadataValue.text(
+            ", ".join(f"v{w['version']}" for w in waiting) or "none"),
+        "awaiting_decision_detail": markdown_table(
+            [{"version": f"v{w['version']}", "because": w["because"],
+              "expires": f"{w['expires_at']:%Y-%m-%d %H:%M}" if w["expires_at"] else "-"}
+             for w in waiting],
+            ["version", "because", "expires"]),
     })
+    # Not approved (yet) is an outcome, not an error: a warning, so the run stays green; the
+    # check is still blocking, so automation never requests production_model after it.
+    approved = state_name == "approved"
     yield dg.AssetCheckResult(
-        check_name=APPROVED_CHECK, passed=state_name == "approved",
-        severity=dg.AssetCheckSeverity.ERROR, description=described,
+        check_name=APPROVED_CHECK, passed=approved,
+        severity=dg.AssetCheckSeverity.ERROR if approved else dg.AssetCheckSeverity.WARN,
+        description=described,
         metadata={"state": dg.MetadataValue.text(state_name),
                   "decision": dg.MetadataValue.text(described)},
     )
@@ -193,8 +234,11 @@ def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name
         "The production model: the version holding the MLflow `champion` alias. Promotion "
         "moves it to the approved challenger; a rollback (launch with action: rollback, or "
         "`unified-ai rollback`) moves it back. Every change is recorded with the previous "
-        "champion, the evaluation and the data; nothing is deleted."
+        "champion, the evaluation and the data; nothing is deleted. When the approval is not "
+        "(yet) given, it promotes nothing and is not materialized; a refused request fails "
+        "its run with the reason, a fault also files an incident."
     ),
+    output_required=False,
     automation_condition=GATED_CONDITION,
     **CPU_LIGHT.asset_kwargs(),
 )
@@ -206,9 +250,13 @@ def production_model(
     mlflow_registry: MlflowRegistry,
     store: ArtifactStore,
     policy: PolicyResource,
-) -> dg.Output[dict]:
+) -> Iterator[dg.Output[dict]]:
     ledger = ChampionLedger(decisions, mlflow_registry)
     model_name = approval["model_name"]
+    if config.action == "promote" and approval["approval_state"] != "approved":
+        # A hold, not a failure: no output, so nothing is materialized and the run is green.
+        context.log.info(f"promotion waits: v{approval['version']} {approval['approval']}")
+        return
     try:
         if config.action == "rollback":
             typed = {"rollback_to": config.rollback_to, "by": config.by, "reason": config.reason}
@@ -219,8 +267,8 @@ def production_model(
                     reason=given["reason"], to_version=given["rollback_to"] or None,
                     expected_from=config.expected_from or None, token=config.token or None,
                     source=_source(context))
-            except ApprovalRefused as refused:
-                raise dg.Failure(f"rollback refused and recorded: {refused}") from None
+            except ApprovalRefused as why:
+                raise refused(f"rollback refused and recorded: {why}") from None
             result = rollback_production(
                 ledger, store, model_name, given["by"], given["reason"],
                 given["rollback_to"] or None, config.expected_from or None,
@@ -228,9 +276,6 @@ def production_model(
                 details={k: v for k, v in identity.items() if k != "token"})
             record = {"model_name": model_name, **result}
         else:
-            if approval["approval_state"] != "approved":
-                raise ChampionError(f"v{approval['version']} is not approved: "
-                                    f"{approval['approval']}")
             compared_with = approval.get("champion")
             outcome = ledger.promote(
                 model_name, approval["version"], actor=approval["approved_by"] or POLICY_ACTOR,
@@ -245,6 +290,8 @@ def production_model(
                       "from_version": outcome.from_version,
                       "evaluation_report": approval["report_uri"],
                       "training_batches": approval["training_batches"]}
+    except LedgerFault as fault:
+        raise dg.Failure(str(fault)) from None  # a fault: the failure sensor files an incident
     except ChampionError as error:
         if config.action == "rollback":
             # The request was authorized (recorded above); what the ledger refused is recorded
@@ -253,10 +300,10 @@ def production_model(
                                    kind=REFUSAL, decision=ROLLBACK, actor=given["by"],
                                    reason=f"refused by the ledger: {error}",
                                    details={"source": _source(context)})
-        raise dg.Failure(str(error)) from None
+        raise refused(str(error)) from None
     champion = mlflow_registry.alias_version(model_name, CHAMPION_ALIAS)
     history = decisions.changes(model_name)
-    return dg.Output(record, metadata={
+    yield dg.Output(record, metadata={
         "champion_version": dg.MetadataValue.text(str(champion)),
         "action": dg.MetadataValue.text(record["action"]),
         "previous_champion": dg.MetadataValue.text(str(record.get("from_version") or "none")),
