@@ -17,7 +17,7 @@ from sensors.labels import build_labels_sensor
 from sensors.landing import build_landing_sensor
 from sensors.live import build_live_sensor
 from unified_assets.assets.data import landed_batch
-from unified_assets.assets.deployment import approval, production_model
+from unified_assets.assets.deployment import approval, approval_launchpad, production_model
 from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
 from unified_assets.assets.labels import batch_labels
@@ -70,6 +70,7 @@ lifecycle_job = dg.define_asset_job(
 approval_job = dg.define_asset_job(
     "approve_or_reject",
     selection=[approval, production_model],
+    config=approval_launchpad,  # the launchpad shows only the decision's fields
     tags=DECISION_PRIORITY,
     description="Record a decision on the challenger (config: decision, version, approver, "
     "reason); an approval promotes in the same run.",
