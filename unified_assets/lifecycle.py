@@ -11,6 +11,7 @@ import dagster as dg
 from sensors.landing import FILE_TAG, VERSION_TAG, latest_metadata
 from unified_assets.assets.data import landed_batch, report_key
 from unified_assets.assets.models import CANDIDATE_FAMILIES
+from unified_assets.assets.selection import SELECTED
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings
@@ -18,12 +19,18 @@ from unified_assets.settings import Settings
 
 @dataclass
 class LifecycleSummary:
+    """What a lifecycle run did, for people: a hold (no candidate qualified, an approval
+    waiting) reads as an outcome with its reason, never as a failed step."""
+
     batches_ingested: list[str] = field(default_factory=list)
     batches_rejected: dict[str, list[str]] = field(default_factory=dict)  # batch -> failed checks
     batch_findings: dict[str, list[str]] = field(default_factory=dict)  # batch -> what is wrong
     candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluated (or failed)
     failed: dict[str, str] = field(default_factory=dict)  # candidate family -> why it failed
     steps_failed: dict[str, str] = field(default_factory=dict)  # step -> error, not run: why
+    steps_skipped: dict[str, str] = field(default_factory=dict)  # step -> why (a hold upstream)
+    held: str = ""  # why no candidate was selected ("" when one was, or none was judged)
+    run_id: str = ""
     challenger: dict[str, Any] = field(default_factory=dict)
     approval: dict[str, Any] = field(default_factory=dict)
     production: dict[str, Any] = field(default_factory=dict)
@@ -44,14 +51,15 @@ class LifecycleSummary:
         for family, why in sorted(self.failed.items()):
             out.append(f"  {family:8s} FAILED: {why}")
         for step, why in sorted(self.steps_failed.items()):
-            held = step in ("challenger", "approval") and "DagsterAssetCheckFailedError" in why
-            if not held and not any(step.endswith(f"_{family}") for family in self.failed):
+            if not any(step.endswith(f"_{family}") for family in self.failed):
                 out.append(f"  step {step} FAILED: {why}")
         prod = self.production
         if prod:
             out.append(f"champion: {prod['model_name']} v{prod['champion']} ({prod['message']})")
         elif self.approval and self.approval["approval_state"] != "approved":
             out.append(f"promotion waits: v{self.approval['version']} {self.approval['approval']}")
+        elif self.held:
+            out.append(f"promotion held: {self.held}")
         elif self.challenger:
             out.append(f"promotion held back: {self.challenger.get('reason')}")
         else:
@@ -94,9 +102,12 @@ def _root_cause(error) -> str:
     return (error.message.strip().splitlines() or ["failed"])[0]
 
 
-def _step_outcomes(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[str, str]]:
-    """The steps that succeeded, and for each failed or skipped step why."""
-    succeeded, why = set(), {}
+def _step_outcomes(
+    result: dg.ExecuteInProcessResult,
+) -> tuple[set[str], dict[str, str], dict[str, str]]:
+    """The steps that succeeded; for each failed step why (a step abandoned after an upstream
+    failure included); and the steps skipped because an upstream held its output back."""
+    succeeded, why, skipped = set(), {}, {}
     for event in result.all_events:
         if event.step_key is None:
             continue
@@ -105,12 +116,12 @@ def _step_outcomes(result: dg.ExecuteInProcessResult) -> tuple[set[str], dict[st
         elif event.is_step_failure:
             why[event.step_key] = _root_cause(event.event_specific_data.error)
         elif event.is_step_skipped:
-            why.setdefault(event.step_key, "not run: an upstream step produced no output")
+            skipped[event.step_key] = "not run: held upstream (no output to act on)"
     for event in result.all_events:  # abandoned steps only log an engine error
-        if event.step_key and event.step_key not in succeeded and event.step_key not in why \
+        if event.step_key and event.step_key not in succeeded | set(why) | set(skipped) \
                 and event.message and "Dependencies for step" in event.message:
             why[event.step_key] = f"not run: {event.message}"
-    return succeeded, why
+    return succeeded, why, skipped
 
 
 def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> LifecycleSummary:
@@ -144,26 +155,42 @@ def train_evaluate_promote(
     defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict | None = None
 ) -> dg.ExecuteInProcessResult:
     job = defs.resolve_job_def(lifecycle_job.name)
-    # A failed blocking gate fails the run by design (promotion held back); callers read
-    # the outcome from the challenger's output and checks.
+    # A gate hold is a successful run without a challenger output (approval and promotion
+    # skipped); `summarize` reads the outcome, the hold's reason included.
+    # The run names the assets it plans (as a launch from the UI does): automation then knows
+    # the challenger already ran after these evaluations, even when a hold left it unmaterialized.
     return job.execute_in_process(instance=instance, run_config=run_config or {},
-                                  raise_on_error=False)
+                                  raise_on_error=False, asset_selection=planned_assets(job))
+
+
+def planned_assets(job: dg.JobDefinition) -> list[dg.AssetKey]:
+    """Every asset `job` materializes: a run launched without an asset selection records
+    none, and automation then re-requests a held challenger after the run's evaluations."""
+    return sorted(job.asset_layer.selected_asset_keys)
 
 
 def run_lifecycle(
     settings: Settings, instance: dg.DagsterInstance, run_config: dict | None = None
 ) -> LifecycleSummary:
-    """Ingest, then train, evaluate and promote; the summary says who failed and why. Only
-    outputs that were yielded are read: a failed candidate never hides the others."""
+    """Ingest, then train, evaluate and promote; the summary says who failed and why, and
+    why promotion is held. A failed candidate never hides the others."""
     defs = build_definitions(settings)
     summary = ingest_landed(defs, instance)
     summary.batch_findings = _findings(defs, sorted(summary.batches_rejected))
-    result = train_evaluate_promote(defs, instance, run_config)
-    succeeded, why = _step_outcomes(result)
-    summary.steps_failed = why
+    return summarize(train_evaluate_promote(defs, instance, run_config), summary)
+
+
+def summarize(result: dg.ExecuteInProcessResult,
+              summary: LifecycleSummary | None = None) -> LifecycleSummary:
+    """The outcome of one train-evaluate-promote run. Only outputs that were yielded are read;
+    a hold is read from the challenger's `challenger_selected` check, not from a failure."""
+    summary = summary or LifecycleSummary()
+    summary.run_id = result.run_id
+    _, why, skipped = _step_outcomes(result)
+    summary.steps_failed, summary.steps_skipped = why, skipped
 
     def output(step: str) -> dict | None:
-        # A step whose blocking check failed (challenger, approval) yielded its output first.
+        # A held step yields no output; a failed candidate's steps may not have run.
         try:
             return result.output_for_node(step)
         except dg.DagsterInvariantViolationError:
@@ -180,6 +207,11 @@ def run_lifecycle(
                         f"evaluation_{family}")
             summary.failed[family] = f"{step}: {why.get(step, 'did not run')}"
     summary.challenger = output("challenger") or {}
+    selected = next((e for e in result.get_asset_check_evaluations()
+                     if e.check_name == SELECTED and e.asset_key == dg.AssetKey("challenger")),
+                    None)
+    if selected is not None and not selected.passed:
+        summary.held = selected.metadata["reason"].value
     if summary.challenger.get("version"):
         summary.approval = output("approval") or {}
     if summary.approval.get("approval_state") == "approved":

@@ -1,4 +1,12 @@
-"""Selection: the challenger is the best candidate that passed every gate."""
+"""Selection: the challenger is the best candidate that passed every gate.
+
+When none qualifies the challenger is *held*: an outcome, not an error. The step succeeds
+without yielding its output (a Dagster conditional output), so approval and production_model
+are skipped in the run, and its checks fail as warnings with the reasons. The checks stay
+blocking, which keeps automation from requesting approval after a hold in a later tick.
+"""
+
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -12,9 +20,13 @@ from unified_assets.metadata import OWNERS, markdown_table
 from unified_assets.policy import HIGHER_IS_BETTER
 
 SELECTED = "challenger_selected"
+HOLD_PREFIX = "no candidate qualified: "
+HOLD_NOTE = (" When it fails, no candidate qualified: the challenger is not materialized, "
+             "approval and production_model are skipped and the run stays green (a warning).")
 
 
 def _downstream(context: dg.AssetExecutionContext) -> list[str]:
+    """The assets a hold keeps from running (named in the hold's metadata)."""
     graph = context.job_def.asset_layer.asset_graph
     seen, stack = set(), [context.asset_key]
     while stack:
@@ -32,16 +44,18 @@ def _downstream(context: dg.AssetExecutionContext) -> list[str]:
     owners=OWNERS,
     description=(
         "The challenger: the best candidate (by the policy's improvement metric) that passed "
-        "every blocking gate, marked with the MLflow `challenger` alias. Its blocking checks "
-        "stop promotion when no candidate qualifies; metadata lists what was held back."
+        "every blocking gate, marked with the MLflow `challenger` alias. When no candidate "
+        "qualifies it is held: not materialized, approval and production_model skipped, the "
+        "run green, and the check `challenger_selected` says why and what was held back."
     ),
+    output_required=False,
     check_specs=[
         dg.AssetCheckSpec(name, asset="challenger", blocking=True,
-                          description=CHECK_DESCRIPTIONS[name])
+                          description=CHECK_DESCRIPTIONS[name] + HOLD_NOTE)
         for name in BLOCKING_GATES
     ] + [
         dg.AssetCheckSpec(SELECTED, asset="challenger", blocking=True,
-                          description="Some candidate passed every blocking gate.")
+                          description="Some candidate passed every blocking gate." + HOLD_NOTE)
     ],
     automation_condition=dg.AutomationCondition.eager(),
     **CPU_LIGHT.asset_kwargs(),
@@ -52,7 +66,7 @@ def challenger(
     policy: PolicyResource,
     evaluation_sklearn: dict,
     evaluation_torch: dict,
-):
+) -> Iterator[dg.Output | dg.AssetCheckResult]:
     promotion = policy.policy.promotion
     reports = [evaluation_sklearn, evaluation_torch]
     chosen, verdicts = select_challenger(reports, promotion)
@@ -62,10 +76,10 @@ def challenger(
         mlflow_registry.set_alias(model_name, chosen["version"], CHALLENGER_ALIAS)
         reason = f"{chosen['family']} v{chosen['version']} passed every gate"
     else:
-        reason = "no candidate passed every gate: " + " | ".join(
+        reason = HOLD_PREFIX + " | ".join(
             f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
         )
-        context.log.warning(f"{reason}; held back: {held_back}")
+        context.log.info(f"held: {reason}; not run: {', '.join(held_back)}")
     value = {
         "model_name": model_name,
         "family": chosen["family"] if chosen else None,
@@ -79,19 +93,22 @@ def challenger(
         "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures(),
                            "error": v.error} for f, v in verdicts.items()},
     }
-    yield dg.Output(
-        value,
-        metadata={
-            "challenger_version": dg.MetadataValue.text(str(value["version"] or "none")),
-            "reason": dg.MetadataValue.text(reason),
-            "held_back": dg.MetadataValue.json(held_back),
-            "candidates": markdown_table(
-                [{"family": f, "version": v.version, "passed": v.passed,
-                  "failed_gates": "; ".join(v.failures()) or "-"} for f, v in verdicts.items()],
-                ["family", "version", "passed", "failed_gates"],
-            ),
-        },
+    candidates = markdown_table(
+        [{"family": f, "version": v.version, "passed": v.passed,
+          "failed_gates": "; ".join(v.failures()) or "-"} for f, v in verdicts.items()],
+        ["family", "version", "passed", "failed_gates"],
     )
+    if chosen:  # a hold yields no output: approval and production_model are skipped
+        yield dg.Output(
+            value,
+            metadata={
+                "challenger_version": dg.MetadataValue.text(str(value["version"])),
+                "reason": dg.MetadataValue.text(reason),
+                "candidates": candidates,
+            },
+        )
+    # Pass or hold, never an error: a hold warns (run green); blocking keeps automation off.
+    severity = dg.AssetCheckSeverity.ERROR if chosen else dg.AssetCheckSeverity.WARN
     metric = promotion.improvement.metric
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     # With none chosen, the checks show the best evaluated candidate's gates (any, if all failed).
@@ -104,11 +121,12 @@ def challenger(
         yield check_result(
             GateResult(gate.name, gate.passed, f"{subject['family']} v{subject['version']}: "
                        f"{gate.message}", gate.rows),
-            dg.AssetCheckSeverity.ERROR,
+            severity,
         )
     yield dg.AssetCheckResult(
-        check_name=SELECTED, passed=chosen is not None, severity=dg.AssetCheckSeverity.ERROR,
+        check_name=SELECTED, passed=chosen is not None, severity=severity,
         description=reason,
         metadata={"reason": dg.MetadataValue.text(reason),
-                  "held_back": dg.MetadataValue.json(held_back)},
+                  "held_back": dg.MetadataValue.json(held_back),
+                  "candidates": candidates},
     )

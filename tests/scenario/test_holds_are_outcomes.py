@@ -1,0 +1,82 @@
+"""Holds are outcomes: when no candidate qualifies, the retrain run is green, says why, and
+skips approval and promotion through Dagster's conditional outputs. Real MLflow (sqlite)."""
+
+import dagster as dg
+import pytest
+
+from resources.mlflow_registry import MlflowRegistry
+from tests.policies import with_policy
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.generator import write_batches
+
+CHALLENGER = dg.AssetKey("challenger")
+DOWNSTREAM = ("approval", "production_model")
+
+
+def _champion(settings) -> str | None:
+    client = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri).client()
+    try:
+        return str(client.get_model_version_by_alias("payments-risk", "champion").version)
+    except Exception:  # noqa: BLE001 - no alias yet
+        return None
+
+
+@pytest.fixture
+def held(settings, tmp_path, instance):
+    """A segment floor no model reaches: every candidate is held back on the first retrain."""
+    write_batches(settings.landing_dir, batches=3, rows=2000)
+    settings = with_policy(settings, tmp_path, {"promotion": {"segments": {
+        "floor": 0.999, "max_disparity": None, "min_rows": 150}}})
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    result = train_evaluate_promote(defs, instance)
+    return settings, defs, result, before
+
+
+def test_a_gate_hold_is_a_green_run_that_says_why_and_skips_promotion(held, instance):
+    settings, defs, result, before = held
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    skipped = {e.step_key for e in result.all_events if e.is_step_skipped}
+    assert skipped == set(DOWNSTREAM)
+    assert {e.step_key for e in result.all_events if e.is_step_failure} == set()
+    # Nothing downstream of the evaluations is materialized; the champion is untouched.
+    assert result.asset_materializations_for_node("challenger") == []
+    for asset in ("challenger", *DOWNSTREAM):
+        assert instance.fetch_materializations(dg.AssetKey(asset), limit=1).records == []
+    assert _champion(settings) is None
+
+    checks = {e.check_name: e for e in result.get_asset_check_evaluations()
+              if e.asset_key == CHALLENGER}
+    selected = checks["challenger_selected"]
+    assert not selected.passed and selected.blocking
+    assert selected.severity == dg.AssetCheckSeverity.WARN, "a hold is an outcome, not an error"
+    reason = selected.metadata["reason"].value
+    assert reason.startswith("no candidate qualified: ")
+    assert "below the floor 0.999" in reason and "sklearn v" in reason and "torch v" in reason
+    assert selected.metadata["held_back"].value == list(DOWNSTREAM)
+    assert "| sklearn |" in selected.metadata["candidates"].value
+    assert not checks["segment_fairness"].passed
+    assert all(c.blocking and (c.passed or c.severity == dg.AssetCheckSeverity.WARN)
+               for c in checks.values())
+
+    # Later automation ticks neither re-run the hold nor put anything up for approval.
+    later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    for asset in ("challenger", *DOWNSTREAM):
+        assert later.get_num_requested(dg.AssetKey(asset)) == 0, asset
+
+
+def test_the_summary_reads_a_hold_as_a_hold_with_its_reason(held):
+    from unified_assets.lifecycle import summarize
+
+    _, _, result, _ = held
+    summary = summarize(result)
+    assert summary.steps_failed == {}
+    assert summary.challenger == {}
+    assert summary.held.startswith("no candidate qualified: ")
+    assert set(summary.steps_skipped) == set(DOWNSTREAM)
+    text = "\n".join(summary.lines())
+    assert "FAILED" not in text and "Error" not in text
+    assert f"promotion held: {summary.held}" in text
+    assert "models trained: 2" in text
