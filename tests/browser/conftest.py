@@ -1,0 +1,121 @@
+"""A real Dagster UI (`dagster dev`, as the README runs it) on a prepared state folder, and
+Debian's Chromium driven by Playwright. Nothing is downloaded at run time: Playwright is a
+dev dependency and `scripts/browser.sh` installs the `chromium` package (the test command
+runs it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("UNIFIED_AI_CHROMIUM", "/usr/bin/chromium")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, every: float = 1.0):
+    """Poll `condition` until it returns a truthy value; fail naming `what` after `timeout`
+    (a bound on waiting, not an assertion on speed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@dataclass
+class DagsterUI:
+    url: str
+    env: dict[str, str]
+    log: Path
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def state_env(home: Path, policy: Path) -> dict[str, str]:
+    """The environment `scripts/dev.sh` sets, on `home`, with the test's policy."""
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "deploy" / "local" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIFIED_AI_", "DAGSTER_"))}
+    env.update(UNIFIED_AI_HOME=str(home), DAGSTER_HOME=str(dagster_home),
+               UNIFIED_AI_POLICY=str(policy))
+    return env
+
+
+def start_dagster_dev(env: dict[str, str], log: Path) -> Iterator[DagsterUI]:
+    """`dagster dev` in its own process group (webserver, daemon and code server), stopped
+    with the whole group."""
+    port = free_port()
+    dagster = Path(sys.executable).with_name("dagster")
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    ui = DagsterUI(f"http://127.0.0.1:{port}", env, log)
+    try:
+        wait_until(lambda: process.poll() is not None or answers(f"{ui.url}/server_info"), 180,
+                   "the Dagster UI to answer")
+        if process.poll() is not None:
+            pytest.fail(f"dagster dev exited ({process.returncode}):\n{ui.tail()}")
+        yield ui
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} not found: run `bash scripts/browser.sh` (installs Debian's "
+                    "chromium) or set UNIFIED_AI_CHROMIUM")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(chromium):
+    context = chromium.new_context(viewport={"width": 1600, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    # Dagster's first-visit "Join the Dagster community" dialog covers the page: dismiss it
+    # whenever it shows up before an action.
+    page.add_locator_handler(page.get_by_role("button", name="Skip"), lambda skip: skip.click())
+    yield page
+    context.close()
