@@ -1,8 +1,10 @@
-"""Drift asks for a retrain: each newly ingested batch is compared with the champion's
-training data from stored profiles (milliseconds, far inside the 60 s sensor limit). One
-retrain is requested per piece of evidence: the cursor remembers judged batches and the
-run key names the drifted ones. A drifted batch still awaiting its labels is judged again
-once they land (a retrain could not train on it before)."""
+"""Drift asks for a retrain, on evidence already in the catalog: the sensor reads the
+`batch_drift` materializations (the per-column decision declarative automation makes right
+after ingestion) and never recomputes drift. Its cursor is the last materialization read plus
+the drifted batches still awaiting their labels (judged again once they land: a retrain could
+not train on them before). Retrains coalesce: while a retrain is queued and not started, new
+evidence folds into it (its tags name every batch); otherwise one retrain is requested, and
+the run queue (tag `unified-ai/retrain`, limit 1) keeps one in flight."""
 
 import json
 
@@ -12,8 +14,11 @@ from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
-from sensors.retrain import retrain_request, run_in_flight
+from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
 from unified_assets.partitions import BATCHES
+
+DRIFT_BATCHES_TAG = "unified-ai/drift-batches"
+EVIDENCE_TAG = "unified-ai/evidence"
 
 
 def _bootstrap(context: dg.SensorEvaluationContext, job, store: ArtifactStore,
@@ -40,14 +45,58 @@ def _bootstrap(context: dg.SensorEvaluationContext, job, store: ArtifactStore,
     return dg.SensorResult(run_requests=[request], cursor=context.cursor)
 
 
+def _load_cursor(cursor: str | None) -> tuple[int | None, dict[str, dict]]:
+    """(last batch_drift storage id read, awaiting-labels evidence by batch). A cursor from
+    before (a list of judged batches) restarts from the first materialization."""
+    data = json.loads(cursor) if cursor else {}
+    if not isinstance(data, dict):
+        return None, {}
+    return data.get("after"), data.get("awaiting", {})
+
+
+def _evidence(context: dg.SensorEvaluationContext, after: int | None
+              ) -> tuple[dict[str, dict], int | None]:
+    """The newest drift decision per batch materialized since `after`, and the new cursor."""
+    from unified_assets.assets.monitoring import batch_drift
+
+    result = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=batch_drift.key, after_storage_id=after),
+        limit=1000, ascending=True)
+    found: dict[str, dict] = {}
+    for record in result.records:
+        metadata = record.asset_materialization.metadata
+        if "dataset_drift" not in metadata:
+            continue  # no champion to compare with when it ran
+        found[record.asset_materialization.partition] = {
+            "drift": bool(metadata["dataset_drift"].value),
+            "champion": str(metadata["champion_version"].value),
+            "columns": list(metadata["drifted_columns"].value),
+            "drifted": metadata["drifted_column_count"].value
+            if "drifted_column_count" in metadata else len(metadata["drifted_columns"].value),
+            "total": metadata["column_count"].value if "column_count" in metadata else None,
+            "run_id": record.run_id,
+            "storage_id": record.storage_id,
+        }
+    last = result.records[-1].storage_id if result.records else after
+    return found, last
+
+
+def _describe(batch: str, evidence: dict) -> str:
+    columns = evidence["columns"]
+    shown = ", ".join(columns[:5]) + (", ..." if len(columns) > 5 else "")
+    total = f"/{evidence['total']}" if evidence.get("total") else ""
+    return f"{batch}: {evidence['drifted']}{total} columns ({shown})"
+
+
 def build_drift_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="drift_retrain_sensor",
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Requests train -> evaluate -> gated promotion when new batches drift (and "
-        "the first training once enough labelled batches are in).",
+        description="Requests train -> evaluate -> gated promotion when batch_drift finds drift "
+        "(one retrain in flight, later evidence folded into the one queued), and the first "
+        "training once enough labelled batches are in.",
     )
     def drift_retrain_sensor(
         context: dg.SensorEvaluationContext,
@@ -56,52 +105,60 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
         mlflow_registry: MlflowRegistry,
         policy: PolicyResource,
     ):
-        from unified_assets.monitoring import batch_drift, champion_reference, profile_key
-
-        judged = set(json.loads(context.cursor or "[]"))
-        reference = champion_reference(store, mlflow_registry, dataset.spec.name)
-        if reference is None:
-            if mlflow_registry.alias_version(dataset.spec.name) is None:
-                return _bootstrap(context, job, store, policy)
-            return dg.SkipReason("the champion has no profiled training batches")
-        version, training_batches, merged = reference
-        new = [b for b in context.instance.get_dynamic_partitions(BATCHES.name)
-               if b not in judged and store.exists(profile_key(b))]
-        if not new:
-            return dg.SkipReason("no newly profiled batch")
         from unified_assets.assets.labels import is_trainable
 
-        drifted, awaiting = {}, []
-        for batch in new:
-            if batch in training_batches:
+        model = dataset.spec.name
+        version = mlflow_registry.alias_version(model)
+        if version is None:
+            return _bootstrap(context, job, store, policy)
+        after, awaiting = _load_cursor(context.cursor)
+        found, last = _evidence(context, after)
+        training = set(mlflow_registry.version_tags(model, version)
+                       .get("training_batches", "").split(","))
+        candidates = {**awaiting, **found}
+        drifted, waiting, stale = {}, {}, []
+        for batch, evidence in candidates.items():
+            if not evidence["drift"] or batch in training:
                 continue
-            result = batch_drift(store, merged, batch, policy.policy.drift)
-            if not result["dataset_drift"]:
+            if evidence["champion"] != version:
+                stale.append(batch)  # judged against an earlier champion: batch_drift reruns
                 continue
             if is_trainable(store, batch):
-                drifted[batch] = result
+                drifted[batch] = evidence
             else:
-                awaiting.append(batch)  # a retrain could not use it yet: judged again later
-        cursor = json.dumps(sorted(judged | (set(new) - set(awaiting))))
-        waiting = f"; drift in {awaiting} waits for their labels" if awaiting else ""
+                waiting[batch] = evidence
+        cursor = json.dumps({"after": last, "awaiting": waiting}, sort_keys=True)
+        notes = ([f"drift in {sorted(waiting)} waits for their labels"] if waiting else []) + \
+            ([f"evidence about an earlier champion dropped: {sorted(stale)}"] if stale else [])
         if not drifted:
-            return dg.SensorResult(run_requests=[], cursor=cursor,
-                                   skip_reason=f"{len(new)} batch(es) judged: no retrain-ready "
-                                               f"drift vs champion v{version}{waiting}")
+            if not found and cursor == (context.cursor or ""):
+                return dg.SkipReason("no new batch_drift decision")
+            return dg.SensorResult(run_requests=[], cursor=cursor, skip_reason="; ".join(
+                [f"{len(found)} batch_drift decision(s) read: no retrain-ready drift vs champion "
+                 f"v{version}", *notes]))
         names = sorted(drifted)
-        summary = "; ".join(
-            f"{b}: {r['number_of_drifted_columns']}/{r['number_of_columns']} columns "
-            f"({', '.join(r['drifted_columns'][:5])})" for b, r in sorted(drifted.items()))
-        context.log.info(f"drift vs champion v{version}: {summary}")
+        summary = "; ".join(_describe(b, drifted[b]) for b in names)
+        reason = f"drift vs champion v{version} (batch_drift): {summary}"
+        context.log.info(reason)
+        pending = pending_run(context, job.name)
+        if pending is not None:
+            done = fold_into(context, pending, DRIFT_BATCHES_TAG, names, reason)
+            return dg.SensorResult(run_requests=[], cursor=cursor,
+                                   skip_reason="; ".join([done, *notes]))
         request = retrain_request(
             context, job.name, policy.policy.placement,
             run_key=f"drift-retrain:{','.join(names)}",
-            tags={"unified-ai/trigger": "drift", "unified-ai/drift-batches": ",".join(names),
-                  "unified-ai/reason": f"drift vs champion v{version}: {summary}"[:1000]})
+            tags={"unified-ai/trigger": "drift", DRIFT_BATCHES_TAG: ",".join(names),
+                  EVIDENCE_TAG: ",".join(f"batch_drift[{b}]@{drifted[b]['run_id'][:8]}"
+                                         for b in names)[:1000],
+                  "unified-ai/reason": reason[:1000]})
         if isinstance(request, str):
-            # The evidence stays unjudged: the retrain is asked for again once placement allows.
-            return dg.SensorResult(run_requests=[], cursor=context.cursor,
+            # The evidence is kept as awaiting: asked for again once placement allows.
+            keep = json.dumps({"after": last, "awaiting": {**waiting, **drifted}}, sort_keys=True)
+            return dg.SensorResult(run_requests=[], cursor=keep,
                                    skip_reason=f"drift in {names} but {request}")
+        if run_in_flight(context, job.name):
+            context.log.info(f"a {job.name} run is in flight; this one queues behind it")
         return dg.SensorResult(run_requests=[request], cursor=cursor)
 
     return drift_retrain_sensor

@@ -6,6 +6,12 @@ import dagster as dg
 from unified_assets.placement.policy import PlacementPolicy
 from unified_assets.settings import load_settings
 
+PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+RUNNING = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
+           dg.DagsterRunStatus.CANCELING]
+# Job tag on every retrain run: the run queue admits one at a time per code location (one
+# model each), `concurrency.runs.tag_concurrency_limits` in deploy/*/dagster.yaml.
+RETRAIN_TAG = "unified-ai/retrain"
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED,
              dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
              dg.DagsterRunStatus.CANCELING]
@@ -15,6 +21,27 @@ def run_in_flight(context: dg.SensorEvaluationContext, job_name: str) -> bool:
     """A run of the job is queued or running: a new request would train on the same data."""
     return bool(context.instance.get_run_records(
         dg.RunsFilter(job_name=job_name, statuses=IN_FLIGHT), limit=1))
+
+
+def pending_run(context: dg.SensorEvaluationContext, job_name: str) -> dg.DagsterRun | None:
+    """The queued retrain that has not started: new evidence folds into it, since it builds
+    its training set (the newest batches) only when it starts."""
+    records = context.instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, statuses=PENDING), limit=1)
+    return records[0].dagster_run if records else None
+
+
+def fold_into(context: dg.SensorEvaluationContext, run: dg.DagsterRun, batches_tag: str,
+              batches: list[str], reason: str) -> str:
+    """Adds evidence to a pending retrain's tags (batches and reason): the same run trains on
+    it, so no second retrain is queued for the same window. Returns what was done."""
+    before = [b for b in run.tags.get(batches_tag, "").split(",") if b]
+    merged = sorted(set(before) | set(batches))
+    old = run.tags.get("unified-ai/reason", "")
+    context.instance.add_run_tags(run.run_id, {
+        batches_tag: ",".join(merged),
+        "unified-ai/reason": (f"{old}; also {reason}" if old else reason)[:1000]})
+    return f"folded {', '.join(batches)} into pending run {run.run_id}"
 
 
 def deployment_is_kubernetes() -> bool:

@@ -16,6 +16,7 @@ from sensors.failures import run_failure_incidents
 from sensors.labels import build_labels_sensor
 from sensors.landing import build_landing_sensor
 from sensors.live import build_live_sensor
+from sensors.retrain import RETRAIN_TAG
 from unified_assets.assets.data import landed_batch
 from unified_assets.assets.deployment import approval, approval_launchpad, production_model
 from unified_assets.assets.drift_report import drift_report
@@ -65,6 +66,7 @@ labels_job = dg.define_asset_job(
 lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
+    tags={RETRAIN_TAG: "train_evaluate_promote"},
     description="Build the training set, train both candidates, evaluate, select, promote.",
 )
 approval_job = dg.define_asset_job(

@@ -1,5 +1,7 @@
 """Scenario driven by sensor ticks: clean batches -> champion; more clean batches -> no
-retrain; drifted batches -> exactly one retrain naming them; a replayed tick -> nothing."""
+retrain; drifted batches -> exactly one retrain naming them, only once `batch_drift` has
+judged them; a replayed tick -> nothing; batches drifting one tick apart -> one retrain in
+flight and at most one pending that holds the later evidence."""
 
 import dagster as dg
 
@@ -16,6 +18,14 @@ def _tick(defs, instance, cursor=None):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs,
                                       resources={k: defs.resources[k] for k in RESOURCES})
     return sensor(context)
+
+
+def _judge(defs, instance, batches):
+    """What declarative automation does after ingestion: batch_drift for each new batch."""
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("batch_drift")})
+    for batch in batches:
+        assert job.execute_in_process(instance=instance, partition_key=batch).success
 
 
 def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instance):
@@ -41,18 +51,29 @@ def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instanc
 
     write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3)
     ingest_landed(defs, instance)
+    _judge(defs, instance, ["batch-00003"])
     quiet = _tick(defs, instance)
     assert quiet.run_requests == [] and "no retrain-ready drift" in quiet.skip_reason.skip_message
 
     drift = DriftSpec(start_batch=4, covariate_shift=3.0, label_shift=1.0)
     write_batches(settings.landing_dir, batches=2, rows=2000, first_batch=4, drift=drift)
     ingest_landed(defs, instance)
+    # Evidence before action: ingested but not yet judged by batch_drift, nothing starts.
+    early = _tick(defs, instance, cursor=quiet.cursor)
+    assert isinstance(early, dg.SkipReason) and "no new batch_drift decision" in early.skip_message
+    _judge(defs, instance, ["batch-00004", "batch-00005"])
     loud = _tick(defs, instance, cursor=quiet.cursor)
     (request,) = loud.run_requests
     assert request.tags["unified-ai/trigger"] == "drift"
     assert request.tags["unified-ai/drift-batches"] == "batch-00004,batch-00005"
     assert request.run_key == "drift-retrain:batch-00004,batch-00005"
     assert "amount" in request.tags["unified-ai/reason"]
+    assert "(batch_drift)" in request.tags["unified-ai/reason"]
+    # The reason links the evidence already in the catalog: batch_drift's runs per batch.
+    evidence = {r.asset_materialization.partition: r.run_id for r in instance.fetch_materializations(
+        dg.AssetKey("batch_drift"), limit=10).records}
+    assert request.tags["unified-ai/evidence"] == ",".join(
+        f"batch_drift[{b}]@{evidence[b][:8]}" for b in ("batch-00004", "batch-00005"))
     plan = decisions_from_tags(request.tags)
     assert plan["model_torch"].target == "cpu" and plan["model_torch"].fallback != "none"
 
@@ -114,3 +135,50 @@ def test_readme_drift_example_retrains_to_a_green_promotion(settings, instance):
     production = retrain.output_for_node("production_model")
     assert production["action"] == "promote"
     assert production["champion"] == challenger["version"] != first_champion
+
+
+def _submit(defs, instance, result):
+    """What the daemon does with a tick's requests: a run waiting in the queue each, job tags
+    included (NOT_STARTED: a QUEUED run needs a code-location origin this test has not)."""
+    job = defs.resolve_job_def("train_evaluate_promote")
+    for request in result.run_requests:
+        instance.create_run_for_job(job, status=dg.DagsterRunStatus.NOT_STARTED,
+                                    tags={**job.run_tags, **request.tags})
+
+
+def _dequeue(instance):
+    """The run queue with `unified-ai/retrain` limited to 1: start the oldest queued retrain
+    only when none runs."""
+    def runs(*statuses):
+        return [r.dagster_run for r in instance.get_run_records(
+            dg.RunsFilter(job_name="train_evaluate_promote", statuses=list(statuses)))]
+    waiting = (dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED)
+    if not runs(dg.DagsterRunStatus.STARTED) and runs(*waiting):
+        oldest = runs(*waiting)[-1]
+        instance.handle_run_event(oldest.run_id, dg.DagsterEvent(
+            event_type_value=dg.DagsterEventType.RUN_START.value, job_name=oldest.job_name))
+    return runs(dg.DagsterRunStatus.STARTED), runs(*waiting)
+
+
+def test_batches_drifting_one_tick_apart_coalesce_into_one_pending_retrain(settings, instance):
+    write_batches(settings.landing_dir, batches=3, rows=1500)
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    assert train_evaluate_promote(defs, instance).success
+    drift = DriftSpec(start_batch=3, covariate_shift=3.0)
+    cursor, names = None, [f"batch-0000{i}" for i in range(3, 7)]
+    for index, batch in enumerate(names):
+        write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3 + index, drift=drift)
+        ingest_landed(defs, instance)
+        _judge(defs, instance, [batch])
+        result = _tick(defs, instance, cursor)
+        cursor = result.cursor
+        _submit(defs, instance, result)
+        running, pending = _dequeue(instance)
+        assert len(running) <= 1 and len(pending) <= 1, (batch, running, pending)
+    (running,), (pending,) = running, pending
+    assert running.tags["unified-ai/drift-batches"] == "batch-00003"
+    # The later evidence folded into the one pending run, which trains on all of it.
+    assert pending.tags["unified-ai/drift-batches"] == "batch-00004,batch-00005,batch-00006"
+    assert all(b in pending.tags["unified-ai/reason"] for b in names[1:])
+    assert pending.tags["unified-ai/retrain"] == "train_evaluate_promote"

@@ -51,7 +51,11 @@ def batch_drift(
     store.write_json(drift_key(batch), result | {"champion": version})
     return dg.MaterializeResult(metadata={
         "dataset_drift": result["dataset_drift"],
-        "share_of_drifted_columns": dg.MetadataValue.float(result["share_of_drifted_columns"]),
+        "share_of_drifted_columns": dg.MetadataValue.float(
+            round(result["share_of_drifted_columns"], 4)),
+        # What drift_retrain_sensor reads: it acts on this evidence, never recomputes it.
+        "drifted_column_count": dg.MetadataValue.int(result["number_of_drifted_columns"]),
+        "column_count": dg.MetadataValue.int(result["number_of_columns"]),
         "drifted_columns": dg.MetadataValue.json(result["drifted_columns"]),
         "champion_version": dg.MetadataValue.text(version),
         "reference_batches": dg.MetadataValue.json(batches),
