@@ -172,3 +172,45 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
         status, _, _ = _get(drift["mlflow_run"].split("#", 1)[0])
         assert status == 200
 
+
+
+@pytest.mark.parametrize(("ui_url", "environ", "tracking_uri", "expected"), [
+    ("http://mlflow.example.org/", {}, "sqlite:///x.db", "http://mlflow.example.org"),
+    (None, {"UNIFIED_AI_MLFLOW_UI_URL": "https://ml.example.org/"}, "http://mlflow.svc:5000",
+     "https://ml.example.org"),
+    (None, {}, "http://mlflow.mlflow.svc.cluster.local:5000/",
+     "http://mlflow.mlflow.svc.cluster.local:5000"),
+    (None, {}, "sqlite:///x.db", "http://127.0.0.1:5000"),
+])
+def test_the_ui_url_is_configured_else_the_tracking_server_else_the_local_ui(
+        monkeypatch, ui_url, environ, tracking_uri, expected):
+    monkeypatch.delenv("UNIFIED_AI_MLFLOW_UI_URL", raising=False)
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    registry = MlflowRegistry(tracking_uri=tracking_uri, ui_url=ui_url)
+    assert registry.ui_base() == expected
+    link = registry.artifact_link("abc", "3", "evaluation/x y/report.html")
+    assert link.page == f"{expected}/#/experiments/3/runs/abc/artifacts/evaluation/x y/report.html"
+    assert link.file == f"{expected}/get-artifact?path=evaluation%2Fx+y%2Freport.html&run_uuid=abc"
+    assert link.run_page == f"{expected}/#/experiments/3/runs/abc"
+
+
+def test_reports_that_cannot_reach_mlflow_are_stored_and_say_why(settings):
+    """MLflow unreachable or the run gone: the judged report is still stored (approvals cite
+    it) and the metadata says why there is no link instead of linking to nothing."""
+    from resources.artifact_store import ArtifactStore
+    from unified_assets.assets.evaluation import _metadata, _publish, report_key
+
+    store = ArtifactStore(root=str(settings.artifacts_dir))
+    registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
+    report = {"family": "sklearn", "model_name": "m", "version": "4", "champion": None,
+              "overall": {"roc_auc": 0.78114253001766}, "segments": [], "passed_gates": True,
+              "gates": {}, "evidently_report_uri": None, "evidently_error": "ValueError: boom"}
+    _publish(dg.build_asset_context(), registry, store, "no-such-run", report, "<html></html>")
+    assert report["mlflow_error"] and "report_url" not in report
+    assert store.read_json(report_key("m", "4"))["mlflow_error"] == report["mlflow_error"]
+    metadata = {k: getattr(v, "value", v) for k, v in _metadata(report).items()}
+    assert metadata["report"].startswith("not logged to MLflow: ")
+    assert metadata["evidently_report"] == "not written: ValueError: boom"
+    assert metadata["roc_auc"] == 0.7811
+    assert metadata["summary"].startswith("**sklearn v4 (no champion yet)**: passed every")

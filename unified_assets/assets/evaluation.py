@@ -329,8 +329,10 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
             f"Evaluation of the {family} candidate's registered version on the fixed holdout at "
             "the policy's operating threshold: ROC AUC, PR AUC, F1, recall, Brier, latency per "
             "1,000 rows, overall and per segment, with the champion's numbers on the same rows, "
-            "and an Evidently report (classification quality, holdout-vs-training drift). Checks "
-            "judge it against the policy; a failing candidate is never selected as challenger."
+            "and an Evidently report (classification quality, holdout-vs-training drift). The "
+            "Evidently HTML and the judged JSON report are logged to the candidate's MLflow run "
+            "and linked from metadata (MLflow UI), with a short summary. Checks judge it against "
+            "the policy; a candidate failing a blocking gate is never selected as challenger."
         ),
         check_specs=[
             dg.AssetCheckSpec(check, asset=name, description=ROLE[check] + CHECK_DESCRIPTIONS[check],
