@@ -7,8 +7,6 @@ from unified_assets.placement.policy import PlacementPolicy
 from unified_assets.settings import load_settings
 
 PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
-RUNNING = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED,
-           dg.DagsterRunStatus.CANCELING]
 # Job tag on every retrain run: the run queue admits one at a time per code location (one
 # model each), `concurrency.runs.tag_concurrency_limits` in deploy/*/dagster.yaml.
 RETRAIN_TAG = "unified-ai/retrain"
