@@ -8,23 +8,13 @@ report a bare path; neither exists on a viewer's machine when the code runs in a
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
+from tests.mlflow_server import free_port, http_get, mlflow_server
 from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
 from unified_assets.assets.models import model_sklearn
@@ -33,58 +23,6 @@ from unified_assets.assets.training import training_set
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed
 from unified_assets.ml.generator import DriftSpec, write_batches
-
-STARTUP_DEADLINE_S = 180  # a deadline for a loaded machine, not an assertion about speed
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
-
-
-@contextmanager
-def mlflow_server(tracking_uri: str, artifact_root: str, port: int) -> Iterator[str]:
-    """`mlflow server` as scripts/dev.sh starts it, in its own process group, stopped after."""
-    mlflow = Path(sys.executable).with_name("mlflow")
-    log = open(os.devnull, "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [str(mlflow), "server", "--backend-store-uri", tracking_uri,
-         "--default-artifact-root", artifact_root, "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        env=os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:
-            assert process.poll() is None, f"mlflow server exited with {process.returncode}"
-            try:
-                if _get(f"{base}/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer on {base} within {STARTUP_DEADLINE_S} s")
-            time.sleep(0.5)
-        yield base
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -105,16 +43,16 @@ def _page_artifact(base: str, page_url: str) -> tuple[str, str]:
 def _assert_page_shows(base: str, page_url: str, file_url: str) -> bytes:
     """The UI page answers, lists the artifact, and the file link serves its bytes."""
     run_id, path = _page_artifact(base, page_url)
-    status, headers, body = _get(page_url.split("#", 1)[0])
+    status, headers, body = http_get(page_url.split("#", 1)[0])
     assert status == 200 and headers["content-type"].startswith("text/html")
     listing_url = (f"{base}/ajax-api/2.0/mlflow/artifacts/list?"
                    + urllib.parse.urlencode({"run_id": run_id, "path": path.rsplit("/", 1)[0]}))
-    listed = json.loads(_get(listing_url)[2])
+    listed = json.loads(http_get(listing_url)[2])
     assert path in {f["path"] for f in listed["files"]}
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(file_url).query)
     assert file_url.startswith(f"{base}/get-artifact?")
     assert query == {"path": [path], "run_uuid": [run_id]}
-    status, headers, body = _get(file_url)
+    status, headers, body = http_get(file_url)
     assert status == 200, body[:300]
     return body
 
@@ -123,7 +61,7 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
     write_batches(settings.landing_dir, batches=3, rows=1500)
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
-    port = _free_port()  # the UI URL is configuration: the server comes up there later
+    port = free_port()  # the UI URL is configuration: the server comes up there later
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
                               artifact_location=settings.mlflow_artifact_location,
                               ui_url=f"http://127.0.0.1:{port}/")
@@ -169,7 +107,7 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
         html = _assert_page_shows(base, drift["report"], drift["report_file"])
         assert b"<html" in html[:500] and b"DATA DRIFT" in html
         assert b'"column_name": "amount"' in html
-        status, _, _ = _get(drift["mlflow_run"].split("#", 1)[0])
+        status, _, _ = http_get(drift["mlflow_run"].split("#", 1)[0])
         assert status == 200
 
 

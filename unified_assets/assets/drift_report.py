@@ -155,7 +155,7 @@ def _metadata(version: str, batches: list[str], summary: dict, profile: dict[str
         "share_of_drifted_columns": dg.MetadataValue.float(rounded(summary["share_of_drifted_columns"])),
         "number_of_drifted_columns": dg.MetadataValue.int(summary["number_of_drifted_columns"]),
         "drifted_columns": dg.MetadataValue.json(summary["drifted_columns"]),
-        "drift_share_threshold": dg.MetadataValue.float(summary["drift_share"]),
+        "drift_share_threshold": dg.MetadataValue.float(rounded(summary["drift_share"])),
         "columns": _table(summary, profile),
         "champion_version": dg.MetadataValue.text(version),
         "reference_batches": dg.MetadataValue.json(batches),
