@@ -80,3 +80,25 @@ def test_each_check_result_says_whether_it_holds_promotion_back(severity, blocks
     assert result.metadata["blocks_promotion"].value is blocks
     assert "blocks_promotion" not in check_result(gate, severity).metadata
     assert "| brier | 0.1086 | 0.08 |" in result.metadata["values_vs_policy"].value
+
+
+def test_the_evaluation_summary_names_what_held_it_back_and_what_only_warned():
+    from unified_assets.assets.evaluation import summary
+
+    report = {
+        "family": "torch", "version": "5", "passed_gates": False,
+        "champion": {"version": "3", "overall": {"roc_auc": 0.79}},
+        "overall": {"roc_auc": 0.78114253001766, "brier": 0.031234},
+        "gates": {"quality_floors": {"passed": False, "message": "brier=0.1086 violates max 0.08"},
+                  "leakage": {"passed": False, "message": "amount alone: ROC AUC 0.99"},
+                  "informational_metrics": {"passed": False, "message": "f1 below 0.3"}},
+        "segments": [{"segment": "region", "value": "APAC", "rows": 412, "roc_auc": 0.7012},
+                     {"segment": "region", "value": "EU", "rows": 900, "roc_auc": 0.8}],
+    }
+    text = summary(report | {"blocking_gates": ["quality_floors", "leakage"]})
+    assert text.startswith("**torch v5 vs champion v3**: held back: quality_floors (brier=0.1086 "
+                           "violates max 0.08); leakage (amount alone: ROC AUC 0.99) "
+                           "(warnings: informational_metrics)")
+    assert "ROC AUC 0.7811 (champion 0.79, -0.0089)" in text and "Brier 0.03123" in text
+    assert "weakest segment: region=APAC ROC AUC 0.7012 on 412 rows" in text
+    assert "(warnings: leakage, informational_metrics)" in summary(report)

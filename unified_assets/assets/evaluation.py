@@ -259,10 +259,10 @@ def summary(report: dict) -> str:
     who = f"{report['family']} v{report['version']}"
     who += f" vs champion v{champion['version']}" if champion else " (no champion yet)"
     gates = report.get("gates", {})
+    blocking = report.get("blocking_gates", (QUALITY, IMPROVEMENT, FAIRNESS))
     failed = [f"{name} ({g['message']})" for name, g in gates.items()
-              if not g["passed"] and name in (QUALITY, IMPROVEMENT, FAIRNESS)]
-    warned = [name for name, g in gates.items() if not g["passed"] and name not in
-              (QUALITY, IMPROVEMENT, FAIRNESS)]
+              if not g["passed"] and name in blocking]
+    warned = [name for name, g in gates.items() if not g["passed"] and name not in blocking]
     verdict = ("passed every blocking gate" if report.get("passed_gates") else
                "held back: " + "; ".join(failed) if failed else "held back")
     if warned:
@@ -363,6 +363,7 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
         report["gates"] = {n: {"passed": g.passed, "message": g.message}
                            for n, g in verdict.gates.items()}
         report["passed_gates"] = verdict.passed
+        report["blocking_gates"] = list(verdict.blocking)  # leakage too when the policy says so
         if not report.get("error"):  # stored with its verdict, as approvals and rollbacks cite it
             _publish(context, mlflow_registry, store, candidate.run_id, report, html)
         if report.get("error"):
