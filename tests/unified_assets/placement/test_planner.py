@@ -22,6 +22,7 @@ from unified_assets.placement import (
     revalidate,
 )
 from unified_assets.placement.kube import parse_k8s_capacity
+from unified_assets.placement.snapshot import InstanceLoad, PoolOccupancy
 
 TORCH = StepRequirement("model_torch", GPU_TRAINING, input_rows=50_000)
 SKLEARN = StepRequirement("model_sklearn", CPU_TRAINING, input_rows=50_000)
@@ -241,8 +242,11 @@ def test_cpu_profiles_and_their_pool():
         "cpu profile; Dagster pool cpu-pool: 1/4 slots claimed, 0 pending")
     full = local(instance=pools(cpu_claimed=4, cpu_limit=4))
     assert plan([SKLEARN], full, policy())["model_sklearn"].fallback == "wait"
+    # Light steps have their own pool: a full training pool never holds them back.
+    assert plan([StepRequirement("evaluation", CPU_LIGHT)], full, policy())["evaluation"].fallback == "none"
+    light_full = local(instance=InstanceLoad(pools={"light-pool": PoolOccupancy("light-pool", 4, 4)}))
     with pytest.raises(PlacementError, match="profiles.cpu-light.on_unavailable=fail_and_escalate"):
-        plan([StepRequirement("evaluation", CPU_LIGHT)], full, policy())
+        plan([StepRequirement("evaluation", CPU_LIGHT)], light_full, policy())
 
 
 def test_unknown_profile_and_duplicate_steps():
