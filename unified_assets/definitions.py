@@ -18,7 +18,12 @@ from sensors.landing import build_landing_sensor
 from sensors.live import build_live_sensor
 from sensors.retrain import RETRAIN_TAG
 from unified_assets.assets.data import landed_batch
-from unified_assets.assets.deployment import approval, approval_launchpad, production_model
+from unified_assets.assets.deployment import (
+    approval,
+    approval_launchpad,
+    production_model,
+    rollback_launchpad,
+)
 from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.evaluation import EVALUATION_ASSETS
 from unified_assets.assets.labels import batch_labels
@@ -81,8 +86,7 @@ rollback_job = dg.define_asset_job(
     "rollback_production",
     selection=[production_model],
     tags=DECISION_PRIORITY,
-    config={"ops": {"production_model": {"config": {
-        "action": "rollback", "rollback_to": "", "by": "", "reason": ""}}}},
+    config=rollback_launchpad,  # who, why, to what: no resources, no other steps' fields
     description="Move `champion` back to the previous good version (or rollback_to), with an "
     "incident record. Fill in by and reason.",
 )

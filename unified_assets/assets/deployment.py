@@ -196,6 +196,30 @@ class ProductionConfig(dg.Config):
                        "may then stay empty. Required when the policy requires signatures.")
 
 
+_TEXT = dict(config=str, default_value="")
+ROLLBACK_LAUNCHPAD = {"ops": {"production_model": {"config": {
+    "rollback_to": dg.Field(**_TEXT, description=ProductionConfig.model_fields["rollback_to"]
+                            .description),
+    "by": dg.Field(**_TEXT, description=ProductionConfig.model_fields["by"].description),
+    "reason": dg.Field(**_TEXT, description=ProductionConfig.model_fields["reason"].description),
+    "token": dg.Field(**_TEXT, description=ProductionConfig.model_fields["token"].description),
+    # Accepted (automated rollbacks and the CLI send them), never pre-filled for a person.
+    "expected_from": dg.Field(str, is_required=False, description=ProductionConfig
+                              .model_fields["expected_from"].description),
+    "action": dg.Field(dg.Enum("RollbackAction", [dg.EnumValue("rollback")]),
+                       is_required=False, description="Always rollback in this job."),
+}}}}
+
+
+@dg.config_mapping(config_schema=ROLLBACK_LAUNCHPAD)
+def rollback_launchpad(config: dict) -> dict:
+    """`rollback_production`'s launchpad: who, why, to what (or the signed token), in the same
+    shape the CLI and the live sensor send; resources keep their deployed values."""
+    given = config.get("ops", {}).get("production_model", {}).get("config", {})
+    return {"ops": {"production_model": {"config": {
+        **{k: v for k, v in given.items() if k != "action"}, "action": "rollback"}}}}
+
+
 def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name: str,
                         by: str, reason: str, to_version: str | None = None,
                         expected_from: str | None = None, allow_any_approved: bool = False,
