@@ -80,3 +80,22 @@ def test_the_summary_reads_a_hold_as_a_hold_with_its_reason(held):
     assert "FAILED" not in text and "Error" not in text
     assert f"promotion held: {summary.held}" in text
     assert "models trained: 2" in text
+
+
+def test_a_hold_launched_as_sensors_launch_it_is_not_rerun_by_automation(settings, tmp_path,
+                                                                         instance):
+    """A sensor's run of train_evaluate_promote records no asset selection, so Dagster cannot
+    tell that the challenger already judged these evaluations; without care, automation
+    would run the hold again and put approval and promotion in that run."""
+    write_batches(settings.landing_dir, batches=3, rows=2000)
+    settings = with_policy(settings, tmp_path, {"promotion": {"segments": {
+        "floor": 0.999, "max_disparity": None, "min_rows": 150}}})
+    defs = build_definitions(settings)
+    ingest_landed(defs, instance)
+    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    run = defs.resolve_job_def("train_evaluate_promote").execute_in_process(
+        instance=instance, raise_on_error=False)
+    assert run.success and not instance.get_run_by_id(run.run_id).asset_selection
+    later = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=before.cursor)
+    for asset in ("challenger", *DOWNSTREAM):
+        assert later.get_num_requested(dg.AssetKey(asset)) == 0, asset

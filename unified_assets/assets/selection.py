@@ -12,6 +12,7 @@ import dagster as dg
 
 from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
+from sensors.retrain import RETRAIN_TAG
 from unified_assets.assets.evaluation import CHECK_DESCRIPTIONS, check_result
 from unified_assets.assets.models import CANDIDATE_FAMILIES
 from unified_assets.compute import CPU_LIGHT
@@ -23,6 +24,20 @@ SELECTED = "challenger_selected"
 HOLD_PREFIX = "no candidate qualified: "
 HOLD_NOTE = (" When it fails, no candidate qualified: the challenger is not materialized, "
              "approval and production_model are skipped and the run stays green (a warning).")
+
+
+# Evaluations a train_evaluate_promote run updated were judged by the challenger in that same
+# run (selected, or held without materializing), so only evaluations updated elsewhere call
+# for a new selection. Dagster's own exclusion (executed_with_root_target) reads the run's
+# asset selection, which a sensor's run of the whole job does not record.
+NEW_EVALUATIONS = dg.AutomationCondition.any_deps_match(
+    (dg.AutomationCondition.newly_updated()
+     & ~dg.AutomationCondition.executed_with_root_target()
+     & ~dg.AutomationCondition.executed_with_tags(tag_keys={RETRAIN_TAG}))
+    | dg.AutomationCondition.will_be_requested()
+).with_label("new_evaluations_outside_a_retrain")
+CHALLENGER_CONDITION = dg.AutomationCondition.eager().replace(
+    "any_deps_updated", NEW_EVALUATIONS).with_label("eager_to_new_evaluations")
 
 
 def _downstream(context: dg.AssetExecutionContext) -> list[str]:
@@ -57,7 +72,7 @@ def _downstream(context: dg.AssetExecutionContext) -> list[str]:
         dg.AssetCheckSpec(SELECTED, asset="challenger", blocking=True,
                           description="Some candidate passed every blocking gate." + HOLD_NOTE)
     ],
-    automation_condition=dg.AutomationCondition.eager(),
+    automation_condition=CHALLENGER_CONDITION,
     **CPU_LIGHT.asset_kwargs(),
 )
 def challenger(
