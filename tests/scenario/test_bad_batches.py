@@ -34,6 +34,8 @@ def _check_details(instance, batch):
         records = instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
         for record in records:
             evaluation = record.event.dagster_event.event_specific_data
+            if not isinstance(evaluation, dg.AssetCheckEvaluation):
+                continue  # planned, never evaluated: skipped
             if record.event.dagster_event.partition == batch or (
                 evaluation.metadata["file"].value.endswith(f"{batch}.parquet")
             ):
@@ -58,10 +60,11 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
     assert summary.batches_rejected == {
         "batch-inf": ["ranges"],
         "batch-sameid": ["ids"],
-        "batch-empty": list(CHECK_NAMES),
-        "batch-missing": list(CHECK_NAMES),
-        "batch-text": list(CHECK_NAMES),
-        "batch-wrongtype": list(CHECK_NAMES),
+        # The checks a failed schema stopped did not run: skipped, not failed.
+        "batch-empty": ["schema"],
+        "batch-missing": ["schema"],
+        "batch-text": ["schema"],
+        "batch-wrongtype": ["schema"],
     }
     details = _check_details(instance, "batch-wrongtype")
     assert details["schema"].severity == dg.AssetCheckSeverity.ERROR
@@ -71,9 +74,7 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
     # A missing label column is not a finding (the payments spec says labels: either); a
     # missing feature is, naming the spec field. The checks it stopped say they did not run.
     assert "batch-missing.parquet: missing column 'region' (spec field segment_columns)" in missing
-    nulls = _check_details(instance, "batch-missing")["nulls"]
-    assert "not evaluated, because the schema check failed" in nulls.metadata["details"].value
-    assert nulls.metadata["evaluated"].value is False and not nulls.passed
+    assert set(_check_details(instance, "batch-missing")) == {"schema"}  # the rest: skipped
     store = defs.resources["store"]
     assert batch_findings(store, "batch-missing") == [
         "batch-missing.parquet: missing column 'region' (spec field segment_columns)"]
@@ -118,20 +119,73 @@ def test_only_bad_batches_means_no_training_and_nothing_downstream(settings, ins
         assert instance.fetch_materializations(dg.AssetKey(asset), limit=1).records == []
 
 
+def _range_run(defs, instance, first, last, job="ingest_batch"):
+    """What the landing sensor asks for: one run over a range of batch partitions."""
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, raise_on_error=False,
+        tags={"dagster/asset_partition_range_start": first,
+              "dagster/asset_partition_range_end": last})
+
+
+def _check_status(instance, batch, name):
+    from dagster._core.loader import LoadingContextForTest
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionResolvedStatus,
+    )
+
+    key = dg.AssetCheckKey(landed_batch.key, name)
+    (record,) = [r for r in instance.event_log_storage.get_asset_check_execution_history(
+        key, limit=50) if r.partition == batch][:1] or [None]
+    assert record is not None, f"no {name} record for {batch}"
+    import asyncio
+
+    status = asyncio.run(record.resolve_status(LoadingContextForTest(instance)))
+    assert isinstance(status, AssetCheckExecutionResolvedStatus)
+    return status.value
+
+
+def test_a_rejected_batch_neither_fails_nor_hides_the_others_in_its_run(landing, instance):
+    """One run ingests a range of batches: the good ones are stored and pass, the rejected
+    one is marked by failed per-batch checks, a REJECTED verdict and a run tag; the run is
+    green; the checks its schema failure stopped show as skipped."""
+    defs = build_definitions(landing)
+    keys = sorted(defs.resources["dataset"].batch_files())
+    instance.add_dynamic_partitions("batches", keys)
+    result = _range_run(defs, instance, keys[0], keys[-1])
+    assert result.success
+    assert instance.get_materialized_partitions(landed_batch.key) == set(keys)
+    run = instance.get_run_by_id(result.run_id)
+    rejected = run.tags["unified-ai/rejected-batches"].split(", ")
+    assert sorted(rejected) == ["batch-empty", "batch-inf", "batch-missing", "batch-sameid",
+                                "batch-text", "batch-wrongtype"]
+    assert _check_status(instance, "batch-00001", "nulls") == "SUCCEEDED"
+    assert _check_status(instance, "batch-missing", "schema") == "FAILED"
+    assert _check_status(instance, "batch-missing", "nulls") == "SKIPPED"
+    assert _check_status(instance, "batch-inf", "ranges") == "FAILED"
+    assert _check_status(instance, "batch-inf", "label") == "SUCCEEDED"
+    missing = instance.fetch_materializations(dg.AssetRecordsFilter(
+        asset_key=landed_batch.key, asset_partitions=["batch-missing"]), limit=1).records[0]
+    verdict = missing.asset_materialization.metadata["verdict"].value
+    assert verdict.startswith("REJECTED: failed checks schema; not run: ids, nulls, ranges, label")
+    # Fail closed: a rejected batch is never curated, profiled or trained on.
+    store = defs.resources["store"]
+    assert not (landing.artifacts_dir / "batches" / "batch-missing.parquet").exists()
+    assert not store.read_json("batches/batch-missing.report.json")["passed"]
+    assert store.read_json("batches/batch-00002.report.json")["passed"]
+
+
 def test_rejected_batch_looks_rejected_and_automation_skips_its_monitoring(landing, instance):
     defs = build_definitions(landing)
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     summary = ingest_landed(defs, instance)
     assert "batch-missing" in summary.batches_rejected
-    # The ingestion run of a rejected batch fails with one line saying so (not a check
-    # stack trace), and its materialization says rejected before anything else.
+    # A rejected batch is marked, not a crash: its run is green with the batch named in a
+    # tag, its schema check failed, and its materialization says rejected before anything.
     run = instance.get_run_records(dg.RunsFilter(
         job_name="ingest_batch", tags={"dagster/partition": "batch-missing"}))[0].dagster_run
-    assert run.status == dg.DagsterRunStatus.FAILURE
-    failures = [r.event_log_entry.dagster_event for r in instance.get_records_for_run(
-        run.run_id, of_type=dg.DagsterEventType.STEP_FAILURE).records]
-    message = failures[0].event_specific_data.error.message
-    assert message.split(": ", 1)[1].startswith("batch batch-missing rejected: failed checks schema")
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.tags["unified-ai/rejected-batches"] == "batch-missing"
+    assert _check_status(instance, "batch-missing", "schema") == "FAILED"
     record = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=landed_batch.key, asset_partitions=["batch-missing"]), limit=1).records[0]
     metadata = record.asset_materialization.metadata

@@ -1,6 +1,7 @@
 """Data group: each landed batch file becomes a partition, gated by blocking quality checks."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import dagster as dg
 
@@ -39,6 +40,13 @@ def batch_passed(store: ArtifactStore, batch: str) -> bool:
     return store.exists(report_key(batch)) and bool(store.read_json(report_key(batch))["passed"])
 
 
+# Batches per ingestion run: a run costs seconds (process, plan, events), a batch of
+# thousands of rows milliseconds, so new batches are ingested many per run (the landing
+# sensor requests partition ranges; backfills chunk the same way).
+PARTITIONS_PER_RUN = 100
+REJECTED_TAG = "unified-ai/rejected-batches"
+
+
 @dg.asset(
     partitions_def=BATCHES,
     group_name="data",
@@ -48,8 +56,9 @@ def batch_passed(store: ArtifactStore, batch: str) -> bool:
         "One landed batch of records (labelled, or awaiting late labels), read from the landing "
         "zone, validated against the dataset spec and stored as a curated Parquet file with a "
         "compact column profile (for drift). A batch that fails a check is recorded with its "
-        "findings but never written for training. A file re-landed with other content is "
-        "ingested again as a new version; metadata names the file and version it came from."
+        "findings (failed blocking checks, verdict REJECTED) but never written for training. "
+        "A file re-landed with other content is ingested again as a new version; metadata "
+        "names the file and version it came from. One run ingests many batches."
     ),
     check_specs=[
         # Partitioned like the asset: each batch's checks pass or fail on their own, so
@@ -58,16 +67,44 @@ def batch_passed(store: ArtifactStore, batch: str) -> bool:
                           description=CHECK_DESCRIPTIONS[name])
         for name in CHECK_NAMES
     ],
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
+    # Results are yielded per partition (a range run has one output for many partitions).
+    output_required=False,
     **CPU_LIGHT.asset_kwargs(),
 )
 def landed_batch(
     context: dg.AssetExecutionContext, dataset: DatasetResource, store: ArtifactStore
-) -> Iterator[dg.MaterializeResult]:
-    """Yields the materialization with its check results, then, for a rejected batch, fails
-    the step with one line: the partition's run is red and its materialization says
-    REJECTED first, while its metadata and findings stay recorded for the sensors, training
-    (which lists it as excluded) and the CLI."""
-    batch = context.partition_key
+) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output]:
+    """Ingests every batch of the run's partitions (one, or a range), each with its own
+    materialization and check results. A rejected batch does not fail the run: it is marked
+    by its failed blocking checks, a materialization whose first entry is the REJECTED
+    verdict, and the run tag `unified-ai/rejected-batches`, while the other batches of the
+    run are ingested. Checks that could not run are not reported, so the UI shows them
+    skipped. A batch that cannot be stored (a full disk) fails the run naming it; batches
+    stored before it stay stored."""
+    rejected: list[str] = []
+    for batch in context.partition_keys:
+        events, passed = _ingest_one(context, dataset, store, batch)
+        yield from events
+        if not passed:
+            rejected.append(batch)
+    for output_name in context.assets_def.check_specs_by_output_name:
+        yield dg.Output(None, output_name=output_name)  # check outputs: results are events
+    if rejected:
+        context.instance.add_run_tags(context.run_id, {REJECTED_TAG: _listed(rejected)})
+        context.log.warning(f"{len(rejected)} of {len(context.partition_keys)} batch(es) "
+                            f"rejected by their checks: {_listed(rejected)}")
+
+
+def _listed(batches: list[str], limit: int = 20) -> str:
+    shown = ", ".join(batches[:limit])
+    return shown + (f" and {len(batches) - limit} more" if len(batches) > limit else "")
+
+
+def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                store: ArtifactStore, batch: str) -> tuple[Iterator, bool]:
+    """Validate, store and describe one batch: its events (materialization first, then the
+    checks that ran, pointing at it) and whether it passed."""
     spec = dataset.spec
     landed = dataset.batch(batch)
     path = dataset.fetch(landed)
@@ -77,12 +114,13 @@ def landed_batch(
               "rows": report.rows, "passed": report.passed, "labelled": report.labelled,
               "findings": report.findings, "not_evaluated": report.not_evaluated}
     failed = report.failed_checks()
+    skipped = f"; not run: {', '.join(report.not_evaluated)}" if report.not_evaluated else ""
     metadata: dict = {
         # First, so the asset page reads "rejected" before "Materialized" is taken for healthy.
         "verdict": dg.MetadataValue.text(
             "passed every check" if report.passed else
-            f"REJECTED: failed checks {', '.join(failed)}; kept in the landing zone, never "
-            "trained on or monitored"),
+            f"REJECTED: failed checks {', '.join(failed)}{skipped}; kept in the landing zone, "
+            "never trained on or monitored"),
         "source_file": dg.MetadataValue.path(str(path)),
         "source_uri": dg.MetadataValue.text(landed.uri),
         "source_version": dg.MetadataValue.text(landed.version),
@@ -100,35 +138,41 @@ def landed_batch(
             f"{error}. Nothing is marked as passed; the landing sensor retries the ingestion.",
             metadata={"source_uri": landed.uri, "source_version": landed.version},
         ) from error
-    yield dg.MaterializeResult(
-        metadata=metadata,
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=name,
-                passed=not problems,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=(f"not evaluated: {report.not_evaluated[name]}"
-                             if name in report.not_evaluated else None),
-                metadata={
-                    "file": dg.MetadataValue.path(str(path)),
-                    "evaluated": dg.MetadataValue.bool(name not in report.not_evaluated),
-                    "source_version": dg.MetadataValue.text(landed.version),
-                    "problems": dg.MetadataValue.int(len(problems)),
-                    "details": dg.MetadataValue.md(
-                        "\n".join(f"- {p}" for p in problems) or "no problems"
-                    ),
-                },
-            )
-            for name, problems in report.findings.items()
-        ],
+    return _events(context, batch, metadata, report, path, landed.version), report.passed
+
+
+def _events(context: dg.AssetExecutionContext, batch: str, metadata: dict, report: BatchReport,
+            path, version: str) -> Iterator:
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
     )
-    if not report.passed:
-        raise dg.Failure(
-            description=f"batch {batch} rejected: failed checks {', '.join(failed)} "
-            f"({landed.uri}, version {landed.version}); it is kept in the landing zone and "
-            "excluded from training and monitoring (findings in the check results)",
-            metadata={"outcome": "rejected", "failed_checks": ", ".join(failed)},
-            allow_retries=False,
+
+    key = context.asset_key
+    yield dg.AssetMaterialization(asset_key=key, partition=batch, metadata=metadata)
+    # The checks point at the materialization just stored, as Dagster's own check results do:
+    # automation's "blocking checks passed" reads them against the partition's latest one.
+    (stored,) = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1).records
+    target = AssetCheckEvaluationTargetMaterializationData(
+        run_id=stored.run_id, storage_id=stored.storage_id, timestamp=stored.timestamp)
+    for name, problems in report.findings.items():
+        if name in report.not_evaluated:
+            continue  # did not run: shown skipped (the run succeeds), the schema finding says why
+        yield dg.AssetCheckEvaluation(
+            asset_key=key, check_name=name, passed=not problems, partition=batch,
+            severity=dg.AssetCheckSeverity.ERROR, target_materialization_data=target,
+            # The spec is blocking (automation never monitors or trains on a rejected batch);
+            # the event is not, so one rejected batch does not fail the other batches' run.
+            blocking=False,
+            description=f"{len(problems)} problem(s) in {Path(str(path)).name}" if problems
+            else None,
+            metadata={
+                "file": dg.MetadataValue.path(str(path)),
+                "source_version": dg.MetadataValue.text(version),
+                "problems": dg.MetadataValue.int(len(problems)),
+                "details": dg.MetadataValue.md(
+                    "\n".join(f"- {p}" for p in problems) or "no problems"),
+            },
         )
 
 

@@ -1,12 +1,14 @@
 """Monitoring group: drift of each landed batch against the champion's training data."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 
 from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.assets.data import landed_batch
+from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS
 from unified_assets.partitions import BATCHES
@@ -27,6 +29,10 @@ from unified_assets.partitions import BATCHES
     # A batch rejected by its blocking checks is never monitored: it has no profile.
     automation_condition=dg.AutomationCondition.eager()
     & dg.AutomationCondition.all_deps_blocking_checks_passed(),
+    # Automation launches the batches ingested together as one run (the champion's reference
+    # profile is read once per run, not once per batch).
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
+    output_required=False,  # one materialization per partition, yielded as it is decided
     **CPU_LIGHT.asset_kwargs(),
 )
 def batch_drift(
@@ -35,21 +41,37 @@ def batch_drift(
     store: ArtifactStore,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-) -> dg.MaterializeResult:
+) -> Iterator[dg.AssetMaterialization]:
+    """Judges each batch of the run against one reference. A batch without a profile (only
+    possible when launched by hand on a rejected batch) is left out and named in the run's
+    one-line failure after the others are recorded."""
     from unified_assets.assets.data import batch_passed
     from unified_assets.monitoring import batch_drift as compute
     from unified_assets.monitoring import champion_reference, drift_key, profile_key
 
-    batch = context.partition_key
-    if not batch_passed(store, batch) or not store.exists(profile_key(batch)):
-        raise dg.Failure(f"batch {batch} has no profile: it failed its quality checks")
     reference = champion_reference(store, mlflow_registry, dataset.spec.name)
+    missing = []
+    for batch in context.partition_keys:
+        if not batch_passed(store, batch) or not store.exists(profile_key(batch)):
+            missing.append(batch)
+            continue
+        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
+                                      metadata=_judge(store, reference, batch, policy, compute,
+                                                      drift_key))
+    if missing:
+        raise dg.Failure(f"batch(es) {', '.join(missing)} have no profile: they failed their "
+                         "quality checks", allow_retries=False)
+
+
+def _judge(store: ArtifactStore, reference, batch: str, policy: PolicyResource, compute,
+           drift_key) -> dict:
+    """The metadata of one batch's drift decision (what drift_retrain_sensor reads)."""
     if reference is None:
-        return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
+        return {"verdict": "no champion yet: nothing to compare"}
     version, batches, merged = reference
     result = compute(store, merged, batch, policy.policy.drift)
     store.write_json(drift_key(batch), result | {"champion": version})
-    return dg.MaterializeResult(metadata={
+    return {
         "dataset_drift": result["dataset_drift"],
         "share_of_drifted_columns": dg.MetadataValue.float(
             round(result["share_of_drifted_columns"], 4)),
@@ -60,4 +82,4 @@ def batch_drift(
         "champion_version": dg.MetadataValue.text(version),
         "reference_batches": dg.MetadataValue.json(batches),
         "columns": dg.MetadataValue.md(result["markdown"]),
-    })
+    }

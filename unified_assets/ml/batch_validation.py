@@ -36,7 +36,8 @@ class BatchReport:
 
     @property
     def passed(self) -> bool:
-        return not any(self.findings.values())
+        """Every check ran and found nothing: a check that could not run never passes a batch."""
+        return not self.not_evaluated and not any(self.findings.values())
 
     def failed_checks(self) -> list[str]:
         return [name for name, problems in self.findings.items() if problems]
@@ -102,12 +103,11 @@ def first_batch_problems(spec: DatasetSpec) -> list[str]:
 
 
 def _skip_rest(report: BatchReport, why: str) -> None:
-    """Checks that cannot run stay failed (fail closed: the batch is never trained on) with
-    one message saying they were not evaluated and why; `batch_findings` leaves them out."""
+    """Checks that cannot run are recorded as not evaluated, with why, and no finding: they
+    did not fail, they did not run (the UI shows them skipped). The batch still fails closed:
+    `passed` is false while any check was not evaluated, and the schema finding says why."""
     for name in CHECK_NAMES[1:]:
         report.not_evaluated[name] = why
-        report.findings[name].append(f"{Path(report.file).name}: not evaluated, because {why}; "
-                                     "it runs once the schema check passes")
 
 
 def close_matches(column: str, available: list[str]) -> str:

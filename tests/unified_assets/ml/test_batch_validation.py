@@ -26,7 +26,11 @@ def test_clean_batch_passes_every_check(tmp_path, spec):
 def test_missing_column_fails_schema_naming_file_and_column(tmp_path, spec):
     path = _write(tmp_path, generate_batch(0, 50).drop(columns=["amount"]), "missing.parquet")
     report = validate_batch_file(path, spec)
-    assert report.failed_checks() == ["schema", "ids", "nulls", "ranges", "label"]
+    # Only schema failed; the checks it stopped did not run (skipped, not failed), and the
+    # batch still fails closed.
+    assert report.failed_checks() == ["schema"]
+    assert set(report.not_evaluated) == {"ids", "nulls", "ranges", "label"}
+    assert report.findings["nulls"] == [] and not report.passed
     assert "missing.parquet" in report.findings["schema"][0]
     assert "'amount'" in report.findings["schema"][0] or "amount" in report.findings["schema"][0]
 
@@ -168,3 +172,10 @@ def test_duplicate_null_or_missing_ids_fail_the_ids_check(tmp_path, spec, mutate
     report = validate_batch_file(_write(tmp_path, frame, "ids.parquet"), spec)
     assert report.failed_checks() == ["ids"], report.findings
     assert any(p.startswith(expected) for p in report.findings["ids"]), report.findings["ids"]
+
+
+def test_a_check_that_could_not_run_never_passes_a_batch(tmp_path, spec):
+    """Fail closed: no finding anywhere but a check not evaluated is still a rejection."""
+    report = validate_batch_file(_write(tmp_path, generate_batch(0, 30)), spec)
+    report.not_evaluated["label"] = "a reason"
+    assert report.failed_checks() == [] and not report.passed
