@@ -9,6 +9,11 @@ requested or settled, so a quiet tick reads nothing and a replayed tick starts n
 (run keys carry the version and the attempt). An ingestion run that failed without storing
 the batch (disk full, an outage) is retried with backoff, a bounded number of times, and the
 tick says so.
+
+Throughput: a run costs seconds, a batch milliseconds, so first attempts of batches that are
+next to each other in the partition order (files landed together) are requested as one run
+over the partition range (at most `PARTITIONS_PER_RUN` each); the asset records each batch's
+materialization and checks on its own. Retries go one batch per run.
 """
 
 from __future__ import annotations
@@ -20,8 +25,12 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.dataset import DatasetResource
-from unified_assets.assets.data import landed_batch
+from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.partitions import BATCHES
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+CHUNK_TAG = "unified-ai/ingest-chunk"  # on range runs; the cursor remembers each batch's chunk
 
 MAX_ATTEMPTS = 5
 RETRY_BACKOFF_SECONDS = 60.0  # before attempt 2; doubled for each further attempt
@@ -52,11 +61,15 @@ def latest_metadata(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
 
 
 def next_step(instance: dg.DagsterInstance, job_name: str, partition: str, tags: dict[str, str],
-              requested: bool, what: str, now: float) -> NextStep:
-    """Decide from the runs carrying `tags` (one file version) what comes next. Called only
-    while that version is not materialized, so every finished run is a failed attempt."""
-    records = instance.get_run_records(
-        dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition, **tags}))
+              requested: bool, what: str, now: float, chunk: str | None = None) -> NextStep:
+    """Decide from the runs carrying `tags` (one file version), and the range run `chunk` the
+    version was first requested in, what comes next. Called only while that version is not
+    materialized, so every finished run is a failed attempt."""
+    records = list(instance.get_run_records(
+        dg.RunsFilter(job_name=job_name, tags={"dagster/partition": partition, **tags})))
+    if chunk:
+        records += instance.get_run_records(dg.RunsFilter(job_name=job_name, tags={CHUNK_TAG: chunk}))
+        records.sort(key=lambda r: r.create_timestamp, reverse=True)
     if not records:
         if requested:
             return NextStep("wait", note=f"{what}: requested, waiting for its run to start")
@@ -84,8 +97,40 @@ def next_step(instance: dg.DagsterInstance, job_name: str, partition: str, tags:
 
 
 def load_cursor(cursor: str | None) -> dict[str, list[str]]:
-    """key -> [version, "requested" | "done"]."""
+    """key -> [version, "requested" | "done", (range run key it was first requested in)]."""
     return json.loads(cursor) if cursor else {}
+
+
+def contiguous_chunks(order: list[str], wanted: set[str], size: int) -> list[list[str]]:
+    """The wanted keys as runs of neighbours in partition order, at most `size` each: a
+    partition range covers every key between its ends, so a key not wanted splits it."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for key in order:
+        if key in wanted and len(current) < size:
+            current.append(key)
+            continue
+        if current:
+            chunks.append(current)
+        current = [key] if key in wanted else []
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def range_request(chunk: list[str], versions: dict[str, str], triggers: set[str]) -> dg.RunRequest:
+    """One ingestion run over `chunk` (neighbouring partitions); the run key covers every
+    batch's version, so a replayed tick starts nothing twice."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps([[k, versions[k]] for k in chunk]).encode()).hexdigest()
+    run_key = f"ingest-range:{chunk[0]}..{chunk[-1]}:{digest[:16]}"
+    trigger = "new-batch" if "new-batch" in triggers else "changed-batch"
+    return dg.RunRequest(
+        run_key=run_key,
+        tags={RANGE_START: chunk[0], RANGE_END: chunk[-1], CHUNK_TAG: run_key,
+              "unified-ai/trigger": trigger, ATTEMPT_TAG: "1",
+              "unified-ai/batches": f"{chunk[0]} .. {chunk[-1]} ({len(chunk)} batches)"})
 
 
 def build_landing_sensor(job) -> dg.SensorDefinition:
@@ -103,8 +148,10 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         instance, now = context.instance, time.time()
         files = dataset.batch_files()
         state = {k: v for k, v in load_cursor(context.cursor).items() if k in files}
-        known = set(instance.get_dynamic_partitions(BATCHES.name))
+        known_order = list(instance.get_dynamic_partitions(BATCHES.name))  # as added
+        known = set(known_order)
         requests, notes = [], []
+        first_attempts: dict[str, str] = {}  # key -> trigger, requested together below
         for key, landed in files.items():
             if state.get(key) == [landed.version, DONE]:
                 continue
@@ -114,8 +161,10 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 state[key] = [landed.version, DONE]  # ingested (passed or rejected by its checks)
                 continue
             what = f"{key} ({landed.uri}, version {landed.version})"
+            mine = state.get(key, [])[:3]
+            chunk = mine[2] if len(mine) == 3 and mine[0] == landed.version else None
             step = next_step(instance, job.name, key, {VERSION_TAG: landed.version},
-                             state.get(key) == [landed.version, REQUESTED], what, now)
+                             mine[:2] == [landed.version, REQUESTED], what, now, chunk)
             if step.action == "give_up":
                 context.log.error(step.note)
                 state[key] = [landed.version, DONE]
@@ -126,16 +175,34 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                     context.log.warning(step.note)
                 trigger = "retry" if step.attempt > 1 else \
                     "new-batch" if built_version is None else "changed-batch"
-                run_key = f"ingest:{key}:{landed.version}" + \
-                    (f":{step.attempt}" if step.attempt > 1 else "")
+                if step.attempt == 1:
+                    first_attempts[key] = trigger
+                    continue
+                run_key = f"ingest:{key}:{landed.version}:{step.attempt}"
                 requests.append(dg.RunRequest(
                     partition_key=key, run_key=run_key,
                     tags={"unified-ai/trigger": trigger, FILE_TAG: landed.uri,
                           VERSION_TAG: landed.version, ATTEMPT_TAG: str(step.attempt)}))
-                state[key] = [landed.version, REQUESTED]
+                state[key] = [landed.version, REQUESTED, *([chunk] if chunk else [])]
                 continue
             notes.append(step.note)
-        new = [key for key in files if key not in known]
+        order = known_order + sorted(k for k in files if k not in known)
+        for chunk_keys in contiguous_chunks(order, set(first_attempts), PARTITIONS_PER_RUN):
+            if len(chunk_keys) == 1:  # one batch: the same run as before, tagged with its file
+                key = chunk_keys[0]
+                landed = files[key]
+                requests.append(dg.RunRequest(
+                    partition_key=key, run_key=f"ingest:{key}:{landed.version}",
+                    tags={"unified-ai/trigger": first_attempts[key], FILE_TAG: landed.uri,
+                          VERSION_TAG: landed.version, ATTEMPT_TAG: "1"}))
+                state[key] = [landed.version, REQUESTED]
+                continue
+            request = range_request(chunk_keys, {k: files[k].version for k in chunk_keys},
+                                    {first_attempts[k] for k in chunk_keys})
+            requests.append(request)
+            for key in chunk_keys:
+                state[key] = [files[key].version, REQUESTED, request.run_key]
+        new = sorted(key for key in files if key not in known)  # in `order`'s order
         cursor = json.dumps(state, sort_keys=True)
         skip = "; ".join([f"no new or changed batch in {dataset.source_uri} ({len(files)} files)",
                           *notes])

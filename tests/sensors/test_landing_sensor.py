@@ -33,10 +33,24 @@ def launch(defs, instance, result, job="ingest_batch", asset_selection=None):
     job_def = defs.resolve_job_def(job)
     if asset_selection:
         job_def = job_def.get_subset(asset_selection=asset_selection)
+    # A range request carries its range in tags; a single one names its partition.
     return [job_def.execute_in_process(instance=instance, partition_key=r.partition_key,
                                        tags={**r.tags, "dagster/run_key": r.run_key},
                                        raise_on_error=False)
             for r in result.run_requests]
+
+
+def requested_keys(result) -> list[str]:
+    """Every batch the tick asked to ingest, single requests and ranges alike."""
+    keys = []
+    for request in result.run_requests:
+        if request.partition_key:
+            keys.append(request.partition_key)
+        else:
+            order = [k for r in result.dynamic_partitions_requests or [] for k in r.partition_keys]
+            span = request.partition_key_range
+            keys += order[order.index(span.start):order.index(span.end) + 1]
+    return keys
 
 
 def materialized_metadata(instance, key):
@@ -52,23 +66,29 @@ def test_new_complete_files_become_partitions_with_one_ingestion_each(settings, 
     files = defs.resources["dataset"].batch_files()
 
     result = tick(defs, instance)
-    assert [r.partition_key for r in result.run_requests] == ["batch-00000", "batch-00001"]
-    assert [r.run_key for r in result.run_requests] == [
-        f"ingest:{k}:{files[k].version}" for k in ("batch-00000", "batch-00001")]
-    first = result.run_requests[0]
+    # Files landed together are ingested in one run over their partition range.
+    (first,) = result.run_requests
+    assert first.partition_key_range == dg.PartitionKeyRange("batch-00000", "batch-00001")
+    assert first.run_key.startswith("ingest-range:batch-00000..batch-00001:")
     assert first.tags["unified-ai/trigger"] == "new-batch"
-    assert first.tags["unified-ai/batch-version"] == files["batch-00000"].version
-    assert first.tags["unified-ai/batch-file"] == files["batch-00000"].uri
+    assert first.tags["unified-ai/batches"] == "batch-00000 .. batch-00001 (2 batches)"
+    assert files  # versions are recorded per batch by the asset (source_version)
     (add_request,) = result.dynamic_partitions_requests
     assert list(add_request.partition_keys) == ["batch-00000", "batch-00001"]
     # A replayed tick asks for the same run keys, which Dagster starts only once.
     assert [r.run_key for r in tick(defs, instance).run_requests] == [r.run_key for r in result.run_requests]
 
     assert all(run.success for run in launch(defs, instance, result))
+    assert materialized_metadata(instance, "batch-00001")["source_version"] == \
+        files["batch-00001"].version
     assert "no new or changed batch" in skipped(tick(defs, instance, result.cursor))
 
     write_batches(settings.landing_dir, batches=1, rows=50, first_batch=2)
-    assert [r.partition_key for r in tick(defs, instance, result.cursor).run_requests] == ["batch-00002"]
+    (one,) = tick(defs, instance, result.cursor).run_requests
+    assert one.partition_key == "batch-00002"  # a lone batch: a single-partition run
+    version = defs.resources["dataset"].batch_files()["batch-00002"].version
+    assert one.run_key == f"ingest:batch-00002:{version}"
+    assert one.tags["unified-ai/batch-file"].endswith("batch-00002.parquet")
 
 
 def test_files_whose_keys_used_to_collide_are_each_ingested(settings, instance):
@@ -78,7 +98,7 @@ def test_files_whose_keys_used_to_collide_are_each_ingested(settings, instance):
         generate_batch(index, 40).to_parquet(settings.landing_dir / name, index=False)
     defs = build_definitions(settings)
     result = tick(defs, instance)
-    keys = [r.partition_key for r in result.run_requests]
+    keys = requested_keys(result)
     assert len(set(keys)) == 4 and "my_batch" in keys
     assert all(run.success for run in launch(defs, instance, result))
     assert set(instance.get_materialized_partitions(dg.AssetKey("landed_batch"))) == set(keys)
@@ -122,7 +142,8 @@ def test_a_file_read_while_still_being_copied_is_ingested_once_complete(settings
     target.write_bytes(content[: len(content) // 2])  # copied under its final name, half way
     defs = build_definitions(settings)
     first = tick(defs, instance)
-    (request,) = [r for r in first.run_requests if r.partition_key == "batch-00000"]
+    (request,) = first.run_requests
+    assert "batch-00000" in requested_keys(first)
     launch(defs, instance, first)
     assert materialized_metadata(instance, "batch-00000")["passed_quality_checks"] is False
     skipped(tick(defs, instance, first.cursor))  # rejected by its checks: nothing to retry
@@ -187,3 +208,51 @@ def test_an_ingestion_a_person_canceled_is_reported_not_retried(settings, instan
     instance.report_run_canceled(run)
     message = skipped(tick(defs, instance, first.cursor))
     assert "gave up on batch-00000" in message and "was canceled" in message
+
+
+def test_many_landed_batches_are_ingested_in_chunks_and_a_failed_chunk_is_retried_per_batch(
+        settings, instance, monkeypatch):
+    """500 files are 5 runs, not 500; a chunk that fails without storing its batches is
+    retried one batch per run after the backoff, counting the chunk as attempt 1."""
+    import sensors.landing as landing
+
+    monkeypatch.setattr(landing, "PARTITIONS_PER_RUN", 2)
+    write_batches(settings.landing_dir, batches=5, rows=30)
+    defs = build_definitions(settings)
+    first = tick(defs, instance)
+    spans = [(r.partition_key_range.start, r.partition_key_range.end)
+             for r in first.run_requests if r.partition_key_range]
+    assert spans == [("batch-00000", "batch-00001"), ("batch-00002", "batch-00003")]
+    assert [r.partition_key for r in first.run_requests if r.partition_key] == ["batch-00004"]
+    assert requested_keys(first) == [f"batch-{i:05d}" for i in range(5)]
+    # Replayed: the same run keys.
+    assert [r.run_key for r in tick(defs, instance).run_requests] == \
+        [r.run_key for r in first.run_requests]
+
+    runs = launch(defs, instance, dg.SensorResult(
+        run_requests=first.run_requests[1:], dynamic_partitions_requests=
+        first.dynamic_partitions_requests))
+    assert all(run.success for run in runs)
+    # The first chunk never ran: its batches wait for it.
+    waiting = tick(defs, instance, first.cursor)
+    assert "requested, waiting for its run to start" in skipped(waiting)
+
+    # It fails (an outage) without storing anything: after the backoff each batch is retried.
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
+    import unified_assets.assets.data as data
+
+    def outage(*_args, **_kwargs):
+        raise OSError("landing zone unreachable")
+
+    monkeypatch.setattr(data, "validate_batch_file", outage)
+    (failed,) = launch(defs, instance, dg.SensorResult(run_requests=first.run_requests[:1]))
+    assert not failed.success
+    monkeypatch.undo()
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
+    retry = tick(defs, instance, waiting.cursor)
+    assert [(r.partition_key, r.tags["unified-ai/attempt"]) for r in retry.run_requests] == [
+        ("batch-00000", "2"), ("batch-00001", "2")]
+    assert all(run.success for run in launch(defs, instance, retry))
+    assert instance.get_materialized_partitions(dg.AssetKey("landed_batch")) == {
+        f"batch-{i:05d}" for i in range(5)}
+    assert "no new or changed batch" in skipped(tick(defs, instance, retry.cursor))
