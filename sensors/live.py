@@ -2,7 +2,9 @@
 far below the previous champion on the same rows gets a rollback request (or, when the
 policy says `incident`, an incident a person acts on). One request per piece of evidence:
 the cursor is the last materialization read, run keys name the batches and versions, and
-evidence about a champion that has since been replaced is dropped."""
+evidence about a champion that has since been replaced is dropped. Retrains coalesce as the
+drift sensor's do: evidence folds into a retrain queued and not started; while one trains,
+one more is requested and the run queue (one retrain in flight) starts it afterwards."""
 
 import dagster as dg
 
@@ -11,13 +13,14 @@ from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
-from sensors.retrain import retrain_request, run_in_flight
+from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
 from unified_assets.assets.deployment import SOURCE_TAG
 from unified_assets.assets.live import ACTION_KEY, live_performance
 from unified_assets.decisions import LIVE_ACTOR, mint_automation_token
 
 POLICY_ACTOR = LIVE_ACTOR  # the name the sensor acts in; a person can never claim it
 REGRESSION = "live_regression"
+LIVE_BATCHES_TAG = "unified-ai/live-batches"
 
 
 def _text(metadata, key: str) -> str | None:
@@ -110,15 +113,22 @@ def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
         slipping = [v for v in current if v["action"] == "retrain"] if not regressions else []
         if slipping:
             batches = ",".join(v["batch"] for v in slipping)
+            pending = pending_run(context, retrain_job.name)
+            if pending is not None:
+                # Coalesce: the queued retrain builds its training set when it starts, so it
+                # already trains on these batches; its tags now say so too.
+                done = fold_into(context, pending, LIVE_BATCHES_TAG, batches.split(","),
+                                 "; ".join(f"live {v['batch']} v{v['champion']}: {v['reason']}"
+                                           for v in slipping))
+                notes.append(done)
+                summary = "; ".join(notes)
+                return dg.SensorResult(run_requests=requests, cursor=cursor,
+                                       skip_reason=None if requests else summary)
             if run_in_flight(context, retrain_job.name):
-                # Not consumed: judged again after that run (dropped if it replaced the champion).
-                return dg.SensorResult(run_requests=requests, cursor=context.cursor,
-                                       skip_reason=None if requests else
-                                       f"live numbers on {batches} ask for a retrain; waiting for "
-                                       f"the {retrain_job.name} run in progress")
+                context.log.info(f"a {retrain_job.name} run is in flight; this one queues behind it")
             request = retrain_request(
                 context, retrain_job.name, rules.placement, run_key=f"live-retrain:{batches}",
-                tags={"unified-ai/trigger": "late-labels", "unified-ai/live-batches": batches,
+                tags={"unified-ai/trigger": "late-labels", LIVE_BATCHES_TAG: batches,
                       "unified-ai/reason": "; ".join(
                           f"{v['batch']} v{v['champion']}: {v['reason']}" for v in slipping)[:1000]})
             if isinstance(request, str):
