@@ -1,4 +1,5 @@
-"""A real Dagster UI (`dagster dev`, as the README runs it) on a prepared state folder, and
+"""The README's run command (`scripts/dev.sh`: dagster dev and the MLflow UI) on a prepared
+state folder, and
 Debian's Chromium driven by Playwright. Nothing is downloaded at run time: Playwright is a
 dev dependency and `scripts/browser.sh` installs the `chromium` package (the test command
 runs it)."""
@@ -10,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -67,25 +67,23 @@ def state_env(home: Path, policy: Path) -> dict[str, str]:
     shutil.copy(ROOT / "deploy" / "local" / "dagster.yaml", dagster_home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIFIED_AI_", "DAGSTER_"))}
     env.update(UNIFIED_AI_HOME=str(home), DAGSTER_HOME=str(dagster_home),
-               UNIFIED_AI_POLICY=str(policy))
+               UNIFIED_AI_POLICY=str(policy), PORT=str(free_port()), MLFLOW_PORT=str(free_port()))
+    env["UNIFIED_AI_MLFLOW_UI_URL"] = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
     return env
 
 
-def start_dagster_dev(env: dict[str, str], log: Path) -> Iterator[DagsterUI]:
-    """`dagster dev` in its own process group (webserver, daemon and code server), stopped
-    with the whole group."""
-    port = free_port()
-    dagster = Path(sys.executable).with_name("dagster")
+def start_run_command(env: dict[str, str], log: Path) -> Iterator[DagsterUI]:
+    """The README's run command, `bash scripts/dev.sh` (dagster dev and the MLflow UI), in its
+    own process group, on the ports in `env` (PORT, MLFLOW_PORT); stopped with the group."""
     with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    ui = DagsterUI(f"http://127.0.0.1:{port}", env, log)
+        process = subprocess.Popen(["bash", "scripts/dev.sh"], cwd=ROOT, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    ui = DagsterUI(f"http://127.0.0.1:{env['PORT']}", env, log)
     try:
-        wait_until(lambda: process.poll() is not None or answers(f"{ui.url}/server_info"), 180,
+        wait_until(lambda: process.poll() is not None or answers(f"{ui.url}/server_info"), 240,
                    "the Dagster UI to answer")
         if process.poll() is not None:
-            pytest.fail(f"dagster dev exited ({process.returncode}):\n{ui.tail()}")
+            pytest.fail(f"scripts/dev.sh exited ({process.returncode}):\n{ui.tail()}")
         yield ui
     finally:
         os.killpg(process.pid, signal.SIGTERM)

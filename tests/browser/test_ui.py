@@ -1,17 +1,21 @@
-"""The Dagster UI in a real browser, on a state a user reaches after two retrains: every
-group in the lineage, a rollback launched from the launchpad that ends green with the
-champion moved, and a held retrain that reads as a successful run with its reason."""
+"""The Dagster UI in a real browser, started by the README's run command on a state a user
+reaches after two retrains: every group in the lineage, an evaluation's report one click
+away (the link answers 200 with the report), a rollback launched from the launchpad that
+ends green with the champion moved, a held retrain that reads as a successful run with its
+reason, and the `approval` asset listing the version that awaits a person."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 
 import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
-from tests.browser.conftest import start_dagster_dev, state_env, wait_until
+from tests.browser.conftest import start_run_command, state_env, wait_until
 from tests.policies import write_policy
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
@@ -39,14 +43,26 @@ def champion(settings: Settings) -> str | None:
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory, mlflow_db_template):
+    saved = os.environ.get("UNIFIED_AI_MLFLOW_UI_URL")
+    yield _prepare(tmp_path_factory, mlflow_db_template)
+    if saved is None:
+        os.environ.pop("UNIFIED_AI_MLFLOW_UI_URL", None)
+    else:
+        os.environ["UNIFIED_AI_MLFLOW_UI_URL"] = saved
+
+
+def _prepare(tmp_path_factory, mlflow_db_template):
     """Two lifecycle runs on the instance the UI will read: champions A then B."""
     home = tmp_path_factory.mktemp("ui") / "home"
     home.mkdir()
     shutil.copy(mlflow_db_template, home / "mlflow.db")
     policy = write_policy(home.parent, POLICY)
     env = state_env(home, policy)
-    settings = Settings("local", home, dataset_spec=None, policy_path=str(policy))
+    settings = Settings("local", home, dataset_spec=None, policy_path=str(policy),
+                        mlflow_ui_url=env["UNIFIED_AI_MLFLOW_UI_URL"])
     write_batches(settings.landing_dir, batches=3, rows=2000)
+    # As scripts/dev.sh exports it for the code location: where report links point.
+    os.environ["UNIFIED_AI_MLFLOW_UI_URL"] = env["UNIFIED_AI_MLFLOW_UI_URL"]
     defs = build_definitions(settings)
     champions = []
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
@@ -62,7 +78,7 @@ def state(tmp_path_factory, mlflow_db_template):
 @pytest.fixture(scope="module")
 def ui(state, tmp_path_factory):
     settings, env, _, _ = state
-    yield from start_dagster_dev(env, tmp_path_factory.mktemp("logs") / "dagster-dev.log")
+    yield from start_run_command(env, tmp_path_factory.mktemp("logs") / "dev.log")
 
 
 def _open(page, url: str) -> None:
@@ -74,6 +90,34 @@ def test_the_lineage_shows_every_group(ui, page):
     for group in ("data", "training", "evaluation", "monitoring", "deployment"):
         page.get_by_text(group, exact=True).first.wait_for()
     page.get_by_text("Global asset lineage").wait_for()
+
+
+def test_an_evaluation_links_its_report_and_the_link_opens_it(ui, page):
+    _open(page, f"{ui.url}/assets/evaluation_sklearn")
+    mlflow = ui.env["UNIFIED_AI_MLFLOW_UI_URL"]
+    # The file itself answers 200 with the Evidently HTML...
+    raw = page.locator(f"a[href^='{mlflow}/get-artifact'][href*='evidently_report.html']").first
+    href = raw.get_attribute("href")
+    response = wait_until(lambda: _get(page, href), 120, f"the MLflow UI to serve {href}")
+    html = response.text()
+    assert "<html" in html.lower() and "root_metric_" in html and len(html) > 10_000
+    # ...and the main link, one click from the asset page, shows it inside MLflow's run page.
+    link = page.locator(f"a[href^='{mlflow}/#/experiments'][href$='evidently_report.html']").first
+    with page.context.expect_page() as opened:  # Dagster opens metadata links in a new tab
+        link.click()
+    report = opened.value
+    report.wait_for_url(f"{mlflow}/**")
+    frame = report.frame_locator("iframe.mlflow-html-iframe")
+    frame.locator("body").first.wait_for()
+    assert "root_metric_" in frame.locator("html").inner_html()
+
+
+def _get(page, url: str):
+    try:
+        response = page.request.get(url)
+    except Exception:  # noqa: BLE001 - the MLflow UI is still starting
+        return None
+    return response if response.status == 200 else None
 
 
 def _launch(page, ui, job: str, config: dict) -> str:
@@ -106,3 +150,29 @@ def test_a_rollback_launched_from_the_launchpad_ends_green_with_the_champion_mov
     assert champion(settings) == first
     page.reload()
     page.get_by_text("Success").first.wait_for()
+
+
+def test_a_held_retrain_is_a_successful_run_showing_why(state, ui, page):
+    """Candidates that cannot beat the champion: a green run, the reason on the page."""
+    settings, env, defs, _ = state
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        run = train_evaluate_promote(defs, instance, WEAK)
+    assert run.success, [e.message for e in run.all_events if e.is_failure]
+    _open(page, f"{ui.url}/runs/{run.run_id}")
+    page.get_by_text("Success").first.wait_for()
+    page.get_by_text("no candidate qualified").first.wait_for()
+
+
+def test_the_approval_asset_lists_the_version_awaiting_a_person(state, ui, page, tmp_path):
+    settings, env, _, _ = state
+    human = write_policy(tmp_path, {**POLICY, "approval": {"require_human_when": {
+        "first_deployment": False, "gain_below": 0.5, "any_segment_worse": False,
+        "family_changes": False}}})
+    strict = dataclasses.replace(settings, policy_path=str(human))
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        run = train_evaluate_promote(build_definitions(strict), instance)
+    approval = run.output_for_node("approval")
+    assert approval["approval_state"] == "pending", approval
+    _open(page, f"{ui.url}/assets/approval")
+    page.get_by_text("awaiting_decision").first.wait_for()
+    page.get_by_text(f"v{approval['version']}").first.wait_for()
