@@ -8,6 +8,7 @@ from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from unified_assets.assets.data import landed_batch, report_key
 from unified_assets.assets.labels import awaiting_labels, batch_labels, labelled_frame
+from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table
 from unified_assets.ml.training_data import TrainingSet
@@ -50,7 +51,10 @@ def select_window(
 
 
 @dg.asset(
-    deps=[landed_batch, batch_labels],
+    # batch_drift: monitoring feeds retraining (the drift sensor's evidence) in the lineage.
+    # training_set has no automation condition, so no drift decision starts a retrain by
+    # itself; all partitions of each batch asset map to the one training set.
+    deps=[landed_batch, batch_labels, batch_drift],
     group_name="training",
     kinds={"pandas"},
     owners=OWNERS,
