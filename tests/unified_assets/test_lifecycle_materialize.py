@@ -8,7 +8,7 @@ import pytest
 
 from resources.mlflow_registry import MlflowRegistry
 from unified_assets.definitions import build_definitions
-from unified_assets.lifecycle import ingest_landed, run_lifecycle, train_evaluate_promote
+from unified_assets.lifecycle import ingest_landed, run_lifecycle, summarize, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
 
 
@@ -76,10 +76,9 @@ def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, insta
         assert report["champion"]["version"] == first_champion
         assert report["holdout_rows"] == first.candidates["torch"]["holdout_rows"]
     # Same data and seeds: the retrained twin ties the champion, short of the policy's margin.
-    held = result.output_for_node("challenger")
-    assert held["version"] is None
-    assert "beats_champion" in held["reason"]
-    assert not result.success
+    held = summarize(result)
+    assert held.challenger == {} and "beats_champion" in held.held
+    assert result.success, "a hold is an outcome: a green run"
     assert len(instance.fetch_materializations(dg.AssetKey("production_model"), limit=5).records) == 1
     client = MlflowRegistry(tracking_uri=landed.mlflow_tracking_uri).client()
     assert str(client.get_model_version_by_alias("payments-risk", "champion").version) == first_champion
