@@ -59,6 +59,11 @@ TRIGGER_TAG = "unified-ai/trigger"
 # say why they started like every other run.
 AUTOMATION_RUN_TAGS = {TRIGGER_TAG: "automation",
                        "unified-ai/reason": "declarative automation: an upstream asset updated"}
+# Evidently's drift reports are for people and cost tens of seconds each, one per batch: their
+# runs come from their own automation sensor at a lower run priority, so a landing of many
+# batches has every batch judged (batch_drift) before the queue turns to the reports.
+REPORT_ASSETS = dg.AssetSelection.assets(drift_report)
+REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5"}
 
 ingest_job = dg.define_asset_job(
     "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
@@ -215,9 +220,14 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             run_failure_incidents,
             build_pool_limits_sensor(settings.deployment == "kubernetes"),
             dg.AutomationConditionSensorDefinition(
-                "lifecycle_automation", target=dg.AssetSelection.all(),
+                "lifecycle_automation", target=dg.AssetSelection.all() - REPORT_ASSETS,
                 default_status=dg.DefaultSensorStatus.RUNNING,
                 run_tags=AUTOMATION_RUN_TAGS,
+            ),
+            dg.AutomationConditionSensorDefinition(
+                "report_automation", target=REPORT_ASSETS,
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                run_tags=REPORT_RUN_TAGS,
             ),
         ],
         resources=resources,
