@@ -184,8 +184,11 @@ def _rollback(args: argparse.Namespace) -> int:
             run_config=config, instance=instance, raise_on_error=False, tags={SOURCE_TAG: "cli"})
     if not result.success:
         failure = next(e for e in result.all_events if e.is_step_failure)
-        print(f"rollback failed: {failure.event_specific_data.error.message.strip()}",
-              file=sys.stderr)
+        data = failure.event_specific_data
+        # A refused rollback carries its one-line reason; an error, its message.
+        why = (data.user_failure_data.description if data.user_failure_data
+               and data.user_failure_data.description else data.error.message)
+        print(f"rollback failed: {why.strip()}", file=sys.stderr)
         return 1
     record = result.output_for_node("production_model")
     print(f"{record['message']} (incident {record.get('incident_id', '-')}); "

@@ -19,7 +19,9 @@ from sensors.live import build_live_sensor
 from sensors.retrain import RETRAIN_TAG
 from unified_assets.assets.data import landed_batch
 from unified_assets.assets.deployment import (
+    APPROVAL_INPUT,
     approval,
+    approval_if_any,
     approval_launchpad,
     production_model,
     rollback_launchpad,
@@ -120,7 +122,8 @@ def local_resources(settings: Settings) -> dict:
         "dataset": dataset_resource(settings),
         "store": ArtifactStore(root=str(settings.artifacts_dir)),
         "mlflow_registry": MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
-                                          artifact_location=settings.mlflow_artifact_location),
+                                          artifact_location=settings.mlflow_artifact_location,
+                                          ui_url=settings.mlflow_ui_url),
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
         "decisions": DecisionStore(url=settings.decisions_url),
     }
@@ -138,7 +141,8 @@ def kubernetes_resources(settings: Settings) -> dict:
                                s3_endpoint_url=dg.EnvVar("UNIFIED_AI_S3_ENDPOINT_URL"),
                                aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
                                aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY")),
-        "mlflow_registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
+        "mlflow_registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
+                                          ui_url=settings.mlflow_ui_url),
         "decisions": DecisionStore(url=dg.EnvVar("UNIFIED_AI_DECISIONS_URL")),
         "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("UNIFIED_AI_S3_BUCKET"),
                                         s3_prefix="io"),
@@ -199,6 +203,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                  else local_resources)(settings)
     resources["policy"] = PolicyResource(path=policy_path)
     resources["escalation"] = Escalation()
+    resources[APPROVAL_INPUT] = approval_if_any
     schedules = []
     if policy.drift.retrain_cron:
         schedules.append(dg.ScheduleDefinition(

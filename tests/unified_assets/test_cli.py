@@ -219,3 +219,14 @@ def test_top_level_help_lists_every_command(capsys):
     for name in commands:
         assert f"\n    {name}" in text or f"\n  {name}" in text, name
     assert "spec infer" in text and "bash scripts/dev.sh" in text
+
+
+def test_a_refused_rollback_says_why_in_one_line(home, capsys, mlflow_db_template, monkeypatch):
+    import shutil
+
+    shutil.copy(mlflow_db_template, home / "mlflow.db")
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    assert main(["rollback", "--by", "ops", "--reason", "live AUC fell"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rollback failed: ") and "champion" in err[-1], err
+    assert not any("Traceback" in line for line in err)

@@ -249,8 +249,21 @@ def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name
             "evaluation_reports": reports}
 
 
+APPROVAL_INPUT = "approval_if_any"
+
+
+@dg.input_manager(required_resource_keys={"io_manager"})
+def approval_if_any(context: dg.InputContext) -> dict | None:
+    """The stored approval, or None when `approval` was never materialized: a rollback
+    launched on a fresh instance (no champion yet) is then refused with its reason instead
+    of failing to load an input."""
+    if context.instance.get_latest_materialization_event(context.asset_key) is None:
+        return None
+    return context.resources.io_manager.load_input(context)
+
+
 @dg.asset(
-    ins={"approval": dg.AssetIn()},
+    ins={"approval": dg.AssetIn(input_manager_key=APPROVAL_INPUT)},
     group_name="deployment",
     kinds={"mlflow"},
     owners=OWNERS,
@@ -269,13 +282,18 @@ def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name
 def production_model(
     context: dg.AssetExecutionContext,
     config: ProductionConfig,
-    approval: dict,
+    approval: dict | None,
     decisions: DecisionStore,
     mlflow_registry: MlflowRegistry,
     store: ArtifactStore,
     policy: PolicyResource,
 ) -> Iterator[dg.Output[dict]]:
     ledger = ChampionLedger(decisions, mlflow_registry)
+    if approval is None:  # nothing was ever approved: nothing to promote or roll back
+        if config.action == "promote":
+            context.log.info("promotion waits: no approval has been recorded yet")
+            return
+        raise refused("rollback refused: there is no champion yet (nothing was ever approved)")
     model_name = approval["model_name"]
     if config.action == "promote" and approval["approval_state"] != "approved":
         # A hold, not a failure: no output, so nothing is materialized and the run is green.
