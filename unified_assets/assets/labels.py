@@ -8,7 +8,7 @@ from resources.artifact_store import ArtifactStore, ArtifactWriteError
 from resources.dataset import DatasetResource
 from unified_assets.assets.data import curated_key, landed_batch
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS
+from unified_assets.metadata import OWNERS, rounded
 from unified_assets.partitions import BATCHES
 
 if TYPE_CHECKING:
@@ -138,7 +138,8 @@ def batch_labels(
                       "batch_version": dg.MetadataValue.text(str(report.get("version"))),
                       "batch_rows": dg.MetadataValue.int(len(frame))}
     if result.passed:
-        metadata["label_rate"] = dg.MetadataValue.float(float(result.labels[spec.target].mean()))
+        metadata["label_rate"] = dg.MetadataValue.float(
+            rounded(float(result.labels[spec.target].mean())))
     else:
         context.log.error(f"labels for {batch} ({landed.uri}, version {landed.version}) rejected: "
                           f"{result.problems}; the batch waits for valid labels")
