@@ -64,3 +64,21 @@ def numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         elif value is None:
             out[prefix + key] = dg.MetadataValue.text("undefined")
     return out
+
+
+def placement_metadata(context, profile, placement_policy=None) -> dict[str, str]:
+    """Where this step runs and why (`placement_*`), as the model steps record it: the plan
+    in the run tags re-validated on this host, or a decision made now. Every step records
+    it, so the UI answers "where did this run" for any asset. A CPU profile probes no GPU."""
+    from unified_assets.placement import (
+        DEFAULT_POLICY,
+        StepRequirement,
+        decide_at_start,
+        decision_metadata,
+    )
+
+    requirement = StepRequirement(str(context.op_handle), profile,
+                                  asset_key=context.asset_key.to_user_string())
+    decision = decide_at_start(context.run.tags, requirement,
+                               policy=placement_policy or DEFAULT_POLICY)
+    return decision_metadata(decision)

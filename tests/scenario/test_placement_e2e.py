@@ -38,7 +38,7 @@ def test_gpu_model_degrades_to_cpu_and_the_run_carries_the_plan(settings, instan
     metadata = instance.fetch_materializations(dg.AssetKey("model_torch"), limit=1).records[0]
     metadata = metadata.asset_materialization.metadata
     assert metadata["device"].value == "cpu"
-    assert metadata["placement_fallback"].value == "degrade_to_cpu"
+    assert metadata["placement_fallback"].value == "degraded to CPU"
     assert metadata["placement_stage"].value == "start"
     assert "no CUDA device" in metadata["placement_reason"].value
     assert instance.get_run_by_id(result.run_id).tags["unified-ai/placement"]

@@ -33,7 +33,7 @@ from unified_assets.decisions import (
     fill_from_token,
     record_decision,
 )
-from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
 
 APPROVED_CHECK = "approved"
 SOURCE_TAG = "unified-ai/source"  # cli | sensor:live-performance; absent: launched in the UI
@@ -150,6 +150,7 @@ def approval(
               "approved_by": state.decision["actor"] if state.decision and not problem else None}
     waiting = awaiting_decision(decisions.events(model_name), now)
     yield dg.Output(record, metadata={
+        **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
         "version": dg.MetadataValue.text(version),
         "state": dg.MetadataValue.text(state_name),
         "decision": dg.MetadataValue.text(described),
@@ -254,12 +255,18 @@ APPROVAL_INPUT = "approval_if_any"
 
 @dg.input_manager(required_resource_keys={"io_manager"})
 def approval_if_any(context: dg.InputContext) -> dict | None:
-    """The stored approval, or None when `approval` was never materialized: a rollback
-    launched on a fresh instance (no champion yet) is then refused with its reason instead
-    of failing to load an input."""
-    if context.instance.get_latest_materialization_event(context.asset_key) is None:
+    """The stored approval, or None when none was ever stored: a rollback launched before
+    anything was approved is then refused with its reason instead of failing to load an
+    input. Read from the IO manager's storage itself (a local file, or an S3 object)."""
+    try:
+        return context.resources.io_manager.load_input(context)
+    except FileNotFoundError:
         return None
-    return context.resources.io_manager.load_input(context)
+    except Exception as error:  # S3: botocore's ClientError with code NoSuchKey
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
+        if code in ("NoSuchKey", "404"):
+            return None
+        raise
 
 
 @dg.asset(
@@ -346,6 +353,7 @@ def production_model(
     champion = mlflow_registry.alias_version(model_name, CHAMPION_ALIAS)
     history = decisions.changes(model_name)
     yield dg.Output(record, metadata={
+        **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
         "champion_version": dg.MetadataValue.text(str(champion)),
         "action": dg.MetadataValue.text(record["action"]),
         "previous_champion": dg.MetadataValue.text(str(record.get("from_version") or "none")),

@@ -13,7 +13,7 @@ from resources.policy import PolicyResource
 from unified_assets.assets.data import curated_key
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, rounded
+from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, placement_metadata, rounded
 from unified_assets.monitoring import drift_key
 from unified_assets.partitions import BATCHES
 
@@ -90,7 +90,8 @@ def drift_report(
         "report": dg.MetadataValue.url(report.page),
         "report_file": dg.MetadataValue.url(report.file),
         "mlflow_run": dg.MetadataValue.url(report.run_page),
-    } | _metadata(version, batches, summary, profile))
+    } | _metadata(version, batches, summary, profile)
+        | placement_metadata(context, CPU_LIGHT, policy.policy.placement))
 
 
 def drift_summary(summary: dict) -> str:

@@ -23,7 +23,7 @@ from unified_assets.gates import (
     GateResult,
     judge,
 )
-from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, numbers
+from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, numbers, placement_metadata
 from unified_assets.ml.training_data import TrainingSet
 
 SEGMENT_COLUMNS = ["segment", "value", "rows", "positives", "roc_auc", "pr_auc", "recall", "f1"]
@@ -372,9 +372,11 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
                 "model_version": dg.MetadataValue.text(str(report.get("version") or "none")),
                 "passed_gates": False,
                 "error": dg.MetadataValue.text(report["error"]),
+                **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
             })
         else:
-            yield dg.Output(report, metadata=_metadata(report))
+            yield dg.Output(report, metadata=_metadata(report) | placement_metadata(
+                context, CPU_LIGHT, policy.policy.placement))
         for gate_name, gate in verdict.gates.items():
             warn = gate_name == INFORMATIONAL or (gate_name == LEAKAGE and not promotion.leakage.blocking)
             yield check_result(gate, dg.AssetCheckSeverity.WARN if warn else dg.AssetCheckSeverity.ERROR,

@@ -8,7 +8,7 @@ from resources.artifact_store import ArtifactStore, ArtifactWriteError
 from resources.dataset import DatasetResource
 from unified_assets.assets.data import curated_key, landed_batch
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS, rounded
+from unified_assets.metadata import OWNERS, placement_metadata, rounded
 from unified_assets.partitions import BATCHES
 
 if TYPE_CHECKING:
@@ -144,7 +144,7 @@ def batch_labels(
         context.log.error(f"labels for {batch} ({landed.uri}, version {landed.version}) rejected: "
                           f"{result.problems}; the batch waits for valid labels")
     return dg.MaterializeResult(
-        metadata=metadata,
+        metadata=metadata | placement_metadata(context, CPU_LIGHT),
         check_results=[dg.AssetCheckResult(
             check_name=LABELS_CHECK, passed=result.passed, severity=dg.AssetCheckSeverity.ERROR,
             metadata={"file": dg.MetadataValue.path(str(path)),

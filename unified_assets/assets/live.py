@@ -11,7 +11,7 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from unified_assets.assets.labels import batch_labels, labelled_frame
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS, markdown_table, rounded
+from unified_assets.metadata import OWNERS, markdown_table, placement_metadata, rounded
 from unified_assets.partitions import BATCHES
 
 if TYPE_CHECKING:
@@ -145,7 +145,8 @@ def live_performance(
     value = record.get("metrics", {}).get(metric)
     if value is not None:
         metadata[f"live_{metric}"] = dg.MetadataValue.float(rounded(value))
-    return dg.MaterializeResult(metadata=metadata, check_results=[dg.AssetCheckResult(
+    return dg.MaterializeResult(metadata=metadata | placement_metadata(
+        context, CPU_LIGHT, rules.placement), check_results=[dg.AssetCheckResult(
         check_name="live_within_policy", passed=verdict.action not in ("retrain", "rollback"),
         severity=dg.AssetCheckSeverity.WARN,
         metadata={"action": verdict.action, "reason": verdict.reason},

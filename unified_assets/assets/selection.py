@@ -17,7 +17,7 @@ from unified_assets.assets.evaluation import CHECK_DESCRIPTIONS, check_result
 from unified_assets.assets.models import CANDIDATE_FAMILIES
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
-from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
 from unified_assets.policy import HIGHER_IS_BETTER
 
 SELECTED = "challenger_selected"
@@ -120,6 +120,7 @@ def challenger(
                 "challenger_version": dg.MetadataValue.text(str(value["version"])),
                 "reason": dg.MetadataValue.text(reason),
                 "candidates": candidates,
+                **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
             },
         )
     # Pass or hold, never an error: a hold warns (run green); blocking keeps automation off.

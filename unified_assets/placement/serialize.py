@@ -1,10 +1,12 @@
-"""A plan as run tags (one compact JSON value per step), back from tags, as a table, and a
-decision as materialization metadata.
+"""A plan as run tags, back from tags, as a table, and a decision as materialization metadata.
 
-Tag keys are `unified-ai/placement.<step key>` (a hash replaces step keys that are not valid
-tag-key characters or too long); the summary tag `unified-ai/placement` counts the targets.
-Dagster OSS stores run tag values as TEXT, but run tags are for filtering and the UI, so each
-value is kept under `MAX_TAG_VALUE_CHARS`: alternatives are dropped, then the reason cut."""
+Two tags, so the run's tag list stays readable: `unified-ai/placement` is one line a person
+reads ("gpu: model_torch · cpu: 8 steps · fallbacks: none"), and `unified-ai/plan` holds the
+per-step decisions as one compact JSON object (step key -> decision) for the steps to read
+at start. Each decision is kept under `MAX_TAG_VALUE_CHARS` (alternatives dropped, then the
+reason cut): the step re-validates its placement when it starts and records the full reason
+in its metadata. Runs launched with the older one-tag-per-step layout
+(`unified-ai/placement.<step>`) are still read."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from unified_assets.compute import PROFILES, ComputeProfile
 from unified_assets.placement.decision import Alternative, Decision, Plan, StepRequirement
 
 PLACEMENT_TAG = "unified-ai/placement"
+PLAN_TAG = "unified-ai/plan"
 MAX_TAG_VALUE_CHARS = 1024
+PLAN_REASON_CHARS = 160  # per step inside the plan tag; the full reason goes to metadata
 _KEY_SAFE = re.compile(r"^[A-Za-z0-9_.-]{1,53}$")  # "placement." + 53 = Dagster's 63 per segment
 _ELLIPSIS = "..."
 SAME_AS_STEP = "="  # asset key / op name equal to the step key (never a valid key itself)
@@ -78,25 +82,56 @@ def decision_from_tag_value(value: str,
                     data.get("st", "plan"))
 
 
-def plan_to_tags(plan: Plan, limit: int = MAX_TAG_VALUE_CHARS) -> dict[str, str]:
-    """Run tags for a plan: one per step plus the summary tag."""
-    tags = {tag_key(d.step_key): decision_to_tag_value(d, limit) for d in plan}
-    tags[PLACEMENT_TAG] = " ".join(f"{k}={v}" for k, v in plan.counts().items())
-    return tags
+def summary_line(plan: Plan) -> str:
+    """One line for the run's tag list: where the non-CPU work goes, how many steps run on
+    CPU, and any fallback applied."""
+    by_target: dict[str, list[str]] = {}
+    for decision in plan:
+        by_target.setdefault(decision.target, []).append(decision.step_key)
+    parts = []
+    for target, steps in sorted(by_target.items(), key=lambda kv: kv[0] != "gpu"):
+        named = ", ".join(steps) if len(steps) <= 3 else f"{len(steps)} steps"
+        parts.append(f"{target}: {named}")
+    fell_back = [d for d in plan if d.fallback != "none"]
+    if len(fell_back) <= 3:
+        fallbacks = [f"{d.step_key} {d.fallback}" for d in fell_back]
+    else:
+        kinds: dict[str, int] = {}
+        for decision in fell_back:
+            kinds[decision.fallback] = kinds.get(decision.fallback, 0) + 1
+        fallbacks = [f"{n} steps {kind}" for kind, n in sorted(kinds.items())]
+    parts.append("fallbacks: " + (", ".join(fallbacks) if fallbacks else "none"))
+    return " · ".join(parts)
+
+
+def plan_to_tags(plan: Plan, limit: int = PLAN_REASON_CHARS + 350) -> dict[str, str]:
+    """Run tags for a plan: the summary line and the compact per-step plan."""
+    steps = {}
+    for decision in plan:
+        payload = json.loads(decision_to_tag_value(decision, limit))
+        payload.pop("alt", None)
+        if len(payload["r"]) > PLAN_REASON_CHARS:
+            payload["r"] = payload["r"][:PLAN_REASON_CHARS - len(_ELLIPSIS)] + _ELLIPSIS
+        steps[payload.pop("s")] = payload
+    return {PLACEMENT_TAG: summary_line(plan), PLAN_TAG: _dumps(steps)}
 
 
 def decisions_from_tags(tags: Mapping[str, str],
                         profiles: Mapping[str, ComputeProfile] = PROFILES) -> dict[str, Decision]:
     """Decisions found in run tags, by step key."""
-    prefix = PLACEMENT_TAG + "."
-    found = (decision_from_tag_value(v, profiles) for k, v in tags.items() if k.startswith(prefix))
-    return {d.step_key: d for d in found}
+    prefix = PLACEMENT_TAG + "."  # the older layout: one tag per step
+    found = {d.step_key: d for d in (decision_from_tag_value(v, profiles)
+                                     for k, v in tags.items() if k.startswith(prefix))}
+    if tags.get(PLAN_TAG):
+        for step_key, payload in json.loads(tags[PLAN_TAG]).items():
+            found[step_key] = decision_from_tag_value(_dumps({"s": step_key, **payload}),
+                                                      profiles)
+    return found
 
 
 def decision_from_tags(tags: Mapping[str, str], step_key: str,
                        profiles: Mapping[str, ComputeProfile] = PROFILES) -> Decision | None:
-    value = tags.get(tag_key(step_key))
-    return decision_from_tag_value(value, profiles) if value is not None else None
+    return decisions_from_tags(tags, profiles).get(step_key)
 
 
 def render_table(plan: Plan) -> str:
@@ -115,12 +150,20 @@ def render_table(plan: Plan) -> str:
     return "\n".join(out)
 
 
+FALLBACK_WORDS = {  # what happened, as read on a step that ran
+    "none": "none",
+    "wait": "waited for capacity, then ran",
+    "degrade_to_cpu": "degraded to CPU",
+}
+
+
 def decision_metadata(decision: Decision) -> dict[str, str]:
-    """Materialization metadata (plain strings: Dagster shows them as text)."""
+    """Materialization metadata (plain strings: Dagster shows them as text). Recorded by a
+    step that ran, so a `wait` fallback reads as waited, not as still waiting."""
     return {
         "placement_target": decision.target,
         "placement_where": decision.where,
-        "placement_fallback": decision.fallback,
+        "placement_fallback": FALLBACK_WORDS.get(decision.fallback, decision.fallback),
         "placement_reason": decision.reason,
         "placement_stage": decision.stage,
         "placement_settings": _dumps(dict(decision.settings)),
