@@ -173,6 +173,18 @@ def test_a_rejected_batch_neither_fails_nor_hides_the_others_in_its_run(landing,
     assert not store.read_json("batches/batch-missing.report.json")["passed"]
     assert store.read_json("batches/batch-00002.report.json")["passed"]
 
+    # Drift is judged for a range of batches in one run too, one materialization each.
+    from unified_assets.assets.monitoring import batch_drift
+
+    drift = dg.materialize([batch_drift], instance=instance,
+                           resources={k: defs.resources[k] for k in
+                                      ("dataset", "store", "mlflow_registry", "policy")},
+                           tags={"dagster/asset_partition_range_start": "batch-00000",
+                                 "dagster/asset_partition_range_end": "batch-00002"})
+    assert drift.success
+    assert instance.get_materialized_partitions(dg.AssetKey("batch_drift")) == {
+        "batch-00000", "batch-00001", "batch-00002"}
+
 
 def test_rejected_batch_looks_rejected_and_automation_skips_its_monitoring(landing, instance):
     defs = build_definitions(landing)

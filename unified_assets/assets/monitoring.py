@@ -41,8 +41,10 @@ def batch_drift(
     store: ArtifactStore,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-) -> Iterator[dg.AssetMaterialization]:
-    """Judges each batch of the run against one reference. A batch without a profile (only
+) -> Iterator[dg.AssetMaterialization | dg.MaterializeResult]:
+    """Judges each batch of the run against one reference. A range run records one
+    materialization per batch (assets after it in that run are skipped: automation requests
+    them on its next tick). A batch without a profile (only
     possible when launched by hand on a rejected batch) is left out and named in the run's
     one-line failure after the others are recorded."""
     from unified_assets.assets.data import batch_passed
@@ -55,9 +57,14 @@ def batch_drift(
         if not batch_passed(store, batch) or not store.exists(profile_key(batch)):
             missing.append(batch)
             continue
-        yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
-                                      metadata=_judge(store, reference, batch, policy, compute,
-                                                      drift_key))
+        metadata = _judge(store, reference, batch, policy, compute, drift_key)
+        if context.has_partition_key:
+            # One batch: the asset's own output, so assets after it in the same run
+            # (drift_report, materialized together from the UI) run too.
+            yield dg.MaterializeResult(metadata=metadata)
+        else:
+            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
+                                          metadata=metadata)
     if missing:
         raise dg.Failure(f"batch(es) {', '.join(missing)} have no profile: they failed their "
                          "quality checks", allow_retries=False)
