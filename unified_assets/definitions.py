@@ -44,8 +44,12 @@ warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 GPU_SLOTS = 1
 # Locally every step is a process; GPU-profile steps never exceed the GPU slots.
+# forkserver: each run starts one server that imports the code location once and forks a
+# process per step from it (spawn paid Python + Dagster + code-location imports per step,
+# seconds each, for steps that compute for milliseconds).
 LOCAL_EXECUTOR_CONFIG = {
     "max_concurrent": 2,
+    "start_method": {"forkserver": {}},
     "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}],
 }
 
