@@ -115,6 +115,7 @@ def test_a_relanded_version_that_fails_its_checks_is_not_passed_though_old_files
     first = tick(landed, instance)
     assert launch(landed, instance, first)[0].success and batch_passed(store, "batch-00000")
     (settings.landing_dir / CURATED).write_bytes(b"not parquet")
-    assert not launch(landed, instance, tick(landed, instance, first.cursor))[0].success
+    # Rejected, not broken: a green run with the batch marked (failed checks, REJECTED).
+    assert launch(landed, instance, tick(landed, instance, first.cursor))[0].success
     assert store.exists("batches/batch-00000.parquet")  # the earlier version's, kept
     assert not batch_passed(store, "batch-00000")
