@@ -8,13 +8,16 @@ from typing import Any
 
 import dagster as dg
 
-from sensors.landing import FILE_TAG, VERSION_TAG, latest_metadata
-from unified_assets.assets.data import landed_batch, report_key
+from sensors.landing import FILE_TAG, VERSION_TAG, contiguous_chunks, latest_metadata
+from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch, report_key
 from unified_assets.assets.models import CANDIDATE_FAMILIES
 from unified_assets.assets.selection import SELECTED
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 @dataclass
@@ -136,18 +139,28 @@ def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> Lifecyc
            .get("source_version") != f.version]
     job = defs.resolve_job_def(ingest_job.name)
     summary = LifecycleSummary()
-    for key in new:
-        # A failed blocking check fails the ingestion run by design; anything else is an error.
-        result = job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False,
-                                        tags={VERSION_TAG: files[key].version, FILE_TAG: files[key].uri})
-        failed = [e.check_name for e in result.get_asset_check_evaluations() if not e.passed]
-        if not result.success and not failed:
-            failure = next(e for e in result.all_events if e.is_failure)
-            raise RuntimeError(f"ingestion of batch {key} failed: {failure.message}")
-        if failed:
-            summary.batches_rejected[key] = failed
+    # As the landing sensor does: neighbouring new batches in one run over their partition
+    # range (per-batch materializations and checks); a lone batch gets its own run.
+    order = instance.get_dynamic_partitions(BATCHES.name)
+    for chunk in contiguous_chunks(order, set(new), PARTITIONS_PER_RUN):
+        if len(chunk) == 1:
+            tags = {VERSION_TAG: files[chunk[0]].version, FILE_TAG: files[chunk[0]].uri}
         else:
-            summary.batches_ingested.append(key)
+            tags = {RANGE_START_TAG: chunk[0], RANGE_END_TAG: chunk[-1]}
+        result = job.execute_in_process(instance=instance, raise_on_error=False, tags=tags,
+                                        partition_key=chunk[0] if len(chunk) == 1 else None)
+        if not result.success:  # a rejected batch is a green run: a failure is an error
+            failure = next(e for e in result.all_events if e.is_failure)
+            raise RuntimeError(f"ingestion of {chunk[0]}..{chunk[-1]} failed: {failure.message}")
+        failed: dict[str, list[str]] = {}
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed:
+                failed.setdefault(evaluation.partition, []).append(evaluation.check_name)
+        for key in chunk:
+            if key in failed:
+                summary.batches_rejected[key] = failed[key]
+            else:
+                summary.batches_ingested.append(key)
     return summary
 
 
