@@ -54,6 +54,13 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
     training = _materializations(instance, "training_set")[0].asset_materialization.metadata
     assert training["batches"].value == summary.batches_ingested
     assert training["train_rows"].value + training["holdout_rows"].value == 6000
+    # Every step says where it ran and why, not only the model steps (found: two of twelve).
+    for asset in ("landed_batch", "training_set", "model_sklearn", "model_torch",
+                  "evaluation_sklearn", "evaluation_torch", "challenger", "approval",
+                  "production_model"):
+        metadata = _materializations(instance, asset)[0].asset_materialization.metadata
+        assert metadata["placement_target"].value == "cpu", asset
+        assert metadata["placement_reason"].value, asset
 
 
 def test_torch_candidate_on_cpu_host_says_it_fell_back(landed, instance):

@@ -8,7 +8,7 @@ import dagster as dg
 from resources.artifact_store import ArtifactStore, ArtifactWriteError
 from resources.dataset import DatasetResource
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.metadata import OWNERS, markdown_table, placement_metadata, rounded
 from unified_assets.ml.batch_validation import CHECK_NAMES, BatchReport, curated, validate_batch_file
 from unified_assets.ml.dataset_spec import DatasetSpec
 from unified_assets.partitions import BATCHES
@@ -83,8 +83,9 @@ def landed_batch(
     skipped. A batch that cannot be stored (a full disk) fails the run naming it; batches
     stored before it stay stored."""
     rejected: list[str] = []
+    where = placement_metadata(context, CPU_LIGHT)  # one step, one placement for its batches
     for batch in context.partition_keys:
-        events, passed = _ingest_one(context, dataset, store, batch)
+        events, passed = _ingest_one(context, dataset, store, batch, where)
         yield from events
         if not passed:
             rejected.append(batch)
@@ -102,7 +103,7 @@ def _listed(batches: list[str], limit: int = 20) -> str:
 
 
 def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource,
-                store: ArtifactStore, batch: str) -> tuple[Iterator, bool]:
+                store: ArtifactStore, batch: str, where: dict) -> tuple[Iterator, bool]:
     """Validate, store and describe one batch: its events (materialization first, then the
     checks that ran, pointing at it) and whether it passed."""
     spec = dataset.spec
@@ -127,6 +128,7 @@ def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource,
         "rows": dg.MetadataValue.int(report.rows),
         "passed_quality_checks": report.passed,
         "labelled": report.labelled,
+        **where,
     }
     try:
         if report.passed:
@@ -206,7 +208,7 @@ def _store_curated(store: ArtifactStore, report: BatchReport, spec: DatasetSpec,
     return {
         "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
         dg.MetadataValue.path(store.local_path(curated_key(batch))),
-        **({"label_rate": dg.MetadataValue.float(float(frame[spec.target].mean()))}
+        **({"label_rate": dg.MetadataValue.float(rounded(float(frame[spec.target].mean())))}
            if report.labelled else {"labels": dg.MetadataValue.text("awaiting late labels")}),
         "profile_columns": dg.MetadataValue.int(len(profile["columns"])),
         "columns": markdown_table(

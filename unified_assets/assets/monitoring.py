@@ -10,7 +10,7 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS
+from unified_assets.metadata import OWNERS, placement_metadata
 from unified_assets.partitions import BATCHES
 
 
@@ -52,12 +52,13 @@ def batch_drift(
     from unified_assets.monitoring import champion_reference, drift_key, profile_key
 
     reference = champion_reference(store, mlflow_registry, dataset.spec.name)
+    where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
     missing = []
     for batch in context.partition_keys:
         if not batch_passed(store, batch) or not store.exists(profile_key(batch)):
             missing.append(batch)
             continue
-        metadata = _judge(store, reference, batch, policy, compute, drift_key)
+        metadata = _judge(store, reference, batch, policy, compute, drift_key) | where
         if context.has_partition_key:
             # One batch: the asset's own output, so assets after it in the same run
             # (drift_report, materialized together from the UI) run too.

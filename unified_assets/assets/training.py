@@ -10,7 +10,7 @@ from unified_assets.assets.data import landed_batch, report_key
 from unified_assets.assets.labels import awaiting_labels, batch_labels, labelled_frame
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.metadata import OWNERS, markdown_table, placement_metadata, rounded
 from unified_assets.ml.training_data import TrainingSet
 from unified_assets.partitions import BATCHES
 
@@ -113,14 +113,15 @@ def training_set(
             "batches": dg.MetadataValue.json(window),
             "train_rows": dg.MetadataValue.int(len(train)),
             "holdout_rows": dg.MetadataValue.int(len(holdout)),
-            "label_rate": dg.MetadataValue.float(float(frame[spec.target].mean())),
+            "label_rate": dg.MetadataValue.float(rounded(float(frame[spec.target].mean()))),
             "per_batch": markdown_table(
                 [{"batch": b, "rows": int(per_batch.at[b, "rows"]),
-                  "label_rate": float(per_batch.at[b, "label_rate"])} for b in window],
+                  "label_rate": rounded(float(per_batch.at[b, "label_rate"]))} for b in window],
                 ["batch", "rows", "label_rate"],
             ),
             "excluded_batches": markdown_table(
                 [{"batch": b, "reason": r} for b, r in excluded.items()], ["batch", "reason"]
             ),
+            **placement_metadata(context, CPU_LIGHT),
         },
     )
