@@ -24,16 +24,15 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
+from run_command import answers, env_for, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 IN_FLIGHT = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 
 PLAIN = """
@@ -70,26 +69,7 @@ with dg.build_resources({{k: defs.resources[k] for k in ("dataset", "store", "po
 """
 
 
-def env_for(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("UNIFIED_AI_", "DAGSTER_", "MLFLOW_"))}
-    env |= {name: "1" for name in THREADS}
-    env |= {"UNIFIED_AI_HOME": str(home), "DAGSTER_HOME": str(home / "dagster_home")}
-    return env
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def generate(folder: Path, env: dict, batches: int, rows: int, first: int) -> list[str]:
