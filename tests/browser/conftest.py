@@ -94,8 +94,10 @@ def start_run_command(env: dict[str, str], log: Path) -> Iterator[DagsterUI]:
             process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Module scope, not session: Playwright's sync API keeps an event loop running in this
+    thread while it is open, and Dagster's in-process runs in later test files need none."""
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} not found: run `bash scripts/browser.sh` (installs Debian's "
                     "chromium) or set UNIFIED_AI_CHROMIUM")
