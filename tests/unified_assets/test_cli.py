@@ -230,3 +230,23 @@ def test_a_refused_rollback_says_why_in_one_line(home, capsys, mlflow_db_templat
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rollback failed: ") and "champion" in err[-1], err
     assert not any("Traceback" in line for line in err)
+
+
+def test_demo_on_a_misspelled_target_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """Found: the message was right but came as a raw DatasetSpecError traceback, exit 1."""
+    import pandas as pd
+
+    from unified_assets.ml.spec_infer import infer_spec
+
+    monkeypatch.delenv("UNIFIED_AI_POLICY", raising=False)
+    folder = tmp_path / "data" / "batches"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        pd.DataFrame({"amount": [(j * 37 % 11) / 3 for j in range(50)],
+                      "churned": ["Yes", "No"] * 25}).to_csv(folder / f"part{i}.csv", index=False)
+    spec = tmp_path / "data" / "spec.yaml"
+    spec.write_text(infer_spec([folder], spec).text.replace('target: "churned"', 'target: "churnd"'))
+    code = main(["demo", "--spec", str(spec), "--home", str(tmp_path / "home")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert "did you mean 'churned'" in err[-1] and "Traceback" not in "\n".join(err)

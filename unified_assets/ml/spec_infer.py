@@ -25,8 +25,9 @@ CATEGORY_LEVELS = 50  # more distinct strings than this: high cardinality
 SEGMENT_LEVELS = 10
 SEGMENTS = 2
 DEFAULT_NULLS = 0.05  # columns without nulls in the sample may still have a few later
-TARGET_HINTS = ("target", "label", "outcome", "class", "churn", "fraud", "default", "malignant",
-                "diagnosis", "survived", "response", "converted", "y")
+TARGET_HINTS = ("target", "label", "outcome", "class", "churn", "churned", "fraud", "default",
+                "defaulted", "malignant", "diagnosis", "survived", "response", "converted",
+                "attrition", "exited", "y")
 POSITIVE_HINTS = ("yes", "y", "true", "t", "1", "positive", "pos", "churned", "fraud", "malignant",
                   "default", "bad", "fail", "failed")
 ID_HINTS = ("id", "uuid", "key", "guid")
@@ -215,6 +216,12 @@ def infer_spec(paths: list[Path], out: Path) -> Draft:
         notes.append("no binary column found: set target to a column with exactly two values"
                      + (f" (e.g. map {multi[0].name!r}, which has {multi[0].levels} classes "
                         f"{multi[0].values}, to two classes)" if multi else ""))
+    for column in columns.values():  # named like a target but not binary: say so
+        named = _hinted(column.name, TARGET_HINTS)
+        if column is not target and named and 2 < column.levels <= SEGMENT_LEVELS:
+            notes.append(f"CHECK: column {column.name!r} is named like a target but has "
+                         f"{column.levels} classes {column.values}; if it is the target, map it "
+                         f"to two classes before landing (it is drafted as a feature here)")
     rows = len(frame)
     ids = [c for c in columns.values() if c is not target and c.null_rate == 0 and c.levels == rows
            and rows > 1 and (c.kind == "text" or (c.kind == "numeric" and c.integer))]
@@ -317,10 +324,12 @@ def _render(spec, files, rows, target, ranked, positive, ids, id_column, segment
         lines.append(f"  - {_y(name)}{comment}")
     for name, why in left_out:
         lines.append(f"# left out: {name}: {why}")
-    lines.append("# Ranges are left open; bound a numeric feature to catch broken feeds, e.g.:")
+    lines.append("# Ranges are left open; bound numeric features to catch broken feeds by replacing")
+    lines.append("# the line below with e.g. (sampled min, max):")
+    example = ", ".join(f"{_y(c.name)}: [{c.minimum:g}, {c.maximum:g}]" for c in numeric[:3])
+    if example:
+        lines.append(f"#   ranges: {{{example}}}")
     lines.append("ranges: {}")
-    for column in numeric[:10]:
-        lines.append(f"#   {column.name}: [{column.minimum:g}, {column.maximum:g}]  # sampled min, max")
     lines.append(f"max_null_fraction: {DEFAULT_NULLS}  # columns not under null_limits (none sampled)")
     lines.append("null_limits:" + (" {}" if not nullable else "  # sampled null rate plus headroom"))
     for column in nullable:

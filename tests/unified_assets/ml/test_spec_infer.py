@@ -186,3 +186,27 @@ def test_null_limits_cover_the_worst_sampled_file_not_the_average(tmp_path):
     assert "40.0% null in b-2.csv" in draft.text
     for path in sorted(folder.iterdir()):
         assert validate_batch_file(path, spec).passed
+
+
+def test_a_target_named_column_with_three_classes_is_flagged_not_silently_replaced(tmp_path):
+    """Found: with 'churned' Yes/No/Maybe the draft chose another binary column as target and
+    said nothing about 'churned'."""
+    frames = []
+    for i in (0, 1):
+        frame = _messy(i)
+        frame["churned"] = np.random.default_rng(i).choice(["Yes", "No", "Maybe"], ROWS)
+        frames.append(frame)
+    folder = _land(tmp_path / "batches", frames)
+    draft = infer_spec([folder], tmp_path / "spec.yaml")
+    assert "# NOTE: CHECK: column 'churned' is named like a target but has 3 classes" in draft.text
+
+
+def test_the_suggested_ranges_line_can_replace_the_empty_one(tmp_path):
+    """Found: uncommenting a suggested range under `ranges: {}` made the YAML invalid."""
+    folder = _land(tmp_path / "batches", [_messy(0), _messy(1)])
+    out = tmp_path / "spec.yaml"
+    text = infer_spec([folder], out).text
+    suggested = next(line for line in text.splitlines() if line.startswith("#   ranges: {"))
+    out.write_text(text.replace("ranges: {}", suggested.removeprefix("#   ")))
+    spec = load_spec(out)
+    assert spec.ranges and "tenure" in spec.ranges
