@@ -357,9 +357,10 @@ def _k8s_manifests(args: argparse.Namespace) -> int:
                                             job_name=job.name)
     manifests = job_manifests(the_plan, target, step_tags_for_job(job))
     written = write_manifests(manifests, args.out)
+    print(f"{'step':20s} {'target':6s} {'fallback':15s} manifest")
     for step, path in zip(manifests, written, strict=True):
         decision = the_plan[step]
-        print(f"{step:20s} {decision.target:4s} {decision.fallback:15s} {path}")
+        print(f"{step:20s} {decision.target:6s} {decision.fallback:15s} {path}")
     return 0
 
 

@@ -118,7 +118,9 @@ class CapacitySnapshot:
             parts.append(f"dagster: {self.instance.queued_runs} queued, "
                          f"{self.instance.in_progress_runs} in progress runs; pools {pools or 'none'}")
         if self.kubernetes is not None:
-            pools = ", ".join(f"{name} {row['gpus_free']}/{row['gpus_allocatable']} gpu free"
-                              for name, row in sorted(self.kubernetes.pools().items()))
+            pools = ", ".join(
+                f"{name} {row['gpus_free']}/{row['gpus_allocatable']} GPUs free"
+                if row["gpus_allocatable"] else f"{name} {row['nodes']} node(s), no GPUs"
+                for name, row in sorted(self.kubernetes.pools().items()))
             parts.append(f"k8s: {len(self.kubernetes.nodes)} nodes; {pools or 'no nodes'}")
         return "; ".join(parts)
