@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_command import answers, env_for, free_port
+from run_command import answers, env_for, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = """
@@ -76,11 +75,7 @@ def first_champion_under_dagster(home: Path, batches: int, rows: int, timeout: f
             out["first_champion"] = time.perf_counter() - started
             timeline(instance, wall_started)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
     return out
 
 

@@ -23,14 +23,13 @@ import datetime
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from run_command import answers, env_for, free_port
+from run_command import answers, env_for, free_port, stop_group
 
 ROOT = Path(__file__).resolve().parents[1]
 IN_FLIGHT = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
@@ -153,11 +152,7 @@ def under_dagster(home: Path, staging: Path, names: list[str], timeout: float) -
                 job_name=job, created_after=since), limit=5000)) for job in
                 ("ingest_batch", "__ASSET_JOB")}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        stop_group(process)
     return out
 
 

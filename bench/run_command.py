@@ -5,7 +5,9 @@ whether a URL answers."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import urllib.request
 from pathlib import Path
 
@@ -34,3 +36,14 @@ def answers(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop the run command's whole process group (dagster dev, its daemon, webserver and
+    code server, the MLflow UI): SIGTERM, then SIGKILL after a minute."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
