@@ -58,7 +58,7 @@ def mlflow_server(tracking_uri: str, artifact_root: str, port: int) -> Iterator[
                 if http_get(f"{base}/health")[0] == 200:
                     break
             except OSError:
-                pass
+                pass  # not listening yet: poll again until the deadline
             if time.monotonic() > deadline:
                 pytest.fail(f"mlflow server did not answer on {base} within {STARTUP_DEADLINE_S} s:"
                             f"\n{_tail(log.name)}")

@@ -22,15 +22,22 @@ def _champion(settings) -> str | None:
         return None
 
 
-@pytest.fixture
-def held(settings, tmp_path, instance):
-    """A segment floor no model reaches: every candidate is held back on the first retrain."""
+def _unreachable_segment_floor(settings, tmp_path, instance):
+    """Landed, ingested batches under a segment floor no model reaches, and the automation
+    tick before any retrain."""
     write_batches(settings.landing_dir, batches=3, rows=2000)
     settings = with_policy(settings, tmp_path, {"promotion": {"segments": {
         "floor": 0.999, "max_disparity": None, "min_rows": 150}}})
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    return settings, defs, before
+
+
+@pytest.fixture
+def held(settings, tmp_path, instance):
+    """Every candidate is held back on the first retrain."""
+    settings, defs, before = _unreachable_segment_floor(settings, tmp_path, instance)
     result = train_evaluate_promote(defs, instance)
     return settings, defs, result, before
 
@@ -87,12 +94,7 @@ def test_a_hold_launched_as_sensors_launch_it_is_not_rerun_by_automation(setting
     """A sensor's run of train_evaluate_promote records no asset selection, so Dagster cannot
     tell that the challenger already judged these evaluations; without care, automation
     would run the hold again and put approval and promotion in that run."""
-    write_batches(settings.landing_dir, batches=3, rows=2000)
-    settings = with_policy(settings, tmp_path, {"promotion": {"segments": {
-        "floor": 0.999, "max_disparity": None, "min_rows": 150}}})
-    defs = build_definitions(settings)
-    ingest_landed(defs, instance)
-    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    settings, defs, before = _unreachable_segment_floor(settings, tmp_path, instance)
     run = defs.resolve_job_def("train_evaluate_promote").execute_in_process(
         instance=instance, raise_on_error=False)
     assert run.success and not instance.get_run_by_id(run.run_id).asset_selection
