@@ -69,7 +69,7 @@ from resources.decision_store import (  # noqa: E402
     DecisionStoreError,
 )
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry  # noqa: E402
-from unified_assets.champion import ChampionError, ChampionLedger  # noqa: E402
+from unified_assets.services.champion import ChampionError, ChampionLedger  # noqa: E402
 
 MODEL = "stress"
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS",

@@ -23,13 +23,13 @@ import pandas as pd
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from unified_assets.approvals import POLICY_ACTOR, approval_state, human_reasons
+from unified_assets.services.approvals import POLICY_ACTOR, approval_state, human_reasons
 from unified_assets.assets.data import curated_key, report_key
 from unified_assets.assets.evaluation import evaluate_on_holdout
 from unified_assets.assets.evaluation import report_key as evaluation_report_key
 from unified_assets.assets.models import SklearnModelConfig, TorchModelConfig
 from unified_assets.assets.training import TrainingSetConfig, select_window
-from unified_assets.champion import ChampionLedger
+from unified_assets.services.champion import ChampionLedger
 from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
 from unified_assets.gates import judge, select_challenger
 from unified_assets.ml.batch_validation import curated, validate_batch_file

@@ -7,7 +7,7 @@ import dagster as dg
 
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
-from unified_assets.approvals import REFUSED_MARKER
+from unified_assets.services.approvals import REFUSED_MARKER
 
 
 def _not_materialized(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:

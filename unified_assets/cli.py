@@ -103,7 +103,7 @@ def _context():
 def _pending(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from unified_assets.approvals import approval_state
+    from unified_assets.services.approvals import approval_state
 
     _, resources, model = _context()
     events = resources["decisions"].events(model)
@@ -120,7 +120,7 @@ def _pending(args: argparse.Namespace) -> int:
 
 def _signing_key(args: argparse.Namespace):
     """The private key named by --key or the environment; None when neither names one."""
-    from unified_assets.identity import SIGNING_KEY_ENV, load_private_key
+    from unified_assets.services.identity import SIGNING_KEY_ENV, load_private_key
 
     path = getattr(args, "key", None) or os.environ.get(SIGNING_KEY_ENV)
     return load_private_key(path) if path else None
@@ -128,7 +128,7 @@ def _signing_key(args: argparse.Namespace):
 
 def _token_for(args: argparse.Namespace, action: str, model: str, version: str) -> str | None:
     """A token signed with the caller's key, or None (unsigned) when no key is configured."""
-    from unified_assets.identity import sign
+    from unified_assets.services.identity import sign
 
     key = _signing_key(args)
     if key is None:
@@ -137,9 +137,9 @@ def _token_for(args: argparse.Namespace, action: str, model: str, version: str) 
 
 
 def _decide(args: argparse.Namespace) -> int:
-    from unified_assets.approvals import ApprovalRefused
-    from unified_assets.decisions import record_decision
-    from unified_assets.identity import IdentityError
+    from unified_assets.services.approvals import ApprovalRefused
+    from unified_assets.services.decisions import record_decision
+    from unified_assets.services.identity import IdentityError
 
     _, resources, model = _context()
     try:
@@ -165,7 +165,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
     from unified_assets.assets.deployment import SOURCE_TAG
     from unified_assets.definitions import build_definitions, rollback_job
-    from unified_assets.identity import IdentityError
+    from unified_assets.services.identity import IdentityError
     from unified_assets.settings import load_settings
 
     started = time.perf_counter()
@@ -201,7 +201,7 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _keys_new(args: argparse.Namespace) -> int:
-    from unified_assets.identity import SIGNING_KEY_ENV, IdentityError, write_key_pair
+    from unified_assets.services.identity import SIGNING_KEY_ENV, IdentityError, write_key_pair
 
     try:
         path, public = write_key_pair(args.name, Path(args.out).expanduser())
@@ -216,7 +216,7 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
-    from unified_assets.identity import SIGNING_KEY_ENV, IdentityError, sign
+    from unified_assets.services.identity import SIGNING_KEY_ENV, IdentityError, sign
 
     model = args.model or _context()[2]
     version = (args.to or "") if args.action == "rollback" else args.version
@@ -269,7 +269,7 @@ def _history(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from resources.decision_store import AuditError
-    from unified_assets.champion import ChampionLedger
+    from unified_assets.services.champion import ChampionLedger
 
     _, resources, model = _context()
     store = resources["decisions"]

@@ -14,7 +14,7 @@ import pytest
 
 from resources.decision_store import AuditError, DecisionStore, DecisionStoreError
 from resources.mlflow_registry import MlflowRegistry
-from unified_assets.champion import ChampionError, ChampionLedger
+from unified_assets.services.champion import ChampionError, ChampionLedger
 
 MODEL = "m"
 
@@ -211,7 +211,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
-from unified_assets.champion import ChampionLedger
+from unified_assets.services.champion import ChampionLedger
 
 class DyingRegistry(MlflowRegistry):
     def set_alias(self, model_name, version, alias="champion"):

@@ -11,7 +11,7 @@ import pytest
 from resources.decision_store import DecisionStore
 from tests.policies import write_policy
 from unified_assets.cli import main
-from unified_assets.identity import SIGNING_KEY_ENV, read_token, verify
+from unified_assets.services.identity import SIGNING_KEY_ENV, read_token, verify
 
 MODEL = "payments-risk"
 

@@ -59,7 +59,7 @@ def test_local_executor_limits_gpu_steps_to_the_gpu_slots(tmp_path):
 def _signed_policy(folder):
     """The shipped rules with signatures required and a key for every decider."""
     from tests.policies import write_policy
-    from unified_assets.identity import new_key_pair
+    from unified_assets.services.identity import new_key_pair
 
     people = ["alice", "bob", "risk-officer", "ops"]
     keys = {person: new_key_pair()[1] for person in people}

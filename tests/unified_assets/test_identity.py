@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from unified_assets.identity import (
+from unified_assets.services.identity import (
     IdentityError,
     load_private_key,
     read_token,

@@ -14,8 +14,8 @@ import pytest
 
 from resources.decision_store import DecisionStore
 from tests.policies import overlay, shipped_policy
-from unified_assets.approvals import ApprovalRefused
-from unified_assets.decisions import (
+from unified_assets.services.approvals import ApprovalRefused
+from unified_assets.services.decisions import (
     LIVE_ACTOR,
     authorize_rollback,
     decision_problem,
@@ -23,7 +23,7 @@ from unified_assets.decisions import (
     mint_automation_token,
     record_decision,
 )
-from unified_assets.identity import load_private_key, sign, write_key_pair
+from unified_assets.services.identity import load_private_key, sign, write_key_pair
 from unified_assets.policy import parse_policy
 
 MODEL = "payments-risk"

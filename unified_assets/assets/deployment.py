@@ -12,7 +12,7 @@ from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.approvals import (
+from unified_assets.services.approvals import (
     POLICY_ACTOR,
     REFUSED_MARKER,
     ApprovalRefused,
@@ -21,9 +21,9 @@ from unified_assets.approvals import (
     human_reasons,
 )
 from unified_assets.assets.evaluation import report_key
-from unified_assets.champion import ChampionError, ChampionLedger, LedgerFault
+from unified_assets.services.champion import ChampionError, ChampionLedger, LedgerFault
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.decisions import (
+from unified_assets.services.decisions import (
     APPROVAL_FIELDS,
     REFUSAL,
     ROLLBACK,

@@ -11,7 +11,7 @@ from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
-from unified_assets.assets.models import CANDIDATE_FAMILIES
+from unified_assets.candidates import Candidate
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.gates import (
     FAIRNESS,
@@ -116,10 +116,11 @@ def _first_line(error: BaseException) -> str:
 def evaluate_on_holdout(
     registry: MlflowRegistry, decisions: DecisionStore, candidate: RegisteredCandidate,
     training: TrainingSet, threshold: float,
-) -> tuple[dict, object]:
-    """The candidate's report (with the champion's numbers on the same rows) and its scorer.
+) -> tuple[dict, object, object]:
+    """The candidate's report (with the champion's numbers on the same rows), its scorer and
+    its holdout scores.
     The champion is the ledger's, not whatever the alias says."""
-    from unified_assets.champion import ChampionLedger
+    from unified_assets.services.champion import ChampionLedger
 
     scores, scorer, latency_ms = score_holdout(
         registry, candidate.model_name, candidate.version, training.holdout
@@ -141,8 +142,7 @@ def evaluate_on_holdout(
         )
         report["champion"] = {"version": champion,
                               **_metrics(training, champion_scores, threshold, champion_latency)}
-    report["_holdout_scores"] = scores
-    return report, scorer
+    return report, scorer, scores
 
 
 def _comparison_table(report: dict) -> dg.MarkdownMetadataValue:
@@ -194,14 +194,13 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
     from unified_assets.ml.metrics import single_feature_aucs
 
     try:
-        report, scorer = evaluate_on_holdout(registry, decisions, candidate, training,
-                                             promotion.operating_threshold)
+        report, scorer, holdout_scores = evaluate_on_holdout(
+            registry, decisions, candidate, training, promotion.operating_threshold)
     except dg.Failure:
         raise
     except Exception as error:  # noqa: BLE001 - this candidate's own failure, reported as such
         return failed_report(candidate.family, candidate.model_name, candidate.version,
                              f"evaluation failed: {type(error).__name__}: {_first_line(error)}"), None
-    holdout_scores = report.pop("_holdout_scores")
     report["feature_auc"] = single_feature_aucs(
         training.train, training.holdout, training.target, training.numeric_features,
         training.categorical_features)
@@ -316,12 +315,13 @@ def _metadata(report: dict) -> dict:
     }
 
 
-def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
-    name = f"evaluation_{family}"
+def build_evaluation_asset(candidate: Candidate) -> dg.AssetsDefinition:
+    """The `evaluation_<name>` asset of one declared candidate."""
+    family, name = candidate.name, candidate.evaluation_asset
 
     @dg.asset(
         name=name,
-        ins={"candidate": dg.AssetIn(key=f"model_{family}"), "training_set": dg.AssetIn()},
+        ins={"candidate": dg.AssetIn(key=candidate.model_asset), "training_set": dg.AssetIn()},
         group_name="evaluation",
         kinds={"mlflow", "evidently"},
         owners=OWNERS,
@@ -384,5 +384,3 @@ def build_evaluation_asset(family: str) -> dg.AssetsDefinition:
 
     return _evaluation
 
-
-EVALUATION_ASSETS = [build_evaluation_asset(family) for family in CANDIDATE_FAMILIES]

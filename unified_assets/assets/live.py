@@ -43,7 +43,7 @@ def _training_batches(registry: MlflowRegistry, model_name: str, version: str) -
 
 def _previous_champion(decisions: DecisionStore, registry: MlflowRegistry,
                        model_name: str) -> str | None:
-    from unified_assets.champion import ChampionError, ChampionLedger
+    from unified_assets.services.champion import ChampionError, ChampionLedger
 
     try:
         return ChampionLedger(decisions, registry).rollback_target(model_name)
@@ -56,7 +56,7 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
              rules: "Policy") -> tuple[dict, str | None, "LiveVerdict"]:
     """The champion's (and the previous champion's) numbers on the labelled rows, and the
     policy's verdict on them."""
-    from unified_assets.champion import ChampionLedger
+    from unified_assets.services.champion import ChampionLedger
     from unified_assets.live import LiveVerdict, judge_live
 
     batch = context.partition_key

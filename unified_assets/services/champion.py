@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 from resources.decision_store import AuditError, DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
-from unified_assets.approvals import approval_state
+from unified_assets.services.approvals import approval_state
 
 LEDGER_ACTOR = "ledger"
 # A registered-model tag holding "<row id>:<hash>" of the log head after the last change:

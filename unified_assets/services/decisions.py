@@ -28,14 +28,14 @@ import secrets
 from datetime import UTC, datetime
 
 from resources.decision_store import DecisionStore
-from unified_assets.approvals import (
+from unified_assets.services.approvals import (
     POLICY_ACTOR,
     ApprovalRefused,
     approval_state,
     check_authorized,
     check_decision,
 )
-from unified_assets.identity import (
+from unified_assets.services.identity import (
     SIGNING_KEY_ENV,
     TOKEN_TTL,
     TOKEN_VERSION,
