@@ -7,7 +7,7 @@ import dagster as dg
 
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
-from unified_assets.services.approvals import REFUSED_MARKER
+from unified_assets.services.refusals import refusal, step_error
 
 
 def _not_materialized(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[str]:
@@ -20,31 +20,6 @@ def _not_materialized(instance: dg.DagsterInstance, run: dg.DagsterRun) -> list[
         ).records
     }
     return sorted(set(plan.step_keys_to_execute) - succeeded)
-
-
-def refusal(event: dg.DagsterEvent) -> str | None:
-    """The one-line reason of a step failure that was a refused request, else None. Read from
-    the marker the refusing step put on its dg.Failure, never from the message text."""
-    data = event.event_specific_data
-    failure = getattr(data, "user_failure_data", None)
-    marker = failure.metadata.get(REFUSED_MARKER) if failure else None
-    if marker is None or marker.value is not True:
-        return None
-    return failure.description or "refused"
-
-
-def _error(event: dg.DagsterEvent) -> str | None:
-    """What went wrong in a step: the dg.Failure's own description, else the error message."""
-    data = event.event_specific_data
-    failure = getattr(data, "user_failure_data", None)
-    if failure and failure.description:
-        return failure.description.strip()[:2000]
-    error = data.error if data else None
-    if error is None:
-        return None
-    while error.cause is not None:  # Dagster wraps the user's exception: show the user's
-        error = error.cause
-    return error.message.strip()[:2000]
 
 
 @dg.run_failure_sensor(
@@ -65,7 +40,7 @@ def run_failure_incidents(
         context.log.info(message)
         return dg.SkipReason(f"no incident: {message}")
     failed = [e for e, refused in zip(steps, refusals, strict=True) if not refused]
-    errors = [error for error in map(_error, failed) if error]
+    errors = [error for error in map(step_error, failed) if error]
     details = {
         "run_id": run.run_id,
         "job": run.job_name,

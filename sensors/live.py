@@ -14,9 +14,9 @@ from resources.escalation import Escalation
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
-from unified_assets.assets.deployment import SOURCE_TAG
 from unified_assets.assets.live import ACTION_KEY, live_performance
 from unified_assets.services.decisions import LIVE_ACTOR, mint_automation_token
+from unified_assets.services.rollback import SOURCE_TAG
 
 POLICY_ACTOR = LIVE_ACTOR  # the name the sensor acts in; a person can never claim it
 REGRESSION = "live_regression"

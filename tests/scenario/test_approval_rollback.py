@@ -9,15 +9,15 @@ import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
-from sensors.failures import refusal
 from tests.policies import with_policy
+from unified_assets.definitions import build_definitions
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.ml.generator import write_batches
 from unified_assets.services.approvals import ApprovalRefused
 from unified_assets.services.champion import ChampionLedger
 from unified_assets.services.decisions import LIVE_ACTOR, record_decision
-from unified_assets.definitions import build_definitions
 from unified_assets.services.identity import SIGNING_KEY_ENV, load_private_key, sign, write_key_pair
-from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
-from unified_assets.ml.generator import write_batches
+from unified_assets.services.refusals import refusal
 
 MODEL = "payments-risk"
 PEOPLE = ("alice", "bob", "ops", "risk-officer")

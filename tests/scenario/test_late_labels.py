@@ -14,12 +14,12 @@ import yaml
 
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
-from unified_assets.services.champion import ChampionLedger
-from unified_assets.services.decisions import mint_automation_token
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
 from unified_assets.policy import DEFAULT_POLICY_PATH
+from unified_assets.services.champion import ChampionLedger
+from unified_assets.services.decisions import mint_automation_token
 
 MODEL = "payments-risk"
 LIVE = dg.AssetKey("live_performance")

@@ -79,7 +79,7 @@ def _run_of(job: dg.JobDefinition, instance) -> dg.ExecuteInProcessResult:
 
 @dg.op
 def refusing_step() -> None:
-    from unified_assets.assets.deployment import refused
+    from unified_assets.services.refusals import refused
 
     raise refused("rollback refused and recorded: 'mallory' may not roll back\nsecond line")
 

@@ -14,6 +14,7 @@ import pytest
 
 from resources.decision_store import DecisionStore
 from tests.policies import overlay, shipped_policy
+from unified_assets.policy import parse_policy
 from unified_assets.services.approvals import ApprovalRefused
 from unified_assets.services.decisions import (
     LIVE_ACTOR,
@@ -24,7 +25,6 @@ from unified_assets.services.decisions import (
     record_decision,
 )
 from unified_assets.services.identity import load_private_key, sign, write_key_pair
-from unified_assets.policy import parse_policy
 
 MODEL = "payments-risk"
 PEOPLE = ("alice", "bob", "risk-officer", "ops", "mallory")

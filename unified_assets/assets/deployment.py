@@ -2,7 +2,6 @@
 holding the MLflow `champion` alias), promoted or rolled back through one ledger."""
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 import dagster as dg
@@ -12,44 +11,32 @@ from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.services.approvals import (
-    POLICY_ACTOR,
-    REFUSED_MARKER,
-    ApprovalRefused,
-    approval_state,
-    awaiting_decision,
-    human_reasons,
-)
 from unified_assets.assets.evaluation import report_key
-from unified_assets.services.champion import ChampionError, ChampionLedger, LedgerFault
+from unified_assets.assets.live import live_key
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.services.decisions import (
-    APPROVAL_FIELDS,
-    REFUSAL,
-    ROLLBACK,
-    ROLLBACK_FIELDS,
-    authorize_rollback,
-    decision_problem,
-    fill_from_token,
-    record_decision,
-)
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
+from unified_assets.services.champion import ChampionError, ChampionLedger, LedgerFault
+from unified_assets.services.promotion import (
+    DecisionForm,
+    promote_approved,
+    settle_approval,
+    take_decision,
+)
+from unified_assets.services.refusals import Refused, refused
+from unified_assets.services.rollback import (
+    SOURCE_TAG,
+    Evidence,
+    RollbackRequest,
+    request_rollback,
+)
 
 APPROVED_CHECK = "approved"
-SOURCE_TAG = "unified-ai/source"  # cli | sensor:live-performance; absent: launched in the UI
 # ARCHITECTURE.md 5: a failed blocking check upstream never promotes, in this run or in
 # any later automation tick. Approval carries the same guard, so a failed challenger is
 # not even put up for approval by automation.
 GATED_CONDITION = (
     dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 )
-
-
-def refused(reason: str) -> dg.Failure:
-    """The run of a request we refused fails with this one line and no stack of ours; the
-    marker tells `run_failure_incidents` that nothing is broken (no incident)."""
-    return dg.Failure(description=reason.strip().splitlines()[0] if reason.strip() else "refused",
-                      metadata={REFUSED_MARKER: True}, allow_retries=False)
 
 
 class ApprovalConfig(dg.Config):
@@ -106,56 +93,22 @@ def approval(
     model_name, version = challenger["model_name"], challenger["version"]
     if version is None:  # stored before holds stopped materializing the challenger
         raise refused(f"no challenger to approve: {challenger['reason']}")
-    if config.decision != "none" or config.token:
-        typed = {"decision": config.decision, "version": config.version,
-                 "approver": config.approver, "reason": config.reason}
-        given = fill_from_token(config.token, typed, APPROVAL_FIELDS) if config.token else typed
-        if given["version"] != version:
-            raise refused(f"config names v{given['version'] or '?'} but the challenger is "
-                          f"v{version}; decide on the current challenger")
+    form = DecisionForm(config.decision, config.version, config.approver, config.reason,
+                        config.token)
+    if not form.empty:
         try:
-            record_decision(decisions, mlflow_registry, policy.policy, model_name, version,
-                            given["decision"], given["approver"], given["reason"],
-                            source=_source(context), token=config.token or None)
-        except ApprovalRefused as why:
-            raise refused(f"decision refused and recorded: {why}") from None
-    now = datetime.now(UTC)
-    state = approval_state(decisions.events(model_name, version), version, now)
-    reasons: list[str] = []
-    if state.state in ("none", "expired"):
-        champion = challenger.get("champion")
-        family = (mlflow_registry.version_tags(model_name, champion["version"]).get("family")
-                  if champion else None)
-        reasons = human_reasons(challenger, family, policy.policy.approval,
-                                policy.policy.promotion)
-        if reasons:
-            ttl = timedelta(hours=policy.policy.approval.request_ttl_hours)
-            decisions.append_event(model_name=model_name, version=version, kind="request",
-                                   actor=POLICY_ACTOR, reason="; ".join(reasons),
-                                   expires_at=now + ttl,
-                                   details={"report_uri": challenger["report_uri"]})
-        else:
-            decisions.append_event(model_name=model_name, version=version, kind="decision",
-                                   decision="approve", actor=POLICY_ACTOR,
-                                   reason="approved automatically: no policy rule needs a human",
-                                   details={"source": "policy"})
-        state = approval_state(decisions.events(model_name, version), version, now)
-    # A decision is checked again when acted on: the policy may have dropped the approver,
-    # rotated the key or started requiring signatures since it was taken.
-    problem = decision_problem(state.decision, model_name, policy.policy) \
-        if state.state == "approved" else None
-    state_name = "unverified" if problem else state.state
-    described = f"{state.describe()}; not acted on: {problem}" if problem else state.describe()
-    record = {**challenger, "approval_state": state_name, "approval": described,
-              "approved_by": state.decision["actor"] if state.decision and not problem else None}
-    waiting = awaiting_decision(decisions.events(model_name), now)
-    yield dg.Output(record, metadata={
+            take_decision(decisions, mlflow_registry, policy.policy, model_name, version, form,
+                          source=_source(context))
+        except Refused as why:
+            raise refused(str(why)) from None
+    outcome = settle_approval(decisions, mlflow_registry, policy.policy, challenger)
+    state_name, described, waiting = outcome.state, outcome.described, outcome.waiting
+    yield dg.Output(outcome.record, metadata={
         **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
         "version": dg.MetadataValue.text(version),
         "state": dg.MetadataValue.text(state_name),
         "decision": dg.MetadataValue.text(described),
-        "requested_because": dg.MetadataValue.text(
-            state.request["reason"] if state.request else "-"),
+        "requested_because": dg.MetadataValue.text(outcome.requested_because),
         "awaiting_decision": dg.MetadataValue.text(
             ", ".join(f"v{w['version']}" for w in waiting) or "none"),
         "awaiting_decision_detail": markdown_table(
@@ -166,7 +119,7 @@ def approval(
     })
     # Not approved (yet) is an outcome, not an error: a warning, so the run stays green; the
     # check is still blocking, so automation never requests production_model after it.
-    approved = state_name == "approved"
+    approved = outcome.approved
     yield dg.AssetCheckResult(
         check_name=APPROVED_CHECK, passed=approved,
         severity=dg.AssetCheckSeverity.ERROR if approved else dg.AssetCheckSeverity.WARN,
@@ -219,35 +172,6 @@ def rollback_launchpad(config: dict) -> dict:
     given = config.get("ops", {}).get("production_model", {}).get("config", {})
     return {"ops": {"production_model": {"config": {
         **{k: v for k, v in given.items() if k != "action"}, "action": "rollback"}}}}
-
-
-def rollback_production(ledger: ChampionLedger, store: ArtifactStore, model_name: str,
-                        by: str, reason: str, to_version: str | None = None,
-                        expected_from: str | None = None, allow_any_approved: bool = False,
-                        details: dict | None = None) -> dict:
-    """Move `champion` back in one registry call and record an incident with both reports.
-    Who may ask is checked before (`unified_assets.decisions.authorize_rollback`)."""
-    if not by.strip() or not reason.strip():
-        raise ChampionError("a rollback needs --by and --reason")
-    outcome = ledger.rollback(model_name, actor=by, reason=reason, to_version=to_version,
-                              expected_from=expected_from, allow_any_approved=allow_any_approved,
-                              details=details)
-    if outcome.action == "none":
-        return {"action": "none", "message": outcome.message, "champion": outcome.to_version}
-    reports = {}
-    for side, version in (("from", outcome.from_version), ("to", outcome.to_version)):
-        key = report_key(model_name, version) if version else None
-        reports[side] = store.uri(key) if key and store.exists(key) else None
-    live_key = f"live/{model_name}/v{outcome.from_version}.json"  # its latest live verdict
-    incident = ledger.store.record_incident(
-        kind="rollback", model_name=model_name, actor=by, reason=reason,
-        details={"from_version": outcome.from_version, "to_version": outcome.to_version,
-                 "evaluation_reports": reports, "authorization": details or {},
-                 "live_metrics": store.read_json(live_key) if store.exists(live_key) else None},
-    )
-    return {"action": "rollback", "message": outcome.message, "champion": outcome.to_version,
-            "from_version": outcome.from_version, "incident_id": incident,
-            "evaluation_reports": reports}
 
 
 APPROVAL_INPUT = "approval_if_any"
@@ -308,48 +232,18 @@ def production_model(
         return
     try:
         if config.action == "rollback":
-            typed = {"rollback_to": config.rollback_to, "by": config.by, "reason": config.reason}
-            given = fill_from_token(config.token, typed, ROLLBACK_FIELDS) if config.token else typed
-            try:
-                identity = authorize_rollback(
-                    decisions, policy.policy, model=model_name, by=given["by"],
-                    reason=given["reason"], to_version=given["rollback_to"] or None,
-                    expected_from=config.expected_from or None, token=config.token or None,
-                    source=_source(context))
-            except ApprovalRefused as why:
-                raise refused(f"rollback refused and recorded: {why}") from None
-            result = rollback_production(
-                ledger, store, model_name, given["by"], given["reason"],
-                given["rollback_to"] or None, config.expected_from or None,
-                allow_any_approved=policy.policy.rollback.to_any_approved_version,
-                details={k: v for k, v in identity.items() if k != "token"})
-            record = {"model_name": model_name, **result}
+            request = RollbackRequest(by=config.by, reason=config.reason,
+                                      rollback_to=config.rollback_to,
+                                      expected_from=config.expected_from, token=config.token,
+                                      source=_source(context))
+            record = request_rollback(decisions, ledger, policy.policy, model_name, request,
+                                      _evidence(store, model_name))
         else:
-            compared_with = approval.get("champion")
-            outcome = ledger.promote(
-                model_name, approval["version"], actor=approval["approved_by"] or POLICY_ACTOR,
-                reason=f"passed every gate; {approval['approval']}",
-                details={"evaluation_report": approval["report_uri"],
-                         "training_batches": approval["training_batches"],
-                         "dagster_run_id": context.run_id},
-                evaluated_against=compared_with["version"] if compared_with else None,
-            )
-            record = {"model_name": model_name, "action": outcome.action,
-                      "message": outcome.message, "champion": outcome.to_version,
-                      "from_version": outcome.from_version,
-                      "evaluation_report": approval["report_uri"],
-                      "training_batches": approval["training_batches"]}
+            record = promote_approved(ledger, approval, context.run_id)
     except LedgerFault as fault:
         raise dg.Failure(str(fault)) from None  # a fault: the failure sensor files an incident
-    except ChampionError as error:
-        if config.action == "rollback":
-            # The request was authorized (recorded above); what the ledger refused is recorded
-            # beside it, so the log never shows an authorized rollback as if it happened.
-            decisions.append_event(model_name=model_name, version=given["rollback_to"] or "",
-                                   kind=REFUSAL, decision=ROLLBACK, actor=given["by"],
-                                   reason=f"refused by the ledger: {error}",
-                                   details={"source": _source(context)})
-        raise refused(str(error)) from None
+    except (Refused, ChampionError) as why:
+        raise refused(str(why)) from None
     champion = mlflow_registry.alias_version(model_name, CHAMPION_ALIAS)
     history = decisions.changes(model_name)
     yield dg.Output(record, metadata={
@@ -365,3 +259,17 @@ def production_model(
             ["seq", "action", "from", "to", "by", "reason"],
         ),
     })
+
+
+def _evidence(store: ArtifactStore, model_name: str) -> Evidence:
+    """The incident's evidence of a version: its evaluation report and latest live record."""
+
+    def report_uri(version: str) -> str | None:
+        key = report_key(model_name, version)
+        return store.uri(key) if store.exists(key) else None
+
+    def live_record(version: str) -> dict | None:
+        key = live_key(model_name, f"v{version}")
+        return store.read_json(key) if store.exists(key) else None
+
+    return Evidence(report_uri=report_uri, live_record=live_record)

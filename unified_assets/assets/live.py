@@ -56,8 +56,8 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
              rules: "Policy") -> tuple[dict, str | None, "LiveVerdict"]:
     """The champion's (and the previous champion's) numbers on the labelled rows, and the
     policy's verdict on them."""
-    from unified_assets.services.champion import ChampionLedger
     from unified_assets.live import LiveVerdict, judge_live
+    from unified_assets.services.champion import ChampionLedger
 
     batch = context.partition_key
     previous = _previous_champion(decisions, registry, spec.name)

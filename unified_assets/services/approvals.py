@@ -8,10 +8,6 @@ from datetime import datetime
 from unified_assets.policy import HIGHER_IS_BETTER, ApprovalPolicy, PromotionPolicy, person_problem
 
 POLICY_ACTOR = "policy"  # the policy approving by itself, in code (never from config)
-# Metadata key a step sets on the dg.Failure it raises for a request it refused (a decision or
-# rollback not allowed, a version not decidable): the run fails with that one-line reason,
-# and `run_failure_incidents` files no incident, since nothing is broken.
-REFUSED_MARKER = "unified-ai/refused"
 
 
 class ApprovalRefused(ValueError):

@@ -28,6 +28,7 @@ import secrets
 from datetime import UTC, datetime
 
 from resources.decision_store import DecisionStore
+from unified_assets.policy import Policy, person_problem
 from unified_assets.services.approvals import (
     POLICY_ACTOR,
     ApprovalRefused,
@@ -44,7 +45,6 @@ from unified_assets.services.identity import (
     token_id,
     verify,
 )
-from unified_assets.policy import Policy, person_problem
 
 LIVE_ACTOR = "policy:live-performance"  # the live-performance sensor's automated rollbacks
 AUTOMATION_ACTORS = (LIVE_ACTOR,)
