@@ -23,13 +23,11 @@ import pandas as pd
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from unified_assets.services.approvals import POLICY_ACTOR, approval_state, human_reasons
 from unified_assets.assets.data import curated_key, report_key
 from unified_assets.assets.evaluation import evaluate_on_holdout
 from unified_assets.assets.evaluation import report_key as evaluation_report_key
-from unified_assets.assets.models import SklearnModelConfig, TorchModelConfig
 from unified_assets.assets.training import TrainingSetConfig, select_window
-from unified_assets.services.champion import ChampionLedger
+from unified_assets.candidates.shipped import SklearnModelConfig, TorchModelConfig
 from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
 from unified_assets.gates import judge, select_challenger
 from unified_assets.ml.batch_validation import curated, validate_batch_file
@@ -40,6 +38,8 @@ from unified_assets.ml.training_data import TrainingSet
 from unified_assets.monitoring import store_batch_profile
 from unified_assets.placement import Decision
 from unified_assets.policy import Policy, PromotionPolicy, load_policy
+from unified_assets.services.approvals import POLICY_ACTOR, approval_state, human_reasons
+from unified_assets.services.champion import ChampionLedger
 from unified_assets.settings import Settings
 
 
@@ -184,9 +184,8 @@ def evaluate(
     """Holdout report, Evidently HTML and policy gates, stored (the `evaluation_<family>` body)."""
     from unified_assets.ml.evidently_report import evidently_html
 
-    report, scorer = evaluate_on_holdout(registry, decisions, candidate, training,
-                                         promotion.operating_threshold)
-    holdout_scores = report.pop("_holdout_scores")
+    report, scorer, holdout_scores = evaluate_on_holdout(
+        registry, decisions, candidate, training, promotion.operating_threshold)
     html = evidently_html(training.train, scorer(training.train), training.holdout,
                           holdout_scores, training.numeric_features,
                           training.categorical_features, training.target)

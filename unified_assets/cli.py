@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
@@ -90,6 +91,9 @@ def _byo_example(args: argparse.Namespace) -> int:
     return 0
 
 
+ROLLBACK_JOB = "rollback_production"
+
+
 def _context():
     """Settings and resources of the configured deployment (same as the code location)."""
     from unified_assets.definitions import build_definitions
@@ -161,42 +165,40 @@ def _decide(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    import dagster as dg
-
-    from unified_assets.assets.deployment import SOURCE_TAG
-    from unified_assets.definitions import build_definitions, rollback_job
+    """A rollback is a run of `rollback_production` on the user's instance (or webserver): it
+    goes through the run queue and launcher and shows in the UI, like one launched there."""
     from unified_assets.services.identity import IdentityError
-    from unified_assets.settings import load_settings
+    from unified_assets.services.rollback import SOURCE_TAG
+    from unified_assets.services.runs import LaunchError, launch_job
 
-    started = time.perf_counter()
-    settings = load_settings()
-    defs = build_definitions(settings)
-    model = defs.resources["dataset"].spec.name
+    settings, resources, model = _context()
     try:
         token = _token_for(args, "rollback", model, args.to or "")
     except IdentityError as error:
         print(f"cannot sign: {error}", file=sys.stderr)
         return 1
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home)
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
+    if not os.environ.get("DAGSTER_HOME"):  # the instance `bash scripts/dev.sh` runs on
+        settings.dagster_home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
     config = {"ops": {"production_model": {"config": {
         "action": "rollback", "rollback_to": args.to or "", "by": args.by, "reason": args.reason,
         "token": token or ""}}}}
-    with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(rollback_job.name).execute_in_process(
-            run_config=config, instance=instance, raise_on_error=False, tags={SOURCE_TAG: "cli"})
-    if not result.success:
-        failure = next(e for e in result.all_events if e.is_step_failure)
-        data = failure.event_specific_data
-        # A refused rollback carries its one-line reason; an error, its message.
-        why = (data.user_failure_data.description if data.user_failure_data
-               and data.user_failure_data.description else data.error.message)
-        print(f"rollback failed: {why.strip()}", file=sys.stderr)
+    try:
+        outcome = launch_job(ROLLBACK_JOB, config, {SOURCE_TAG: "cli"}, args.wait)
+    except LaunchError as error:
+        print(f"rollback not launched: {error}", file=sys.stderr)
         return 1
-    record = result.output_for_node("production_model")
-    print(f"{record['message']} (incident {record.get('incident_id', '-')}); "
-          f"{time.perf_counter() - started:.2f}s")
+    if not outcome.success:
+        if outcome.refused:  # the step's one line: why the request was turned down
+            why = re.sub(r"^rollback refused( and recorded)?: ", "", outcome.reason or "")
+            print(f"rollback refused (run {outcome.run_id}): {why}", file=sys.stderr)
+        elif outcome.status in ("FAILURE", "CANCELED"):
+            print(f"rollback failed (run {outcome.run_id}): {outcome.reason}", file=sys.stderr)
+        else:  # queued with no daemon to start it, or still running after --wait
+            print(outcome.reason, file=sys.stderr)
+        return 1
+    incident = f", incident {outcome.incident}" if outcome.incident else ""
+    print(f"{outcome.message or 'rollback done'} (run {outcome.run_id}{incident})")
     return 0
 
 
@@ -303,7 +305,11 @@ def _plan_for(args: argparse.Namespace):
     settings = load_settings()
     defs = build_definitions(settings)
     job = defs.resolve_job_def(args.job)
-    requirements = requirements_for_job(job, {k: args.rows for k in ("model_torch", "model_sklearn")}
+    from unified_assets.assets.models import candidate_names
+
+    # --rows: the training set's size, as each candidate's model step sees it.
+    requirements = requirements_for_job(job, {f"model_{name}": args.rows for name in
+                                              candidate_names(defs.resolve_asset_graph())}
                                         if args.rows else None)
     if args.select:
         wanted = set(args.select.split(","))
@@ -434,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--by", required=True, help="who asks (listed in rollback.by)")
     rollback.add_argument("--reason", required=True)
     rollback.add_argument("--key", default=None, help=key_help)
+    rollback.add_argument("--wait", type=float, default=600.0,
+                          help="seconds to wait for the run to end (it runs on regardless)")
     rollback.set_defaults(run=_rollback)
 
     keys = commands.add_parser("keys", help="signing keys for decisions").add_subparsers(

@@ -27,13 +27,14 @@ from unified_assets.assets.deployment import (
     rollback_launchpad,
 )
 from unified_assets.assets.drift_report import drift_report
-from unified_assets.assets.evaluation import EVALUATION_ASSETS
+from unified_assets.assets.evaluation import build_evaluation_asset
 from unified_assets.assets.labels import batch_labels
 from unified_assets.assets.live import live_performance
-from unified_assets.assets.models import model_sklearn, model_torch
+from unified_assets.assets.models import build_model_asset
 from unified_assets.assets.monitoring import batch_drift
-from unified_assets.assets.selection import challenger
+from unified_assets.assets.selection import build_challenger
 from unified_assets.assets.training import training_set
+from unified_assets.candidates import Candidate, resolve_candidates
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
 from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
@@ -53,9 +54,16 @@ LOCAL_EXECUTOR_CONFIG = {
     "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}],
 }
 
-ASSETS = [landed_batch, batch_labels, training_set, model_sklearn, model_torch,
-          *EVALUATION_ASSETS, challenger, approval, production_model, batch_drift,
-          live_performance, drift_report]
+SHARED_ASSETS = [landed_batch, batch_labels, training_set, approval, production_model,
+                 batch_drift, live_performance, drift_report]
+
+
+def candidate_assets(candidates: tuple[Candidate, ...]) -> list[dg.AssetsDefinition]:
+    """Every declared candidate's model and evaluation assets, and the challenger over them:
+    nothing else lists candidates."""
+    per_candidate = [a for c in candidates for a in (build_model_asset(c),
+                                                     build_evaluation_asset(c))]
+    return [*per_candidate, build_challenger(candidates)]
 
 # Run priority (the run queue dequeues higher first; a run's steps add it to their pool
 # claims): a person's decision or a rollback goes ahead of retrains and ingestion.
@@ -83,7 +91,7 @@ lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
     tags={RETRAIN_TAG: "train_evaluate_promote"},
-    description="Build the training set, train both candidates, evaluate, select, promote.",
+    description="Build the training set, train every candidate, evaluate, select, promote.",
 )
 approval_job = dg.define_asset_job(
     "approve_or_reject",
@@ -216,8 +224,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             tags={TRIGGER_TAG: "schedule"},
             description="Freshness floor from the policy's drift.retrain_cron.",
         ))
+    candidates = resolve_candidates(settings.candidates)
     return dg.Definitions(
-        assets=ASSETS,
+        assets=[*SHARED_ASSETS, *candidate_assets(candidates)],
         schedules=schedules,
         jobs=[ingest_job, labels_job, lifecycle_job, approval_job, rollback_job],
         sensors=[
@@ -244,4 +253,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(load_settings())
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The code location, built when Dagster loads it (not at import): the environment is read
+    and the policy loaded then, so importing this module has no side effects."""
+    return build_definitions(load_settings())

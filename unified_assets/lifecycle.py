@@ -10,7 +10,7 @@ import dagster as dg
 
 from sensors.landing import FILE_TAG, VERSION_TAG, contiguous_chunks, latest_metadata
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch, report_key
-from unified_assets.assets.models import CANDIDATE_FAMILIES
+from unified_assets.assets.models import candidate_names
 from unified_assets.assets.selection import SELECTED
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
@@ -209,7 +209,7 @@ def summarize(result: dg.ExecuteInProcessResult,
         except dg.DagsterInvariantViolationError:
             return None
 
-    for family in CANDIDATE_FAMILIES:
+    for family in candidate_names(result.job_def.asset_layer.asset_graph):
         report = output(f"evaluation_{family}")
         if report is not None:
             summary.candidates[family] = report

@@ -18,6 +18,8 @@ POLICY_ENV = "UNIFIED_AI_POLICY"
 LANDING_URI_ENV = "UNIFIED_AI_LANDING_URI"
 S3_ENDPOINT_ENV = "UNIFIED_AI_S3_ENDPOINT_URL"
 MLFLOW_UI_URL_ENV = "UNIFIED_AI_MLFLOW_UI_URL"
+CANDIDATES_ENV = "UNIFIED_AI_CANDIDATES"
+SHIPPED_CANDIDATES = ("sklearn", "torch")
 LOCAL_MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where scripts/dev.sh starts the MLflow UI
 Deployment = Literal["local", "kubernetes"]
 DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes")
@@ -34,6 +36,9 @@ class Settings:
     # Where people open MLflow in a browser (report links); None: locally LOCAL_MLFLOW_UI_URL,
     # on Kubernetes the MLflow tracking server's own URL.
     mlflow_ui_url: str | None = None
+    # The candidates trained: shipped names or `package.module:NAME` import paths of a
+    # `unified_assets.candidates.Candidate` (resolved when the definitions are built).
+    candidates: tuple[str, ...] = SHIPPED_CANDIDATES
 
     @property
     def landing_dir(self) -> Path:
@@ -82,6 +87,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         policy_path=env.get(POLICY_ENV) or None, landing_uri=landing_uri,
         s3_endpoint=bool(env.get(S3_ENDPOINT_ENV)),
         mlflow_ui_url=(env.get(MLFLOW_UI_URL_ENV) or "").strip().rstrip("/") or None,
+        candidates=tuple(e.strip() for e in env[CANDIDATES_ENV].split(",") if e.strip())
+        if env.get(CANDIDATES_ENV, "").strip() else SHIPPED_CANDIDATES,
     )
 
 

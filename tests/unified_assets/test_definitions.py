@@ -6,8 +6,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from unified_assets.assets.models import model_sklearn, model_torch
-from unified_assets.definitions import LOCAL_EXECUTOR_CONFIG, build_definitions, defs
+from unified_assets.assets.models import build_model_asset
+from unified_assets.candidates import SHIPPED
+from unified_assets.definitions import LOCAL_EXECUTOR_CONFIG, build_definitions
+from unified_assets.definitions import defs as load_defs
 from unified_assets.policy import PolicyError
 from unified_assets.settings import Settings, load_settings
 
@@ -15,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_definitions_load_and_every_asset_is_described():
+    defs = load_defs()
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
@@ -39,7 +42,7 @@ def test_definitions_load_and_every_asset_is_described():
 
 
 def test_candidates_declare_their_compute_profiles():
-    torch_node, sklearn_node = model_torch.op, model_sklearn.op
+    torch_node, sklearn_node = (build_model_asset(SHIPPED[n]).op for n in ("torch", "sklearn"))
     assert torch_node.tags["unified-ai/compute"] == "gpu"
     assert torch_node.pool == "gpu-pool"
     assert sklearn_node.tags["unified-ai/compute"] == "cpu"

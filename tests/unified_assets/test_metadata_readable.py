@@ -6,7 +6,8 @@ import math
 import dagster as dg
 import pytest
 
-from unified_assets.assets.evaluation import EVALUATION_ASSETS, check_result
+from unified_assets.assets.evaluation import build_evaluation_asset, check_result
+from unified_assets.candidates import SHIPPED
 from unified_assets.gates import BLOCKING_GATES, INFORMATIONAL, LEAKAGE, GateResult
 from unified_assets.metadata import listed, markdown_table, numbers, rounded
 
@@ -51,7 +52,7 @@ def test_listed_names_every_item_or_says_how_many_more():
 
 
 def _specs() -> dict[str, dg.AssetCheckSpec]:
-    (asset,) = [a for a in EVALUATION_ASSETS if a.key == dg.AssetKey("evaluation_sklearn")]
+    asset = build_evaluation_asset(SHIPPED["sklearn"])
     return {spec.name: spec for spec in asset.check_specs}
 
 

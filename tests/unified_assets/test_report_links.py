@@ -16,10 +16,11 @@ import pytest
 from resources.mlflow_registry import MlflowRegistry
 from tests.mlflow_server import free_port, http_get, mlflow_server
 from unified_assets.assets.drift_report import drift_report
-from unified_assets.assets.evaluation import EVALUATION_ASSETS
-from unified_assets.assets.models import model_sklearn
+from unified_assets.assets.evaluation import build_evaluation_asset
+from unified_assets.assets.models import build_model_asset
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.training import training_set
+from unified_assets.candidates import SHIPPED
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed
 from unified_assets.ml.generator import DriftSpec, write_batches
@@ -66,8 +67,8 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
                               artifact_location=settings.mlflow_artifact_location,
                               ui_url=f"http://127.0.0.1:{port}/")
     resources = dict(defs.resources) | {"mlflow_registry": registry}
-    (evaluation_sklearn,) = [a for a in EVALUATION_ASSETS
-                             if a.key == dg.AssetKey("evaluation_sklearn")]
+    model_sklearn = build_model_asset(SHIPPED["sklearn"])
+    evaluation_sklearn = build_evaluation_asset(SHIPPED["sklearn"])
     trained = dg.materialize(
         [training_set, model_sklearn, evaluation_sklearn], instance=instance,
         resources=resources, raise_on_error=False,

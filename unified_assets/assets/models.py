@@ -1,54 +1,35 @@
-"""Candidate models: scikit-learn on the CPU profile, PyTorch on the GPU profile.
+"""Candidate model assets, one per declared candidate (`unified_assets.candidates`).
 
-Each logs to MLflow and registers a model version; the asset's value is that
-registered version, which is what evaluation and promotion take as input.
+Each trains on the training set where placement put it, logs to MLflow and registers a model
+version; the asset's value is that registered version, which is what evaluation and promotion
+take as input. A candidate whose training fails yields a `CandidateFailure` instead, so the
+other candidates still reach evaluation and selection in the same run.
 """
 
-
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as installed_version
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
-from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
+from unified_assets.candidates import Candidate, TrainedModel, TrainingContext
+from unified_assets.compute import ComputeProfile
 from unified_assets.gates import CandidateFailure
 from unified_assets.metadata import OWNERS, numbers
 from unified_assets.ml.training_data import TrainingSet
 
-CANDIDATE_FAMILIES = ("sklearn", "torch")
+TRAINED_CHECK = "trained"
+CANDIDATE_TAG = "unified-ai/candidate"  # on each candidate's model asset: its name
 
 
-class SklearnModelConfig(dg.Config):
-    max_iter: int = Field(default=200, ge=1, description="Boosting iterations.")
-    learning_rate: float = Field(default=0.08, gt=0.0, le=1.0, description="Shrinkage per step.")
-    max_leaf_nodes: int = Field(default=31, ge=2, description="Tree size.")
-    l2_regularization: float = Field(default=1.0, ge=0.0, description="L2 penalty on leaves.")
-    seed: int = Field(default=7, description="Random seed, fixed for repeatable training.")
-    max_category_levels: int = Field(
-        default=100, ge=1, le=253,
-        description="Levels kept per categorical (most frequent first); the rest share <other>.",
-    )
-
-
-class TorchModelConfig(dg.Config):
-    hidden_units: int = Field(default=64, ge=2, description="Width of the first hidden layer.")
-    epochs: int = Field(default=8, ge=1, description="Passes over the training rows.")
-    batch_size: int = Field(default=512, ge=1, description="Rows per gradient step.")
-    learning_rate: float = Field(default=2e-3, gt=0.0, le=1.0, description="Adam step size.")
-    weight_decay: float = Field(default=1e-4, ge=0.0, description="Adam weight decay.")
-    seed: int = Field(default=7, description="Random seed, fixed for repeatable training.")
-    device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="auto: CUDA when present, else CPU (recorded in metadata)."
-    )
-    max_category_levels: int = Field(
-        default=100, ge=1, le=253,
-        description="One-hot columns per categorical (most frequent levels); the rest share <other>.",
-    )
+def candidate_names(asset_graph) -> list[str]:
+    """The declared candidates, read from a built asset graph (their model assets' tag)."""
+    return sorted(node.tags[CANDIDATE_TAG] for node in asset_graph.asset_nodes
+                  if CANDIDATE_TAG in node.tags)
 
 
 def _run_tags(context: dg.AssetExecutionContext, training: TrainingSet) -> dict[str, str]:
@@ -57,12 +38,6 @@ def _run_tags(context: dg.AssetExecutionContext, training: TrainingSet) -> dict[
         "dagster_asset": context.asset_key.to_user_string(),
         "training_batches": ",".join(training.batches),
     }
-
-
-def _train_auc(y, scores) -> float | None:
-    from unified_assets.ml.metrics import binary_metrics
-
-    return binary_metrics(y, scores)["roc_auc"]
 
 
 def _placement(context: dg.AssetExecutionContext, profile: ComputeProfile, rows: int,
@@ -84,57 +59,72 @@ def _placement(context: dg.AssetExecutionContext, profile: ComputeProfile, rows:
     return decision
 
 
-def _levels_metadata(levels) -> dict:
-    """The one-hot/level cap and how many training levels it folded into <other>."""
-    summary = levels.metadata()
-    return {
-        "category_levels_cap": dg.MetadataValue.int(summary["category_levels_cap"]),
-        "category_levels_folded": dg.MetadataValue.int(summary["category_levels_folded"]),
-        "category_levels_folded_by_column": dg.MetadataValue.json(
-            summary["category_levels_folded_by_column"]),
-    }
+def _requirements(trained: TrainedModel, library: str | None) -> list[str]:
+    if trained.pip_requirements is not None:
+        return trained.pip_requirements
+    pinned = []
+    for dist in filter(None, {library, "pandas"}):
+        try:
+            pinned.append(f"{dist}=={installed_version(dist).split('+')[0]}")
+        except PackageNotFoundError:
+            pinned.append(dist)
+    return sorted(pinned)
 
 
-TRAINED_CHECK = "trained"
+def train_and_register(context: dg.AssetExecutionContext, candidate: Candidate, config: Any,
+                       training: TrainingSet, registry: MlflowRegistry,
+                       placement) -> dg.Output[RegisteredCandidate]:
+    """Train one candidate, score it on its own rows and register it in MLflow."""
+    from unified_assets.ml.estimator_model import as_pyfunc, positive_scores
+    from unified_assets.ml.metrics import binary_metrics
+    from unified_assets.placement import decision_metadata
 
-
-def _trained_check(asset_name: str) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(
-        TRAINED_CHECK, asset=asset_name,
-        description="The candidate trained and was registered. When training fails the asset "
-                    "records why and the other candidates still go on to evaluation.",
-    )]
-
-
-def _output(candidate: RegisteredCandidate, extra: dict) -> dg.Output[RegisteredCandidate]:
-    return dg.Output(
-        candidate,
-        metadata={
-            "model_version": dg.MetadataValue.text(candidate.version),
-            "registry_uri": dg.MetadataValue.text(candidate.registry_uri),
-            "mlflow_run_id": dg.MetadataValue.text(candidate.run_id),
-            **extra,
-        },
+    device = str(placement.settings.get("device", "cuda" if placement.target == "gpu" else "cpu"))
+    started = time.perf_counter()
+    result = candidate.trainer(training, config,
+                               TrainingContext(device, placement.reason, context.log.info))
+    fit_seconds = time.perf_counter() - started
+    trained = result if isinstance(result, TrainedModel) else TrainedModel(model=result)
+    features = training.numeric_features + training.categorical_features
+    model, library = as_pyfunc(trained.model, features)
+    train_auc = binary_metrics(training.train[training.target],
+                               positive_scores(model, training.train))["roc_auc"]
+    metrics = {"fit_seconds": fit_seconds, "train_roc_auc": train_auc,
+               "train_rows": float(len(training.train))} | trained.metrics
+    registered = registry.log_candidate(
+        model_name=training.dataset_name, family=candidate.name, flavor="pyfunc", model=model,
+        params=config.model_dump(), metrics=metrics,
+        tags=_run_tags(context, training) | trained.tags,
+        pip_requirements=_requirements(trained, library),
     )
+    return dg.Output(registered, metadata={
+        "model_version": dg.MetadataValue.text(registered.version),
+        "registry_uri": dg.MetadataValue.text(registered.registry_uri),
+        "mlflow_run_id": dg.MetadataValue.text(registered.run_id),
+        **({"device": device} if "device" not in trained.metadata else {}),
+        **trained.metadata,
+        **numbers(metrics),
+        **decision_metadata(placement),
+    })
 
 
-def _train_independently(
-    context: dg.AssetExecutionContext, family: str, model_name: str,
-    train: Callable[[], dg.Output[RegisteredCandidate]],
-) -> Iterator[Any]:
+def _train_independently(context: dg.AssetExecutionContext, candidate: Candidate, config: Any,
+                         training: TrainingSet, registry: MlflowRegistry,
+                         placement) -> Iterator[Any]:
     """Run one candidate's training so that its failure is this candidate's outcome, not the
-    run's: a failed step would skip every step downstream of it, the other candidate's
-    evaluation and the challenger included. Placement refusals and retries still fail or
+    run's: a failed step would skip every step downstream of it, the other candidates'
+    evaluations and the challenger included. Placement refusals and retries still fail or
     retry the step (they are the policy speaking, escalated by the failure sensor)."""
     try:
-        output = train()
+        output = train_and_register(context, candidate, config, training, registry, placement)
     except (dg.Failure, dg.RetryRequested):
         raise
     except Exception as error:  # noqa: BLE001 - recorded as this candidate's failure
         message = f"{type(error).__name__}: {error}".strip()
-        context.log.error(f"{family} candidate failed to train: {message}")
+        context.log.error(f"{candidate.name} candidate failed to train: {message}")
         yield dg.Output(
-            CandidateFailure(family=family, model_name=model_name, error=message),
+            CandidateFailure(family=candidate.name, model_name=training.dataset_name,
+                             error=message),
             metadata={"model_version": dg.MetadataValue.text("none"),
                       "training_error": dg.MetadataValue.text(message[:2000])},
         )
@@ -149,121 +139,38 @@ def _train_independently(
                               metadata={"model_version": output.value.version})
 
 
-@dg.asset(
-    group_name="training",
-    kinds={"scikit-learn", "mlflow"},
-    owners=OWNERS,
-    description=(
-        "Gradient-boosted trees (scikit-learn HistGradientBoosting) trained on the training "
-        "set, logged to MLflow as a pyfunc (raw frame in, fitted levels applied) and registered "
-        "as a new model version. Runs on the CPU profile; metadata says the category-level cap."
-    ),
-    check_specs=_trained_check("model_sklearn"),
-    **CPU_TRAINING.asset_kwargs(),
-)
-def model_sklearn(
-    context: dg.AssetExecutionContext,
-    config: SklearnModelConfig,
-    training_set: TrainingSet,
-    mlflow_registry: MlflowRegistry,
-    policy: PolicyResource,
-) -> Iterator[Any]:
-    placement = _placement(context, CPU_TRAINING, len(training_set.train), policy)
-    yield from _train_independently(
-        context, "sklearn", training_set.dataset_name,
-        lambda: _train_sklearn(context, config, training_set, mlflow_registry, placement))
+def build_model_asset(candidate: Candidate) -> dg.AssetsDefinition:
+    """The `model_<name>` asset of one declared candidate."""
+    profile = candidate.profile
+    config_class = candidate.config
 
-
-def _train_sklearn(context: dg.AssetExecutionContext, config: SklearnModelConfig,
-                   training_set: TrainingSet, mlflow_registry: MlflowRegistry,
-                   placement) -> dg.Output[RegisteredCandidate]:
-    from unified_assets.ml.sklearn_model import SklearnParams, SklearnRiskModel, fit_sklearn
-    from unified_assets.placement import decision_metadata
-
-    params = SklearnParams(**config.model_dump())
-    started = time.perf_counter()
-    result = fit_sklearn(training_set.train, training_set.numeric_features,
-                         training_set.categorical_features, training_set.target, params)
-    fit_seconds = time.perf_counter() - started
-    # A pyfunc, so the registered model maps raw frames (nulls, nullable/int/bool categoricals,
-    # unseen levels) to the fitted levels before the pipeline, as the torch model does.
-    model = SklearnRiskModel(result.pipeline, result.levels, training_set.numeric_features,
-                             training_set.categorical_features)
-    train_auc = _train_auc(training_set.train[training_set.target], model.score(training_set.train))
-    metrics = {"fit_seconds": fit_seconds, "train_roc_auc": train_auc,
-               "train_rows": float(len(training_set.train))}
-    candidate = mlflow_registry.log_candidate(
-        model_name=training_set.dataset_name, family="sklearn", flavor="pyfunc", model=model,
-        params=config.model_dump(), metrics=metrics, tags=_run_tags(context, training_set),
-        pip_requirements=[f"scikit-learn=={installed_version('scikit-learn')}", "pandas"],
+    @dg.asset(
+        name=candidate.model_asset,
+        group_name="training",
+        kinds=set(candidate.kinds),
+        owners=OWNERS,
+        description=(
+            f"Candidate `{candidate.name}`: {candidate.description or 'a declared candidate.'} "
+            f"Trained on the training set on the {profile.name} profile, logged to MLflow and "
+            "registered as a new model version (the asset's value)."
+        ),
+        tags={CANDIDATE_TAG: candidate.name},
+        check_specs=[dg.AssetCheckSpec(
+            TRAINED_CHECK, asset=candidate.model_asset,
+            description="The candidate trained and was registered. When training fails the "
+                        "asset records why and the other candidates still go on to evaluation.",
+        )],
+        **profile.asset_kwargs(),
     )
-    return _output(candidate, {"device": "cpu", **numbers(metrics), **_levels_metadata(result.levels),
-                               **decision_metadata(placement)})
+    def _model(
+        context: dg.AssetExecutionContext,
+        config: config_class,  # type: ignore[valid-type]  # the declaration's Config class
+        training_set: TrainingSet,
+        mlflow_registry: MlflowRegistry,
+        policy: PolicyResource,
+    ) -> Iterator[Any]:
+        placement = _placement(context, profile, len(training_set.train), policy)
+        yield from _train_independently(context, candidate, config, training_set,
+                                        mlflow_registry, placement)
 
-
-@dg.asset(
-    group_name="training",
-    kinds={"pytorch", "mlflow"},
-    owners=OWNERS,
-    description=(
-        "A multilayer perceptron in PyTorch trained on the training set, logged to MLflow as "
-        "a pyfunc and registered as a new model version. Runs on the GPU profile: on CUDA when "
-        "the host has it, otherwise on CPU, and the metadata says which and why."
-    ),
-    check_specs=_trained_check("model_torch"),
-    **GPU_TRAINING.asset_kwargs(),
-)
-def model_torch(
-    context: dg.AssetExecutionContext,
-    config: TorchModelConfig,
-    training_set: TrainingSet,
-    mlflow_registry: MlflowRegistry,
-    policy: PolicyResource,
-) -> Iterator[Any]:
-    placement = _placement(context, GPU_TRAINING, len(training_set.train), policy)
-    yield from _train_independently(
-        context, "torch", training_set.dataset_name,
-        lambda: _train_torch(context, config, training_set, mlflow_registry, placement))
-
-
-def _train_torch(context: dg.AssetExecutionContext, config: TorchModelConfig,
-                 training_set: TrainingSet, mlflow_registry: MlflowRegistry,
-                 placement) -> dg.Output[RegisteredCandidate]:
-    from unified_assets.ml.torch_model import (
-        TorchParams,
-        TorchRiskModel,
-        predict_scores,
-        train_torch,
-    )
-    from unified_assets.placement import decision_metadata
-
-    device = config.device
-    if device == "auto":
-        device = str(placement.settings.get("device", "cuda" if placement.target == "gpu" else "cpu"))
-    params = TorchParams(**(config.model_dump() | {"device": device}))
-    result = train_torch(training_set.train, training_set.numeric_features,
-                         training_set.categorical_features, training_set.target, params)
-    context.log.info(f"torch trained on {result.device.device}: {result.device.reason}")
-    train_auc = _train_auc(training_set.train[training_set.target],
-                           predict_scores(result.network, result.encoder, training_set.train))
-    metrics = {"fit_seconds": result.seconds, "train_roc_auc": train_auc,
-               "final_loss": result.final_loss, "train_rows": float(len(training_set.train))}
-    candidate = mlflow_registry.log_candidate(
-        model_name=training_set.dataset_name, family="torch", flavor="pyfunc",
-        model=TorchRiskModel.from_training(result, params), params=config.model_dump(),
-        metrics=metrics, tags=_run_tags(context, training_set) | {"device": result.device.device},
-        pip_requirements=[f"torch=={installed_version('torch').split('+')[0]}", "pandas"],
-    )
-    return _output(
-        candidate,
-        {
-            "device": dg.MetadataValue.text(result.device.device),
-            "device_reason": dg.MetadataValue.text(
-                placement.reason if placement.target == "cpu" else result.device.reason),
-            "cuda_available": result.device.cuda_available,
-            **_levels_metadata(result.encoder.levels),
-            "numeric_missing_indicators": dg.MetadataValue.json(result.encoder.missing_indicators),
-            **numbers(metrics),
-            **decision_metadata(placement),
-        },
-    )
+    return _model

@@ -14,7 +14,7 @@ from resources.mlflow_registry import CHALLENGER_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
 from sensors.retrain import RETRAIN_TAG
 from unified_assets.assets.evaluation import CHECK_DESCRIPTIONS, check_result
-from unified_assets.assets.models import CANDIDATE_FAMILIES
+from unified_assets.candidates import Candidate
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
@@ -52,38 +52,42 @@ def _downstream(context: dg.AssetExecutionContext) -> list[str]:
     return sorted(k.to_user_string() for k in seen)
 
 
-@dg.asset(
-    ins={f"evaluation_{family}": dg.AssetIn() for family in CANDIDATE_FAMILIES},
-    group_name="evaluation",
-    kinds={"mlflow"},
-    owners=OWNERS,
-    description=(
-        "The challenger: the best candidate (by the policy's improvement metric) that passed "
-        "every blocking gate, marked with the MLflow `challenger` alias. When no candidate "
-        "qualifies it is held: not materialized, approval and production_model skipped, the "
-        "run green, and the check `challenger_selected` says why and what was held back."
-    ),
-    output_required=False,
-    check_specs=[
-        dg.AssetCheckSpec(name, asset="challenger", blocking=True,
-                          description=CHECK_DESCRIPTIONS[name] + HOLD_NOTE)
-        for name in BLOCKING_GATES
-    ] + [
-        dg.AssetCheckSpec(SELECTED, asset="challenger", blocking=True,
-                          description="Some candidate passed every blocking gate." + HOLD_NOTE)
-    ],
-    automation_condition=CHALLENGER_CONDITION,
-    **CPU_LIGHT.asset_kwargs(),
-)
-def challenger(
+def build_challenger(candidates: tuple[Candidate, ...]) -> dg.AssetsDefinition:
+    """The challenger over every declared candidate's evaluation."""
+    return dg.asset(
+        name="challenger",
+        ins={c.evaluation_asset: dg.AssetIn() for c in candidates},
+        group_name="evaluation",
+        kinds={"mlflow"},
+        owners=OWNERS,
+        description=(
+            "The challenger: the best candidate (by the policy's improvement metric) that passed "
+            "every blocking gate, marked with the MLflow `challenger` alias. When no candidate "
+            "qualifies it is held: not materialized, approval and production_model skipped, the "
+            "run green, and the check `challenger_selected` says why and what was held back."
+        ),
+        output_required=False,
+        check_specs=[
+            dg.AssetCheckSpec(name, asset="challenger", blocking=True,
+                              description=CHECK_DESCRIPTIONS[name] + HOLD_NOTE)
+            for name in BLOCKING_GATES
+        ] + [
+            dg.AssetCheckSpec(SELECTED, asset="challenger", blocking=True,
+                              description="Some candidate passed every blocking gate." + HOLD_NOTE)
+        ],
+        automation_condition=CHALLENGER_CONDITION,
+        **CPU_LIGHT.asset_kwargs(),
+    )(_challenger)
+
+
+def _challenger(
     context: dg.AssetExecutionContext,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-    evaluation_sklearn: dict,
-    evaluation_torch: dict,
+    **evaluations: dict,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     promotion = policy.policy.promotion
-    reports = [evaluation_sklearn, evaluation_torch]
+    reports = list(evaluations.values())
     chosen, verdicts = select_challenger(reports, promotion)
     model_name = reports[0]["model_name"]
     held_back = [] if chosen else _downstream(context)
