@@ -1,0 +1,158 @@
+"""The values IO manager: one code path for a local folder and S3 (moto's server on
+loopback), partition ranges as dicts, no value for a rejected partition, atomic writes."""
+
+import errno
+import os
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from resources.parquet_io import ParquetIOManager, ValueNotFoundError, ValueWriteError, _ParquetValues
+from tests.resources.test_s3_landing import s3_endpoint  # noqa: F401 - the moto server fixture
+
+PARTS = dg.DynamicPartitionsDefinition(name="parts")
+BUCKET = "values-bucket"
+
+
+@dg.asset(partitions_def=PARTS, io_manager_key="values_io_manager",
+          backfill_policy=dg.BackfillPolicy.multi_run(10))
+def rows(context: dg.AssetExecutionContext) -> dict:
+    """Every partition but `bad` has a value; each frame carries a small profile in attrs."""
+    out = {}
+    for key in context.partition_keys:
+        if key != "bad":
+            frame = pd.DataFrame({"id": [f"{key}-1", f"{key}-2"], "amount": [1.5, 2.5]})
+            frame.attrs["profile"] = {"batch": key, "rows": 2}
+            out[key] = frame
+    return out
+
+
+@dg.asset(partitions_def=PARTS, io_manager_key="values_io_manager",
+          ins={"rows": dg.AssetIn(metadata={"columns": ["amount"]})})
+def doubled(rows: pd.DataFrame) -> pd.DataFrame:
+    return rows.assign(amount=rows["amount"] * 2)
+
+
+def _run(manager: ParquetIOManager, instance, selection, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize([rows, doubled], selection=selection, instance=instance,
+                          resources={"values_io_manager": manager}, **kwargs)
+
+
+def _range(first: str, last: str) -> dict:
+    return {"tags": {"dagster/asset_partition_range_start": first,
+                     "dagster/asset_partition_range_end": last}}
+
+
+@pytest.fixture
+def s3_root(s3_endpoint, monkeypatch):  # noqa: F811 - the fixture imported above
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client.create_bucket(Bucket=BUCKET)
+    yield ParquetIOManager(root=f"s3://{BUCKET}/values", s3_endpoint_url=s3_endpoint,
+                           aws_access_key_id="testing", aws_secret_access_key="testing"), client
+    for item in client.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        client.delete_object(Bucket=BUCKET, Key=item["Key"])
+    client.delete_bucket(Bucket=BUCKET)
+
+
+def _exercise(manager: ParquetIOManager, instance) -> None:
+    instance.add_dynamic_partitions("parts", ["a", "bad", "c"])
+    assert _run(manager, instance, [rows], **_range("a", "c")).success
+    assert manager.exists(rows.key, "a") and not manager.exists(rows.key, "bad")
+    assert manager.load(rows.key, "c")["id"].tolist() == ["c-1", "c-2"]
+    assert manager.attrs(rows.key, "a") == {"profile": {"batch": "a", "rows": 2}}
+    with pytest.raises(ValueNotFoundError, match="rows partition 'bad'"):
+        manager.load(rows.key, "bad")
+
+    result = _run(manager, instance, [doubled], partition_key="c")
+    assert result.success
+    assert result.output_for_node("doubled")["amount"].tolist() == [3.0, 5.0]
+    assert list(manager.load(doubled.key, "c").columns) == ["amount"]  # only the columns asked
+
+    # A partition that has no value now (a re-landed batch rejected) loses its earlier one.
+    assert _run(manager, instance, [rows], partition_key="a").success
+    assert manager.exists(rows.key, "a")
+
+    @dg.asset(name="rows", partitions_def=PARTS, io_manager_key="values_io_manager")
+    def rejected() -> dict:
+        return {}  # no value for this partition (annotated None, no IO manager would run)
+
+    assert dg.materialize([rejected], instance=instance, partition_key="a",
+                          resources={"values_io_manager": manager}).success
+    assert not manager.exists(rows.key, "a")
+    assert not _run(manager, instance, [doubled], partition_key="a",
+                    raise_on_error=False).success
+
+
+def test_local_folder(tmp_path, instance):
+    manager = ParquetIOManager(root=str(tmp_path / "values"))
+    _exercise(manager, instance)
+    assert sorted(p.name for p in (tmp_path / "values" / "rows").iterdir()) == ["c.parquet"]
+    assert manager.uri(rows.key, "c") == (tmp_path / "values" / "rows" / "c.parquet").as_uri()
+
+
+def test_s3_bucket(s3_root, instance):
+    manager, client = s3_root
+    _exercise(manager, instance)
+    keys = sorted(item["Key"] for item in client.list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert keys == ["values/doubled/c.parquet", "values/rows/c.parquet"]
+    assert manager.uri(rows.key, "c") == f"s3://{BUCKET}/values/rows/c.parquet"
+
+
+def test_a_failed_write_names_the_value_keeps_the_old_one_and_leaves_no_temp_file(
+        tmp_path, instance, monkeypatch):
+    manager = ParquetIOManager(root=str(tmp_path / "values"))
+    instance.add_dynamic_partitions("parts", ["a"])
+    assert _run(manager, instance, [rows], partition_key="a").success
+    before = manager.load(rows.key, "a")
+
+    class Full:
+        def __init__(self, stream) -> None:
+            self.stream = stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.stream.close()
+
+        def write(self, data: bytes) -> int:
+            self.stream.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    original = _ParquetValues._open_output
+    monkeypatch.setattr(_ParquetValues, "_open_output", lambda self, path: Full(original(self, path)))
+    result = _run(manager, instance, [rows], partition_key="a", raise_on_error=False)
+    assert not result.success
+    error = next(e for e in result.all_events if e.is_step_failure).event_specific_data.error
+    while error.cause is not None and "could not store" not in error.message:
+        error = error.cause
+    assert "could not store rows partition 'a'" in error.message
+    assert "No space left on device" in error.message and str(tmp_path / "values") in error.message
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(manager.load(rows.key, "a"), before)
+    assert [p.name for p in (tmp_path / "values" / "rows").iterdir()] == ["a.parquet"]
+    assert issubclass(ValueWriteError, OSError)
+
+
+def test_a_range_output_that_is_not_a_dict_is_refused(tmp_path, instance):
+    @dg.asset(name="rows", partitions_def=PARTS, io_manager_key="values_io_manager",
+              backfill_policy=dg.BackfillPolicy.multi_run(10))
+    def one_frame() -> pd.DataFrame:
+        return pd.DataFrame({"x": [1]})
+
+    instance.add_dynamic_partitions("parts", ["a", "b"])
+    result = dg.materialize([one_frame], instance=instance, raise_on_error=False,
+                            resources={"values_io_manager": ParquetIOManager(root=str(tmp_path))},
+                            **_range("a", "b"))
+    assert not result.success
+    assert not (tmp_path / "rows").exists()
+
+
+def test_a_root_that_is_neither_local_nor_s3_is_an_error():
+    with pytest.raises(ValueError, match="gs://b/v"):
+        ParquetIOManager(root="gs://b/v").values  # noqa: B018 - the property builds the store
