@@ -1,4 +1,5 @@
-"""Import time of the code location against a bare `import dagster`.
+"""Load time of the code location (import, then build its Definitions, as Dagster does
+when it loads a code location) against a bare `import dagster`.
 
 Each sample is a fresh interpreter (`python -c ...`) that times one import with
 `time.perf_counter()` around it, so interpreter start-up is excluded from the import
@@ -30,10 +31,15 @@ TARGETS: dict[str, str] = {
     "code location": "unified_assets.definitions",
 }
 
+# The definitions are built lazily (`@dg.definitions`): importing the module builds nothing,
+# so the probe also calls the loader when the module has one, which is the cost a daemon,
+# webserver or run worker pays on load.
 PROBE = (
-    "import json, time\n"
+    "import json, time, importlib\n"
     "started = time.perf_counter()\n"
-    "import {module}\n"
+    "module = importlib.import_module({module!r})\n"
+    "loader = getattr(module, 'defs', None)\n"
+    "if callable(loader): loader()\n"
     "print(json.dumps({{'import_s': time.perf_counter() - started}}))\n"
 )
 
