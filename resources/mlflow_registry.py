@@ -9,7 +9,7 @@ tagging convention (`dagster_run_id`) so runs are found the same way.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -43,9 +43,6 @@ class RegisteredCandidate:
     @property
     def registry_uri(self) -> str:
         return f"models:/{self.model_name}/{self.version}"
-
-    def as_metadata(self) -> dict[str, Any]:
-        return asdict(self) | {"registry_uri": self.registry_uri}
 
 
 @dataclass(frozen=True)

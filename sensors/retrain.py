@@ -4,7 +4,6 @@ run tags (and per-step pod config on Kubernetes), with the trigger's reason."""
 import dagster as dg
 
 from unified_assets.placement.policy import PlacementPolicy
-from unified_assets.settings import load_settings
 
 PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 # Job tag on every retrain run: the run queue admits one at a time per code location (one
@@ -42,20 +41,29 @@ def fold_into(context: dg.SensorEvaluationContext, run: dg.DagsterRun, batches_t
     return f"folded {', '.join(batches)} into pending run {run.run_id}"
 
 
-def deployment_is_kubernetes() -> bool:
-    return load_settings().deployment == "kubernetes"
+K8S_EXECUTOR = "k8s"  # the executor definitions.py gives every job on Kubernetes
+
+
+def runs_on_kubernetes(job: dg.JobDefinition) -> bool:
+    """Whether the job's steps run as Kubernetes pods: read from the executor the definitions
+    module chose from the settings once, never from the environment on each tick."""
+    return job.executor_def.name == K8S_EXECUTOR
 
 
 def retrain_request(context: dg.SensorEvaluationContext, job_name: str, placement: PlacementPolicy,
-                    run_key: str, tags: dict[str, str]) -> dg.RunRequest | str:
-    """The run request, or why there is none (the policy forbids placing it now)."""
+                    run_key: str, tags: dict[str, str],
+                    kubernetes: bool | None = None) -> dg.RunRequest | str:
+    """The run request, or why there is none (the policy forbids placing it now).
+    `kubernetes`: the deployment as the definitions module settled it; None reads it from
+    the job's executor."""
     from unified_assets.placement import PlacementError
     from unified_assets.placement.launch import launch_plan
 
+    job = context.repository_def.get_job(job_name)
     try:
         plan_tags, run_config = launch_plan(
-            context.repository_def.get_job(job_name), context.instance, placement,
-            kubernetes=deployment_is_kubernetes())
+            job, context.instance, placement,
+            kubernetes=runs_on_kubernetes(job) if kubernetes is None else kubernetes)
     except PlacementError as error:
         return f"no placement: {error}"
     return dg.RunRequest(job_name=job_name, run_key=run_key, run_config=run_config,

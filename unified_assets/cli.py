@@ -38,6 +38,24 @@ def _events_to(path: Path | None):
         yield
 
 
+@contextlib.contextmanager
+def _process_output_to(path: Path):
+    """The code server and the run worker it starts inherit this process's stderr and print
+    their own logs (warnings, a refused step's traceback): keep them in `path` (the run's
+    events are in the Dagster UI) so the command's outcome is the line people read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with path.open("a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _demo(args: argparse.Namespace) -> int:
     import dagster as dg
 
@@ -184,7 +202,8 @@ def _rollback(args: argparse.Namespace) -> int:
         "action": "rollback", "rollback_to": args.to or "", "by": args.by, "reason": args.reason,
         "token": token or ""}}}}
     try:
-        outcome = launch_job(ROLLBACK_JOB, config, {SOURCE_TAG: "cli"}, args.wait)
+        with _process_output_to(settings.home / "cli-runs.log"):
+            outcome = launch_job(ROLLBACK_JOB, config, {SOURCE_TAG: "cli"}, args.wait)
     except LaunchError as error:
         print(f"rollback not launched: {error}", file=sys.stderr)
         return 1

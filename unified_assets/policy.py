@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unified_assets.placement.policy import DEFAULT_POLICY as DEFAULT_PLACEMENT
-from unified_assets.placement.policy import PlacementPolicy
+from unified_assets.placement.policy import PlacementPolicy, PolicyError
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -29,6 +29,14 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "roc_auc": True, "pr_auc": True, "pr_auc_lift": True, "f1": True, "recall": True,
     "precision": True, "brier": False, "brier_skill": True, "latency_ms_per_1k": False,
 }
+
+
+def metric_sign(metric: str) -> float:
+    """+1 when a larger value of `metric` is better, -1 when smaller is (brier, latency):
+    multiply a difference by it and "greater" always means "better"."""
+    return 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+
+
 UNIT_INTERVAL = {"roc_auc", "pr_auc", "f1", "recall", "precision", "brier"}
 # Relative to the data's own base rate (ml/metrics.py): brier_skill is 1 - brier / (p(1-p)),
 # at most 1 (perfect), 0 for the constant forecast at the positive rate, unbounded below;
@@ -52,10 +60,6 @@ GROUP_PREFIX = "group:"
 RESERVED_NAMES = {"policy", "ledger"}  # the code's own actors
 SIGNATURE_PREFIX = "ed25519:"
 REQUIRED_SECTIONS = ("promotion", "approval", "rollback")
-
-
-class PolicyError(ValueError):
-    """A policy file that cannot be used; the message names the file and the key."""
 
 
 def person_problem(name: str) -> str | None:

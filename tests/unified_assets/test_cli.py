@@ -222,14 +222,28 @@ def test_top_level_help_lists_every_command(capsys):
 
 
 def test_a_refused_rollback_says_why_in_one_line(home, capsys, mlflow_db_template, monkeypatch):
+    """The rollback runs on the instance (launched through its run coordinator, not in the
+    CLI's process); its refusal comes back as one line naming the run."""
     import shutil
 
+    import dagster as dg
+
     shutil.copy(mlflow_db_template, home / "mlflow.db")
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster_home"))
+    dagster_home = home / "dagster_home"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster_home))
     assert main(["rollback", "--by", "ops", "--reason", "live AUC fell"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("rollback failed: ") and "champion" in err[-1], err
+    assert err[-1].startswith("rollback refused (run ") and "champion" in err[-1], err
     assert not any("Traceback" in line for line in err)
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(dagster_home))) as instance:
+        (record,) = instance.get_run_records(dg.RunsFilter(job_name="rollback_production"))
+    assert record.dagster_run.run_id in err[-1]
+    assert record.dagster_run.status == dg.DagsterRunStatus.FAILURE
+    assert record.dagster_run.tags["unified-ai/source"] == "cli"
 
 
 def test_demo_on_a_misspelled_target_says_so_in_one_line(tmp_path, capsys, monkeypatch):

@@ -114,10 +114,6 @@ class DriftResult:
             "dataset_drift": self.dataset_drift,
         }
 
-    @classmethod
-    def from_dict(cls, data: dict) -> DriftResult:
-        return cls([ColumnDrift(**c) for c in data["columns"]], drift_share=data["drift_share"])
-
     def to_markdown(self) -> str:
         return drift_markdown(self)
 

@@ -72,15 +72,6 @@ def segment_metrics(
     return rows
 
 
-def best_threshold_f1(y_true: np.ndarray, scores: np.ndarray) -> float:
-    """The score threshold maximising F1 on the given rows (used on training data only)."""
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(y_true, scores)
-    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
-    return float(thresholds[int(np.argmax(f1[:-1]))]) if len(thresholds) else 0.5
-
-
 def single_feature_aucs(train: pd.DataFrame, holdout: pd.DataFrame, target: str,
                         numeric: list[str], categorical: list[str]) -> dict[str, float]:
     """How well each feature alone separates the target on the holdout: max(auc, 1 - auc).

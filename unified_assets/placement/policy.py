@@ -16,7 +16,9 @@ SettingValue = str | int | float | bool
 
 
 class PolicyError(ValueError):
-    """An invalid placement policy; the message names each bad key."""
+    """A policy that cannot be used (the whole policy file, or its placement section); the
+    message names the file and each bad key. The one policy error of the project, defined
+    here, below `unified_assets.policy`, which imports this module."""
 
 
 class _Strict(BaseModel):

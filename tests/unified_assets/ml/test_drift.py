@@ -7,7 +7,7 @@ from scipy import stats
 from scipy.spatial import distance
 
 from unified_assets.ml.dataset_spec import PAYMENTS_SPEC_DATA
-from unified_assets.ml.drift import DriftResult, compute_drift, drift_markdown, verdict_agreement
+from unified_assets.ml.drift import compute_drift, drift_markdown, verdict_agreement
 from unified_assets.ml.evidently_report import evidently_verdicts
 from unified_assets.ml.generator import DriftSpec, generate_batch
 from unified_assets.ml.profiles import build_reference_profile, merge_profiles, profile_batch
@@ -163,7 +163,7 @@ def test_result_is_json_and_renders_markdown_and_empty_columns_count_as_drift():
     result = compute_drift(reference, current)
     assert result.column("x").stattest == "empty" and result.column("x").drifted
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert DriftResult.from_dict(data).to_dict() == data
+    assert data["number_of_drifted_columns"] == 2 and data["dataset_drift"] is True
     table = drift_markdown(result)
     assert table.splitlines()[0] == "| column | kind | statistic | value | threshold | drift |"
     assert "| c | categorical | Jensen-Shannon distance | 0.4645 | 0.1 | **yes** |" in table
