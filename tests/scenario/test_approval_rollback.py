@@ -187,6 +187,15 @@ def test_unauthorized_unsigned_or_invalid_decisions_are_refused_and_recorded(hum
     assert _champion(settings) is None
 
 
+def _unqueued_home(path):
+    """A DAGSTER_HOME whose runs launch at once (no run queue, so no daemon needed)."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "dagster.yaml").write_text(
+        "run_coordinator:\n  module: dagster._core.run_coordinator\n"
+        "  class: DefaultRunCoordinator\ntelemetry:\n  enabled: false\n")
+    return path
+
+
 def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys):
     settings, defs, result = human
     version = result.output_for_node("approval")["version"]
@@ -210,8 +219,22 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
     # The sensor path is tested above; here promote directly through the ledger.
     ledger = ChampionLedger(defs.resources["decisions"], defs.resources["mlflow_registry"])
     ledger.promote(MODEL, version, "alice", "approved", evaluated_against=None)
+    # The rollback is a run of the instance (DAGSTER_HOME), submitted to its run coordinator:
+    # with no daemon to dequeue it, it stays queued and the command says so in one line.
+    queued = run("rollback", "--by", "ops", "--reason", "bad live numbers", key="ops")
+    (line,) = queued.stderr.strip().splitlines()
+    assert queued.returncode == 1 and "no Dagster daemon is running" in line
+    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(env["DAGSTER_HOME"])) as dagster:
+        (record,) = dagster.get_run_records(dg.RunsFilter(job_name="rollback_production"))
+    run_ = record.dagster_run
+    assert run_.run_id in line and run_.status == dg.DagsterRunStatus.QUEUED
+    assert run_.tags["unified-ai/source"] == "cli" and run_.tags["dagster/priority"] == "10"
+    # Launched directly (no queue), the run executes in the code server and the ledger refuses.
+    env["DAGSTER_HOME"] = str(_unqueued_home(tmp_path / "dh-direct"))
     back = run("rollback", "--by", "ops", "--reason", "bad live numbers", key="ops")
-    assert back.returncode == 1 and "no earlier champion to roll back to" in back.stderr
+    (line,) = back.stderr.strip().splitlines()
+    assert back.returncode == 1 and line.startswith("rollback refused (run ")
+    assert "no earlier champion to roll back to" in line
     history = run("history")
     assert f"(none) → v{version}" in history.stdout and "by alice: approved" in history.stdout
     assert "PENDING" not in history.stdout
