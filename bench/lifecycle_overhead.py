@@ -163,7 +163,7 @@ def worker(side: str, home: Path, out: Path, threads: int) -> None:
     dataset, _, registry = plain_resources(settings)
     record["champion"] = registry.alias_version(dataset.spec.name)  # read back after the timer
     record["roc_auc"] = {f: (summary.candidates if instance is not None else result.candidates)[f]
-                         ["overall"]["roc_auc"] for f in ("sklearn", "torch")}
+                         .overall["roc_auc"] for f in ("sklearn", "torch")}
     out.write_text(json.dumps(record))
 
 

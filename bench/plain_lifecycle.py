@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from importlib.metadata import version as installed_version
 from typing import Any
 
 import pandas as pd
+from unified_assets.monitoring import store_batch_profile
 
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
@@ -35,12 +35,18 @@ from unified_assets.ml.features import holdout_mask
 from unified_assets.ml.metrics import binary_metrics
 from unified_assets.ml.sklearn_model import SklearnParams, SklearnRiskModel, fit_sklearn
 from unified_assets.ml.training_data import TrainingSet
-from unified_assets.monitoring import store_batch_profile
 from unified_assets.placement import Decision
 from unified_assets.policy import Policy, PromotionPolicy, load_policy
-from unified_assets.services.approvals import POLICY_ACTOR, approval_state, human_reasons
 from unified_assets.services.champion import ChampionLedger
+from unified_assets.services.promotion import promote_approved, settle_approval
 from unified_assets.settings import Settings
+from unified_assets.values import (
+    ApprovalRecord,
+    CandidateOutcome,
+    ChallengerChoice,
+    EvaluationReport,
+    GateOutcome,
+)
 
 
 @dataclass
@@ -48,9 +54,9 @@ class PlainResult:
     """What the plain run produced, and seconds per phase (named like the Dagster steps)."""
 
     batches_ingested: list[str] = field(default_factory=list)
-    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)
-    challenger: dict[str, Any] = field(default_factory=dict)
-    approval: dict[str, Any] = field(default_factory=dict)
+    candidates: dict[str, EvaluationReport] = field(default_factory=dict)
+    challenger: ChallengerChoice | None = None
+    approval: ApprovalRecord | None = None
     production: dict[str, Any] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
 
@@ -180,7 +186,7 @@ def evaluate(
     registry: MlflowRegistry, decisions: DecisionStore, store: ArtifactStore,
     candidate: RegisteredCandidate,
     training: TrainingSet, promotion: PromotionPolicy,
-) -> dict:
+) -> EvaluationReport:
     """Holdout report, Evidently HTML and policy gates, stored (the `evaluation_<family>` body)."""
     from unified_assets.ml.evidently_report import evidently_html
 
@@ -189,85 +195,29 @@ def evaluate(
     html = evidently_html(training.train, scorer(training.train), training.holdout,
                           holdout_scores, training.numeric_features,
                           training.categorical_features, training.target)
-    report["evidently_report_uri"] = store.write_bytes(
+    report.evidently_report_uri = store.write_bytes(
         evaluation_report_key(candidate.model_name, candidate.version, "html"), html.encode()
     )
     verdict = judge(report, promotion)
-    report["gates"] = {n: {"passed": g.passed, "message": g.message}
-                       for n, g in verdict.gates.items()}
-    report["passed_gates"] = verdict.passed
-    report["report_uri"] = store.write_json(
-        evaluation_report_key(candidate.model_name, candidate.version), report
+    report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
+    report.passed_gates = verdict.passed
+    report.report_uri = store.write_json(
+        evaluation_report_key(candidate.model_name, candidate.version), report.as_json()
     )
     return report
 
 
-def select(registry: MlflowRegistry, reports: list[dict], promotion: PromotionPolicy) -> dict:
+def select(registry: MlflowRegistry, reports: list[EvaluationReport],
+           promotion: PromotionPolicy) -> ChallengerChoice | None:
     """Best candidate passing every blocking gate gets the challenger alias (`challenger`)."""
     chosen, verdicts = select_challenger(reports, promotion)
-    model_name = reports[0]["model_name"]
-    if chosen:
-        registry.set_alias(model_name, chosen["version"], CHALLENGER_ALIAS)
-        reason = f"{chosen['family']} v{chosen['version']} passed every gate"
-    else:
-        reason = "no candidate passed every gate: " + " | ".join(
-            f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
-        )
-    picked = chosen or {}
-    return {
-        "model_name": model_name,
-        **{key: picked.get(key) for key in ("family", "version", "report_uri", "training_batches",
-                                            "overall", "segments", "champion")},
-        "reason": reason,
-        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures()}
-                       for f, v in verdicts.items()},
-    }
-
-
-def approve(decisions: DecisionStore, registry: MlflowRegistry, policy: Policy,
-            challenger: dict) -> dict:
-    """Policy approval recorded in the decision store (the `approval` body, no UI decision)."""
-    model_name, version = challenger["model_name"], challenger["version"]
-    now = datetime.now(UTC)
-    state = approval_state(decisions.events(model_name, version), version, now)
-    if state.state in ("none", "expired"):
-        champion = challenger.get("champion")
-        family = (registry.version_tags(model_name, champion["version"]).get("family")
-                  if champion else None)
-        reasons = human_reasons(challenger, family, policy.approval, policy.promotion)
-        if reasons:
-            decisions.append_event(model_name=model_name, version=version, kind="request",
-                                   actor=POLICY_ACTOR, reason="; ".join(reasons),
-                                   expires_at=now + timedelta(
-                                       hours=policy.approval.request_ttl_hours),
-                                   details={"report_uri": challenger["report_uri"]})
-        else:
-            decisions.append_event(model_name=model_name, version=version, kind="decision",
-                                   decision="approve", actor=POLICY_ACTOR,
-                                   reason="approved automatically: no policy rule needs a human",
-                                   details={"source": "policy"})
-        state = approval_state(decisions.events(model_name, version), version, now)
-    return {**challenger, "approval_state": state.state, "approval": state.describe(),
-            "approved_by": state.decision["actor"] if state.decision else None}
-
-
-def promote(decisions: DecisionStore, registry: MlflowRegistry, approval: dict,
-            run_id: str) -> dict:
-    """Move `champion` through the ledger (the `production_model` body, action promote)."""
-    model_name = approval["model_name"]
-    outcome = ChampionLedger(decisions, registry).promote(
-        model_name, approval["version"], actor=approval["approved_by"] or POLICY_ACTOR,
-        reason=f"passed every gate; {approval['approval']}",
-        details={"evaluation_report": approval["report_uri"],
-                 "training_batches": approval["training_batches"], "dagster_run_id": run_id},
-        evaluated_against=(approval.get("champion") or {}).get("version"),
-    )
-    registry.alias_version(model_name, CHAMPION_ALIAS)
-    decisions.changes(model_name)
-    return {"model_name": model_name, "action": outcome.action, "message": outcome.message,
-            "champion": outcome.to_version, "from_version": outcome.from_version,
-            "evaluation_report": approval["report_uri"],
-            "training_batches": approval["training_batches"]}
+    if chosen is None:
+        return None
+    registry.set_alias(chosen.model_name, str(chosen.version), CHALLENGER_ALIAS)
+    return ChallengerChoice(
+        model_name=chosen.model_name, reason=f"{chosen.who} passed every gate", chosen=chosen,
+        candidates={f: CandidateOutcome(v.version, v.passed, v.failures(), v.error)
+                    for f, v in verdicts.items()})
 
 
 def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> PlainResult:
@@ -297,13 +247,15 @@ def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> 
         result.candidates[family] = evaluate(registry, decisions, store, candidate, training,
                                              promotion)
         lap(f"evaluation_{family}")
-    result.challenger = select(registry, [result.candidates["sklearn"], result.candidates["torch"]],
-                               promotion)
+    result.challenger = select(registry, list(result.candidates.values()), promotion)
     lap("challenger")
-    if result.challenger["version"] is not None:
-        result.approval = approve(decisions, registry, policy, result.challenger)
+    if result.challenger is not None:  # the `approval` body: the policy's approval service
+        result.approval = settle_approval(decisions, registry, policy, result.challenger).record
     lap("approval")
-    if result.approval.get("approval_state") == "approved":
-        result.production = promote(decisions, registry, result.approval, run_id)
+    if result.approval is not None and result.approval.approved:  # `production_model` body
+        result.production = promote_approved(ChampionLedger(decisions, registry),
+                                             result.approval, run_id)
+        registry.alias_version(result.production["model_name"], CHAMPION_ALIAS)
+        decisions.changes(result.production["model_name"])
     lap("production_model")
     return result

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from unified_assets.policy import HIGHER_IS_BETTER, PromotionPolicy
+from unified_assets.values import EvaluationReport
 
 QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL, LEAKAGE = (
     "quality_floors", "beats_champion", "segment_fairness", "informational_metrics", "leakage",
@@ -54,12 +55,12 @@ class GateVerdict:
         return [f"{n}: {self.gates[n].message}" for n in self.blocking if not self.gates[n].passed]
 
 
-def _bound_rows(report: dict, policy: PromotionPolicy, blocking: bool) -> list[dict]:
+def _bound_rows(report: EvaluationReport, policy: PromotionPolicy, blocking: bool) -> list[dict]:
     rows = []
     for metric, bound in policy.quality.items():
         if bound.blocking != blocking:
             continue
-        value = report["overall"].get(metric)
+        value = report.overall.get(metric)
         for side, threshold in (("min", bound.min), ("max", bound.max)):
             if threshold is None:
                 continue
@@ -88,7 +89,7 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def quality_gate(report: dict, policy: PromotionPolicy, blocking: bool = True) -> GateResult:
+def quality_gate(report: EvaluationReport, policy: PromotionPolicy, blocking: bool = True) -> GateResult:
     rows = _bound_rows(report, policy, blocking)
     name = QUALITY if blocking else INFORMATIONAL
     message = _summary(rows, f"all {len(rows)} {'gating' if blocking else 'informational'} "
@@ -96,36 +97,36 @@ def quality_gate(report: dict, policy: PromotionPolicy, blocking: bool = True) -
     return GateResult(name, all(r["passed"] for r in rows), message, rows)
 
 
-def improvement_gate(report: dict, policy: PromotionPolicy) -> GateResult:
+def improvement_gate(report: EvaluationReport, policy: PromotionPolicy) -> GateResult:
     rule = policy.improvement
-    champion = report.get("champion")
-    if not champion:
+    champion = report.champion
+    if champion is None:
         return GateResult(IMPROVEMENT, True, "no champion yet: nothing to beat, passes")
-    value = report["overall"].get(rule.metric)
-    baseline = champion["overall"].get(rule.metric)
+    value = report.overall.get(rule.metric)
+    baseline = champion.overall.get(rule.metric)
     if value is None or baseline is None:
         return GateResult(IMPROVEMENT, False, f"{rule.metric} undefined for candidate or champion")
     sign = 1.0 if HIGHER_IS_BETTER[rule.metric] else -1.0
     gain = sign * (value - baseline)
     required = max(rule.min_absolute, rule.min_relative * abs(baseline))
     row = {"metric": rule.metric, "value": value, "champion": baseline,
-           "champion_version": champion["version"], "gain": gain, "required_gain": required,
+           "champion_version": champion.version, "gain": gain, "required_gain": required,
            "passed": gain >= required}
     if row["passed"]:
-        message = (f"{rule.metric} {value:.4f} beats champion v{champion['version']} "
+        message = (f"{rule.metric} {value:.4f} beats champion v{champion.version} "
                    f"({baseline:.4f}) by {gain:.4f} >= {required:.4f}")
     else:
-        message = (f"{rule.metric} {value:.4f} vs champion v{champion['version']} {baseline:.4f}: "
+        message = (f"{rule.metric} {value:.4f} vs champion v{champion.version} {baseline:.4f}: "
                    f"gain {gain:+.4f} is short of the required {required:.4f} by "
                    f"{required - gain:.4f}")
     return GateResult(IMPROVEMENT, row["passed"], message, [row])
 
 
-def fairness_gate(report: dict, policy: PromotionPolicy) -> GateResult:
+def fairness_gate(report: EvaluationReport, policy: PromotionPolicy) -> GateResult:
     rule = policy.segments
     rows, problems = [], []
     by_column: dict[str, list[dict]] = {}
-    for segment in report["segments"]:
+    for segment in report.segments:
         counted = segment["rows"] >= rule.min_rows and (
             rule.min_positives <= segment["positives"] <= segment["rows"] - rule.min_positives
         )
@@ -160,12 +161,12 @@ def fairness_gate(report: dict, policy: PromotionPolicy) -> GateResult:
                       f"{counted_total} counted segment(s) within floor and disparity limits", rows)
 
 
-def leakage_gate(report: dict, policy: PromotionPolicy) -> GateResult:
+def leakage_gate(report: EvaluationReport, policy: PromotionPolicy) -> GateResult:
     """Too good to be true: holdout ROC AUC near 1, or one feature alone separating the
     target (a column that encodes the label). Floors accept such a model; this says so."""
     rule = policy.leakage
     rows, problems = [], []
-    auc = report["overall"].get("roc_auc")
+    auc = report.overall.get("roc_auc")
     if auc is not None:
         flagged = auc >= rule.max_holdout_auc
         rows.append({"what": "holdout roc_auc", "value": auc, "limit": rule.max_holdout_auc,
@@ -174,7 +175,7 @@ def leakage_gate(report: dict, policy: PromotionPolicy) -> GateResult:
             problems.append(f"holdout roc_auc={auc:.4f} is at or above {rule.max_holdout_auc}: "
                             "check for a feature that encodes the target or rows shared with "
                             "training")
-    for feature, value in sorted((report.get("feature_auc") or {}).items(),
+    for feature, value in sorted(report.feature_auc.items(),
                                  key=lambda item: -item[1]):
         flagged = value >= rule.max_single_feature_auc
         rows.append({"what": f"feature {feature} alone", "value": value,
@@ -187,21 +188,21 @@ def leakage_gate(report: dict, policy: PromotionPolicy) -> GateResult:
     if problems:
         return GateResult(LEAKAGE, False, f"possible leakage ({mode}): " + "; ".join(problems),
                           rows)
-    checked = len(report.get("feature_auc") or {})
+    checked = len(report.feature_auc)
     return GateResult(LEAKAGE, True, f"no sign of leakage (holdout roc_auc and {checked} "
                       "single feature(s) checked)", rows)
 
 
-def _not_evaluated(report: dict) -> GateVerdict:
+def _not_evaluated(report: EvaluationReport) -> GateVerdict:
     """A candidate that could not be trained or evaluated fails every gate, saying why."""
-    message = f"not evaluated: {report['error']}"
+    message = f"not evaluated: {report.error}"
     gates = {name: GateResult(name, False, message) for name in ALL_GATES}
-    return GateVerdict(report["family"], report.get("version"), gates, error=report["error"])
+    return GateVerdict(report.family, report.version, gates, error=report.error)
 
 
-def judge(report: dict, policy: PromotionPolicy) -> GateVerdict:
+def judge(report: EvaluationReport, policy: PromotionPolicy) -> GateVerdict:
     """Every gate of the policy applied to one candidate's evaluation report."""
-    if report.get("error"):
+    if report.error:
         return _not_evaluated(report)
     gates = [
         quality_gate(report, policy),
@@ -211,15 +212,16 @@ def judge(report: dict, policy: PromotionPolicy) -> GateVerdict:
         leakage_gate(report, policy),
     ]
     blocking = (*BLOCKING_GATES, LEAKAGE) if policy.leakage.blocking else BLOCKING_GATES
-    return GateVerdict(report["family"], report["version"], {g.name: g for g in gates}, blocking)
+    return GateVerdict(report.family, report.version, {g.name: g for g in gates}, blocking)
 
 
-def select_challenger(reports: list[dict], policy: PromotionPolicy) -> tuple[dict | None, dict]:
+def select_challenger(reports: list[EvaluationReport], policy: PromotionPolicy
+                      ) -> tuple[EvaluationReport | None, dict[str, GateVerdict]]:
     """The best candidate (by the improvement metric) that passes every blocking gate,
     and the verdict for every candidate by family."""
-    verdicts = {r["family"]: judge(r, policy) for r in reports}
-    passing = [r for r in reports if verdicts[r["family"]].passed and not r.get("error")]
+    verdicts = {r.family: judge(r, policy) for r in reports}
+    passing = [r for r in reports if verdicts[r.family].passed and not r.error]
     metric = policy.improvement.metric
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    best = max(passing, key=lambda r: sign * r["overall"][metric], default=None)
+    best = max(passing, key=lambda r: sign * r.overall[metric], default=None)
     return best, verdicts

@@ -15,6 +15,7 @@ from unified_assets.assets.selection import SELECTED
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings
+from unified_assets.values import ApprovalRecord, ChallengerChoice, EvaluationReport
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -28,14 +29,14 @@ class LifecycleSummary:
     batches_ingested: list[str] = field(default_factory=list)
     batches_rejected: dict[str, list[str]] = field(default_factory=dict)  # batch -> failed checks
     batch_findings: dict[str, list[str]] = field(default_factory=dict)  # batch -> what is wrong
-    candidates: dict[str, dict[str, Any]] = field(default_factory=dict)  # evaluated (or failed)
+    candidates: dict[str, EvaluationReport] = field(default_factory=dict)  # evaluated or failed
     failed: dict[str, str] = field(default_factory=dict)  # candidate family -> why it failed
     steps_failed: dict[str, str] = field(default_factory=dict)  # step -> error, not run: why
     steps_skipped: dict[str, str] = field(default_factory=dict)  # step -> why (a hold upstream)
     held: str = ""  # why no candidate was selected ("" when one was, or none was judged)
     run_id: str = ""
-    challenger: dict[str, Any] = field(default_factory=dict)
-    approval: dict[str, Any] = field(default_factory=dict)
+    challenger: ChallengerChoice | None = None
+    approval: ApprovalRecord | None = None
     production: dict[str, Any] = field(default_factory=dict)
 
     def lines(self) -> list[str]:
@@ -44,12 +45,12 @@ class LifecycleSummary:
         for batch, checks in sorted(self.batches_rejected.items()):
             out.append(f"  rejected {batch} (failed checks: {', '.join(checks)})")
             out.extend(f"    - {finding}" for finding in self.batch_findings.get(batch, []))
-        evaluated = {f: r for f, r in self.candidates.items() if not r.get("error")}
+        evaluated = {f: r for f, r in self.candidates.items() if not r.error}
         out.append(f"models trained: {len(evaluated)}"
                    + (f", failed: {sorted(self.failed)}" if self.failed else ""))
         for family, report in sorted(evaluated.items()):
-            overall = report["overall"]
-            out.append(f"  {family:8s} v{report['version']}: " + " ".join(
+            overall = report.overall
+            out.append(f"  {family:8s} v{report.version}: " + " ".join(
                 f"{k}={_fmt(overall.get(k))}" for k in SUMMARY_METRICS))
         for family, why in sorted(self.failed.items()):
             out.append(f"  {family:8s} FAILED: {why}")
@@ -59,12 +60,12 @@ class LifecycleSummary:
         prod = self.production
         if prod:
             out.append(f"champion: {prod['model_name']} v{prod['champion']} ({prod['message']})")
-        elif self.approval and self.approval["approval_state"] != "approved":
-            out.append(f"promotion waits: v{self.approval['version']} {self.approval['approval']}")
+        elif self.approval is not None and not self.approval.approved:
+            out.append(f"promotion waits: v{self.approval.version} {self.approval.approval}")
         elif self.held:
             out.append(f"promotion held: {self.held}")
         elif self.challenger:
-            out.append(f"promotion held back: {self.challenger.get('reason')}")
+            out.append(f"promotion held back: {self.challenger.reason}")
         else:
             out.append("promotion held back: no challenger was selected (see the failures above)")
         return out
@@ -202,7 +203,7 @@ def summarize(result: dg.ExecuteInProcessResult,
     _, why, skipped = _step_outcomes(result)
     summary.steps_failed, summary.steps_skipped = why, skipped
 
-    def output(step: str) -> dict | None:
+    def output(step: str) -> Any:
         # A held step yields no output; a failed candidate's steps may not have run.
         try:
             return result.output_for_node(step)
@@ -213,20 +214,20 @@ def summarize(result: dg.ExecuteInProcessResult,
         report = output(f"evaluation_{family}")
         if report is not None:
             summary.candidates[family] = report
-            if report.get("error"):
-                summary.failed[family] = report["error"]
+            if report.error:
+                summary.failed[family] = report.error
         else:
             step = next((s for s in (f"model_{family}", f"evaluation_{family}") if s in why),
                         f"evaluation_{family}")
             summary.failed[family] = f"{step}: {why.get(step, 'did not run')}"
-    summary.challenger = output("challenger") or {}
+    summary.challenger = output("challenger")
     selected = next((e for e in result.get_asset_check_evaluations()
                      if e.check_name == SELECTED and e.asset_key == dg.AssetKey("challenger")),
                     None)
     if selected is not None and not selected.passed:
         summary.held = selected.metadata["reason"].value
-    if summary.challenger.get("version"):
-        summary.approval = output("approval") or {}
-    if summary.approval.get("approval_state") == "approved":
+    if summary.challenger is not None:
+        summary.approval = output("approval")
+    if summary.approval is not None and summary.approval.approved:
         summary.production = output("production_model") or {}
     return summary

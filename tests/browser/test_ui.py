@@ -172,7 +172,7 @@ def test_the_approval_asset_lists_the_version_awaiting_a_person(state, ui, page,
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         run = train_evaluate_promote(build_definitions(strict), instance)
     approval = run.output_for_node("approval")
-    assert approval["approval_state"] == "pending", approval
+    assert approval.approval_state == "pending", approval
     _open(page, f"{ui.url}/assets/approval")
     page.get_by_text("awaiting_decision").first.wait_for()
-    page.get_by_text(f"v{approval['version']}").first.wait_for()
+    page.get_by_text(f"v{approval.version}").first.wait_for()

@@ -60,8 +60,8 @@ def test_a_messy_churn_table_goes_from_spec_infer_to_a_champion(settings, instan
     assert len(summary.batches_ingested) == 3, summary.lines()
     for family in ("sklearn", "torch"):
         report = summary.candidates[family]
-        assert not report.get("error"), report.get("error")
-        assert report["overall"]["roc_auc"] > 0.75, (family, report["overall"])
+        assert not report.error, report.error
+        assert report.overall["roc_auc"] > 0.75, (family, report.overall)
     assert summary.production.get("champion"), "\n".join(summary.lines())
     client = MlflowRegistry(tracking_uri=byo.mlflow_tracking_uri).client()
     alias = client.get_model_version_by_alias(spec["name"], "champion")
@@ -73,5 +73,5 @@ def test_a_leaking_column_is_named_by_the_leakage_check(settings, instance, tmp_
     assert "cancel_reason" in spec["categorical_features"]
     summary = run_lifecycle(byo, instance)
     for family in ("sklearn", "torch"):
-        gate = summary.candidates[family]["gates"]["leakage"]
-        assert not gate["passed"] and "cancel_reason" in gate["message"], gate
+        gate = summary.candidates[family].gates["leakage"]
+        assert not gate.passed and "cancel_reason" in gate.message, gate

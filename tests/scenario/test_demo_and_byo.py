@@ -46,9 +46,9 @@ def test_bring_your_own_data_breast_cancer_end_to_end(settings, instance, tmp_pa
     assert summary.batches_ingested == ["biopsies-000", "biopsies-001", "biopsies-002"]
     sklearn = summary.candidates["sklearn"]
     assert sklearn["model_name"] == "breast-cancer"
-    assert sklearn["overall"]["roc_auc"] > 0.95
+    assert sklearn.overall["roc_auc"] > 0.95
     assert {s["segment"] for s in sklearn["segments"]} == {"size_band", "texture_band"}
-    assert sklearn["overall"]["rows"] + summary.candidates["torch"]["overall"]["rows"] > 150
+    assert sklearn.overall["rows"] + summary.candidates["torch"].overall["rows"] > 150
     assert summary.production["champion"] is not None
     client = MlflowRegistry(tracking_uri=byo.mlflow_tracking_uri).client()
     alias = client.get_model_version_by_alias("breast-cancer", "champion")

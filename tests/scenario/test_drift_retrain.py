@@ -124,17 +124,17 @@ def test_readme_drift_example_retrains_to_a_green_promotion(settings, instance):
     retrain = train_evaluate_promote(defs, instance)
     assert retrain.success, [e.message for e in retrain.all_events if e.is_failure]
     reports = [retrain.output_for_node(f"evaluation_{f}") for f in ("sklearn", "torch")]
-    overall = reports[0]["overall"]
+    overall = reports[0].overall
     assert overall["positives"] / overall["rows"] > 0.2, "many positives in the drifted window"
-    assert all(r["overall"]["brier"] > 0.08 for r in reports), "the old ceiling held both back"
-    assert all(r["overall"]["brier_skill"] > 0.3 and r["passed_gates"] for r in reports), reports
+    assert all(r.overall["brier"] > 0.08 for r in reports), "the old ceiling held both back"
+    assert all(r.overall["brier_skill"] > 0.3 and r.passed_gates for r in reports), reports
     challenger = retrain.output_for_node("challenger")
-    assert challenger["reason"].endswith("passed every gate"), challenger["reason"]
+    assert challenger.reason.endswith("passed every gate"), challenger.reason
     approval = retrain.output_for_node("approval")
-    assert approval["approval_state"] == "approved", approval["approval"]
+    assert approval.approval_state == "approved", approval.approval
     production = retrain.output_for_node("production_model")
     assert production["action"] == "promote"
-    assert production["champion"] == challenger["version"] != first_champion
+    assert production["champion"] == challenger.version != first_champion
 
 
 def _submit(defs, instance, result):

@@ -80,7 +80,7 @@ def test_the_summary_reads_a_hold_as_a_hold_with_its_reason(held):
     _, _, result, _ = held
     summary = summarize(result)
     assert summary.steps_failed == {}
-    assert summary.challenger == {}
+    assert summary.challenger is None
     assert summary.held.startswith("no candidate qualified: ")
     assert set(summary.steps_skipped) == set(DOWNSTREAM)
     text = "\n".join(summary.lines())

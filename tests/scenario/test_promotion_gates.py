@@ -213,13 +213,13 @@ def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, insta
     settings = with_policy(landed, tmp_path, base=_lenient())
     summary = run_lifecycle(settings, instance)
     assert "scorer crashed on column 'amount'" in summary.failed["sklearn"]
-    assert summary.challenger["family"] == "torch", summary.challenger["reason"]
-    assert summary.production["champion"] == summary.challenger["version"] == _champion(settings)
+    assert summary.challenger.family == "torch", summary.challenger.reason
+    assert summary.production["champion"] == summary.challenger.version == _champion(settings)
     text = "\n".join(summary.lines())
     assert "models trained: 1, failed: ['sklearn']" in text
     assert "sklearn  FAILED: evaluation failed: RuntimeError: scorer crashed" in text
     assert "champion: payments-risk v" in text
-    stored = settings.artifacts_dir / "reports" / "payments-risk" / f"v{summary.challenger['version']}.json"
+    stored = settings.artifacts_dir / "reports" / "payments-risk" / f"v{summary.challenger.version}.json"
     report = json.loads(stored.read_text())
     assert report["passed_gates"] is True and "leakage" in report["gates"], "stored with its verdict"
 
@@ -240,11 +240,11 @@ def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instan
     summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)
     assert "could not convert string to float: 'n/a'" in summary.failed["sklearn"]
     assert "sklearn  FAILED: " in "\n".join(summary.lines())
-    assert "torch" in summary.candidates and not summary.candidates["torch"].get("error")
+    assert "torch" in summary.candidates and not summary.candidates["torch"].error
 
 
 def test_a_candidate_whose_training_fails_never_blocks_the_other(landed, instance, tmp_path,
                                                                  monkeypatch):
     summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)
-    assert summary.challenger.get("family") == "torch"
-    assert summary.production["champion"] == summary.challenger["version"]
+    assert summary.challenger is not None and summary.challenger.family == "torch"
+    assert summary.production["champion"] == summary.challenger.version

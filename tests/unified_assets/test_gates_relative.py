@@ -10,6 +10,7 @@ from tests.policies import overlay, shipped_policy
 from unified_assets.gates import LEAKAGE, QUALITY, judge, select_challenger
 from unified_assets.ml.metrics import binary_metrics, brier_skill
 from unified_assets.policy import parse_policy
+from unified_assets.values import EvaluationReport
 
 RNG = np.random.default_rng(11)
 
@@ -25,9 +26,9 @@ def _calibrated(rate: float, n: int = 20_000, strength: float = 1.8):
     return (RNG.random(n) < scores).astype(int), scores
 
 
-def _report(y, scores, family="sklearn", version="1") -> dict:
-    return {"family": family, "version": version, "overall": binary_metrics(y, scores, 0.2),
-            "segments": [], "champion": None}
+def _report(y, scores, family="sklearn", version="1") -> EvaluationReport:
+    return EvaluationReport(family=family, model_name="m", version=version,
+                            overall=binary_metrics(y, scores, 0.2))
 
 
 def test_brier_skill_is_zero_for_the_base_rate_forecast_and_one_for_a_perfect_one():
@@ -47,7 +48,7 @@ def test_a_good_calibrated_model_on_balanced_data_passes_quality():
     above the old absolute ceiling 0.08 it could never meet; its skill is well above 0."""
     y, scores = _calibrated(0.27)
     report = _report(y, scores)
-    assert report["overall"]["roc_auc"] > 0.8 and report["overall"]["brier"] > 0.08
+    assert report.overall["roc_auc"] > 0.8 and report.overall["brier"] > 0.08
     gate = judge(report, _promotion()).gates[QUALITY]
     assert gate.passed, gate.message
 
@@ -57,7 +58,7 @@ def test_a_useless_model_on_rare_positives_fails_quality_and_says_by_how_much():
     absolute ceiling; judged by skill it is held back."""
     y = (RNG.random(20_000) < 0.01).astype(int)
     report = _report(y, np.full(len(y), 0.01) + RNG.normal(0, 1e-4, len(y)))
-    assert report["overall"]["brier"] < 0.08
+    assert report.overall["brier"] < 0.08
     gate = judge(report, _promotion({"promotion": {"quality": {
         "roc_auc": {"min": 0.51}, "brier_skill": {"min": 0.001, "blocking": True}}}})).gates[QUALITY]
     assert not gate.passed
@@ -68,12 +69,11 @@ def test_a_useless_model_on_rare_positives_fails_quality_and_says_by_how_much():
 def test_a_candidate_that_failed_fails_every_gate_and_the_other_is_selected():
     y, scores = _calibrated(0.27)
     good = _report(y, scores, family="torch", version="2")
-    failed = {"family": "sklearn", "version": None, "model_name": "m", "error": "training "
-              "failed: ValueError: could not convert string to float: 'n/a'", "overall": {},
-              "segments": [], "champion": None}
+    failed = EvaluationReport(family="sklearn", model_name="m", version=None, error="training "
+                              "failed: ValueError: could not convert string to float: 'n/a'")
     chosen, verdicts = select_challenger([failed, good], _promotion())
     assert chosen is good
     assert not verdicts["sklearn"].passed
-    assert verdicts["sklearn"].failures() == [f"not evaluated: {failed['error']}"]
+    assert verdicts["sklearn"].failures() == [f"not evaluated: {failed.error}"]
     assert all(not g.passed for g in verdicts["sklearn"].gates.values())
     assert LEAKAGE in verdicts["torch"].gates

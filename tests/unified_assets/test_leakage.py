@@ -10,6 +10,7 @@ from tests.policies import overlay, shipped_policy
 from unified_assets.gates import LEAKAGE, judge
 from unified_assets.ml.metrics import binary_metrics, single_feature_aucs
 from unified_assets.policy import parse_policy
+from unified_assets.values import EvaluationReport
 
 RNG = np.random.default_rng(5)
 
@@ -48,14 +49,15 @@ def test_a_reversed_feature_counts_too_and_missing_values_are_left_out():
     assert aucs["chargeback_flag"] > 0.99
 
 
-def _report(frame) -> dict:
+def _report(frame) -> EvaluationReport:
     train, holdout = _split(frame)
     y = holdout["fraud"].to_numpy()
     scores = np.clip(0.3 + 0.4 * (holdout["amount"].to_numpy() > 0.5), 0, 1)
-    return {"family": "sklearn", "version": "1", "overall": binary_metrics(y, scores, 0.2),
-            "segments": [], "champion": None,
-            "feature_auc": single_feature_aucs(train, holdout, "fraud",
-                                               ["amount", "chargeback_flag"], ["status"])}
+    return EvaluationReport(family="sklearn", model_name="m", version="1",
+                            overall=binary_metrics(y, scores, 0.2),
+                            feature_auc=single_feature_aucs(train, holdout, "fraud",
+                                                            ["amount", "chargeback_flag"],
+                                                            ["status"]))
 
 
 def test_leakage_warns_naming_the_feature_without_holding_back_by_default():
@@ -79,10 +81,11 @@ def test_leakage_warns_naming_the_feature_without_holding_back_by_default():
 def test_a_holdout_auc_at_the_limit_is_flagged_and_a_clean_model_is_not():
     policy = parse_policy(shipped_policy()).promotion
     y = np.array([0, 1] * 500)
-    perfect = {"family": "torch", "version": "3", "overall": binary_metrics(y, y * 0.9 + 0.05),
-               "segments": [], "champion": None, "feature_auc": {"amount": 0.7}}
+    perfect = EvaluationReport(family="torch", model_name="m", version="3",
+                               overall=binary_metrics(y, y * 0.9 + 0.05),
+                               feature_auc={"amount": 0.7})
     gate = judge(perfect, policy).gates[LEAKAGE]
     assert not gate.passed and "holdout roc_auc=1.0000" in gate.message
-    perfect["overall"]["roc_auc"] = 0.93
+    perfect.overall["roc_auc"] = 0.93
     clean = judge(perfect, policy).gates[LEAKAGE]
     assert clean.passed, clean.message

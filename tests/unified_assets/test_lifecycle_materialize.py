@@ -27,29 +27,29 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
     assert summary.batches_ingested == [f"batch-0000{i}" for i in range(4)]
     assert summary.batches_rejected == {}
 
-    versions = {f: r["version"] for f, r in summary.candidates.items()}
+    versions = {f: r.version for f, r in summary.candidates.items()}
     assert sorted(versions.values()) == ["1", "2"]
     for report in summary.candidates.values():
-        assert report["overall"]["roc_auc"] > 0.65
-        assert report["overall"]["rows"] == report["holdout_rows"] > 800
-        assert report["passed_gates"] is True
-        html = landed.artifacts_dir / "reports" / "payments-risk" / f"v{report['version']}.html"
+        assert report.overall["roc_auc"] > 0.65
+        assert report.overall["rows"] == report.holdout_rows > 800
+        assert report.passed_gates is True
+        html = landed.artifacts_dir / "reports" / "payments-risk" / f"v{report.version}.html"
         content = html.read_bytes()
         assert len(content) > 10_000 and b"<html" in content[:500] and b"Drift" in content
-        assert report["champion"] is None
-        assert {s["segment"] for s in report["segments"]} == {"region", "customer_tier"}
-        assert report["training_batches"] == summary.batches_ingested
+        assert report.champion is None
+        assert {s["segment"] for s in report.segments} == {"region", "customer_tier"}
+        assert report.training_batches == summary.batches_ingested
 
-    best = max(summary.candidates.values(), key=lambda r: r["overall"]["roc_auc"])
+    best = max(summary.candidates.values(), key=lambda r: r.overall["roc_auc"])
     client = MlflowRegistry(tracking_uri=landed.mlflow_tracking_uri).client()
     champion = client.get_model_version_by_alias("payments-risk", "champion")
-    assert str(champion.version) == best["version"] == summary.production["champion"]
+    assert str(champion.version) == best.version == summary.production["champion"]
     assert summary.production["from_version"] is None
     assert summary.production["action"] == "promote"
-    assert client.get_model_version("payments-risk", champion.version).tags["family"] == best["family"]
+    assert client.get_model_version("payments-risk", champion.version).tags["family"] == best.family
 
-    report_file = landed.artifacts_dir / "reports" / "payments-risk" / f"v{best['version']}.json"
-    assert json.loads(report_file.read_text())["overall"]["roc_auc"] == best["overall"]["roc_auc"]
+    report_file = landed.artifacts_dir / "reports" / "payments-risk" / f"v{best.version}.json"
+    assert json.loads(report_file.read_text())["overall"]["roc_auc"] == best.overall["roc_auc"]
 
     training = _materializations(instance, "training_set")[0].asset_materialization.metadata
     assert training["batches"].value == summary.batches_ingested
@@ -80,11 +80,11 @@ def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, insta
     result = train_evaluate_promote(defs, instance)
     second = {f: result.output_for_node(f"evaluation_{f}") for f in ("sklearn", "torch")}
     for report in second.values():
-        assert report["champion"]["version"] == first_champion
-        assert report["holdout_rows"] == first.candidates["torch"]["holdout_rows"]
+        assert report.champion.version == first_champion
+        assert report.holdout_rows == first.candidates["torch"].holdout_rows
     # Same data and seeds: the retrained twin ties the champion, short of the policy's margin.
     held = summarize(result)
-    assert held.challenger == {} and "beats_champion" in held.held
+    assert held.challenger is None and "beats_champion" in held.held
     assert result.success, "a hold is an outcome: a green run"
     assert len(instance.fetch_materializations(dg.AssetKey("production_model"), limit=5).records) == 1
     client = MlflowRegistry(tracking_uri=landed.mlflow_tracking_uri).client()

@@ -84,19 +84,22 @@ def test_each_check_result_says_whether_it_holds_promotion_back(severity, blocks
 
 
 def test_the_evaluation_summary_names_what_held_it_back_and_what_only_warned():
-    from unified_assets.assets.evaluation import summary
+    from dataclasses import replace
 
-    report = {
-        "family": "torch", "version": "5", "passed_gates": False,
-        "champion": {"version": "3", "overall": {"roc_auc": 0.79}},
-        "overall": {"roc_auc": 0.78114253001766, "brier": 0.031234},
-        "gates": {"quality_floors": {"passed": False, "message": "brier=0.1086 violates max 0.08"},
-                  "leakage": {"passed": False, "message": "amount alone: ROC AUC 0.99"},
-                  "informational_metrics": {"passed": False, "message": "f1 below 0.3"}},
-        "segments": [{"segment": "region", "value": "APAC", "rows": 412, "roc_auc": 0.7012},
-                     {"segment": "region", "value": "EU", "rows": 900, "roc_auc": 0.8}],
-    }
-    text = summary(report | {"blocking_gates": ["quality_floors", "leakage"]})
+    from unified_assets.assets.evaluation import summary
+    from unified_assets.values import ChampionNumbers, EvaluationReport, GateOutcome
+
+    report = EvaluationReport(
+        family="torch", model_name="m", version="5", passed_gates=False,
+        champion=ChampionNumbers("3", {"roc_auc": 0.79}, []),
+        overall={"roc_auc": 0.78114253001766, "brier": 0.031234},
+        gates={"quality_floors": GateOutcome(False, "brier=0.1086 violates max 0.08"),
+               "leakage": GateOutcome(False, "amount alone: ROC AUC 0.99"),
+               "informational_metrics": GateOutcome(False, "f1 below 0.3")},
+        segments=[{"segment": "region", "value": "APAC", "rows": 412, "roc_auc": 0.7012},
+                  {"segment": "region", "value": "EU", "rows": 900, "roc_auc": 0.8}],
+    )
+    text = summary(replace(report, blocking_gates=("quality_floors", "leakage")))
     assert text.startswith("**torch v5 vs champion v3**: held back: quality_floors (brier=0.1086 "
                            "violates max 0.08); leakage (amount alone: ROC AUC 0.99) "
                            "(warnings: informational_metrics)")

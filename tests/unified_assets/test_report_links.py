@@ -82,7 +82,7 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
     assert f"sklearn v{candidate.version}" in evaluation["summary"]
     assert "ROC AUC" in evaluation["summary"] and "no champion yet" in evaluation["summary"]
     # Approvals and rollbacks still cite the stored JSON by its key.
-    assert report["report_uri"].startswith("file://") and "report_url" in report
+    assert report.report_uri.startswith("file://") and report.links.report
     registry.set_alias(candidate.model_name, candidate.version)
 
     write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3,
@@ -139,15 +139,16 @@ def test_reports_that_cannot_reach_mlflow_are_stored_and_say_why(settings):
     it) and the metadata says why there is no link instead of linking to nothing."""
     from resources.artifact_store import ArtifactStore
     from unified_assets.assets.evaluation import _metadata, _publish, report_key
+    from unified_assets.values import EvaluationReport
 
     store = ArtifactStore(root=str(settings.artifacts_dir))
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
-    report = {"family": "sklearn", "model_name": "m", "version": "4", "champion": None,
-              "overall": {"roc_auc": 0.78114253001766}, "segments": [], "passed_gates": True,
-              "gates": {}, "evidently_report_uri": None, "evidently_error": "ValueError: boom"}
+    report = EvaluationReport(family="sklearn", model_name="m", version="4",
+                              overall={"roc_auc": 0.78114253001766}, passed_gates=True,
+                              evidently_error="ValueError: boom")
     _publish(dg.build_asset_context(), registry, store, "no-such-run", report, "<html></html>")
-    assert report["mlflow_error"] and "report_url" not in report
-    assert store.read_json(report_key("m", "4"))["mlflow_error"] == report["mlflow_error"]
+    assert report.mlflow_error and report.links.report is None
+    assert store.read_json(report_key("m", "4"))["mlflow_error"] == report.mlflow_error
     metadata = {k: getattr(v, "value", v) for k, v in _metadata(report).items()}
     assert metadata["report"].startswith("not logged to MLflow: ")
     assert metadata["evidently_report"] == "not written: ValueError: boom"

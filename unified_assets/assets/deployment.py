@@ -29,6 +29,7 @@ from unified_assets.services.rollback import (
     RollbackRequest,
     request_rollback,
 )
+from unified_assets.values import ApprovalRecord, ChallengerChoice
 
 APPROVED_CHECK = "approved"
 # ARCHITECTURE.md 5: a failed blocking check upstream never promotes, in this run or in
@@ -85,14 +86,12 @@ def approval_launchpad(config: ApprovalConfig) -> dict:
 def approval(
     context: dg.AssetExecutionContext,
     config: ApprovalConfig,
-    challenger: dict,
+    challenger: ChallengerChoice,
     decisions: DecisionStore,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
 ):
-    model_name, version = challenger["model_name"], challenger["version"]
-    if version is None:  # stored before holds stopped materializing the challenger
-        raise refused(f"no challenger to approve: {challenger['reason']}")
+    model_name, version = challenger.model_name, challenger.version
     form = DecisionForm(config.decision, config.version, config.approver, config.reason,
                         config.token)
     if not form.empty:
@@ -178,12 +177,18 @@ APPROVAL_INPUT = "approval_if_any"
 
 
 @dg.input_manager(required_resource_keys={"io_manager"})
-def approval_if_any(context: dg.InputContext) -> dict | None:
+def approval_if_any(context: dg.InputContext) -> ApprovalRecord | None:
     """The stored approval, or None when none was ever stored: a rollback launched before
     anything was approved is then refused with its reason instead of failing to load an
     input. Read from the IO manager's storage itself (a local file, or an S3 object)."""
     try:
-        return context.resources.io_manager.load_input(context)
+        stored = context.resources.io_manager.load_input(context)
+        if not isinstance(stored, ApprovalRecord):
+            raise dg.Failure(
+                f"the stored approval is a {type(stored).__name__}, written by an older "
+                "unified-ai: materialize `approval` again (or start from a fresh "
+                "UNIFIED_AI_HOME) before promoting or rolling back")
+        return stored
     except FileNotFoundError:
         return None
     except Exception as error:  # S3: botocore's ClientError with code NoSuchKey
@@ -213,7 +218,7 @@ def approval_if_any(context: dg.InputContext) -> dict | None:
 def production_model(
     context: dg.AssetExecutionContext,
     config: ProductionConfig,
-    approval: dict | None,
+    approval: ApprovalRecord | None,
     decisions: DecisionStore,
     mlflow_registry: MlflowRegistry,
     store: ArtifactStore,
@@ -225,10 +230,10 @@ def production_model(
             context.log.info("promotion waits: no approval has been recorded yet")
             return
         raise refused("rollback refused: there is no champion yet (nothing was ever approved)")
-    model_name = approval["model_name"]
-    if config.action == "promote" and approval["approval_state"] != "approved":
+    model_name = approval.model_name
+    if config.action == "promote" and not approval.approved:
         # A hold, not a failure: no output, so nothing is materialized and the run is green.
-        context.log.info(f"promotion waits: v{approval['version']} {approval['approval']}")
+        context.log.info(f"promotion waits: v{approval.version} {approval.approval}")
         return
     try:
         if config.action == "rollback":
@@ -252,6 +257,8 @@ def production_model(
         "action": dg.MetadataValue.text(record["action"]),
         "previous_champion": dg.MetadataValue.text(str(record.get("from_version") or "none")),
         "message": dg.MetadataValue.text(record["message"]),
+        **({"incident": dg.MetadataValue.text(str(record["incident_id"]))}
+           if record.get("incident_id") else {}),
         "history": markdown_table(
             [{"seq": c["seq"], "action": c["action"], "from": c["from_version"],
               "to": c["to_version"], "by": c["actor"], "reason": c["reason"]}

@@ -25,6 +25,12 @@ from unified_assets.gates import (
 )
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, numbers, placement_metadata
 from unified_assets.ml.training_data import TrainingSet
+from unified_assets.values import (
+    ChampionNumbers,
+    EvaluationReport,
+    GateOutcome,
+    ReportLinks,
+)
 
 SEGMENT_COLUMNS = ["segment", "value", "rows", "positives", "roc_auc", "pr_auc", "recall", "f1"]
 CHECK_DESCRIPTIONS = {
@@ -73,15 +79,15 @@ def score_holdout(registry: MlflowRegistry, model_name: str, version: str, frame
     return scores, scorer, latency_ms
 
 
-def _metrics(training: TrainingSet, scores, threshold: float, latency_ms: float) -> dict:
+def _metrics(training: TrainingSet, scores, threshold: float, latency_ms: float
+             ) -> tuple[dict, list[dict]]:
+    """(overall metrics, per-segment rows) of scores on the holdout."""
     from unified_assets.ml.metrics import binary_metrics, segment_metrics
 
     holdout = training.holdout
     y = holdout[training.target].to_numpy()
-    return {
-        "overall": binary_metrics(y, scores, threshold) | {"latency_ms_per_1k": latency_ms},
-        "segments": segment_metrics(holdout, y, scores, training.segment_columns, threshold),
-    }
+    return (binary_metrics(y, scores, threshold) | {"latency_ms_per_1k": latency_ms},
+            segment_metrics(holdout, y, scores, training.segment_columns, threshold))
 
 
 def score_champion(registry: MlflowRegistry, decisions: DecisionStore, model_name: str,
@@ -116,7 +122,7 @@ def _first_line(error: BaseException) -> str:
 def evaluate_on_holdout(
     registry: MlflowRegistry, decisions: DecisionStore, candidate: RegisteredCandidate,
     training: TrainingSet, threshold: float,
-) -> tuple[dict, object, object]:
+) -> tuple[EvaluationReport, object, object]:
     """The candidate's report (with the champion's numbers on the same rows), its scorer and
     its holdout scores.
     The champion is the ledger's, not whatever the alias says."""
@@ -125,30 +131,25 @@ def evaluate_on_holdout(
     scores, scorer, latency_ms = score_holdout(
         registry, candidate.model_name, candidate.version, training.holdout
     )
-    report = {
-        "family": candidate.family,
-        "model_name": candidate.model_name,
-        "version": candidate.version,
-        "threshold": threshold,
-        "training_batches": training.batches,
-        "holdout_rows": len(training.holdout),
-        **_metrics(training, scores, threshold, latency_ms),
-        "champion": None,
-    }
+    overall, segments = _metrics(training, scores, threshold, latency_ms)
+    report = EvaluationReport(
+        family=candidate.family, model_name=candidate.model_name, version=candidate.version,
+        threshold=threshold, training_batches=list(training.batches),
+        holdout_rows=len(training.holdout), overall=overall, segments=segments)
     champion = ChampionLedger(decisions, registry).champion(candidate.model_name)
     if champion is not None and champion != candidate.version:
         champion_scores, _, champion_latency = score_champion(
             registry, decisions, candidate.model_name, champion, training.holdout
         )
-        report["champion"] = {"version": champion,
-                              **_metrics(training, champion_scores, threshold, champion_latency)}
+        report.champion = ChampionNumbers(
+            champion, *_metrics(training, champion_scores, threshold, champion_latency))
     return report, scorer, scores
 
 
-def _comparison_table(report: dict) -> dg.MarkdownMetadataValue:
-    champion = (report["champion"] or {}).get("overall", {})
+def _comparison_table(report: EvaluationReport) -> dg.MarkdownMetadataValue:
+    champion = report.champion.overall if report.champion else {}
     return markdown_table(
-        [{"metric": k, "candidate": report["overall"].get(k), "champion": champion.get(k)}
+        [{"metric": k, "candidate": report.overall.get(k), "champion": champion.get(k)}
          for k in COMPARED],
         ["metric", "candidate", "champion"],
     )
@@ -175,17 +176,16 @@ def check_result(gate: GateResult, severity: dg.AssetCheckSeverity,
     )
 
 
-def failed_report(family: str, model_name: str, version: str | None, error: str) -> dict:
+def failed_report(family: str, model_name: str, version: str | None,
+                  error: str) -> EvaluationReport:
     """The report of a candidate that could not be trained or evaluated: it fails every gate
     (gates.judge), and the run goes on to select among the others."""
-    return {"family": family, "model_name": model_name, "version": version, "error": error,
-            "overall": {}, "segments": [], "champion": None, "report_uri": None,
-            "training_batches": None}
+    return EvaluationReport(family=family, model_name=model_name, version=version, error=error)
 
 
 def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
               training: TrainingSet, registry: MlflowRegistry, decisions: DecisionStore,
-              store: ArtifactStore, promotion) -> tuple[dict, str | None]:
+              store: ArtifactStore, promotion) -> tuple[EvaluationReport, str | None]:
     """The candidate's full report and its Evidently HTML (None when not written). A failure
     of this candidate (it cannot be scored, its metrics cannot be computed) becomes an error
     report; an unusable champion still fails the step (dg.Failure), since it concerns every
@@ -201,7 +201,7 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
     except Exception as error:  # noqa: BLE001 - this candidate's own failure, reported as such
         return failed_report(candidate.family, candidate.model_name, candidate.version,
                              f"evaluation failed: {type(error).__name__}: {_first_line(error)}"), None
-    report["feature_auc"] = single_feature_aucs(
+    report.feature_auc = single_feature_aucs(
         training.train, training.holdout, training.target, training.numeric_features,
         training.categorical_features)
     html = None
@@ -211,62 +211,58 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
             training.numeric_features, training.categorical_features, training.target,
         )
         # A stored copy beside the JSON (the lifecycle test reads it); people open MLflow's.
-        report["evidently_report_uri"] = store.write_bytes(
+        report.evidently_report_uri = store.write_bytes(
             report_key(candidate.model_name, candidate.version, "html"), html.encode()
         )
     except Exception as error:  # noqa: BLE001 - a report for people; the gates do not need it
-        report["evidently_report_uri"] = None
-        report["evidently_error"] = f"{type(error).__name__}: {_first_line(error)}"
-        context.log.warning(f"Evidently report not written: {report['evidently_error']}")
+        report.evidently_error = f"{type(error).__name__}: {_first_line(error)}"
+        context.log.warning(f"Evidently report not written: {report.evidently_error}")
     return report, html
 
 
 def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, store: ArtifactStore,
-             run_id: str, report: dict, html: str | None) -> None:
+             run_id: str, report: EvaluationReport, html: str | None) -> None:
     """Store the judged report (approvals and rollbacks cite it by `report_key`) and log it
     and the Evidently HTML to the candidate's MLflow run, with links that open them over HTTP
     in the MLflow UI. One folder per Dagster run: an older materialization's links keep
     showing its own report after a re-evaluation."""
-    key = report_key(report["model_name"], report["version"])
-    report["report_uri"] = store.uri(key)
+    key = report_key(report.model_name, str(report.version))
+    report.report_uri = store.uri(key)
     folder = f"evaluation/{context.run_id[:8]}"
     try:
         experiment_id = registry.client().get_run(run_id).info.experiment_id
         links = {name: registry.artifact_link(run_id, experiment_id, f"{folder}/{name}")
                  for name in (REPORT_JSON, EVIDENTLY_HTML)}
-        report["mlflow_run_url"] = links[REPORT_JSON].run_page
-        report["report_url"], report["report_file_url"] = (links[REPORT_JSON].page,
-                                                           links[REPORT_JSON].file)
-        if html is not None:
-            report["evidently_report_url"] = links[EVIDENTLY_HTML].page
-            report["evidently_report_file_url"] = links[EVIDENTLY_HTML].file
-        files: dict[str, str | bytes] = {REPORT_JSON: json.dumps(report, indent=2, default=str)}
+        report.links = ReportLinks(
+            mlflow_run=links[REPORT_JSON].run_page, report=links[REPORT_JSON].page,
+            report_file=links[REPORT_JSON].file,
+            evidently=links[EVIDENTLY_HTML].page if html is not None else None,
+            evidently_file=links[EVIDENTLY_HTML].file if html is not None else None)
+        files: dict[str, str | bytes] = {
+            REPORT_JSON: json.dumps(report.as_json(), indent=2, default=str)}
         registry.log_reports(run_id, folder, files | ({EVIDENTLY_HTML: html} if html else {}))
     except Exception as error:  # noqa: BLE001 - reports for people; the gates do not need them
-        for link in ("mlflow_run_url", "report_url", "report_file_url", "evidently_report_url",
-                     "evidently_report_file_url"):
-            report.pop(link, None)
-        report["mlflow_error"] = f"{type(error).__name__}: {_first_line(error)}"
-        context.log.warning(f"reports not logged to MLflow run {run_id}: {report['mlflow_error']}")
-    store.write_json(key, report)
+        report.links = ReportLinks()
+        report.mlflow_error = f"{type(error).__name__}: {_first_line(error)}"
+        context.log.warning(f"reports not logged to MLflow run {run_id}: {report.mlflow_error}")
+    store.write_json(key, report.as_json())
 
 
-def summary(report: dict) -> str:
+def summary(report: EvaluationReport) -> str:
     """A few lines that answer most questions without opening a report: who, the verdict and
     why, the key metrics beside the champion's, the weakest segment."""
-    champion = report["champion"]
-    who = f"{report['family']} v{report['version']}"
-    who += f" vs champion v{champion['version']}" if champion else " (no champion yet)"
-    gates = report.get("gates", {})
-    blocking = report.get("blocking_gates", (QUALITY, IMPROVEMENT, FAIRNESS))
-    failed = [f"{name} ({g['message']})" for name, g in gates.items()
-              if not g["passed"] and name in blocking]
-    warned = [name for name, g in gates.items() if not g["passed"] and name not in blocking]
-    verdict = ("passed every blocking gate" if report.get("passed_gates") else
+    champion = report.champion
+    who = report.who
+    who += f" vs champion v{champion.version}" if champion else " (no champion yet)"
+    blocking = report.blocking_gates or (QUALITY, IMPROVEMENT, FAIRNESS)
+    failed = [f"{name} ({g.message})" for name, g in report.gates.items()
+              if not g.passed and name in blocking]
+    warned = [name for name, g in report.gates.items() if not g.passed and name not in blocking]
+    verdict = ("passed every blocking gate" if report.passed_gates else
                "held back: " + "; ".join(failed) if failed else "held back")
     if warned:
         verdict += f" (warnings: {listed(warned)})"
-    overall, theirs = report["overall"], (champion or {}).get("overall", {})
+    overall, theirs = report.overall, champion.overall if champion else {}
     metrics = []
     for key, label in SUMMARY_METRICS.items():
         value = overall.get(key)
@@ -277,7 +273,7 @@ def summary(report: dict) -> str:
             text += f" (champion {fmt(theirs[key])}, {value - theirs[key]:+.4f})"
         metrics.append(text)
     lines = [f"**{who}**: {verdict}", " · ".join(metrics)]
-    scored = [s for s in report.get("segments", []) if s.get("roc_auc") is not None]
+    scored = [s for s in report.segments if s.get("roc_auc") is not None]
     if scored:
         weakest = min(scored, key=lambda s: s["roc_auc"])
         lines.append(f"weakest segment: {weakest['segment']}={weakest['value']} ROC AUC "
@@ -285,32 +281,32 @@ def summary(report: dict) -> str:
     return "\n\n".join(lines)
 
 
-def _link(report: dict, key: str, missing: str) -> dg.MetadataValue:
-    return dg.MetadataValue.url(report[key]) if report.get(key) else dg.MetadataValue.text(missing)
+def _link(url: str | None, missing: str) -> dg.MetadataValue:
+    return dg.MetadataValue.url(url) if url else dg.MetadataValue.text(missing)
 
 
-def _metadata(report: dict) -> dict:
-    champion = report["champion"]
-    not_logged = f"not logged to MLflow: {report.get('mlflow_error')}"
-    evidently_missing = (f"not written: {report['evidently_error']}"
-                         if report.get("evidently_error") else not_logged)
+def _metadata(report: EvaluationReport) -> dict:
+    champion, links = report.champion, report.links
+    not_logged = f"not logged to MLflow: {report.mlflow_error}"
+    evidently_missing = (f"not written: {report.evidently_error}"
+                         if report.evidently_error else not_logged)
     return {
         "summary": dg.MetadataValue.md(summary(report)),
-        "model_version": dg.MetadataValue.text(report["version"]),
-        "passed_gates": report["passed_gates"],
-        "evidently_report": _link(report, "evidently_report_url", evidently_missing),
-        "evidently_report_file": _link(report, "evidently_report_file_url", evidently_missing),
-        "report": _link(report, "report_url", not_logged),
-        "report_file": _link(report, "report_file_url", not_logged),
-        "mlflow_run": _link(report, "mlflow_run_url", not_logged),
-        "report_stored_at": dg.MetadataValue.text(report["report_uri"]),
-        **numbers(report["overall"]),
+        "model_version": dg.MetadataValue.text(str(report.version)),
+        "passed_gates": report.passed_gates,
+        "evidently_report": _link(links.evidently, evidently_missing),
+        "evidently_report_file": _link(links.evidently_file, evidently_missing),
+        "report": _link(links.report, not_logged),
+        "report_file": _link(links.report_file, not_logged),
+        "mlflow_run": _link(links.mlflow_run, not_logged),
+        "report_stored_at": dg.MetadataValue.text(str(report.report_uri)),
+        **numbers(report.overall),
         "vs_champion": _comparison_table(report),
-        "champion_version": dg.MetadataValue.text(champion["version"] if champion else "none yet"),
-        "segments": markdown_table(report["segments"], SEGMENT_COLUMNS),
+        "champion_version": dg.MetadataValue.text(champion.version if champion else "none yet"),
+        "segments": markdown_table(report.segments, SEGMENT_COLUMNS),
         "single_feature_auc": markdown_table(
             [{"feature": k, "roc_auc_alone": v} for k, v in
-             sorted(report.get("feature_auc", {}).items(), key=lambda kv: -kv[1])],
+             sorted(report.feature_auc.items(), key=lambda kv: -kv[1])],
             ["feature", "roc_auc_alone"]),
     }
 
@@ -360,18 +356,17 @@ def build_evaluation_asset(candidate: Candidate) -> dg.AssetsDefinition:
             report, html = _evaluate(context, candidate, training_set, mlflow_registry, decisions,
                                      store, promotion)
         verdict = judge(report, promotion)
-        report["gates"] = {n: {"passed": g.passed, "message": g.message}
-                           for n, g in verdict.gates.items()}
-        report["passed_gates"] = verdict.passed
-        report["blocking_gates"] = list(verdict.blocking)  # leakage too when the policy says so
-        if not report.get("error"):  # stored with its verdict, as approvals and rollbacks cite it
+        report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
+        report.passed_gates = verdict.passed
+        report.blocking_gates = tuple(verdict.blocking)  # leakage too when the policy says so
+        if not report.error:  # stored with its verdict, as approvals and rollbacks cite it
             _publish(context, mlflow_registry, store, candidate.run_id, report, html)
-        if report.get("error"):
-            context.log.error(f"{family} candidate not evaluated: {report['error']}")
+        if report.error:
+            context.log.error(f"{family} candidate not evaluated: {report.error}")
             yield dg.Output(report, metadata={
-                "model_version": dg.MetadataValue.text(str(report.get("version") or "none")),
+                "model_version": dg.MetadataValue.text(str(report.version or "none")),
                 "passed_gates": False,
-                "error": dg.MetadataValue.text(report["error"]),
+                "error": dg.MetadataValue.text(report.error),
                 **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
             })
         else:

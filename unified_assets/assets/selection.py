@@ -19,6 +19,7 @@ from unified_assets.compute import CPU_LIGHT
 from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
 from unified_assets.policy import HIGHER_IS_BETTER
+from unified_assets.values import CandidateOutcome, ChallengerChoice, EvaluationReport
 
 SELECTED = "challenger_selected"
 HOLD_PREFIX = "no candidate qualified: "
@@ -84,44 +85,35 @@ def _challenger(
     context: dg.AssetExecutionContext,
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-    **evaluations: dict,
+    **evaluations: EvaluationReport,
 ) -> Iterator[dg.Output | dg.AssetCheckResult]:
     promotion = policy.policy.promotion
     reports = list(evaluations.values())
     chosen, verdicts = select_challenger(reports, promotion)
-    model_name = reports[0]["model_name"]
+    model_name = reports[0].model_name
     held_back = [] if chosen else _downstream(context)
     if chosen:
-        mlflow_registry.set_alias(model_name, chosen["version"], CHALLENGER_ALIAS)
-        reason = f"{chosen['family']} v{chosen['version']} passed every gate"
+        mlflow_registry.set_alias(model_name, str(chosen.version), CHALLENGER_ALIAS)
+        reason = f"{chosen.who} passed every gate"
     else:
         reason = HOLD_PREFIX + " | ".join(
             f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
         )
         context.log.info(f"held: {reason}; not run: {', '.join(held_back)}")
-    value = {
-        "model_name": model_name,
-        "family": chosen["family"] if chosen else None,
-        "version": chosen["version"] if chosen else None,
-        "report_uri": chosen["report_uri"] if chosen else None,
-        "training_batches": chosen["training_batches"] if chosen else None,
-        "overall": chosen["overall"] if chosen else None,
-        "segments": chosen["segments"] if chosen else None,
-        "champion": chosen["champion"] if chosen else None,
-        "reason": reason,
-        "candidates": {f: {"version": v.version, "passed": v.passed, "failures": v.failures(),
-                           "error": v.error} for f, v in verdicts.items()},
-    }
     candidates = markdown_table(
         [{"family": f, "version": v.version, "passed": v.passed,
           "failed_gates": "; ".join(v.failures()) or "-"} for f, v in verdicts.items()],
         ["family", "version", "passed", "failed_gates"],
     )
     if chosen:  # a hold yields no output: approval and production_model are skipped
+        value = ChallengerChoice(
+            model_name=model_name, reason=reason, chosen=chosen,
+            candidates={f: CandidateOutcome(v.version, v.passed, v.failures(), v.error)
+                        for f, v in verdicts.items()})
         yield dg.Output(
             value,
             metadata={
-                "challenger_version": dg.MetadataValue.text(str(value["version"])),
+                "challenger_version": dg.MetadataValue.text(value.version),
                 "reason": dg.MetadataValue.text(reason),
                 "candidates": candidates,
                 **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
@@ -132,15 +124,14 @@ def _challenger(
     metric = promotion.improvement.metric
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     # With none chosen, the checks show the best evaluated candidate's gates (any, if all failed).
-    evaluated = [r for r in reports if not r.get("error")] or reports
-    subject = chosen or max(evaluated, key=lambda r: (r["overall"].get(metric) is not None,
-                                                      sign * (r["overall"].get(metric) or 0.0)))
-    subject_verdict = verdicts[subject["family"]] if chosen else judge(subject, promotion)
+    evaluated = [r for r in reports if not r.error] or reports
+    subject = chosen or max(evaluated, key=lambda r: (r.overall.get(metric) is not None,
+                                                      sign * (r.overall.get(metric) or 0.0)))
+    subject_verdict = verdicts[subject.family] if chosen else judge(subject, promotion)
     for name in BLOCKING_GATES:
         gate = subject_verdict.gates[name]
         yield check_result(
-            GateResult(gate.name, gate.passed, f"{subject['family']} v{subject['version']}: "
-                       f"{gate.message}", gate.rows),
+            GateResult(gate.name, gate.passed, f"{subject.who}: {gate.message}", gate.rows),
             severity,
         )
     yield dg.AssetCheckResult(

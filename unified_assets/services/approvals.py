@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from unified_assets.policy import HIGHER_IS_BETTER, ApprovalPolicy, PromotionPolicy, person_problem
+from unified_assets.policy import ApprovalPolicy, PromotionPolicy, metric_sign, person_problem
+from unified_assets.values import ChampionNumbers, EvaluationReport
 
 POLICY_ACTOR = "policy"  # the policy approving by itself, in code (never from config)
 
@@ -14,11 +15,11 @@ class ApprovalRefused(ValueError):
     """A decision that cannot be taken; the message says why."""
 
 
-def human_reasons(challenger: dict, champion_family: str | None, approval: ApprovalPolicy,
-                  promotion: PromotionPolicy) -> list[str]:
+def human_reasons(challenger: EvaluationReport, champion_family: str | None,
+                  approval: ApprovalPolicy, promotion: PromotionPolicy) -> list[str]:
     """Why the policy wants a person to approve this challenger; empty means automatic."""
     rules = approval.require_human_when
-    champion = challenger.get("champion")
+    champion = challenger.champion
     reasons = []
     if rules.always:
         reasons.append("the policy requires a human for every deployment")
@@ -26,26 +27,27 @@ def human_reasons(challenger: dict, champion_family: str | None, approval: Appro
         reasons.append("first deployment: there is no champion yet")
     if champion is not None:
         metric = promotion.improvement.metric
-        sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-        gain = sign * (challenger["overall"][metric] - champion["overall"][metric])
+        sign = metric_sign(metric)
+        gain = sign * (challenger.overall[metric] - champion.overall[metric])
         if rules.gain_below is not None and gain < rules.gain_below:
-            reasons.append(f"{metric} gain {gain:.4f} over v{champion['version']} is below "
+            reasons.append(f"{metric} gain {gain:.4f} over v{champion.version} is below "
                            f"{rules.gain_below}")
         if rules.any_segment_worse:
             worse = _worse_segments(challenger, champion, promotion)
             if worse:
                 reasons.append(f"segments worse than the champion: {', '.join(worse)}")
-    if rules.family_changes and champion_family and champion_family != challenger["family"]:
-        reasons.append(f"model family changes from {champion_family} to {challenger['family']}")
+    if rules.family_changes and champion_family and champion_family != challenger.family:
+        reasons.append(f"model family changes from {champion_family} to {challenger.family}")
     return reasons
 
 
-def _worse_segments(challenger: dict, champion: dict, promotion: PromotionPolicy) -> list[str]:
+def _worse_segments(challenger: EvaluationReport, champion: ChampionNumbers,
+                    promotion: PromotionPolicy) -> list[str]:
     rule = promotion.segments
-    sign = 1.0 if HIGHER_IS_BETTER[rule.metric] else -1.0
-    before = {(s["segment"], s["value"]): s for s in champion.get("segments", [])}
+    sign = metric_sign(rule.metric)
+    before = {(s["segment"], s["value"]): s for s in champion.segments}
     worse = []
-    for segment in challenger.get("segments", []):
+    for segment in challenger.segments:
         old = before.get((segment["segment"], segment["value"]))
         counted = segment["rows"] >= rule.min_rows and segment["positives"] >= rule.min_positives
         if old is None or not counted or segment[rule.metric] is None or old[rule.metric] is None:

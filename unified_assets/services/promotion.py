@@ -25,6 +25,7 @@ from unified_assets.services.decisions import (
     record_decision,
 )
 from unified_assets.services.refusals import Refused
+from unified_assets.values import ApprovalRecord, ChallengerChoice
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class ApprovalOutcome:
     state: str  # approved | pending | rejected | expired | none | unverified
     described: str
     requested_because: str
-    record: dict
+    record: ApprovalRecord
     waiting: list[dict] = field(default_factory=list)
 
     @property
@@ -76,25 +77,25 @@ def take_decision(decisions: DecisionStore, registry: MlflowRegistry, policy: Po
 
 
 def settle_approval(decisions: DecisionStore, registry: MlflowRegistry, policy: Policy,
-                    challenger: dict, now: datetime | None = None) -> ApprovalOutcome:
+                    challenger: ChallengerChoice, now: datetime | None = None) -> ApprovalOutcome:
     """The challenger's approval state. Without a live decision the policy either approves it
     (and records that it did) or files a request for a person. An approval is checked again
     here, since the policy may have dropped the approver, rotated the key or started
     requiring signatures since it was taken."""
     now = now or datetime.now(UTC)
-    model_name, version = challenger["model_name"], challenger["version"]
+    model_name, version = challenger.model_name, challenger.version
     state = approval_state(decisions.events(model_name, version), version, now)
     if state.state in ("none", "expired"):
-        champion = challenger.get("champion")
-        family = (registry.version_tags(model_name, champion["version"]).get("family")
+        champion = challenger.chosen.champion
+        family = (registry.version_tags(model_name, champion.version).get("family")
                   if champion else None)
-        reasons = human_reasons(challenger, family, policy.approval, policy.promotion)
+        reasons = human_reasons(challenger.chosen, family, policy.approval, policy.promotion)
         if reasons:
             ttl = timedelta(hours=policy.approval.request_ttl_hours)
             decisions.append_event(model_name=model_name, version=version, kind="request",
                                    actor=POLICY_ACTOR, reason="; ".join(reasons),
                                    expires_at=now + ttl,
-                                   details={"report_uri": challenger["report_uri"]})
+                                   details={"report_uri": challenger.report_uri})
         else:
             decisions.append_event(model_name=model_name, version=version, kind="decision",
                                    decision="approve", actor=POLICY_ACTOR,
@@ -105,27 +106,29 @@ def settle_approval(decisions: DecisionStore, registry: MlflowRegistry, policy: 
         if state.state == "approved" else None
     state_name = "unverified" if problem else state.state
     described = f"{state.describe()}; not acted on: {problem}" if problem else state.describe()
-    record = {**challenger, "approval_state": state_name, "approval": described,
-              "approved_by": state.decision["actor"] if state.decision and not problem else None}
+    record = ApprovalRecord(
+        challenger, approval_state=state_name, approval=described,
+        approved_by=state.decision["actor"] if state.decision and not problem else None)
     return ApprovalOutcome(
         state=state_name, described=described,
         requested_because=state.request["reason"] if state.request else "-",
         record=record, waiting=awaiting_decision(decisions.events(model_name), now))
 
 
-def promote_approved(ledger: ChampionLedger, approval: dict, run_id: str) -> dict:
+def promote_approved(ledger: ChampionLedger, approval: ApprovalRecord, run_id: str) -> dict:
     """Move `champion` to the approved challenger through the ledger; the record says what
     happened (a `ChampionError` says why it must not)."""
-    compared_with = approval.get("champion")
+    challenger = approval.challenger
+    compared_with = challenger.chosen.champion
     outcome = ledger.promote(
-        approval["model_name"], approval["version"],
-        actor=approval["approved_by"] or POLICY_ACTOR,
-        reason=f"passed every gate; {approval['approval']}",
-        details={"evaluation_report": approval["report_uri"],
-                 "training_batches": approval["training_batches"], "dagster_run_id": run_id},
-        evaluated_against=compared_with["version"] if compared_with else None,
+        approval.model_name, approval.version,
+        actor=approval.approved_by or POLICY_ACTOR,
+        reason=f"passed every gate; {approval.approval}",
+        details={"evaluation_report": challenger.report_uri,
+                 "training_batches": challenger.training_batches, "dagster_run_id": run_id},
+        evaluated_against=compared_with.version if compared_with else None,
     )
-    return {"model_name": approval["model_name"], "action": outcome.action,
+    return {"model_name": approval.model_name, "action": outcome.action,
             "message": outcome.message, "champion": outcome.to_version,
-            "from_version": outcome.from_version, "evaluation_report": approval["report_uri"],
-            "training_batches": approval["training_batches"]}
+            "from_version": outcome.from_version, "evaluation_report": challenger.report_uri,
+            "training_batches": challenger.training_batches}
