@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unified_assets.policy import HIGHER_IS_BETTER, PromotionPolicy
+from unified_assets.policy import PromotionPolicy, metric_sign
 from unified_assets.values import EvaluationReport
 
 QUALITY, IMPROVEMENT, FAIRNESS, INFORMATIONAL, LEAKAGE = (
@@ -106,7 +106,7 @@ def improvement_gate(report: EvaluationReport, policy: PromotionPolicy) -> GateR
     baseline = champion.overall.get(rule.metric)
     if value is None or baseline is None:
         return GateResult(IMPROVEMENT, False, f"{rule.metric} undefined for candidate or champion")
-    sign = 1.0 if HIGHER_IS_BETTER[rule.metric] else -1.0
+    sign = metric_sign(rule.metric)
     gain = sign * (value - baseline)
     required = max(rule.min_absolute, rule.min_relative * abs(baseline))
     row = {"metric": rule.metric, "value": value, "champion": baseline,
@@ -222,6 +222,6 @@ def select_challenger(reports: list[EvaluationReport], policy: PromotionPolicy
     verdicts = {r.family: judge(r, policy) for r in reports}
     passing = [r for r in reports if verdicts[r.family].passed and not r.error]
     metric = policy.improvement.metric
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    sign = metric_sign(metric)
     best = max(passing, key=lambda r: sign * r.overall[metric], default=None)
     return best, verdicts

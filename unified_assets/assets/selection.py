@@ -18,7 +18,7 @@ from unified_assets.candidates import Candidate
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
-from unified_assets.policy import HIGHER_IS_BETTER
+from unified_assets.policy import metric_sign
 from unified_assets.values import CandidateOutcome, ChallengerChoice, EvaluationReport
 
 SELECTED = "challenger_selected"
@@ -122,7 +122,7 @@ def _challenger(
     # Pass or hold, never an error: a hold warns (run green); blocking keeps automation off.
     severity = dg.AssetCheckSeverity.ERROR if chosen else dg.AssetCheckSeverity.WARN
     metric = promotion.improvement.metric
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
+    sign = metric_sign(metric)
     # With none chosen, the checks show the best evaluated candidate's gates (any, if all failed).
     evaluated = [r for r in reports if not r.error] or reports
     subject = chosen or max(evaluated, key=lambda r: (r.overall.get(metric) is not None,
