@@ -181,7 +181,9 @@ class ParquetIOManager(dg.ConfigurableIOManager):
     training window, the champion's training batches) read through `load`/`attrs`/`exists`,
     the same code the inputs use."""
 
-    root: str = Field(description="A local folder or s3://bucket/prefix.")
+    root: str = Field(description="A local folder or s3://bucket/prefix; with s3_bucket, a "
+                      "prefix in that bucket.")
+    s3_bucket: str | None = Field(default=None, description="Store under s3://<s3_bucket>/<root>.")
     s3_endpoint_url: str | None = Field(default=None, description="S3-compatible endpoint.")
     s3_region: str = "us-east-1"
     aws_access_key_id: str | None = None
@@ -193,18 +195,19 @@ class ParquetIOManager(dg.ConfigurableIOManager):
         if self._values is None:
             from upath import UPath
 
-            if self.root.startswith("s3://"):
+            root = f"s3://{self.s3_bucket}/{self.root.strip('/')}" if self.s3_bucket else self.root
+            if root.startswith("s3://"):
                 options: dict[str, Any] = {"client_kwargs": {"region_name": self.s3_region}}
                 if self.s3_endpoint_url:
                     options["endpoint_url"] = self.s3_endpoint_url
                 if self.aws_access_key_id:
                     options |= {"key": self.aws_access_key_id,
                                 "secret": self.aws_secret_access_key}
-                self._values = _ParquetValues(UPath(self.root.rstrip("/"), **options), local=False)
-            elif "://" in self.root and not self.root.startswith("file://"):
-                raise ValueError(f"values root {self.root!r}: use a local folder or s3://bucket/prefix")
+                self._values = _ParquetValues(UPath(root.rstrip("/"), **options), local=False)
+            elif "://" in root and not root.startswith("file://"):
+                raise ValueError(f"values root {root!r}: use a local folder or s3://bucket/prefix")
             else:
-                local = UPath(os.path.abspath(self.root.removeprefix("file://")))
+                local = UPath(os.path.abspath(root.removeprefix("file://")))
                 self._values = _ParquetValues(local, local=True)
         return self._values
 

@@ -10,7 +10,6 @@ import json
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
@@ -21,16 +20,18 @@ DRIFT_BATCHES_TAG = "unified-ai/drift-batches"
 EVIDENCE_TAG = "unified-ai/evidence"
 
 
-def _bootstrap(context: dg.SensorEvaluationContext, job, store: ArtifactStore,
+def _bootstrap(context: dg.SensorEvaluationContext, job,
                policy: PolicyResource) -> dg.SensorResult | dg.SkipReason:
     """No champion yet: the first training starts once the policy's number of labelled
-    batches is in, one run at a time, and again only when more batches arrive."""
+    batches is in, one run at a time, and again only when more batches arrive. Which batches
+    are labelled and valid is read from their materializations, never from files."""
     from unified_assets.assets.labels import is_trainable
 
     wanted = policy.policy.drift.bootstrap_batches
     if wanted is None:
         return dg.SkipReason("no champion yet; the policy leaves the first training to a person")
-    ready = [b for b in context.instance.get_dynamic_partitions(BATCHES.name) if is_trainable(store, b)]
+    instance = context.instance
+    ready = [b for b in instance.get_dynamic_partitions(BATCHES.name) if is_trainable(instance, b)]
     if len(ready) < wanted:
         return dg.SkipReason(f"no champion yet: {len(ready)} of {wanted} labelled batches ingested")
     if run_in_flight(context, job.name):
@@ -101,7 +102,6 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
     def drift_retrain_sensor(
         context: dg.SensorEvaluationContext,
         dataset: DatasetResource,
-        store: ArtifactStore,
         mlflow_registry: MlflowRegistry,
         policy: PolicyResource,
     ):
@@ -110,7 +110,7 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
         model = dataset.spec.name
         version = mlflow_registry.alias_version(model)
         if version is None:
-            return _bootstrap(context, job, store, policy)
+            return _bootstrap(context, job, policy)
         after, awaiting = _load_cursor(context.cursor)
         found, last = _evidence(context, after)
         training = set(mlflow_registry.version_tags(model, version)
@@ -123,7 +123,7 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
             if evidence["champion"] != version:
                 stale.append(batch)  # judged against an earlier champion: batch_drift reruns
                 continue
-            if is_trainable(store, batch):
+            if is_trainable(context.instance, batch):
                 drifted[batch] = evidence
             else:
                 waiting[batch] = evidence

@@ -10,10 +10,9 @@ import time
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from sensors.landing import DONE, REQUESTED, UNVERSIONED, latest_metadata, next_step
-from unified_assets.assets.data import landed_batch, report_key
+from unified_assets.assets.data import batch_record, landed_batch
 from unified_assets.assets.labels import batch_labels
 
 LABELS_VERSION_TAG = "unified-ai/labels-version"
@@ -37,7 +36,7 @@ def build_labels_sensor(job) -> dg.SensorDefinition:
         "or changes, or whose batch is re-landed; retries failed label runs.",
     )
     def labels_landing_sensor(
-        context: dg.SensorEvaluationContext, dataset: DatasetResource, store: ArtifactStore
+        context: dg.SensorEvaluationContext, dataset: DatasetResource
     ) -> dg.SensorResult | dg.SkipReason:
         instance, now = context.instance, time.time()
         previous = json.loads(context.cursor or "{}")
@@ -46,23 +45,23 @@ def build_labels_sensor(job) -> dg.SensorDefinition:
         ingested = set(instance.get_materialized_partitions(landed_batch.key))
         requests, waiting, unused, notes = [], [], [], []
         for key, landed in files.items():
-            report = store.read_json(report_key(key)) \
-                if key in ingested and store.exists(report_key(key)) else None
-            if report is None or report.get("state") == "ingesting":
-                waiting.append(key)  # its batch is not (fully) ingested yet: look again later
+            # What the batch's latest materialization says (never files beside the data).
+            record = batch_record(instance, key) if key in ingested else None
+            if record is None:
+                waiting.append(key)  # its batch is not ingested yet: look again later
                 continue
-            batch_version = report.get("version", UNVERSIONED)
+            batch_version = record.version or UNVERSIONED
             pair = f"{landed.version}@{batch_version}"
             if state.get(key) == [pair, DONE]:
                 continue
-            if not report["passed"] or report.get("labelled", True):
-                why = "failed its checks" if not report["passed"] else "came labelled"
+            if not record.passed or record.labelled:
+                why = "failed its checks" if not record.passed else "came labelled"
                 unused.append(f"{key} ({why})")
                 state[key] = [pair, DONE]
                 continue
             built = latest_metadata(instance, batch_labels.key, key) or {}
             if (built.get("labels_version"), built.get("batch_version")) == \
-                    (landed.version, str(report.get("version"))):
+                    (landed.version, str(record.version)):
                 state[key] = [pair, DONE]  # matched (stored, or rejected by its check)
                 continue
             tags = {LABELS_VERSION_TAG: landed.version, BATCH_VERSION_TAG: batch_version}

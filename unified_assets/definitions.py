@@ -10,6 +10,7 @@ import dagster as dg
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyResource
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
+from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
 from sensors.approvals import build_approval_sensor
 from sensors.drift import build_drift_sensor
 from sensors.failures import run_failure_incidents
@@ -137,6 +138,7 @@ def local_resources(settings: Settings) -> dict:
                                           artifact_location=settings.mlflow_artifact_location,
                                           ui_url=settings.mlflow_ui_url),
         "io_manager": dg.FilesystemIOManager(base_dir=str(settings.io_dir)),
+        VALUES_IO_MANAGER: ParquetIOManager(root=str(settings.values_dir)),
         "decisions": DecisionStore(url=settings.decisions_url),
     }
 
@@ -158,6 +160,12 @@ def kubernetes_resources(settings: Settings) -> dict:
         "decisions": DecisionStore(url=dg.EnvVar("UNIFIED_AI_DECISIONS_URL")),
         "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("UNIFIED_AI_S3_BUCKET"),
                                         s3_prefix="io"),
+        # Batches and labels as Parquet in s3://$UNIFIED_AI_S3_BUCKET/values.
+        VALUES_IO_MANAGER: ParquetIOManager(
+            s3_bucket=dg.EnvVar("UNIFIED_AI_S3_BUCKET"), root="values",
+            s3_endpoint_url=dg.EnvVar("UNIFIED_AI_S3_ENDPOINT_URL"),
+            aws_access_key_id=dg.EnvVar("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY")),
     }
 
 

@@ -49,6 +49,11 @@ class Settings:
         return self.home / "artifacts"
 
     @property
+    def values_dir(self) -> Path:
+        """Where the values IO manager keeps asset values (batches, labels) locally."""
+        return self.home / "values"
+
+    @property
     def io_dir(self) -> Path:
         return self.home / "io"
 

@@ -1,6 +1,6 @@
 import pytest
 
-from unified_assets.live import judge_live
+from unified_assets.ml.live_verdict import judge_live
 from unified_assets.policy import LivePolicy, PolicyError, parse_policy
 
 POLICY = LivePolicy(floor=0.72, max_drop_vs_previous=0.03, min_rows=200, min_positives=10)

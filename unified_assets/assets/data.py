@@ -1,17 +1,21 @@
 """Data group: each landed batch file becomes a partition, gated by blocking quality checks."""
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
-from resources.artifact_store import ArtifactStore, ArtifactWriteError
 from resources.dataset import DatasetResource
+from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata, rounded
 from unified_assets.ml.batch_validation import CHECK_NAMES, BatchReport, curated, validate_batch_file
 from unified_assets.ml.dataset_spec import DatasetSpec
 from unified_assets.partitions import BATCHES
+
+LANDED_BATCH = dg.AssetKey("landed_batch")
 
 CHECK_DESCRIPTIONS = {
     "schema": "The file reads in the spec's format, has rows, every required column, numeric "
@@ -26,18 +30,60 @@ CHECK_DESCRIPTIONS = {
 }
 
 
-def curated_key(batch: str) -> str:
-    return f"batches/{batch}.parquet"
+@dataclass(frozen=True)
+class BatchRecord:
+    """What the latest `landed_batch` materialization of one batch says (its metadata): the
+    evidence every reader of batch validity uses, instead of files beside the data."""
+
+    batch: str
+    passed: bool
+    labelled: bool
+    version: str | None
+    findings: dict[str, list[str]]  # failed check -> problems (checks that ran only)
+    run_id: str
+
+
+def batch_record(instance: dg.DagsterInstance, batch: str) -> BatchRecord | None:
+    """The batch's latest ingestion, or None when it was never ingested."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=LANDED_BATCH, asset_partitions=[batch]), limit=1).records
+    if not records:
+        return None
+    metadata = records[0].asset_materialization.metadata
+
+    def value(key: str, default=None):
+        return metadata[key].value if key in metadata else default
+
+    return BatchRecord(
+        batch=batch, passed=bool(value("passed_quality_checks", False)),
+        labelled=bool(value("labelled", True)), version=value("source_version"),
+        findings=dict(value("findings", {}) or {}), run_id=records[0].run_id)
+
+
+def batch_passed(instance: dg.DagsterInstance, batch: str) -> bool:
+    """The batch's latest ingested version passed every check (its value is the curated
+    rows of that version; a rejected version stores none)."""
+    record = batch_record(instance, batch)
+    return record is not None and record.passed
+
+
+def batch_findings(instance: dg.DagsterInstance, batch: str, with_check: bool = False) -> list[str]:
+    """What is wrong with an ingested batch, one line per finding ('file: column ...: what',
+    prefixed 'check: ' with `with_check`), from its latest materialization, for the demo and
+    the CLI to print. Checks that could not run are left out: the finding that stopped them
+    is listed. Empty when the batch passed or was never ingested."""
+    record = batch_record(instance, batch)
+    if record is None:
+        return []
+    return [f"{check}: {p}" if with_check else p
+            for check, problems in record.findings.items() for p in problems]
 
 
 def report_key(batch: str) -> str:
+    """Deprecated: no ingestion report file is written any more (evidence is the
+    materialization's metadata). Kept only while `lifecycle._findings` imports it; read
+    `batch_findings(instance, batch, with_check=True)` instead."""
     return f"batches/{batch}.report.json"
-
-
-def batch_passed(store: ArtifactStore, batch: str) -> bool:
-    """The batch's latest ingested version passed every check. Its curated file or profile
-    existing is not enough: they stay from an earlier version when a re-landed one fails."""
-    return store.exists(report_key(batch)) and bool(store.read_json(report_key(batch))["passed"])
 
 
 # Batches per ingestion run: a run costs seconds (process, plan, events), a batch of
@@ -54,9 +100,10 @@ REJECTED_TAG = "unified-ai/rejected-batches"
     owners=OWNERS,
     description=(
         "One landed batch of records (labelled, or awaiting late labels), read from the landing "
-        "zone, validated against the dataset spec and stored as a curated Parquet file with a "
-        "compact column profile (for drift). A batch that fails a check is recorded with its "
-        "findings (failed blocking checks, verdict REJECTED) but never written for training. "
+        "zone and validated against the dataset spec. Its value is the curated rows (Parquet, "
+        "via the values IO manager) carrying a compact column profile (for drift). A batch "
+        "that fails a check is recorded with its findings (failed blocking checks, verdict "
+        "REJECTED) and stores no value: it is never trained on or monitored. "
         "A file re-landed with other content is ingested again as a new version; metadata "
         "names the file and version it came from. One run ingests many batches."
     ),
@@ -70,25 +117,41 @@ REJECTED_TAG = "unified-ai/rejected-batches"
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=PARTITIONS_PER_RUN),
     # Results are yielded per partition (a range run has one output for many partitions).
     output_required=False,
+    io_manager_key=VALUES_IO_MANAGER,
     **CPU_LIGHT.asset_kwargs(),
 )
 def landed_batch(
-    context: dg.AssetExecutionContext, dataset: DatasetResource, store: ArtifactStore
-) -> Iterator[dg.AssetMaterialization | dg.AssetCheckEvaluation | dg.Output]:
+    context: dg.AssetExecutionContext, dataset: DatasetResource,
+    values_io_manager: dg.ResourceParam[ParquetIOManager],
+) -> Iterator[dg.Output | dg.AssetCheckEvaluation]:
     """Ingests every batch of the run's partitions (one, or a range), each with its own
-    materialization and check results. A rejected batch does not fail the run: it is marked
-    by its failed blocking checks, a materialization whose first entry is the REJECTED
-    verdict, and the run tag `unified-ai/rejected-batches`, while the other batches of the
-    run are ingested. Checks that could not run are not reported, so the UI shows them
-    skipped. A batch that cannot be stored (a full disk) fails the run naming it; batches
-    stored before it stay stored."""
+    materialization metadata and check results. The value of a passing batch is its curated
+    rows, carrying their column profile in `attrs`; a rejected batch stores no value. A
+    rejected batch does not fail the run: it is marked by its failed blocking checks, a
+    materialization whose first entry is the REJECTED verdict, and the run tag
+    `unified-ai/rejected-batches`, while the other batches of the run are ingested. Checks
+    that could not run are not reported, so the UI shows them skipped. A batch whose value
+    cannot be stored (a full disk) fails the run, naming it, and nothing of the run is
+    recorded as materialized: the landing sensor retries."""
     rejected: list[str] = []
     where = placement_metadata(context, CPU_LIGHT)  # one step, one placement for its batches
+    layout = _known_layout(context.instance, values_io_manager)
+    curated_rows: dict[str, pd.DataFrame] = {}
+    reports: dict[str, tuple[BatchReport, str, str]] = {}
     for batch in context.partition_keys:
-        events, passed = _ingest_one(context, dataset, store, batch, where)
-        yield from events
-        if not passed:
+        report, path, version, frame = _ingest_one(context, dataset, batch, layout, where)
+        reports[batch] = (report, path, version)
+        if frame is None:
             rejected.append(batch)
+            continue
+        layout = layout or frame.attrs["profile"]  # the first valid batch fixes the layout
+        curated_rows[batch] = frame
+        context.add_asset_metadata(
+            {"value": _location(values_io_manager, batch)}, partition_key=batch)
+    # One output for every batch of the run: the IO manager stores each passing batch's rows
+    # and removes the value an earlier, passing version of a now rejected batch left.
+    yield dg.Output(curated_rows)
+    yield from _check_evaluations(context, reports)
     for output_name in context.assets_def.check_specs_by_output_name:
         yield dg.Output(None, output_name=output_name)  # check outputs: results are events
     if rejected:
@@ -102,18 +165,42 @@ def _listed(batches: list[str], limit: int = 20) -> str:
     return shown + (f" and {len(batches) - limit} more" if len(batches) > limit else "")
 
 
-def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource,
-                store: ArtifactStore, batch: str, where: dict) -> tuple[Iterator, bool]:
-    """Validate, store and describe one batch: its events (materialization first, then the
-    checks that ran, pointing at it) and whether it passed."""
+def _location(values: ParquetIOManager, batch: str) -> dg.MetadataValue:
+    uri = values.uri(LANDED_BATCH, batch)
+    return dg.MetadataValue.url(uri) if uri.startswith("s3") else \
+        dg.MetadataValue.path(uri.removeprefix("file://"))
+
+
+def _known_layout(instance: dg.DagsterInstance, values: ParquetIOManager) -> dict | None:
+    """The profile of the earliest ingested valid batch whose value is still stored: every
+    batch is profiled on its layout (None before the first valid batch)."""
+    first_layout = None
+    for record in instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=LANDED_BATCH), limit=10_000, ascending=True).records:
+        metadata = record.asset_materialization.metadata
+        if "profile_layout_id" not in metadata:
+            continue
+        layout_id = metadata["profile_layout_id"].value
+        first_layout = first_layout or layout_id
+        if layout_id != first_layout:
+            continue
+        batch = record.asset_materialization.partition
+        if values.exists(LANDED_BATCH, batch):
+            profile = values.attrs(LANDED_BATCH, batch).get("profile")
+            if profile and profile.get("layout_id") == first_layout:
+                return profile
+    return None
+
+
+def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource, batch: str,
+                layout: dict | None, where: dict) -> tuple[BatchReport, str, str, pd.DataFrame | None]:
+    """Validate, curate and profile one batch; record its metadata on its partition. Returns
+    the report, the file read, its version and the curated rows (None when rejected)."""
     spec = dataset.spec
     landed = dataset.batch(batch)
     path = dataset.fetch(landed)
     report = validate_batch_file(path, spec)
     dataset.check_unchanged(landed)
-    record = {"batch": batch, "file": landed.uri, "version": landed.version, "run_id": context.run_id,
-              "rows": report.rows, "passed": report.passed, "labelled": report.labelled,
-              "findings": report.findings, "not_evaluated": report.not_evaluated}
     failed = report.failed_checks()
     skipped = f"; not run: {', '.join(report.not_evaluated)}" if report.not_evaluated else ""
     metadata: dict = {
@@ -128,89 +215,70 @@ def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource,
         "rows": dg.MetadataValue.int(report.rows),
         "passed_quality_checks": report.passed,
         "labelled": report.labelled,
+        # What `batch_findings` prints: the problems of the checks that ran and failed.
+        "findings": dg.MetadataValue.json(
+            {check: problems for check, problems in report.findings.items()
+             if problems and check not in report.not_evaluated}),
         **where,
     }
-    try:
-        if report.passed:
-            metadata |= _store_curated(store, report, spec, batch, record)
-        store.write_json(report_key(batch), record)  # last: the report is what marks it passed
-    except ArtifactWriteError as error:
-        raise dg.Failure(
-            description=f"batch {batch} ({landed.uri}, version {landed.version}) was not stored: "
-            f"{error}. Nothing is marked as passed; the landing sensor retries the ingestion.",
-            metadata={"source_uri": landed.uri, "source_version": landed.version},
-        ) from error
-    return _events(context, batch, metadata, report, path, landed.version), report.passed
+    frame = None
+    if report.passed:
+        frame, described = _curate(report, spec, batch, layout)
+        metadata |= described
+    context.add_asset_metadata(metadata, partition_key=batch)
+    return report, str(path), landed.version, frame
 
 
-def _events(context: dg.AssetExecutionContext, batch: str, metadata: dict, report: BatchReport,
-            path, version: str) -> Iterator:
+def _check_evaluations(context: dg.AssetExecutionContext,
+                       reports: dict[str, tuple[BatchReport, str, str]]) -> Iterator:
+    """Each batch's check results, pointing at the materialization the output just recorded,
+    as Dagster's own check results do: automation's "blocking checks passed" reads them
+    against the partition's latest one."""
     from dagster._core.definitions.asset_checks.asset_check_evaluation import (
         AssetCheckEvaluationTargetMaterializationData,
     )
 
     key = context.asset_key
-    yield dg.AssetMaterialization(asset_key=key, partition=batch, metadata=metadata)
-    # The checks point at the materialization just stored, as Dagster's own check results do:
-    # automation's "blocking checks passed" reads them against the partition's latest one.
-    (stored,) = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1).records
-    target = AssetCheckEvaluationTargetMaterializationData(
-        run_id=stored.run_id, storage_id=stored.storage_id, timestamp=stored.timestamp)
-    for name, problems in report.findings.items():
-        if name in report.not_evaluated:
-            continue  # did not run: shown skipped (the run succeeds), the schema finding says why
-        yield dg.AssetCheckEvaluation(
-            asset_key=key, check_name=name, passed=not problems, partition=batch,
-            severity=dg.AssetCheckSeverity.ERROR, target_materialization_data=target,
-            # The spec is blocking (automation never monitors or trains on a rejected batch);
-            # the event is not, so one rejected batch does not fail the other batches' run.
-            blocking=False,
-            description=f"{len(problems)} problem(s) in {Path(str(path)).name}" if problems
-            else None,
-            metadata={
-                "file": dg.MetadataValue.path(str(path)),
-                "source_version": dg.MetadataValue.text(version),
-                "problems": dg.MetadataValue.int(len(problems)),
-                "details": dg.MetadataValue.md(
-                    "\n".join(f"- {p}" for p in problems) or "no problems"),
-            },
-        )
+    for batch, (report, path, version) in reports.items():
+        (stored,) = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1).records
+        target = AssetCheckEvaluationTargetMaterializationData(
+            run_id=stored.run_id, storage_id=stored.storage_id, timestamp=stored.timestamp)
+        for name, problems in report.findings.items():
+            if name in report.not_evaluated:
+                continue  # did not run: shown skipped (the run succeeds), the schema finding says why
+            yield dg.AssetCheckEvaluation(
+                asset_key=key, check_name=name, passed=not problems, partition=batch,
+                severity=dg.AssetCheckSeverity.ERROR, target_materialization_data=target,
+                # The spec is blocking (automation never monitors or trains on a rejected
+                # batch); the event is not, so one rejected batch does not fail the run.
+                blocking=False,
+                description=f"{len(problems)} problem(s) in {Path(path).name}" if problems
+                else None,
+                metadata={
+                    "file": dg.MetadataValue.path(path),
+                    "source_version": dg.MetadataValue.text(version),
+                    "problems": dg.MetadataValue.int(len(problems)),
+                    "details": dg.MetadataValue.md(
+                        "\n".join(f"- {p}" for p in problems) or "no problems"),
+                },
+            )
 
 
-def batch_findings(store: ArtifactStore, batch: str) -> list[str]:
-    """What is wrong with an ingested batch, one line per finding ('file: column ...: what'),
-    read from its stored ingestion report, for the demo and the CLI to print. Checks that
-    could not run are left out: the finding that stopped them is listed. Empty when the batch
-    passed or was never ingested."""
-    if not store.exists(report_key(batch)):
-        return []
-    report = store.read_json(report_key(batch))
-    skipped = set(report.get("not_evaluated", {}))
-    return [problem for check, problems in report.get("findings", {}).items()
-            if check not in skipped for problem in problems]
+def _curate(report: BatchReport, spec: DatasetSpec, batch: str,
+            layout: dict | None) -> tuple[pd.DataFrame, dict]:
+    """Curated rows of a passing batch, their profile (in `attrs`, on the dataset's layout)
+    and the metadata describing them."""
+    from unified_assets.ml.drift_judgement import batch_profile
 
-
-def _store_curated(store: ArtifactStore, report: BatchReport, spec: DatasetSpec, batch: str,
-                   record: dict) -> dict:
-    """Curated rows and profile of a passing batch. An earlier version's report is replaced
-    by one that is not passed first, so a write failing half way never leaves a passed
-    report describing other data."""
-    from unified_assets.monitoring import store_batch_profile
-
-    store.write_json(report_key(batch), {
-        **record, "passed": False, "state": "ingesting",
-        "findings": {"ingestion": [f"version {record['version']} of {record['file']}: ingestion "
-                                   f"started in run {record['run_id']} and did not finish"]}})
     frame = curated(report.frame, spec, batch)
-    uri = store.write_frame(curated_key(batch), frame)
-    profile = store_batch_profile(store, frame, spec, batch)
-    return {
-        "curated_uri": dg.MetadataValue.url(uri) if uri.startswith("s3") else
-        dg.MetadataValue.path(store.local_path(curated_key(batch))),
+    profile = batch_profile(frame, spec, layout)
+    frame.attrs["profile"] = profile
+    return frame, {
         **({"label_rate": dg.MetadataValue.float(rounded(float(frame[spec.target].mean())))}
            if report.labelled else {"labels": dg.MetadataValue.text("awaiting late labels")}),
         "profile_columns": dg.MetadataValue.int(len(profile["columns"])),
+        "profile_layout_id": dg.MetadataValue.text(profile["layout_id"]),
         "columns": markdown_table(
             [{"column": c, "dtype": str(report.frame[c].dtype),
               "nulls": int(report.frame[c].isna().sum())} for c in spec.required_columns

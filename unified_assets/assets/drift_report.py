@@ -6,15 +6,14 @@ import json
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
+from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
-from unified_assets.assets.data import curated_key
-from unified_assets.assets.monitoring import batch_drift
+from unified_assets.assets.data import LANDED_BATCH, batch_passed, landed_batch
+from unified_assets.assets.monitoring import batch_drift, training_batches
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, placement_metadata, rounded
-from unified_assets.monitoring import drift_key
 from unified_assets.partitions import BATCHES
 
 TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted (Evidently)",
@@ -29,6 +28,7 @@ LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `dr
 @dg.asset(
     partitions_def=BATCHES,
     deps=[batch_drift],
+    ins={"landed_batch": dg.AssetIn(key=landed_batch.key)},
     group_name="monitoring",
     kinds={"evidently", "mlflow"},
     owners=OWNERS,
@@ -45,34 +45,36 @@ LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `dr
 )
 def drift_report(
     context: dg.AssetExecutionContext,
+    landed_batch,  # the batch's curated rows (a DataFrame)
     dataset: DatasetResource,
-    store: ArtifactStore,
+    values_io_manager: dg.ResourceParam[ParquetIOManager],
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
-    from unified_assets.assets.data import batch_passed
     from unified_assets.ml.evidently_report import evidently_drift
 
     batch = context.partition_key
-    if not batch_passed(store, batch) or not store.exists(curated_key(batch)):
+    if not batch_passed(context.instance, batch):
         raise dg.Failure(f"batch {batch} has no curated data: it failed its quality checks")
     spec = dataset.spec
     version = mlflow_registry.alias_version(spec.name)
     if version is None:
         return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
-    batches = _training_batches(store, mlflow_registry, spec.name, version)
+    batches = [b for b in training_batches(mlflow_registry, spec.name, version)
+               if values_io_manager.exists(LANDED_BATCH, b)]
     if not batches:
         return dg.MaterializeResult(metadata={
             "verdict": f"champion v{version} names no curated training batch: nothing to compare"})
     columns = spec.numeric_features + spec.categorical_features
+    landed_batch.attrs.clear()  # its profile: batch_drift's input, not Evidently's
     drift = policy.policy.drift
     html, summary = evidently_drift(
-        _read_frames(store, batches, columns), store.read_frame(curated_key(batch), columns=columns),
+        _read_frames(values_io_manager, batches, columns), landed_batch[columns],
         spec.numeric_features, spec.categorical_features,
         num_threshold=drift.num_threshold, cat_threshold=drift.cat_threshold,
         drift_share=drift.drift_share,
     )
-    profile = _profile_verdicts(store, batch, version)
+    profile = _profile_verdicts(context.instance, batch, version)
     links = mlflow_registry.log_report_run(
         experiment_suffix=DRIFT_EXPERIMENT_SUFFIX, run_name=batch,
         tags={"batch": batch, "champion_version": version, "model_name": spec.name,
@@ -105,29 +107,27 @@ def drift_summary(summary: dict) -> str:
     return line + (f": {listed(drifted, LISTED_COLUMNS)}" if drifted else "")
 
 
-def _training_batches(store: ArtifactStore, registry: MlflowRegistry, model_name: str,
-                      version: str) -> list[str]:
-    """The champion's training batches (version tag) that still have curated data."""
-    tagged = registry.version_tags(model_name, version).get("training_batches", "").split(",")
-    return [b for b in tagged if b and store.exists(curated_key(b))]
-
-
-def _read_frames(store: ArtifactStore, batches: list[str], columns: list[str]):
+def _read_frames(values: ParquetIOManager, batches: list[str], columns: list[str]):
     import pandas as pd
 
-    return pd.concat([store.read_frame(curated_key(b), columns=columns) for b in batches],
+    return pd.concat([values.load(LANDED_BATCH, b, columns=columns) for b in batches],
                      ignore_index=True)
 
 
-def _profile_verdicts(store: ArtifactStore, batch: str, version: str) -> dict[str, bool] | None:
-    """`batch_drift`'s per-column verdicts, if it judged this batch against the same champion."""
-    key = drift_key(batch)
-    if not store.exists(key):
+def _profile_verdicts(instance: dg.DagsterInstance, batch: str,
+                      version: str) -> dict[str, bool] | None:
+    """`batch_drift`'s per-column verdicts (its latest materialization's metadata), if it
+    judged this batch against the same champion."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=batch_drift.key, asset_partitions=[batch]), limit=1).records
+    if not records:
         return None
-    decision = store.read_json(key)
-    if decision.get("champion") != version:
+    metadata = records[0].asset_materialization.metadata
+    if "columns_judged" not in metadata or "champion_version" not in metadata or \
+            metadata["champion_version"].value != version:
         return None
-    return {c["column"]: bool(c["drifted"]) for c in decision["columns"]}
+    drifted = set(metadata["drifted_columns"].value)
+    return {c: c in drifted for c in metadata["columns_judged"].value}
 
 
 def _agreement(summary: dict, profile: dict[str, bool]) -> float | None:

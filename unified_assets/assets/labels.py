@@ -1,88 +1,81 @@
 """Late ground truth: labels landing after their batch become data for the same partition."""
 
-from typing import TYPE_CHECKING
-
 import dagster as dg
+import pandas as pd
 
-from resources.artifact_store import ArtifactStore, ArtifactWriteError
 from resources.dataset import DatasetResource
-from unified_assets.assets.data import curated_key, landed_batch
+from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
+from unified_assets.assets.data import LANDED_BATCH, BatchRecord, batch_record, landed_batch
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, placement_metadata, rounded
 from unified_assets.partitions import BATCHES
 
-if TYPE_CHECKING:
-    import pandas as pd
-
 LABELS_CHECK = "labels_match_batch"
+BATCH_LABELS = dg.AssetKey("batch_labels")
 
 
-def labels_key(batch: str) -> str:
-    return f"labels/{batch}.parquet"
+def _latest_labels(instance: dg.DagsterInstance, batch: str) -> dict | None:
+    """The metadata of the batch's latest `batch_labels` materialization, as plain values."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=BATCH_LABELS, asset_partitions=[batch]), limit=1).records
+    if not records:
+        return None
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
 
 
-def labels_record_key(batch: str) -> str:
-    """Which labels file version was matched to which batch version, and whether it passed."""
-    return f"labels/{batch}.json"
+def labels_current(instance: dg.DagsterInstance, batch: str, record: BatchRecord) -> bool:
+    """The stored labels are the batch's truth only when its latest labels file passed and
+    was matched to the batch version now ingested (`record`)."""
+    labels = _latest_labels(instance, batch)
+    return labels is not None and bool(labels.get("labels_passed")) and \
+        labels.get("batch_version") == record.version
 
 
-def labels_current(store: ArtifactStore, batch: str, report: dict) -> bool:
-    """Stored labels are the batch's truth only when the latest labels file passed and was
-    matched to the batch version now stored (`report` is the batch's ingestion report)."""
-    if not store.exists(labels_key(batch)):
-        return False
-    if not store.exists(labels_record_key(batch)):
-        return "version" not in report  # both stored before versions were recorded
-    record = store.read_json(labels_record_key(batch))
-    return bool(record.get("passed")) and record.get("batch_version") == report.get("version")
-
-
-def awaiting_labels(store: ArtifactStore, batch: str, report: dict) -> bool:
+def awaiting_labels(instance: dg.DagsterInstance, batch: str, record: BatchRecord) -> bool:
     """Landed without its labels and no current labels stored yet."""
-    return not report.get("labelled", True) and not labels_current(store, batch, report)
+    return not record.labelled and not labels_current(instance, batch, record)
 
 
-def labelled_frame(store: ArtifactStore, batch: str, target: str) -> "pd.DataFrame | None":
+def labelled_frame(instance: dg.DagsterInstance, values: ParquetIOManager, batch: str,
+                   target: str) -> pd.DataFrame | None:
     """The curated batch with its labels (inline or landed later), or None while unlabelled.
-    Labels stored for another version of the batch, or superseded by a rejected labels file,
-    are an error rather than silently used or dropped."""
-    from unified_assets.assets.data import report_key
-
-    frame = store.read_frame(curated_key(batch))
+    Labels matched to another version of the batch, or superseded by a rejected labels
+    file, are an error rather than silently used or dropped."""
+    record = batch_record(instance, batch)
+    if record is None or not record.passed:
+        raise dg.Failure(f"batch {batch} was not ingested or failed its quality checks")
+    frame = values.load(LANDED_BATCH, batch)
+    frame.attrs.clear()  # the profile stays with the batch; pandas would copy it on every step
     if target in frame.columns:
         return frame
-    if not store.exists(labels_key(batch)):
+    labels_meta = _latest_labels(instance, batch)
+    if labels_meta is None:
         return None
-    report = store.read_json(report_key(batch)) if store.exists(report_key(batch)) else {}
-    if not labels_current(store, batch, report):
-        record = store.read_json(labels_record_key(batch)) \
-            if store.exists(labels_record_key(batch)) else {}
+    if not labels_current(instance, batch, record):
         raise dg.Failure(
             f"labels stored for batch {batch} are not its current truth: they were matched to "
-            f"version {record.get('batch_version')} of the batch, which is now version "
-            f"{report.get('version')}, and the latest labels file ({record.get('labels_file')}, "
-            f"version {record.get('labels_version')}) {'passed' if record.get('passed') else 'was rejected'}"
+            f"version {labels_meta.get('batch_version')} of the batch, which is now version "
+            f"{record.version}, and the latest labels file ({labels_meta.get('labels_uri')}, "
+            f"version {labels_meta.get('labels_version')}) "
+            f"{'passed' if labels_meta.get('labels_passed') else 'was rejected'}"
             "; labels_landing_sensor matches them again")
-    labels = store.read_frame(labels_key(batch))
+    labels = values.load(BATCH_LABELS, batch)
     merged = frame.merge(labels, on="row_id", how="inner", validate="one_to_one")
     if len(merged) != len(frame):
         raise dg.Failure(f"labels stored for batch {batch} cover {len(merged)} of its {len(frame)} rows")
     return merged
 
 
-def is_trainable(store: ArtifactStore, batch: str) -> bool:
+def is_trainable(instance: dg.DagsterInstance, batch: str) -> bool:
     """Ingested, passed every check, and labelled (inline or by current late labels)."""
-    from unified_assets.assets.data import report_key
-
-    if not store.exists(report_key(batch)):
-        return False
-    report = store.read_json(report_key(batch))
-    return bool(report["passed"]) and not awaiting_labels(store, batch, report)
+    record = batch_record(instance, batch)
+    return record is not None and record.passed and not awaiting_labels(instance, batch, record)
 
 
 @dg.asset(
     partitions_def=BATCHES,
-    deps=[landed_batch],
+    ins={"landed_batch": dg.AssetIn(key=landed_batch.key)},
+    io_manager_key=VALUES_IO_MANAGER,
     group_name="data",
     kinds={"parquet", "pandas"},
     owners=OWNERS,
@@ -100,17 +93,19 @@ def is_trainable(store: ArtifactStore, batch: str) -> bool:
     **CPU_LIGHT.asset_kwargs(),
 )
 def batch_labels(
-    context: dg.AssetExecutionContext, dataset: DatasetResource, store: ArtifactStore
+    context: dg.AssetExecutionContext, dataset: DatasetResource, landed_batch: pd.DataFrame,
 ) -> dg.MaterializeResult:
-    from unified_assets.assets.data import report_key
+    """The value is the labels (row id and target) of a passing labels file; a rejected file
+    stores none, so labels of an earlier file are never read as current."""
     from unified_assets.ml.labels import align_labels
 
     batch, spec = context.partition_key, dataset.spec
-    report = store.read_json(report_key(batch)) if store.exists(report_key(batch)) else None
-    if report is None or not report["passed"] or not store.exists(curated_key(batch)):
+    record = batch_record(context.instance, batch)
+    if record is None or not record.passed:
         raise dg.Failure(f"batch {batch} was not ingested or failed its quality checks; "
                          "its labels cannot be used")
-    frame = store.read_frame(curated_key(batch), columns=None)
+    frame = landed_batch
+    frame.attrs.clear()  # the profile stays with the batch; pandas would copy it on every step
     landed = dataset.labels(batch)
     if spec.target in frame.columns:
         raise dg.Failure(f"batch {batch} landed with its labels; the late labels file "
@@ -118,25 +113,13 @@ def batch_labels(
     path = dataset.fetch(landed)
     result = align_labels(path, frame, spec)
     dataset.check_unchanged(landed)
-    record = {"batch": batch, "batch_version": report.get("version"), "labels_file": landed.uri,
-              "labels_version": landed.version, "run_id": context.run_id,
-              "passed": result.passed, "problems": result.problems}
-    try:
-        if result.passed:
-            # The labels stored before stop counting first: a failure half way never leaves
-            # old labels marked current beside new ones.
-            store.write_json(labels_record_key(batch), {**record, "passed": False, "state": "storing"})
-            store.write_frame(labels_key(batch), result.labels)
-        store.write_json(labels_record_key(batch), record)
-    except ArtifactWriteError as error:
-        raise dg.Failure(
-            description=f"labels for batch {batch} ({landed.uri}, version {landed.version}) were "
-            f"not stored: {error}. The labels sensor retries.") from error
     metadata: dict = {"labels_file": dg.MetadataValue.path(str(path)),
                       "labels_uri": dg.MetadataValue.text(landed.uri),
                       "labels_version": dg.MetadataValue.text(landed.version),
-                      "batch_version": dg.MetadataValue.text(str(report.get("version"))),
-                      "batch_rows": dg.MetadataValue.int(len(frame))}
+                      "batch_version": dg.MetadataValue.text(str(record.version)),
+                      "batch_rows": dg.MetadataValue.int(len(frame)),
+                      # What readers of label validity check (labels_current).
+                      "labels_passed": result.passed}
     if result.passed:
         metadata["label_rate"] = dg.MetadataValue.float(
             rounded(float(result.labels[spec.target].mean())))
@@ -144,6 +127,8 @@ def batch_labels(
         context.log.error(f"labels for {batch} ({landed.uri}, version {landed.version}) rejected: "
                           f"{result.problems}; the batch waits for valid labels")
     return dg.MaterializeResult(
+        # A dict without the partition: no value, and the earlier labels are removed.
+        value=result.labels if result.passed else {},
         metadata=metadata | placement_metadata(context, CPU_LIGHT),
         check_results=[dg.AssetCheckResult(
             check_name=LABELS_CHECK, passed=result.passed, severity=dg.AssetCheckSeverity.ERROR,

@@ -8,6 +8,7 @@ from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
+from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
 from unified_assets.assets.labels import batch_labels, labelled_frame
 from unified_assets.compute import CPU_LIGHT
@@ -17,16 +18,38 @@ from unified_assets.partitions import BATCHES
 if TYPE_CHECKING:
     import pandas as pd
 
-    from unified_assets.live import LiveVerdict
     from unified_assets.ml.dataset_spec import DatasetSpec
+    from unified_assets.ml.live_verdict import LiveVerdict
     from unified_assets.policy import Policy
 
 LIVE_METRICS = ["roc_auc", "pr_auc", "f1", "recall", "precision", "brier"]
 ACTION_KEY = "live_action"
 
 
+LIVE_RECORD_KEY = "live_record"  # the full measurement, as JSON metadata
+
+
 def live_key(model_name: str, name: str) -> str:
+    """Where the champion's latest live evidence (`name` = `v<version>`) is copied for the
+    rollback incident, which still reads it from the store (`latest_live_record` reads the
+    same from Dagster's records; the copy goes once deployment reads that)."""
     return f"live/{model_name}/{name}.json"
+
+
+def latest_live_record(instance: dg.DagsterInstance, champion: str) -> dict | None:
+    """The champion version's latest live measurement that judged it (ok, retrain or
+    rollback): what a rollback incident quotes. From `live_performance`'s metadata."""
+    result = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("live_performance")), limit=200)
+    for record in result.records:  # newest first
+        metadata = record.asset_materialization.metadata
+        if LIVE_RECORD_KEY not in metadata:
+            continue
+        measured = metadata[LIVE_RECORD_KEY].value
+        if measured.get("champion") == champion and \
+                measured.get("verdict", {}).get("action") in ("ok", "retrain", "rollback"):
+            return dict(measured)
+    return None
 
 
 def _score(registry: MlflowRegistry, model_name: str, version: str, frame, target: str,
@@ -56,7 +79,7 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
              rules: "Policy") -> tuple[dict, str | None, "LiveVerdict"]:
     """The champion's (and the previous champion's) numbers on the labelled rows, and the
     policy's verdict on them."""
-    from unified_assets.live import LiveVerdict, judge_live
+    from unified_assets.ml.live_verdict import LiveVerdict, judge_live
     from unified_assets.services.champion import ChampionLedger
 
     batch = context.partition_key
@@ -111,20 +134,21 @@ def live_performance(
     context: dg.AssetExecutionContext,
     dataset: DatasetResource,
     store: ArtifactStore,
+    values_io_manager: dg.ResourceParam[ParquetIOManager],
     mlflow_registry: MlflowRegistry,
     decisions: DecisionStore,
     policy: PolicyResource,
 ) -> dg.MaterializeResult:
     batch, spec, rules = context.partition_key, dataset.spec, policy.policy
-    frame = labelled_frame(store, batch, spec.target)
+    frame = labelled_frame(context.instance, values_io_manager, batch, spec.target)
     if frame is None:
         raise dg.Failure(f"batch {batch} has no labels yet")
     record, previous, verdict = _measure(context, mlflow_registry, decisions, spec, frame, rules)
     champion = record["champion"]
     record["verdict"] = verdict.to_dict()
-    store.write_json(live_key(spec.name, batch), record)
     if verdict.action in ("ok", "retrain", "rollback"):
-        # The champion's latest live evidence, quoted by a rollback incident.
+        # The champion's latest live evidence, quoted by a rollback incident (see
+        # live_key: a copy of the metadata below until deployment reads it there).
         store.write_json(live_key(spec.name, f"v{champion}"), record)
     context.log.info(f"live performance of v{champion} on {batch}: {verdict.action}: "
                      f"{verdict.reason}")
@@ -138,6 +162,7 @@ def live_performance(
         "labelled_rows": dg.MetadataValue.int(record["rows"]),
         "positives": dg.MetadataValue.int(record["positives"]),
         "metrics": markdown_table(rows, ["model", *LIVE_METRICS]),
+        LIVE_RECORD_KEY: dg.MetadataValue.json(record),
     }
     for key, version in (("champion_version", champion), ("previous_champion", previous)):
         if version is not None:

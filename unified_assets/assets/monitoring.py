@@ -4,11 +4,11 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
+from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
-from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
+from unified_assets.assets.data import LANDED_BATCH, PARTITIONS_PER_RUN, batch_passed, landed_batch
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, placement_metadata
 from unified_assets.partitions import BATCHES
@@ -16,7 +16,10 @@ from unified_assets.partitions import BATCHES
 
 @dg.asset(
     partitions_def=BATCHES,
-    deps=[landed_batch],
+    # The batch's profile travels in its value's attrs: columns=[] reads no rows. A rejected
+    # batch has no value and is named in the run's failure.
+    ins={"landed_batch": dg.AssetIn(key=landed_batch.key,
+                                    metadata={"columns": [], "allow_missing_partitions": True})},
     group_name="monitoring",
     kinds={"python"},
     owners=OWNERS,
@@ -37,28 +40,27 @@ from unified_assets.partitions import BATCHES
 )
 def batch_drift(
     context: dg.AssetExecutionContext,
-    dataset: DatasetResource,
-    store: ArtifactStore,
+    landed_batch,  # a frame (one partition) or a dict partition -> frame (a range)
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
+    dataset: DatasetResource,
+    values_io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> Iterator[dg.AssetMaterialization | dg.MaterializeResult]:
     """Judges each batch of the run against one reference. A range run records one
     materialization per batch (assets after it in that run are skipped: automation requests
-    them on its next tick). A batch without a profile (only
-    possible when launched by hand on a rejected batch) is left out and named in the run's
-    one-line failure after the others are recorded."""
-    from unified_assets.assets.data import batch_passed
-    from unified_assets.monitoring import batch_drift as compute
-    from unified_assets.monitoring import champion_reference, drift_key, profile_key
-
-    reference = champion_reference(store, mlflow_registry, dataset.spec.name)
+    them on its next tick). A batch without a value (only possible when launched by hand
+    on a rejected batch) is left out and named in the run's one-line failure after the
+    others are recorded."""
+    frames = landed_batch if isinstance(landed_batch, dict) else \
+        ({context.partition_keys[0]: landed_batch} if landed_batch is not None else {})
+    reference = champion_reference(values_io_manager, mlflow_registry, dataset.spec.name)
     where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
     missing = []
     for batch in context.partition_keys:
-        if not batch_passed(store, batch) or not store.exists(profile_key(batch)):
+        if batch not in frames or not batch_passed(context.instance, batch):
             missing.append(batch)
             continue
-        metadata = _judge(store, reference, batch, policy, compute, drift_key) | where
+        metadata = _judge(reference, frames[batch].attrs["profile"], policy) | where
         if context.has_partition_key:
             # One batch: the asset's own output, so assets after it in the same run
             # (drift_report, materialized together from the UI) run too.
@@ -71,14 +73,36 @@ def batch_drift(
                          "quality checks", allow_retries=False)
 
 
-def _judge(store: ArtifactStore, reference, batch: str, policy: PolicyResource, compute,
-           drift_key) -> dict:
-    """The metadata of one batch's drift decision (what drift_retrain_sensor reads)."""
+def training_batches(registry: MlflowRegistry, model_name: str, version: str) -> list[str]:
+    """The batches a registered model version was trained on (its `training_batches` tag)."""
+    tagged = registry.version_tags(model_name, version).get("training_batches", "")
+    return [b for b in tagged.split(",") if b]
+
+
+def champion_reference(values: ParquetIOManager, registry: MlflowRegistry,
+                       model_name: str) -> tuple[str, list[str], list[dict]] | None:
+    """(champion version, its training batches, their profiles), or None without a champion
+    or when none of its batches' values is stored any more."""
+    version = registry.alias_version(model_name)
+    if version is None:
+        return None
+    batches = training_batches(registry, model_name, version)
+    profiles = [values.attrs(LANDED_BATCH, b)["profile"] for b in batches
+                if values.exists(LANDED_BATCH, b)]
+    if not profiles:
+        return None
+    return version, batches, profiles
+
+
+def _judge(reference, profile: dict, policy: PolicyResource) -> dict:
+    """The metadata of one batch's drift decision (what drift_retrain_sensor and drift_report
+    read: the decision lives here, nowhere else)."""
+    from unified_assets.ml.drift_judgement import judge_drift
+
     if reference is None:
         return {"verdict": "no champion yet: nothing to compare"}
-    version, batches, merged = reference
-    result = compute(store, merged, batch, policy.policy.drift)
-    store.write_json(drift_key(batch), result | {"champion": version})
+    version, batches, profiles = reference
+    result = judge_drift(profiles, profile, policy.policy.drift)
     return {
         "dataset_drift": result["dataset_drift"],
         "share_of_drifted_columns": dg.MetadataValue.float(
@@ -87,6 +111,7 @@ def _judge(store: ArtifactStore, reference, batch: str, policy: PolicyResource, 
         "drifted_column_count": dg.MetadataValue.int(result["number_of_drifted_columns"]),
         "column_count": dg.MetadataValue.int(result["number_of_columns"]),
         "drifted_columns": dg.MetadataValue.json(result["drifted_columns"]),
+        "columns_judged": dg.MetadataValue.json([c["column"] for c in result["columns"]]),
         "champion_version": dg.MetadataValue.text(version),
         "reference_batches": dg.MetadataValue.json(batches),
         "columns": dg.MetadataValue.md(result["markdown"]),

@@ -4,9 +4,9 @@
 import dagster as dg
 from pydantic import Field
 
-from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
-from unified_assets.assets.data import landed_batch, report_key
+from resources.parquet_io import ParquetIOManager
+from unified_assets.assets.data import batch_record, landed_batch
 from unified_assets.assets.labels import awaiting_labels, batch_labels, labelled_frame
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
@@ -41,7 +41,8 @@ def select_window(
         if report is None:
             excluded[batch] = "no ingestion report"
         elif not report["passed"]:
-            failed = [name for name, problems in report["findings"].items() if problems]
+            failed = [name for name, problems in report["findings"].items() if problems] \
+                or ["(not recorded)"]
             excluded[batch] = f"failed checks: {', '.join(failed)}"
         elif batch in awaiting_labels:
             excluded[batch] = "awaiting late labels"
@@ -70,28 +71,31 @@ def training_set(
     context: dg.AssetExecutionContext,
     config: TrainingSetConfig,
     dataset: DatasetResource,
-    store: ArtifactStore,
+    values_io_manager: dg.ResourceParam[ParquetIOManager],
 ) -> dg.Output[TrainingSet]:
+    """Validity is Dagster's evidence (each batch's latest materialization metadata); the
+    rows are the batches' values, read through the values IO manager for the window only."""
     import pandas as pd
 
     from unified_assets.ml.features import holdout_mask
 
     spec = dataset.spec
     ordered = context.instance.get_dynamic_partitions(BATCHES.name)
-    materialized = set(context.instance.get_materialized_partitions(landed_batch.key))
-    reports = {
-        b: store.read_json(report_key(b))
-        for b in ordered
-        if b in materialized and store.exists(report_key(b))
-    }
-    awaiting = frozenset(b for b, r in reports.items() if awaiting_labels(store, b, r))
+    instance = context.instance
+    materialized = set(instance.get_materialized_partitions(landed_batch.key))
+    records = {b: r for b in ordered if b in materialized
+               and (r := batch_record(instance, b)) is not None}
+    reports = {b: {"passed": r.passed, "findings": r.findings} for b, r in records.items()}
+    awaiting = frozenset(b for b, r in records.items()
+                         if r.passed and awaiting_labels(instance, b, r))
     window, excluded = select_window(ordered, materialized, reports, config.window_batches, awaiting)
     if not window:
         raise dg.Failure(
             f"no valid ingested batch to train on ({len(materialized)} ingested, "
             f"{len(excluded)} excluded: {excluded})"
         )
-    frame = pd.concat([labelled_frame(store, b, spec.target) for b in window], ignore_index=True)
+    frame = pd.concat([labelled_frame(instance, values_io_manager, b, spec.target) for b in window],
+                      ignore_index=True)
     if len(frame) < config.min_rows:
         raise dg.Failure(f"only {len(frame)} rows in batches {window}; min_rows={config.min_rows}")
     in_holdout = holdout_mask(frame["row_id"], config.holdout_fraction)

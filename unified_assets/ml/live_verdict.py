@@ -1,4 +1,5 @@
-"""What the champion's live numbers ask for, once a batch's ground truth has landed.
+"""What the champion's live numbers ask for, once a batch's ground truth has landed (plain
+code: `assets/live.py` measures, this judges).
 
 The previous champion is scored on the same labelled rows, so "far below the previous
 champion" compares like with like: if the world changed, both drop and a rollback would not
