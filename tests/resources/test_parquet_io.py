@@ -156,3 +156,17 @@ def test_a_range_output_that_is_not_a_dict_is_refused(tmp_path, instance):
 def test_a_root_that_is_neither_local_nor_s3_is_an_error():
     with pytest.raises(ValueError, match="gs://b/v"):
         ParquetIOManager(root="gs://b/v").values  # noqa: B018 - the property builds the store
+
+
+def fill_values_disk(monkeypatch: pytest.MonkeyPatch, full=lambda path: True) -> None:
+    """Every values IO manager (also the ones a run builds from config) runs out of space
+    writing the paths `full` selects."""
+    from tests.resources.test_ingest_atomic_writes import _FullStream
+
+    original = _ParquetValues._open_output
+
+    def open_output(self, path):
+        stream = original(self, path)
+        return _FullStream(stream) if full(str(path)) else stream
+
+    monkeypatch.setattr(_ParquetValues, "_open_output", open_output)

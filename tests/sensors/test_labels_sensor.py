@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 import sensors.landing as landing
-from tests.resources.test_ingest_atomic_writes import fill_disk
+from tests.resources.test_parquet_io import fill_values_disk
 from tests.sensors.test_landing_sensor import launch, skipped, tick
 from unified_assets.assets.labels import is_trainable, labelled_frame
 from unified_assets.definitions import build_definitions
@@ -42,8 +42,8 @@ def _launch_labels(defs, instance, result):
 
 def test_relanded_labels_and_a_relanded_batch_are_matched_again(settings, instance, unlabelled):
     defs, truth = unlabelled
-    store, dataset = defs.resources["store"], defs.resources["dataset"]
-    assert not is_trainable(store, BATCH)
+    values, dataset = defs.resources["values_io_manager"], defs.resources["dataset"]
+    assert not is_trainable(instance, BATCH)
 
     _land_labels(settings, truth)
     first = _labels_tick(defs, instance)
@@ -54,7 +54,7 @@ def test_relanded_labels_and_a_relanded_batch_are_matched_again(settings, instan
     assert request.tags["unified-ai/labels-version"] == labels_version
     assert request.tags["unified-ai/batch-version"] == batch_version
     assert _launch_labels(defs, instance, first)[0].success
-    assert is_trainable(store, BATCH)
+    assert is_trainable(instance, BATCH)
     assert "no new" in skipped(_labels_tick(defs, instance, first.cursor))
 
     flipped = truth.assign(is_fraud=1 - truth["is_fraud"])
@@ -63,33 +63,33 @@ def test_relanded_labels_and_a_relanded_batch_are_matched_again(settings, instan
     (again,) = second.run_requests
     assert again.run_key != request.run_key
     assert _launch_labels(defs, instance, second)[0].success
-    assert labelled_frame(store, BATCH, "is_fraud")["is_fraud"].tolist() == flipped["is_fraud"].tolist()
+    relabelled = labelled_frame(instance, values, BATCH, "is_fraud")
+    assert relabelled["is_fraud"].tolist() == flipped["is_fraud"].tolist()
 
     # The batch is re-landed (its rows in another order): the stored labels were matched to
     # the old version, so they are not used until they are matched again.
     truth.drop(columns=["is_fraud"]).iloc[::-1].to_parquet(
         settings.landing_dir / f"{BATCH}.parquet", index=False)
     assert launch(defs, instance, tick(defs, instance, None))[0].success
-    assert not is_trainable(store, BATCH)
+    assert not is_trainable(instance, BATCH)
     with pytest.raises(dg.Failure, match="matched to version"):
-        labelled_frame(store, BATCH, "is_fraud")
+        labelled_frame(instance, values, BATCH, "is_fraud")
     third = _labels_tick(defs, instance, second.cursor)
     (rematch,) = third.run_requests
     assert rematch.tags["unified-ai/batch-version"] == dataset.batch_files()[BATCH].version
     assert _launch_labels(defs, instance, third)[0].success
-    assert is_trainable(store, BATCH)
-    relabelled = labelled_frame(store, BATCH, "is_fraud")
+    assert is_trainable(instance, BATCH)
+    relabelled = labelled_frame(instance, values, BATCH, "is_fraud")
     assert relabelled["is_fraud"].tolist() == flipped["is_fraud"].iloc[::-1].tolist()
 
 
 def test_labels_that_failed_to_read_or_to_be_stored_are_tried_again(
         settings, instance, unlabelled, monkeypatch):
     defs, truth = unlabelled
-    store = defs.resources["store"]
     _land_labels(settings, truth)
     first = _labels_tick(defs, instance)
     assert _launch_labels(defs, instance, first)[0].success
-    assert is_trainable(store, BATCH)
+    assert is_trainable(instance, BATCH)
 
     # A labels file read while still being copied: rejected, and the labels stored before
     # are no longer the batch's truth.
@@ -100,20 +100,20 @@ def test_labels_that_failed_to_read_or_to_be_stored_are_tried_again(
     (run,) = _launch_labels(defs, instance, second)
     checks = {e.check_name: e.passed for e in run.get_asset_check_evaluations()}
     assert checks == {"labels_match_batch": False}
-    assert not is_trainable(store, BATCH)
+    assert not is_trainable(instance, BATCH)
     skipped(_labels_tick(defs, instance, second.cursor))
 
     # The copy completes while the disk is full: the run fails and is retried.
     path.write_bytes(content)
     third = _labels_tick(defs, instance, second.cursor)
-    fill_disk(monkeypatch, full=lambda p: "/labels/" in p and BATCH in p)
+    fill_values_disk(monkeypatch, full=lambda p: "/batch_labels/" in p and BATCH in p)
     (failed,) = _launch_labels(defs, instance, third)
     assert not failed.success
-    assert not is_trainable(store, BATCH)
+    assert not is_trainable(instance, BATCH)
     monkeypatch.undo()
     monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
     retry = _labels_tick(defs, instance, third.cursor)
     (request,) = retry.run_requests
     assert request.run_key == f"{third.run_requests[0].run_key}:2"
     assert _launch_labels(defs, instance, retry)[0].success
-    assert is_trainable(store, BATCH)
+    assert is_trainable(instance, BATCH)

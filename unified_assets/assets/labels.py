@@ -94,7 +94,7 @@ def is_trainable(instance: dg.DagsterInstance, batch: str) -> bool:
 )
 def batch_labels(
     context: dg.AssetExecutionContext, dataset: DatasetResource, landed_batch: pd.DataFrame,
-) -> dg.MaterializeResult:
+):  # a MaterializeResult with a value: annotated so, Dagster would store none
     """The value is the labels (row id and target) of a passing labels file; a rejected file
     stores none, so labels of an earlier file are never read as current."""
     from unified_assets.ml.labels import align_labels
