@@ -239,7 +239,7 @@ def test_a_refused_rollback_says_why_in_one_line(home, capsys, mlflow_db_templat
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rollback refused (run ") and "champion" in err[-1], err
     assert not any("Traceback" in line for line in err)
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(dagster_home))) as instance:
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         (record,) = instance.get_run_records(dg.RunsFilter(job_name="rollback_production"))
     assert record.dagster_run.run_id in err[-1]
     assert record.dagster_run.status == dg.DagsterRunStatus.FAILURE
