@@ -324,7 +324,7 @@ def _plan_for(args: argparse.Namespace):
     settings = load_settings()
     defs = build_definitions(settings)
     job = defs.resolve_job_def(args.job)
-    from unified_assets.assets.models import candidate_names
+    from unified_assets.candidates import candidate_names
 
     # --rows: the training set's size, as each candidate's model step sees it.
     requirements = requirements_for_job(job, {f"model_{name}": args.rows for name in

@@ -10,8 +10,8 @@ import dagster as dg
 
 from sensors.landing import FILE_TAG, VERSION_TAG, contiguous_chunks, latest_metadata
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch, report_key
-from unified_assets.assets.models import candidate_names
 from unified_assets.assets.selection import SELECTED
+from unified_assets.candidates import candidate_names
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings

@@ -16,20 +16,13 @@ import dagster as dg
 
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
-from unified_assets.candidates import Candidate, TrainedModel, TrainingContext
+from unified_assets.candidates import CANDIDATE_TAG, Candidate, TrainedModel, TrainingContext
 from unified_assets.compute import ComputeProfile
 from unified_assets.gates import CandidateFailure
 from unified_assets.metadata import OWNERS, numbers
 from unified_assets.ml.training_data import TrainingSet
 
 TRAINED_CHECK = "trained"
-CANDIDATE_TAG = "unified-ai/candidate"  # on each candidate's model asset: its name
-
-
-def candidate_names(asset_graph) -> list[str]:
-    """The declared candidates, read from a built asset graph (their model assets' tag)."""
-    return sorted(node.tags[CANDIDATE_TAG] for node in asset_graph.asset_nodes
-                  if CANDIDATE_TAG in node.tags)
 
 
 def _run_tags(context: dg.AssetExecutionContext, training: TrainingSet) -> dict[str, str]:

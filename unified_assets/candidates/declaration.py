@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from unified_assets.ml.training_data import TrainingSet
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+CANDIDATE_TAG = "unified-ai/candidate"  # on each candidate's model asset: its name
+
+
+def candidate_names(asset_graph: Any) -> list[str]:
+    """The candidates a built asset graph trains (its model assets' tag), for readers of a
+    job or run (the CLI, the lifecycle summary) that do not hold the declarations."""
+    return sorted(node.tags[CANDIDATE_TAG] for node in asset_graph.asset_nodes
+                  if CANDIDATE_TAG in node.tags)
 
 
 @dataclass(frozen=True)
