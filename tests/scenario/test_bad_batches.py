@@ -75,10 +75,9 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
     # missing feature is, naming the spec field. The checks it stopped say they did not run.
     assert "batch-missing.parquet: missing column 'region' (spec field segment_columns)" in missing
     assert set(_check_details(instance, "batch-missing")) == {"schema"}  # the rest: skipped
-    store = defs.resources["store"]
-    assert batch_findings(store, "batch-missing") == [
+    assert batch_findings(instance, "batch-missing") == [
         "batch-missing.parquet: missing column 'region' (spec field segment_columns)"]
-    assert batch_findings(store, "batch-00000") == []
+    assert batch_findings(instance, "batch-00000") == []
     text = _check_details(instance, "batch-text")["schema"].metadata["details"].value
     assert "batch-text.parquet: cannot be read as parquet" in text
     inf = _check_details(instance, "batch-inf")["ranges"].metadata["details"].value
@@ -88,8 +87,8 @@ def test_malformed_batches_fail_blocking_checks_and_never_reach_training(landing
         in same
 
     # Nothing curated for a bad batch; the landed files are all still there.
-    assert not (landing.artifacts_dir / "batches" / "batch-wrongtype.parquet").exists()
-    assert (landing.artifacts_dir / "batches" / "batch-00001.parquet").exists()
+    assert not (landing.values_dir / "landed_batch" / "batch-wrongtype.parquet").exists()
+    assert (landing.values_dir / "landed_batch" / "batch-00001.parquet").exists()
     assert sorted(p.name for p in landing.landing_dir.iterdir()) == before
 
     result = train_evaluate_promote(defs, instance)
@@ -168,17 +167,19 @@ def test_a_rejected_batch_neither_fails_nor_hides_the_others_in_its_run(landing,
     verdict = missing.asset_materialization.metadata["verdict"].value
     assert verdict.startswith("REJECTED: failed checks schema; not run: ids, nulls, ranges, label")
     # Fail closed: a rejected batch is never curated, profiled or trained on.
-    store = defs.resources["store"]
-    assert not (landing.artifacts_dir / "batches" / "batch-missing.parquet").exists()
-    assert not store.read_json("batches/batch-missing.report.json")["passed"]
-    assert store.read_json("batches/batch-00002.report.json")["passed"]
+    from unified_assets.assets.data import batch_passed
+
+    assert not (landing.values_dir / "landed_batch" / "batch-missing.parquet").exists()
+    assert not batch_passed(instance, "batch-missing")
+    assert batch_passed(instance, "batch-00002")
 
     # Drift is judged for a range of batches in one run too, one materialization each.
     from unified_assets.assets.monitoring import batch_drift
 
-    drift = dg.materialize([batch_drift], instance=instance,
+    drift = dg.materialize([landed_batch, batch_drift], selection=[batch_drift], instance=instance,
                            resources={k: defs.resources[k] for k in
-                                      ("dataset", "store", "mlflow_registry", "policy")},
+                                      ("dataset", "values_io_manager", "mlflow_registry",
+                                       "policy")},
                            tags={"dagster/asset_partition_range_start": "batch-00000",
                                  "dagster/asset_partition_range_end": "batch-00002"})
     assert drift.success
