@@ -30,9 +30,9 @@ from unified_assets.placement import (  # noqa: E402
     InstanceLoad,
     K8sCapacity,
     K8sNode,
+    PlacementPolicy,
     PoolOccupancy,
     StepRequirement,
-    load_policy,
     plan,
     plan_to_tags,
 )
@@ -42,7 +42,7 @@ GPU_L4 = ComputeProfile(name="gpu-l4", device="gpu", cpu="4", memory="16Gi", gpu
                         accelerator="nvidia-l4")
 GPU_PAIR = ComputeProfile(name="gpu-pair", device="gpu", cpu="8", memory="32Gi", gpus=2)
 PROFILES = (CPU_LIGHT, CPU_TRAINING, CPU_LIGHT, GPU_TRAINING, CPU_TRAINING, GPU_L4, GPU_PAIR)
-POLICY = load_policy({"profiles": {
+POLICY = PlacementPolicy.model_validate({"profiles": {
     **DEFAULT_POLICY.model_dump()["profiles"],
     "gpu-l4": {"on_unavailable": "wait", "min_free_gpu_memory_mb": 4000},
     "gpu-pair": {"on_unavailable": "degrade_to_cpu", "degraded_settings": {"device": "cpu"}},

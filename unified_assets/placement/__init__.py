@@ -25,7 +25,6 @@ from unified_assets.placement.policy import (
     PolicyError,
     ProfileRule,
     ScalableNodePool,
-    load_policy,
 )
 from unified_assets.placement.probe import probe_cuda, probe_host, probe_instance, take_snapshot
 from unified_assets.placement.runtime import decide_at_start
@@ -52,6 +51,6 @@ __all__ = [
     "Decision", "HostCapacity", "InstanceLoad", "K8sCapacity", "K8sNode", "PlacementError",
     "PlacementPolicy", "Plan", "PolicyError", "PoolOccupancy", "ProfileRule",
     "ScalableNodePool", "StepRequirement", "decide", "decide_at_start", "decision_from_tags",
-    "decision_metadata", "decisions_from_tags", "load_policy", "plan", "plan_to_tags",
+    "decision_metadata", "decisions_from_tags", "plan", "plan_to_tags",
     "probe_cuda", "probe_host", "probe_instance", "render_table", "revalidate", "take_snapshot",
 ]

@@ -1,14 +1,12 @@
 """Placement policy: per compute profile, where it may run and what to do when its GPU is not
-available. Validated by pydantic (unknown keys are errors); `load_policy` turns validation
-errors into one `PolicyError` naming each offending key."""
+available. Validated by pydantic (unknown keys are errors) as the `placement` section of the
+one policy file (`unified_assets.policy.load_policy`), whose errors name each offending key."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Target = Literal["gpu", "cpu"]
 OnUnavailable = Literal["degrade_to_cpu", "wait", "fail_and_escalate"]
@@ -68,20 +66,6 @@ class PlacementPolicy(_Strict):
         default_factory=dict,
         description="Node pools that can add GPU nodes: an empty or full pool then means wait "
                     "for the autoscaler rather than unavailable.")
-
-
-def load_policy(source: Mapping[str, Any] | str | Path) -> PlacementPolicy:
-    """A policy from a mapping or a YAML file; raises `PolicyError` listing each bad key."""
-    if isinstance(source, str | Path):
-        import yaml
-
-        source = yaml.safe_load(Path(source).read_text()) or {}
-    try:
-        return PlacementPolicy.model_validate(source)
-    except ValidationError as exc:
-        lines = [f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
-                 for err in exc.errors()]
-        raise PolicyError("invalid placement policy:\n  " + "\n  ".join(lines)) from None
 
 
 DEFAULT_POLICY = PlacementPolicy(

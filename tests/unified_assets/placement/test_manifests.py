@@ -19,7 +19,7 @@ from dagster_k8s.executor import K8sStepHandler
 
 from tests.unified_assets.placement.helpers import cluster, pools
 from unified_assets.compute import CPU_LIGHT, CPU_TRAINING, GPU_TRAINING, ComputeProfile
-from unified_assets.placement import DEFAULT_POLICY, StepRequirement, load_policy, plan
+from unified_assets.placement import DEFAULT_POLICY, StepRequirement, plan
 from unified_assets.placement.manifests import (
     STEP_ARGS,
     K8sTarget,
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[3]
 IMAGE = "registry.example.com/unified-ai:4f2a9c1-cuda"
 QUAD = ComputeProfile(name="gpu-quad", device="gpu", cpu="8", memory="32Gi", gpus=4,
                       accelerator="nvidia-a100-80gb")
-POLICY = load_policy({"profiles": {**DEFAULT_POLICY.model_dump()["profiles"],
-                                   "gpu-quad": {"on_unavailable": "wait"}}})
+POLICY = DEFAULT_POLICY.model_validate(
+    {"profiles": {**DEFAULT_POLICY.model_dump()["profiles"], "gpu-quad": {"on_unavailable": "wait"}}})
 STEPS = [
     StepRequirement("landed_batch", CPU_LIGHT),
     StepRequirement("model_sklearn", CPU_TRAINING, input_rows=50_000),

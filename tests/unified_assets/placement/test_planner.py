@@ -16,7 +16,6 @@ from unified_assets.placement import (
     PlacementPolicy,
     StepRequirement,
     decide_at_start,
-    load_policy,
     plan,
     plan_to_tags,
     revalidate,
@@ -35,7 +34,7 @@ def policy(on_unavailable: str = "degrade_to_cpu", **rule) -> PlacementPolicy:
     """Every GPU profile under one rule; cpu-training waits, cpu-light escalates."""
     gpu = {"targets": ["gpu", "cpu"], "on_unavailable": on_unavailable,
            "degraded_settings": {"device": "cpu", "batch_size": 256}, **rule}
-    return load_policy({"profiles": {
+    return PlacementPolicy.model_validate({"profiles": {
         **dict.fromkeys(("gpu-training", "gpu-l4", "gpu-a100", "gpu-quad"), gpu),
         "cpu-training": {"targets": ["cpu"], "on_unavailable": "wait"},
         "cpu-light": {"targets": ["cpu"], "on_unavailable": "fail_and_escalate"},
@@ -155,7 +154,8 @@ def test_default_policy_degrades_gpu_training_without_gpu():
 
 
 def test_scalable_node_pool_waits_for_the_autoscaler():
-    rules = load_policy({**policy().model_dump(), "scalable_node_pools": {"gpu": {"gpus_per_node": 1}}})
+    rules = PlacementPolicy.model_validate(
+        {**policy().model_dump(), "scalable_node_pools": {"gpu": {"gpus_per_node": 1}}})
     decision = only(cluster(), rules=rules)
     assert (decision.target, decision.fallback) == ("gpu", "wait")
     assert "the autoscaler can add a node to gpu (1 GPU(s) each)" in decision.reason

@@ -4,9 +4,17 @@ the compute profiles."""
 from __future__ import annotations
 
 import pytest
+import yaml
 
+from tests.policies import shipped_policy
 from unified_assets.compute import PROFILES
-from unified_assets.placement import DEFAULT_POLICY, PolicyError, load_policy
+from unified_assets.placement import DEFAULT_POLICY, PlacementPolicy
+from unified_assets.policy import PolicyError, load_policy, parse_policy
+
+
+def placement_policy(data: dict) -> PlacementPolicy:
+    """`data` as the policy file's placement section (the one loader)."""
+    return parse_policy({**shipped_policy(), "placement": data}).placement
 
 
 def gpu_rule(**overrides) -> dict:
@@ -14,38 +22,41 @@ def gpu_rule(**overrides) -> dict:
 
 
 @pytest.mark.parametrize(("data", "names"), [
-    (gpu_rule(bogus=1), ["profiles.gpu-training.bogus: Extra inputs are not permitted"]),
+    (gpu_rule(bogus=1), ["placement.profiles.gpu-training.bogus: Extra inputs are not permitted"]),
     (gpu_rule(on_unavailable="retry"), ["profiles.gpu-training.on_unavailable: Input should be"]),
     (gpu_rule(targets=["gpu"]),
-     ["profiles.gpu-training: Value error, on_unavailable='degrade_to_cpu' needs 'cpu' in targets"]),
+     ["placement.profiles.gpu-training: on_unavailable='degrade_to_cpu' needs 'cpu' in targets"]),
     (gpu_rule(targets=["gpu"], on_unavailable="wait", small_input_rows=100),
-     ["profiles.gpu-training: Value error, small_input_rows needs 'cpu' in targets"]),
+     ["placement.profiles.gpu-training: small_input_rows needs 'cpu' in targets"]),
     (gpu_rule(targets=["gpu", "gpu"]), ["repeat a target"]),
     (gpu_rule(targets=["tpu"]), ["profiles.gpu-training.targets.0: Input should be 'gpu' or 'cpu'"]),
     (gpu_rule(small_input_rows=0),
      ["profiles.gpu-training.small_input_rows: Input should be greater than or equal to 1"]),
     ({"profiles": {}, "scalable_node_pools": {"gpu": {"gpus_per_node": 0}}},
      ["scalable_node_pools.gpu.gpus_per_node"]),
-    ({"profile": {}}, ["profiles: Field required", "profile: Extra inputs are not permitted"]),
+    ({"profile": {}}, ["placement.profiles: missing", "profile: Extra inputs are not permitted"]),
 ])
 def test_invalid_policies_name_the_key(data, names):
     with pytest.raises(PolicyError) as caught:
-        load_policy(data)
+        placement_policy(data)
     for name in names:
         assert name in str(caught.value)
 
 
 def test_policy_from_yaml(tmp_path):
-    path = tmp_path / "placement.yaml"
+    path = tmp_path / "policy.yaml"
+    shipped = yaml.safe_dump({k: v for k, v in shipped_policy().items() if k != "placement"})
     path.write_text(
-        "profiles:\n"
-        "  gpu-training:\n"
-        "    on_unavailable: wait\n"
-        "    degraded_settings: {device: cpu, batch_size: 256}\n"
-        "scalable_node_pools:\n"
-        "  gpu: {gpus_per_node: 1, accelerator: nvidia-l4}\n"
+        shipped +
+        "placement:\n"
+        "  profiles:\n"
+        "    gpu-training:\n"
+        "      on_unavailable: wait\n"
+        "      degraded_settings: {device: cpu, batch_size: 256}\n"
+        "  scalable_node_pools:\n"
+        "    gpu: {gpus_per_node: 1, accelerator: nvidia-l4}\n"
     )
-    policy = load_policy(path)
+    policy = load_policy(path).placement
     rule = policy.profiles["gpu-training"]
     assert (rule.targets, rule.on_unavailable) == (("gpu", "cpu"), "wait")
     assert rule.degraded_settings == {"device": "cpu", "batch_size": 256}
