@@ -1,16 +1,19 @@
-"""Disk full during ingestion: the run fails naming the key, the path and the error, leaves no
-'passed' report and no temp file, and the landing sensor retries it (new run key per attempt,
-bounded, saying so) once space returns."""
+"""Disk full during ingestion: the run fails naming the value, the path and the error, records
+no materialization (so nothing reads as passed) and leaves no temp file, and the landing
+sensor retries it (new run key per attempt, bounded, saying so) once space returns."""
 
+import dagster as dg
 import pytest
 
 import sensors.landing as landing
-from tests.resources.test_ingest_atomic_writes import fill_disk
+from tests.resources.test_parquet_io import fill_values_disk as fill_disk
 from tests.sensors.test_landing_sensor import launch, skipped, tick
+from unified_assets.assets.data import batch_passed, batch_record
 from unified_assets.definitions import build_definitions
 from unified_assets.ml.generator import generate_batch, write_batches
 
 CURATED = "batch-00000.parquet"
+LANDED = dg.AssetKey("landed_batch")
 
 
 @pytest.fixture
@@ -20,16 +23,22 @@ def landed(settings):
 
 
 def _temp_files(settings):
-    return [p for p in settings.artifacts_dir.rglob("*") if p.is_file() and ".tmp" in p.name]
+    return [p for p in settings.values_dir.rglob("*") if p.is_file() and ".tmp" in p.name]
 
 
 def _error(run):
-    return next(e for e in run.all_events if e.is_step_failure).event_specific_data.error.message
+    """The step failure's message with its causes (Dagster wraps the IO manager's error)."""
+    error = next(e for e in run.all_events if e.is_step_failure).event_specific_data.error
+    messages = []
+    while error is not None:
+        messages.append(error.message)
+        error = error.cause
+    return "\n".join(messages)
 
 
 def test_disk_full_fails_the_run_without_a_passed_report_and_is_retried_when_space_returns(
         settings, instance, landed, monkeypatch):
-    store = landed.resources["store"]
+    values = landed.resources["values_io_manager"]
     first = tick(landed, instance)
     (request,) = first.run_requests
 
@@ -37,13 +46,11 @@ def test_disk_full_fails_the_run_without_a_passed_report_and_is_retried_when_spa
     (run,) = launch(landed, instance, first)
     assert not run.success
     message = _error(run)
-    assert "batches/batch-00000.parquet" in message and str(settings.artifacts_dir) in message
+    assert "landed_batch partition 'batch-00000'" in message and str(settings.values_dir) in message
     assert "No space left on device" in message and "Errno 28" in message
-    report = store.read_json("batches/batch-00000.report.json") \
-        if store.exists("batches/batch-00000.report.json") else None
-    assert report is None or report["passed"] is False
+    assert not batch_passed(instance, "batch-00000")
     assert _temp_files(settings) == []
-    assert not store.exists("batches/batch-00000.parquet")
+    assert not values.exists(LANDED, "batch-00000")
 
     monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 3600.0)
     waiting = skipped(tick(landed, instance, first.cursor))
@@ -57,30 +64,26 @@ def test_disk_full_fails_the_run_without_a_passed_report_and_is_retried_when_spa
     assert again.tags["unified-ai/trigger"] == "retry"
     (run,) = launch(landed, instance, retry)
     assert run.success
-    assert store.read_json("batches/batch-00000.report.json")["passed"] is True
+    assert batch_passed(instance, "batch-00000")
     assert "no new or changed batch" in skipped(tick(landed, instance, retry.cursor))
 
 
-def test_a_report_that_fails_to_write_leaves_no_passed_report_of_an_older_version(
+def test_a_new_version_that_fails_to_store_leaves_the_older_version_whole(
         settings, instance, landed, monkeypatch):
-    store = landed.resources["store"]
+    values = landed.resources["values_io_manager"]
     first = tick(landed, instance)
     assert launch(landed, instance, first)[0].success
-    assert store.read_json("batches/batch-00000.report.json")["passed"] is True
+    old = batch_record(instance, "batch-00000").version
 
     generate_batch(9, 30).to_parquet(settings.landing_dir / CURATED, index=False)
     second = tick(landed, instance, first.cursor)
-    writes = []
-
-    def full_after_the_curated_file(path: str) -> bool:
-        writes.append(path)
-        return "report.json" in path and any(CURATED in p for p in writes)
-
-    fill_disk(monkeypatch, full=full_after_the_curated_file)
+    fill_disk(monkeypatch, full=lambda path: CURATED in path)
     (run,) = launch(landed, instance, second)
     monkeypatch.undo()
-    assert not run.success and "batch-00000.report.json" in _error(run)
-    assert store.read_json("batches/batch-00000.report.json")["passed"] is False
+    assert not run.success and "landed_batch partition 'batch-00000'" in _error(run)
+    # The record and the value still describe the same (older) version.
+    assert batch_record(instance, "batch-00000").version == old
+    assert len(values.load(LANDED, "batch-00000")) == 60
     assert _temp_files(settings) == []
 
 
@@ -107,15 +110,14 @@ def test_retries_are_bounded_and_reported_and_a_new_version_starts_over(
     assert fresh.tags["unified-ai/attempt"] == "1"
 
 
-def test_a_relanded_version_that_fails_its_checks_is_not_passed_though_old_files_remain(
+def test_a_relanded_version_that_fails_its_checks_is_not_passed_and_keeps_no_value(
         settings, instance, landed):
-    from unified_assets.assets.data import batch_passed
-
-    store = landed.resources["store"]
+    values = landed.resources["values_io_manager"]
     first = tick(landed, instance)
-    assert launch(landed, instance, first)[0].success and batch_passed(store, "batch-00000")
+    assert launch(landed, instance, first)[0].success and batch_passed(instance, "batch-00000")
     (settings.landing_dir / CURATED).write_bytes(b"not parquet")
     # Rejected, not broken: a green run with the batch marked (failed checks, REJECTED).
     assert launch(landed, instance, tick(landed, instance, first.cursor))[0].success
-    assert store.exists("batches/batch-00000.parquet")  # the earlier version's, kept
-    assert not batch_passed(store, "batch-00000")
+    assert not values.exists(LANDED, "batch-00000")  # the earlier version's rows are not read
+    assert (settings.landing_dir / CURATED).exists()  # the landed file is kept
+    assert not batch_passed(instance, "batch-00000")
