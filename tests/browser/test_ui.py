@@ -9,13 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
-from tests.browser.conftest import start_run_command, state_env, wait_until
+from tests.browser.conftest import ROOT, start_run_command, state_env, wait_until
 from tests.policies import write_policy
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
@@ -149,6 +152,26 @@ def test_a_rollback_launched_from_the_launchpad_ends_green_with_the_champion_mov
     assert status == "SUCCESS", ui.tail()
     assert champion(settings) == first
     page.reload()
+    page.get_by_text("Success").first.wait_for()
+
+
+def test_a_cli_rollback_through_the_webserver_is_a_run_of_the_ui(state, ui, page):
+    """`unified-ai rollback` with UNIFIED_AI_DAGSTER_URL submits through the webserver's
+    GraphQL API: the run is the webserver's (queued, launched, shown), not the CLI's."""
+    settings, env, _, (first, second) = state
+    assert champion(settings) == first, "after the launchpad's rollback"
+    done = subprocess.run(
+        [sys.executable, "-m", "unified_assets.cli", "rollback", "--to", second, "--by", "ops",
+         "--reason", "browser test: forward again from the CLI"],
+        env={**env, "UNIFIED_AI_DAGSTER_URL": ui.url}, cwd=ROOT, capture_output=True,
+        text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout, done.stderr, ui.tail())
+    run_id = re.search(r"\(run ([0-9a-f-]{36})", done.stdout).group(1)
+    assert champion(settings) == second
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        run = instance.get_run_by_id(run_id)
+    assert run.job_name == "rollback_production" and run.tags["unified-ai/source"] == "cli"
+    _open(page, f"{ui.url}/runs/{run_id}")
     page.get_by_text("Success").first.wait_for()
 
 
