@@ -42,8 +42,8 @@ from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.policy import PolicyResource
 from unified_assets.definitions import build_definitions
-from unified_assets.ml.profiles import merge_profiles
-from unified_assets.monitoring import batch_drift, profile_key
+from plain_lifecycle import profile_key, report_key
+from unified_assets.ml.drift_judgement import judge_drift
 from unified_assets.settings import load_settings
 import dagster as dg
 
@@ -53,7 +53,7 @@ with dg.build_resources({{k: defs.resources[k] for k in ("dataset", "store", "po
     dataset, store, policy = r.dataset, r.store, r.policy.policy.drift
     reference_batches = {reference!r}
     ingest(dataset, store)  # untimed: the champion's training batches, layout and profiles
-    reference = merge_profiles([store.read_json(profile_key(b)) for b in reference_batches])
+    reference = [store.read_json(profile_key(b)) for b in reference_batches]
     new = {new!r}
     for path in settings.landing_dir.glob("*.parquet"):
         path.unlink()  # the champion's batches are in the store; only the new ones are timed
@@ -62,8 +62,8 @@ with dg.build_resources({{k: defs.resources[k] for k in ("dataset", "store", "po
         (settings.landing_dir / name).write_bytes(staged.read_bytes())
     started = time.perf_counter()
     ingested = [b for b in ingest(dataset, store) if b not in reference_batches]
-    judged = [batch_drift(store, reference, b, policy) for b in ingested
-              if store.exists(profile_key(b)) and store.read_json("batches/" + b + ".report.json")["passed"]]
+    judged = [judge_drift(reference, store.read_json(profile_key(b)), policy) for b in ingested
+              if store.exists(profile_key(b)) and store.read_json(report_key(b))["passed"]]
     print("plain", len(ingested), len(judged), time.perf_counter() - started)
 """
 

@@ -18,12 +18,10 @@ from importlib.metadata import version as installed_version
 from typing import Any
 
 import pandas as pd
-from unified_assets.monitoring import store_batch_profile
 
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from unified_assets.assets.data import curated_key, report_key
 from unified_assets.assets.evaluation import evaluate_on_holdout
 from unified_assets.assets.evaluation import report_key as evaluation_report_key
 from unified_assets.assets.training import TrainingSetConfig, select_window
@@ -47,6 +45,31 @@ from unified_assets.values import (
     EvaluationReport,
     GateOutcome,
 )
+
+
+def curated_key(batch: str) -> str:
+    """The plain baseline keeps its own files (Dagster's values live in the IO manager)."""
+    return f"batches/{batch}.parquet"
+
+
+def report_key(batch: str) -> str:
+    return f"batches/{batch}.report.json"
+
+
+def profile_key(batch: str) -> str:
+    return f"profiles/{batch}.json"
+
+
+def store_batch_profile(store: ArtifactStore, frame: pd.DataFrame, spec, batch: str) -> dict:
+    """The batch's profile on the layout of the first profile stored (as `landed_batch`)."""
+    from unified_assets.ml.drift_judgement import batch_profile
+
+    first = store.read_json(profile_key("_layout")) if store.exists(profile_key("_layout")) else None
+    profile = batch_profile(frame, spec, first)
+    if first is None:
+        store.write_json(profile_key("_layout"), profile)
+    store.write_json(profile_key(batch), profile)
+    return profile
 
 
 @dataclass
