@@ -80,7 +80,7 @@ def test_sensor_lists_complete_objects_only_and_ingestion_reads_them(settings, i
 
     summary = ingest_landed(defs, instance)
     assert summary.batches_ingested == [batch_name(0)]
-    curated = defs.resources["store"].read_frame(f"batches/{batch_name(0)}.parquet")
+    curated = defs.resources["values_io_manager"].load(dg.AssetKey("landed_batch"), batch_name(0))
     assert len(curated) == 600
     assert curated["row_id"].tolist() == generate_batch(0, 600)["transaction_id"].tolist()
 
@@ -114,7 +114,7 @@ def test_late_labels_land_in_the_s3_labels_prefix(settings, instance, s3):
     job = defs.resolve_job_def("ingest_labels").get_subset(
         asset_selection={dg.AssetKey("batch_labels")})
     assert job.execute_in_process(instance=instance, partition_key=batch_name(3)).success
-    labels = defs.resources["store"].read_frame(f"labels/{batch_name(3)}.parquet")
+    labels = defs.resources["values_io_manager"].load(dg.AssetKey("batch_labels"), batch_name(3))
     assert labels["is_fraud"].tolist() == late["is_fraud"].tolist()
 
 
