@@ -1,8 +1,11 @@
 """Shared fixtures: a real MLflow sqlite store (schema created once per session and copied
-per test, since MLflow's migrations take seconds), real folders, a test Dagster instance."""
+per test, since MLflow's migrations take seconds), real folders, a test Dagster instance, and
+`states`: expensive starting points (an ingested window, a first champion) built once per
+session and restored per test, as dagster's project_fully_featured shares its setup."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +13,25 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tests.states import States
 from unified_assets.settings import Settings
+
+# A state's MLflow store is replaced on disk between tests at the same path: no pooled
+# connection may keep reading the file it replaced (MLflow caches one engine per URI).
+os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One thread per worker for torch and scikit-learn (OpenMP): the workers are the
+    # parallelism; more threads than cores only spin. Read when torch/sklearn first load.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "slow: a full lifecycle (real training, MLflow, Dagster runs); the README's "
+        "test command runs these too (`-m 'not slow'` for a quick pass)")
+    # pytest-xdist's mark, also known without it (a plain run ignores it).
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +57,8 @@ def settings(tmp_path: Path, mlflow_db_template: Path) -> Settings:
 def instance() -> Iterator[dg.DagsterInstance]:
     with dg.instance_for_test() as test_instance:
         yield test_instance
+
+
+@pytest.fixture(scope="session")
+def states(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path) -> States:
+    return States(tmp_path_factory.mktemp("states"), mlflow_db_template)

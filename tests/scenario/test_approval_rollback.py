@@ -10,6 +10,7 @@ import pytest
 
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import with_policy
+from tests.states import Recipe
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -18,6 +19,9 @@ from unified_assets.services.champion import ChampionLedger
 from unified_assets.services.decisions import LIVE_ACTOR, record_decision
 from unified_assets.services.identity import SIGNING_KEY_ENV, load_private_key, sign, write_key_pair
 from unified_assets.services.refusals import refusal
+
+# Full lifecycles sharing one built state: on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("approval")]
 
 MODEL = "payments-risk"
 PEOPLE = ("alice", "bob", "ops", "risk-officer")
@@ -55,14 +59,36 @@ def _champion(settings, model=MODEL):
         return None
 
 
+def _first_retrain_waits_for_a_person(keys):
+    """Three landed batches, ingested and trained under the human-approval policy: the first
+    challenger waits for a person. Built once per session; every test starts from a copy."""
+
+    def build(settings, instance, folder, _):
+        write_batches(settings.landing_dir, batches=3, rows=2000)
+        settings = with_policy(settings, folder, _human_policy(keys))
+        defs = build_definitions(settings)
+        ingest_landed(defs, instance)
+        return settings, train_evaluate_promote(defs, instance)
+
+    return Recipe("approval:first-retrain-waits", build)
+
+
 @pytest.fixture
-def human(settings, tmp_path, instance, keys):
-    write_batches(settings.landing_dir, batches=3, rows=2000)
-    settings = with_policy(settings, tmp_path, _human_policy(keys))
-    defs = build_definitions(settings)
-    ingest_landed(defs, instance)
-    result = train_evaluate_promote(defs, instance)
-    return settings, defs, result
+def human_state(states, keys):
+    with states.use(_first_retrain_waits_for_a_person(keys)) as state:
+        yield state
+
+
+@pytest.fixture
+def instance(human_state):
+    """The instance of the restored state (every test here starts from it)."""
+    return human_state.instance
+
+
+@pytest.fixture
+def human(human_state):
+    settings, result = human_state.settings, human_state.value
+    return settings, build_definitions(settings), result
 
 
 def _refusal(run) -> str:
@@ -95,9 +121,9 @@ def _decide(defs, keys, version, decision, person, reason, signer=None):
 def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human, instance, keys):
     settings, defs, result = human
     approval = result.output_for_node("approval")
-    version = approval["version"]
-    assert approval["approval_state"] == "pending"
-    assert "first deployment" in approval["approval"]
+    version = approval.version
+    assert approval.approval_state == "pending"
+    assert "first deployment" in approval.approval
     # Waiting for a person is an outcome: a green run, nothing promoted, the wait listed.
     assert result.success and _champion(settings) is None
     assert instance.fetch_materializations(PRODUCTION, limit=1).records == []
@@ -130,7 +156,7 @@ def test_approval_required_waits_then_cli_approval_promotes_via_the_sensor(human
 
 def test_rejection_from_the_ui_with_a_signed_token_ends_the_candidate(human, instance, keys):
     settings, defs, result = human
-    version = result.output_for_node("approval")["version"]
+    version = result.output_for_node("approval").version
     # The launchpad takes only the token `unified-ai sign reject ...` printed.
     config = {"token": _token(keys, "alice", "reject", version, "too risky")}
     run = defs.resolve_job_def("approve_or_reject").execute_in_process(
@@ -148,7 +174,7 @@ def test_rejection_from_the_ui_with_a_signed_token_ends_the_candidate(human, ins
 
 def test_unauthorized_unsigned_or_invalid_decisions_are_refused_and_recorded(human, instance, keys):
     settings, defs, result = human
-    version = result.output_for_node("approval")["version"]
+    version = result.output_for_node("approval").version
     with pytest.raises(ApprovalRefused, match="'mallory' may not approve"):
         _decide(defs, keys, version, "approve", "mallory", "ship it", signer="")
     with pytest.raises(ApprovalRefused, match="'group:leads' is a group, not a person"):
@@ -181,7 +207,7 @@ def test_unauthorized_unsigned_or_invalid_decisions_are_refused_and_recorded(hum
         reason="ok", details={"source": "cli", "signed": False})
     later = defs.resolve_job_def("approve_or_reject").execute_in_process(
         instance=instance, raise_on_error=False)
-    assert later.output_for_node("approval")["approval_state"] == "unverified"
+    assert later.output_for_node("approval").approval_state == "unverified"
     check = next(e for e in later.get_asset_check_evaluations() if e.check_name == "approved")
     assert not check.passed and "not acted on: it is unsigned" in check.description
     assert _champion(settings) is None
@@ -198,7 +224,7 @@ def _unqueued_home(path):
 
 def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys):
     settings, defs, result = human
-    version = result.output_for_node("approval")["version"]
+    version = result.output_for_node("approval").version
     env = {"UNIFIED_AI_HOME": str(settings.home), "UNIFIED_AI_POLICY": settings.policy_path,
            "DAGSTER_HOME": str(tmp_path / "dh"), "PATH": ""}
     cli = [sys.executable, "-m", "unified_assets.cli"]
@@ -244,7 +270,7 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
 
 def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instance, keys):
     settings, defs, result = human
-    version = result.output_for_node("approval")["version"]
+    version = result.output_for_node("approval").version
     store = defs.resources["decisions"]
     job = defs.resolve_job_def("approve_or_reject")
     approve = {"token": _token(keys, "alice", "approve", version, "ok")}

@@ -14,12 +14,16 @@ import yaml
 
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
+from tests.states import Recipe
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
 from unified_assets.policy import DEFAULT_POLICY_PATH
 from unified_assets.services.champion import ChampionLedger
 from unified_assets.services.decisions import mint_automation_token
+
+# Full lifecycles sharing one built state: on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("late-labels")]
 
 MODEL = "payments-risk"
 LIVE = dg.AssetKey("live_performance")
@@ -59,13 +63,33 @@ def _live_metadata(instance, batch):
     return records[0].asset_materialization.metadata
 
 
-@pytest.fixture
-def with_champion(settings, instance):
+def _build_champion(settings, instance, _folder, _base):
     write_batches(settings.landing_dir, batches=3, rows=2500)
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
     assert train_evaluate_promote(defs, instance).success
-    return settings
+    return settings, None
+
+
+# Three labelled batches and a first champion: built once per session, copied per test.
+CHAMPION = Recipe("late-labels:champion", _build_champion)
+
+
+@pytest.fixture
+def champion_state(states):
+    with states.use(CHAMPION) as state:
+        yield state
+
+
+@pytest.fixture
+def instance(champion_state):
+    """The instance of the restored state (every test here starts from it)."""
+    return champion_state.instance
+
+
+@pytest.fixture
+def with_champion(champion_state):
+    return champion_state.settings
 
 
 def _land_late_batch_and_labels(settings, defs, instance, index):
