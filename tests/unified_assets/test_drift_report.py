@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from unified_assets.assets.data import curated_key
+from unified_assets.assets.data import LANDED_BATCH, landed_batch
 from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.definitions import build_definitions
@@ -17,7 +17,7 @@ from unified_assets.ml.evidently_report import SAMPLE_ROWS, evidently_drift
 from unified_assets.ml.generator import DriftSpec, write_batches
 from unified_assets.partitions import BATCHES
 
-RESOURCES = ("dataset", "store", "mlflow_registry", "policy")
+RESOURCES = ("dataset", "store", "values_io_manager", "mlflow_registry", "policy")
 CALM, DRIFTED = "batch-00003", "batch-00004"
 
 
@@ -52,7 +52,8 @@ def test_evidently_drift_flags_the_shifted_columns_and_reports_sampling():
 
 def _materialize(defs: dg.Definitions, instance: dg.DagsterInstance, batch: str,
                  assets: list) -> dg.ExecuteInProcessResult:
-    return dg.materialize(assets, partition_key=batch, instance=instance, raise_on_error=False,
+    return dg.materialize([landed_batch, *assets], selection=assets, partition_key=batch,
+                          instance=instance, raise_on_error=False,
                           resources={k: defs.resources[k] for k in RESOURCES})
 
 
@@ -68,9 +69,9 @@ def _promote_a_champion(defs: dg.Definitions, batches: list[str]) -> str:
     in seconds rather than a full train-evaluate-promote run."""
     from unified_assets.ml.sklearn_model import SklearnParams, train_sklearn
 
-    spec, store = defs.resources["dataset"].spec, defs.resources["store"]
+    spec, values = defs.resources["dataset"].spec, defs.resources["values_io_manager"]
     registry = defs.resources["mlflow_registry"]
-    frame = pd.concat([store.read_frame(curated_key(b)) for b in batches])
+    frame = pd.concat([values.load(LANDED_BATCH, b) for b in batches])
     model = train_sklearn(frame, spec.numeric_features, spec.categorical_features, spec.target,
                           SklearnParams(max_iter=10))
     version = registry.log_candidate(

@@ -28,7 +28,9 @@ LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `dr
 @dg.asset(
     partitions_def=BATCHES,
     deps=[batch_drift],
-    ins={"landed_batch": dg.AssetIn(key=landed_batch.key)},
+    # None for a batch without a value (rejected): the body names it.
+    ins={"landed_batch": dg.AssetIn(key=landed_batch.key,
+                                    metadata={"allow_missing_partitions": True})},
     group_name="monitoring",
     kinds={"evidently", "mlflow"},
     owners=OWNERS,
@@ -54,7 +56,7 @@ def drift_report(
     from unified_assets.ml.evidently_report import evidently_drift
 
     batch = context.partition_key
-    if not batch_passed(context.instance, batch):
+    if landed_batch is None or not batch_passed(context.instance, batch):
         raise dg.Failure(f"batch {batch} has no curated data: it failed its quality checks")
     spec = dataset.spec
     version = mlflow_registry.alias_version(spec.name)
