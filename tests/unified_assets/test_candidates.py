@@ -65,10 +65,11 @@ def test_a_users_candidate_is_trained_gated_and_promoted(settings, instance):
     summary = run_lifecycle(settings, instance)
     assert list(summary.candidates) == ["logistic"], summary.failed
     report = summary.candidates["logistic"]
-    assert report["family"] == "logistic"
-    assert set(report["gates"]) >= {"quality_floors", "beats_champion", "segment_fairness"}
-    assert report["passed_gates"] is True, report["gates"]
-    assert summary.production["champion"] == report["version"]
+    assert report.family == "logistic"
+    assert set(report.gates) >= {"quality_floors", "beats_champion", "segment_fairness"}
+    assert report.passed_gates is True, report.gates
+    assert summary.challenger.family == "logistic"
+    assert summary.production["champion"] == report.version
     model = instance.fetch_materializations(dg.AssetKey("model_logistic"), limit=1).records[0]
     metadata = model.asset_materialization.metadata
     assert metadata["train_roc_auc"].value > 0.6
