@@ -7,9 +7,13 @@ import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
+from tests.states import Recipe
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, run_lifecycle, summarize, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
+
+# The tests sharing FIRST run on one xdist worker, which builds it once.
+pytestmark = pytest.mark.xdist_group("materialize")
 
 
 @pytest.fixture
@@ -18,12 +22,29 @@ def landed(settings):
     return settings
 
 
+def _first_lifecycle(settings, instance, _folder, _base):
+    write_batches(settings.landing_dir, batches=4, rows=1500)
+    return settings, run_lifecycle(settings, instance)
+
+
+# Four landed batches through the whole lifecycle (`run_lifecycle`): built once per session,
+# each test below starts from a copy (its summary, home folder, MLflow store and instance).
+FIRST = Recipe("materialize:first-lifecycle", _first_lifecycle)
+
+
+@pytest.fixture
+def first(states):
+    with states.use(FIRST) as state:
+        yield state
+
+
 def _materializations(instance, asset):
     return instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
 
 
-def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed, instance):
-    summary = run_lifecycle(landed, instance)
+@pytest.mark.slow
+def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(first):
+    landed, instance, summary = first.settings, first.instance, first.value
     assert summary.batches_ingested == [f"batch-0000{i}" for i in range(4)]
     assert summary.batches_rejected == {}
 
@@ -63,8 +84,9 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(landed,
         assert metadata["placement_reason"].value, asset
 
 
-def test_torch_candidate_on_cpu_host_says_it_fell_back(landed, instance):
-    run_lifecycle(landed, instance)
+@pytest.mark.slow
+def test_torch_candidate_on_cpu_host_says_it_fell_back(first):
+    instance = first.instance
     metadata = _materializations(instance, "model_torch")[0].asset_materialization.metadata
     assert metadata["device"].value == "cpu"
     assert metadata["cuda_available"].value is False
@@ -73,8 +95,9 @@ def test_torch_candidate_on_cpu_host_says_it_fell_back(landed, instance):
     assert "< small_input_rows 10000: a GPU would be waste" in metadata["device_reason"].value
 
 
-def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, instance):
-    first = run_lifecycle(landed, instance)
+@pytest.mark.slow
+def test_second_run_compares_with_the_champion_on_the_same_holdout(first):
+    landed, instance, first = first.settings, first.instance, first.value
     first_champion = first.production["champion"]
     defs = build_definitions(landed)
     result = train_evaluate_promote(defs, instance)
@@ -91,10 +114,13 @@ def test_second_run_compares_with_the_champion_on_the_same_holdout(landed, insta
     assert str(client.get_model_version_by_alias("payments-risk", "champion").version) == first_champion
 
 
-def test_new_batches_extend_the_window_and_keep_the_holdout_fixed(landed, instance):
+@pytest.mark.slow
+def test_new_batches_extend_the_window_and_keep_the_holdout_fixed(first):
+    landed, instance = first.settings, first.instance
     defs = build_definitions(landed)
-    ingest_landed(defs, instance)
-    first = train_evaluate_promote(defs, instance).output_for_node("training_set")
+    # The first lifecycle's training set (batches 0-3), as stored by its IO manager.
+    first = defs.load_asset_value(dg.AssetKey("training_set"), instance=instance)
+    assert first.batches == [f"batch-0000{i}" for i in range(4)]
     write_batches(landed.landing_dir, batches=2, rows=1500, first_batch=4)
     assert ingest_landed(defs, instance).batches_ingested == ["batch-00004", "batch-00005"]
     config = {"ops": {"training_set": {"config": {"window_batches": 5}}}}
