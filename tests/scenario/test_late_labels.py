@@ -232,7 +232,7 @@ def _promote_a_model_trained_on_shuffled_labels(settings, defs) -> tuple[str, st
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri,
                               artifact_location=settings.mlflow_artifact_location)
     good = registry.alias_version(MODEL)
-    frame = pd.concat([pd.read_parquet(settings.home / "artifacts" / "batches" / f"batch-0000{i}.parquet")
+    frame = pd.concat([pd.read_parquet(settings.values_dir / "landed_batch" / f"batch-0000{i}.parquet")
                        for i in range(3)])
     frame[spec.target] = np.random.default_rng(0).permutation(frame[spec.target].to_numpy())
     pipeline = train_sklearn(frame, spec.numeric_features, spec.categorical_features, spec.target,
