@@ -12,6 +12,7 @@ import pytest
 
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import shipped_policy, with_policy
+from tests.states import Recipe
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -23,6 +24,8 @@ CRIPPLED = {"ops": {
     "model_torch": {"config": {"epochs": 1, "hidden_units": 2, "learning_rate": 1e-5}},
 }}
 PRODUCTION = dg.AssetKey("production_model")
+# The tests sharing built states run on one xdist worker, which builds each once.
+pytestmark = pytest.mark.xdist_group("promotion-gates")
 
 
 def _lenient() -> dict:
@@ -35,10 +38,38 @@ def _lenient() -> dict:
     return policy
 
 
-@pytest.fixture
-def landed(settings):
+def _ingested(settings, instance, _folder, _base):
     write_batches(settings.landing_dir, batches=4, rows=2000)
-    return settings
+    ingest_landed(build_definitions(settings), instance)
+    return settings, None
+
+
+def _first_retrain(settings, instance, _folder, _base):
+    return settings, train_evaluate_promote(build_definitions(settings), instance)
+
+
+# Built once per session, restored per test: four ingested batches, and the first retrain on
+# them under the shipped policy (its run result is the value).
+INGESTED = Recipe("gates:ingested", _ingested)
+FIRST = Recipe("gates:first-retrain", _first_retrain, base=INGESTED)
+
+
+@pytest.fixture
+def ingested(states):
+    with states.use(INGESTED) as state:
+        yield state
+
+
+@pytest.fixture
+def first(states):
+    with states.use(FIRST) as state:
+        yield state
+
+
+@pytest.fixture
+def landed(ingested):
+    """Four batches landed and already ingested (ingesting again is a no-op)."""
+    return ingested.settings
 
 
 def _checks(result, asset="challenger"):
@@ -54,10 +85,9 @@ def _champion(settings):
         return None
 
 
-def test_first_model_is_promoted_and_the_check_says_there_was_no_champion(landed, instance):
-    defs = build_definitions(landed)
-    ingest_landed(defs, instance)
-    result = train_evaluate_promote(defs, instance)
+@pytest.mark.slow
+def test_first_model_is_promoted_and_the_check_says_there_was_no_champion(first):
+    landed, result = first.settings, first.value
     assert result.success
     checks = _checks(result)
     assert checks["beats_champion"].passed
@@ -70,9 +100,11 @@ def test_first_model_is_promoted_and_the_check_says_there_was_no_champion(landed
     assert "| roc_auc |" in values and "min 0.7" in values
 
 
+@pytest.mark.slow
 def test_better_challenger_is_promoted_by_automation_and_records_the_previous(
-    landed, instance, tmp_path
+    landed, ingested, tmp_path
 ):
+    instance = ingested.instance
     settings = with_policy(landed, tmp_path, base=_lenient())
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
@@ -98,10 +130,11 @@ def test_better_challenger_is_promoted_by_automation_and_records_the_previous(
     assert _champion(settings) == record["champion"] != weak_champion
 
 
-def test_worse_challenger_is_blocked_now_and_in_later_ticks(landed, instance):
+@pytest.mark.slow
+def test_worse_challenger_is_blocked_now_and_in_later_ticks(first):
+    landed, instance = first.settings, first.instance
     defs = build_definitions(landed)
-    ingest_landed(defs, instance)
-    assert train_evaluate_promote(defs, instance).success
+    assert first.value.success
     champion = _champion(landed)
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
 
@@ -130,9 +163,11 @@ def test_worse_challenger_is_blocked_now_and_in_later_ticks(landed, instance):
         ({"floor": None, "max_disparity": 0.0001, "min_rows": 150}, "exceeds max_disparity"),
     ],
 )
+@pytest.mark.slow
 def test_segment_floor_or_disparity_blocks_and_names_the_segment(
-    landed, instance, tmp_path, segments, expected
+    landed, ingested, tmp_path, segments, expected
 ):
+    instance = ingested.instance
     settings = with_policy(landed, tmp_path, {"promotion": {"segments": segments}})
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
@@ -201,17 +236,19 @@ def _fail_for(family: str, real):
     return evaluate
 
 
-def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, instance, tmp_path,
+@pytest.mark.slow
+def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, ingested, tmp_path,
                                                                    monkeypatch):
     """The finding: `run_lifecycle` read the outputs of a failed evaluation step and the demo
-    ended in DagsterInvariantViolationError, although the other candidate passed every gate."""
+    ended in DagsterInvariantViolationError, although the other candidate passed every gate.
+    (`run_lifecycle` is ingestion, here done already, then `summarize` of this run.)"""
     from unified_assets.assets import evaluation
-    from unified_assets.lifecycle import run_lifecycle
+    from unified_assets.lifecycle import summarize
 
     monkeypatch.setattr(evaluation, "evaluate_on_holdout",
                         _fail_for("sklearn", evaluation.evaluate_on_holdout))
     settings = with_policy(landed, tmp_path, base=_lenient())
-    summary = run_lifecycle(settings, instance)
+    summary = summarize(train_evaluate_promote(build_definitions(settings), ingested.instance))
     assert "scorer crashed on column 'amount'" in summary.failed["sklearn"]
     assert summary.challenger.family == "torch", summary.challenger.reason
     assert summary.production["champion"] == summary.challenger.version == _champion(settings)
@@ -224,27 +261,39 @@ def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, insta
     assert report["passed_gates"] is True and "leakage" in report["gates"], "stored with its verdict"
 
 
-def _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch):
-    from unified_assets.lifecycle import run_lifecycle
+def _sklearn_training_broken(settings, instance, folder, _base):
+    """The retrain on the ingested batches with scikit-learn's fit raising (lenient policy):
+    its summary, read by the two tests below (one run, built once)."""
+    from unified_assets.lifecycle import summarize
     from unified_assets.ml import sklearn_model
 
     def broken(*args, **kwargs):
         raise ValueError("could not convert string to float: 'n/a'")
 
-    monkeypatch.setattr(sklearn_model, "fit_sklearn", broken)
-    return run_lifecycle(with_policy(landed, tmp_path, base=_lenient()), instance)
+    settings = with_policy(settings, folder, base=_lenient())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sklearn_model, "fit_sklearn", broken)
+        return settings, summarize(train_evaluate_promote(build_definitions(settings), instance))
 
 
-def test_a_candidate_whose_training_fails_is_named_in_the_summary(landed, instance, tmp_path,
-                                                                  monkeypatch):
-    summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)
+SKLEARN_BROKEN = Recipe("gates:sklearn-training-broken", _sklearn_training_broken, base=INGESTED)
+
+
+def _lifecycle_with_sklearn_training_broken(states):
+    with states.use(SKLEARN_BROKEN) as state:
+        return state.value
+
+
+@pytest.mark.slow
+def test_a_candidate_whose_training_fails_is_named_in_the_summary(states):
+    summary = _lifecycle_with_sklearn_training_broken(states)
     assert "could not convert string to float: 'n/a'" in summary.failed["sklearn"]
     assert "sklearn  FAILED: " in "\n".join(summary.lines())
     assert "torch" in summary.candidates and not summary.candidates["torch"].error
 
 
-def test_a_candidate_whose_training_fails_never_blocks_the_other(landed, instance, tmp_path,
-                                                                 monkeypatch):
-    summary = _lifecycle_with_sklearn_training_broken(landed, instance, tmp_path, monkeypatch)
+@pytest.mark.slow
+def test_a_candidate_whose_training_fails_never_blocks_the_other(states):
+    summary = _lifecycle_with_sklearn_training_broken(states)
     assert summary.challenger is not None and summary.challenger.family == "torch"
     assert summary.production["champion"] == summary.challenger.version
