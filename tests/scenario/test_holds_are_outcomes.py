@@ -6,12 +6,15 @@ import pytest
 
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import with_policy
+from tests.states import Recipe
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
 
 CHALLENGER = dg.AssetKey("challenger")
 DOWNSTREAM = ("approval", "production_model")
+# Full lifecycles sharing built states: on one xdist worker, which builds each once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("holds")]
 
 
 def _champion(settings) -> str | None:
@@ -22,28 +25,42 @@ def _champion(settings) -> str | None:
         return None
 
 
-def _unreachable_segment_floor(settings, tmp_path, instance):
+def _unreachable_segment_floor(settings, instance, folder, _base):
     """Landed, ingested batches under a segment floor no model reaches, and the automation
-    tick before any retrain."""
+    tick before any retrain (the value)."""
     write_batches(settings.landing_dir, batches=3, rows=2000)
-    settings = with_policy(settings, tmp_path, {"promotion": {"segments": {
+    settings = with_policy(settings, folder, {"promotion": {"segments": {
         "floor": 0.999, "max_disparity": None, "min_rows": 150}}})
     defs = build_definitions(settings)
     ingest_landed(defs, instance)
-    before = dg.evaluate_automation_conditions(defs=defs, instance=instance)
-    return settings, defs, before
+    return settings, dg.evaluate_automation_conditions(defs=defs, instance=instance)
+
+
+def _first_retrain(settings, instance, _folder, before):
+    return settings, (train_evaluate_promote(build_definitions(settings), instance), before)
+
+
+# Built once per session, restored per test.
+FLOOR = Recipe("holds:unreachable-floor", _unreachable_segment_floor)
+HELD = Recipe("holds:first-retrain-held", _first_retrain, base=FLOOR)
 
 
 @pytest.fixture
-def held(settings, tmp_path, instance):
+def held_state(states):
+    with states.use(HELD) as state:
+        yield state
+
+
+@pytest.fixture
+def held(held_state):
     """Every candidate is held back on the first retrain."""
-    settings, defs, before = _unreachable_segment_floor(settings, tmp_path, instance)
-    result = train_evaluate_promote(defs, instance)
-    return settings, defs, result, before
+    settings, (result, before) = held_state.settings, held_state.value
+    return settings, build_definitions(settings), result, before
 
 
-def test_a_gate_hold_is_a_green_run_that_says_why_and_skips_promotion(held, instance):
+def test_a_gate_hold_is_a_green_run_that_says_why_and_skips_promotion(held, held_state):
     settings, defs, result, before = held
+    instance = held_state.instance
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     skipped = {e.step_key for e in result.all_events if e.is_step_skipped}
     assert skipped == set(DOWNSTREAM)
@@ -89,12 +106,16 @@ def test_the_summary_reads_a_hold_as_a_hold_with_its_reason(held):
     assert "models trained: 2" in text
 
 
-def test_a_hold_launched_as_sensors_launch_it_is_not_rerun_by_automation(settings, tmp_path,
-                                                                         instance):
+def test_a_hold_launched_as_sensors_launch_it_is_not_rerun_by_automation(states):
     """A sensor's run of train_evaluate_promote records no asset selection, so Dagster cannot
     tell that the challenger already judged these evaluations; without care, automation
     would run the hold again and put approval and promotion in that run."""
-    settings, defs, before = _unreachable_segment_floor(settings, tmp_path, instance)
+    with states.use(FLOOR) as floor:
+        _not_rerun_by_automation(floor.settings, floor.instance, floor.value)
+
+
+def _not_rerun_by_automation(settings, instance, before):
+    defs = build_definitions(settings)
     run = defs.resolve_job_def("train_evaluate_promote").execute_in_process(
         instance=instance, raise_on_error=False)
     assert run.success and not instance.get_run_by_id(run.run_id).asset_selection
