@@ -255,29 +255,36 @@ def project_reports(home: Path) -> list[dict]:
 
 def baseline(home: Path, spec_path: Path, table: Table, out: Outcome, batches: list[str]) -> None:
     """Fit the plain baseline on the project's split of the same rows; fill `out`."""
+    import dagster as dg
     import numpy as np
     import pandas as pd
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.metrics import roc_auc_score
 
-    from resources.artifact_store import ArtifactStore
-    from unified_assets.assets.data import curated_key, report_key
+    from resources.parquet_io import ParquetIOManager
+    from unified_assets.assets.data import LANDED_BATCH, batch_record
     from unified_assets.ml.dataset_spec import load_spec
     from unified_assets.ml.features import holdout_mask
+    from unified_assets.partitions import BATCHES
 
     spec = load_spec(spec_path)
     out.positive = repr(spec.positive_label)
-    store = ArtifactStore(root=str(home / "artifacts"))
+    values = ParquetIOManager(root=str(home / "values"))
     train_parts, holdout_parts = [], []
-    for report_file in sorted((home / "artifacts" / "batches").glob("*.report.json")):
-        batch = report_file.name.removesuffix(".report.json")
-        report = store.read_json(report_key(batch))
-        if not report["passed"]:
-            out.rejected[batch] = [k for k, v in report["findings"].items() if v]
+    # The demo's instance: each batch's verdict and source file are its materialization's.
+    with dg.DagsterInstance.local_temp(str(home / "dagster")) as instance:
+        for batch in instance.get_dynamic_partitions(BATCHES.name):
+            record = batch_record(instance, batch)
+            if record is not None and not record.passed:
+                out.rejected[batch] = sorted(record.findings)
+        sources = {}
+        for batch in batches:
+            (latest,) = instance.fetch_materializations(dg.AssetRecordsFilter(
+                asset_key=LANDED_BATCH, asset_partitions=[batch]), limit=1).records
+            sources[batch] = latest.asset_materialization.metadata["source_uri"].value
     for batch in batches:  # the batches the project's evaluation used, in its order
-        report = store.read_json(report_key(batch))
-        curated = store.read_frame(curated_key(batch))
-        raw = pd.read_csv(report["file"])
+        curated = values.load(LANDED_BATCH, batch)
+        raw = pd.read_csv(sources[batch])
         if len(raw) != len(curated):
             raise RuntimeError(f"batch {batch}: {len(raw)} rows in the file, {len(curated)} curated")
         if spec.id_column and spec.id_column in raw.columns and not \

@@ -9,7 +9,7 @@ from typing import Any
 import dagster as dg
 
 from sensors.landing import FILE_TAG, VERSION_TAG, contiguous_chunks, latest_metadata
-from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch, report_key
+from unified_assets.assets.data import PARTITIONS_PER_RUN, batch_findings, landed_batch
 from unified_assets.assets.selection import SELECTED
 from unified_assets.candidates import candidate_names
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
@@ -78,23 +78,10 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def _findings(defs: dg.Definitions, batches: list[str]) -> dict[str, list[str]]:
-    """What is wrong with each rejected batch, one line per finding, from its stored report."""
-    if not batches:
-        return {}
-    out: dict[str, list[str]] = {}
-    with dg.build_resources({"store": defs.resources["store"]}) as resources:
-        for batch in batches:
-            try:
-                report = resources.store.read_json(report_key(batch))
-            except Exception as error:  # noqa: BLE001 - the summary says it could not read it
-                out[batch] = [f"(report not readable: {error})"]
-                continue
-            findings = report.get("findings") or {}
-            skipped = set(report.get("not_evaluated") or {})
-            out[batch] = [f"{check}: {problem}" for check, problems in findings.items()
-                          if check not in skipped for problem in problems]
-    return out
+def rejected_findings(instance: dg.DagsterInstance, batches: list[str]) -> dict[str, list[str]]:
+    """What is wrong with each rejected batch, one 'check: problem' line each, from its
+    latest `landed_batch` materialization."""
+    return {batch: batch_findings(instance, batch, with_check=True) for batch in batches}
 
 
 def _root_cause(error) -> str:
@@ -190,7 +177,7 @@ def run_lifecycle(
     why promotion is held. A failed candidate never hides the others."""
     defs = build_definitions(settings)
     summary = ingest_landed(defs, instance)
-    summary.batch_findings = _findings(defs, sorted(summary.batches_rejected))
+    summary.batch_findings = rejected_findings(instance, sorted(summary.batches_rejected))
     return summarize(train_evaluate_promote(defs, instance, run_config), summary)
 
 

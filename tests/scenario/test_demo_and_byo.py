@@ -45,9 +45,9 @@ def test_bring_your_own_data_breast_cancer_end_to_end(settings, instance, tmp_pa
     summary = run_lifecycle(byo, instance)
     assert summary.batches_ingested == ["biopsies-000", "biopsies-001", "biopsies-002"]
     sklearn = summary.candidates["sklearn"]
-    assert sklearn["model_name"] == "breast-cancer"
+    assert sklearn.model_name == "breast-cancer"
     assert sklearn.overall["roc_auc"] > 0.95
-    assert {s["segment"] for s in sklearn["segments"]} == {"size_band", "texture_band"}
+    assert {s["segment"] for s in sklearn.segments} == {"size_band", "texture_band"}
     assert sklearn.overall["rows"] + summary.candidates["torch"].overall["rows"] > 150
     assert summary.production["champion"] is not None
     client = MlflowRegistry(tracking_uri=byo.mlflow_tracking_uri).client()
@@ -59,7 +59,7 @@ def test_the_summary_lists_each_rejected_batch_with_its_findings(settings, insta
     import pandas as pd
 
     from unified_assets.definitions import build_definitions
-    from unified_assets.lifecycle import _findings, ingest_landed
+    from unified_assets.lifecycle import ingest_landed, rejected_findings
     from unified_assets.ml.generator import write_batches
 
     (good, bad) = write_batches(settings.landing_dir, batches=2, rows=300)
@@ -67,7 +67,7 @@ def test_the_summary_lists_each_rejected_batch_with_its_findings(settings, insta
     frame.drop(columns=["amount"]).to_parquet(bad)
     defs = build_definitions(settings)
     summary = ingest_landed(defs, instance)
-    summary.batch_findings = _findings(defs, sorted(summary.batches_rejected))
+    summary.batch_findings = rejected_findings(instance, sorted(summary.batches_rejected))
     assert list(summary.batches_rejected) == [bad.stem]
     text = "\n".join(summary.lines())
     assert f"rejected {bad.stem} (failed checks: " in text

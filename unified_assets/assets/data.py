@@ -79,13 +79,6 @@ def batch_findings(instance: dg.DagsterInstance, batch: str, with_check: bool = 
             for check, problems in record.findings.items() for p in problems]
 
 
-def report_key(batch: str) -> str:
-    """Deprecated: no ingestion report file is written any more (evidence is the
-    materialization's metadata). Kept only while `lifecycle._findings` imports it; read
-    `batch_findings(instance, batch, with_check=True)` instead."""
-    return f"batches/{batch}.report.json"
-
-
 # Batches per ingestion run: a run costs seconds (process, plan, events), a batch of
 # thousands of rows milliseconds, so new batches are ingested many per run (the landing
 # sensor requests partition ranges; backfills chunk the same way).

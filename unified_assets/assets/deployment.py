@@ -12,7 +12,7 @@ from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
 from unified_assets.assets.evaluation import report_key
-from unified_assets.assets.live import live_key
+from unified_assets.assets.live import latest_live_record
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
 from unified_assets.services.champion import ChampionError, ChampionLedger, LedgerFault
@@ -242,7 +242,7 @@ def production_model(
                                       expected_from=config.expected_from, token=config.token,
                                       source=_source(context))
             record = request_rollback(decisions, ledger, policy.policy, model_name, request,
-                                      _evidence(store, model_name))
+                                      _evidence(context.instance, store, model_name))
         else:
             record = promote_approved(ledger, approval, context.run_id)
     except LedgerFault as fault:
@@ -268,15 +268,15 @@ def production_model(
     })
 
 
-def _evidence(store: ArtifactStore, model_name: str) -> Evidence:
-    """The incident's evidence of a version: its evaluation report and latest live record."""
+def _evidence(instance: dg.DagsterInstance, store: ArtifactStore, model_name: str) -> Evidence:
+    """The incident's evidence of a version: its evaluation report and latest live record
+    (from `live_performance`'s materializations)."""
 
     def report_uri(version: str) -> str | None:
         key = report_key(model_name, version)
         return store.uri(key) if store.exists(key) else None
 
     def live_record(version: str) -> dict | None:
-        key = live_key(model_name, f"v{version}")
-        return store.read_json(key) if store.exists(key) else None
+        return latest_live_record(instance, version)
 
     return Evidence(report_uri=report_uri, live_record=live_record)

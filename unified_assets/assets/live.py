@@ -4,7 +4,6 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.dataset import DatasetResource
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
@@ -27,13 +26,6 @@ ACTION_KEY = "live_action"
 
 
 LIVE_RECORD_KEY = "live_record"  # the full measurement, as JSON metadata
-
-
-def live_key(model_name: str, name: str) -> str:
-    """Where the champion's latest live evidence (`name` = `v<version>`) is copied for the
-    rollback incident, which still reads it from the store (`latest_live_record` reads the
-    same from Dagster's records; the copy goes once deployment reads that)."""
-    return f"live/{model_name}/{name}.json"
 
 
 def latest_live_record(instance: dg.DagsterInstance, champion: str) -> dict | None:
@@ -133,7 +125,6 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
 def live_performance(
     context: dg.AssetExecutionContext,
     dataset: DatasetResource,
-    store: ArtifactStore,
     values_io_manager: dg.ResourceParam[ParquetIOManager],
     mlflow_registry: MlflowRegistry,
     decisions: DecisionStore,
@@ -146,10 +137,6 @@ def live_performance(
     record, previous, verdict = _measure(context, mlflow_registry, decisions, spec, frame, rules)
     champion = record["champion"]
     record["verdict"] = verdict.to_dict()
-    if verdict.action in ("ok", "retrain", "rollback"):
-        # The champion's latest live evidence, quoted by a rollback incident (see
-        # live_key: a copy of the metadata below until deployment reads it there).
-        store.write_json(live_key(spec.name, f"v{champion}"), record)
     context.log.info(f"live performance of v{champion} on {batch}: {verdict.action}: "
                      f"{verdict.reason}")
     rows = [{"model": f"champion v{champion}", **record.get("metrics", {})}]
