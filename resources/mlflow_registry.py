@@ -20,6 +20,7 @@ CHAMPION_ALIAS = "champion"
 # as an invalid parameter); every other error means the registry could not answer.
 _NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 CHALLENGER_ALIAS = "challenger"
+TRAINING_BATCHES_TAG = "training_batches"  # on a version: the batches it was trained on
 # Types inside our own HistGradientBoosting pipeline that MLflow's skops format asks us to
 # vouch for; we only ever load files this project wrote.
 SKOPS_TRUSTED_TYPES = [
@@ -260,6 +261,12 @@ class MlflowRegistry(dg.ConfigurableResource):
 
     def version_tags(self, model_name: str, version: str) -> dict[str, str]:
         return dict(self.client().get_model_version(model_name, version).tags)
+
+    def training_batches(self, model_name: str, version: str) -> list[str]:
+        """The batches a registered version was trained on (its `training_batches` tag, set
+        when the candidate was registered)."""
+        tagged = self.version_tags(model_name, version).get(TRAINING_BATCHES_TAG, "")
+        return [batch for batch in tagged.split(",") if batch]
 
     def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()

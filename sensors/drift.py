@@ -113,8 +113,7 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
             return _bootstrap(context, job, policy)
         after, awaiting = _load_cursor(context.cursor)
         found, last = _evidence(context, after)
-        training = set(mlflow_registry.version_tags(model, version)
-                       .get("training_batches", "").split(","))
+        training = set(mlflow_registry.training_batches(model, version))
         candidates = {**awaiting, **found}
         drifted, waiting, stale = {}, {}, []
         for batch, evidence in candidates.items():

@@ -11,7 +11,7 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
 from unified_assets.assets.data import LANDED_BATCH, batch_passed, landed_batch
-from unified_assets.assets.monitoring import batch_drift, training_batches
+from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, placement_metadata, rounded
 from unified_assets.partitions import BATCHES
@@ -62,7 +62,7 @@ def drift_report(
     version = mlflow_registry.alias_version(spec.name)
     if version is None:
         return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
-    batches = [b for b in training_batches(mlflow_registry, spec.name, version)
+    batches = [b for b in mlflow_registry.training_batches(spec.name, version)
                if values_io_manager.exists(LANDED_BATCH, b)]
     if not batches:
         return dg.MaterializeResult(metadata={

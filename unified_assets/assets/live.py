@@ -52,10 +52,6 @@ def _score(registry: MlflowRegistry, model_name: str, version: str, frame, targe
     return binary_metrics(frame[target].to_numpy(), scores, threshold)
 
 
-def _training_batches(registry: MlflowRegistry, model_name: str, version: str) -> list[str]:
-    return registry.version_tags(model_name, version).get("training_batches", "").split(",")
-
-
 def _previous_champion(decisions: DecisionStore, registry: MlflowRegistry,
                        model_name: str) -> str | None:
     from unified_assets.services.champion import ChampionError, ChampionLedger
@@ -84,7 +80,7 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
     else:
         threshold = rules.promotion.operating_threshold
         record["metrics"] = _score(registry, spec.name, champion, frame, spec.target, threshold)
-        if previous is not None and batch in _training_batches(registry, spec.name, previous):
+        if previous is not None and batch in registry.training_batches(spec.name, previous):
             context.log.info(f"previous champion v{previous} was trained on {batch}: not compared")
             previous = None
         if previous is not None:
@@ -95,7 +91,7 @@ def _measure(context: dg.AssetExecutionContext, registry: MlflowRegistry, decisi
                 context.log.warning(f"previous champion v{previous} could not score {batch}: {error}")
                 previous = None
         record["previous_champion"] = previous
-        if batch in _training_batches(registry, spec.name, champion):
+        if batch in registry.training_batches(spec.name, champion):
             verdict = LiveVerdict("not_live", f"v{champion} was trained on {batch}; its numbers "
                                   "here are not live performance")
         else:

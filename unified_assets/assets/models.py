@@ -14,7 +14,7 @@ from typing import Any
 
 import dagster as dg
 
-from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
+from resources.mlflow_registry import TRAINING_BATCHES_TAG, MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
 from unified_assets.candidates import CANDIDATE_TAG, Candidate, TrainedModel, TrainingContext
 from unified_assets.compute import ComputeProfile
@@ -29,7 +29,7 @@ def _run_tags(context: dg.AssetExecutionContext, training: TrainingSet) -> dict[
     return {
         "dagster_run_id": context.run_id,
         "dagster_asset": context.asset_key.to_user_string(),
-        "training_batches": ",".join(training.batches),
+        TRAINING_BATCHES_TAG: ",".join(training.batches),
     }
 
 

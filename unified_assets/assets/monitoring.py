@@ -73,12 +73,6 @@ def batch_drift(
                          "quality checks", allow_retries=False)
 
 
-def training_batches(registry: MlflowRegistry, model_name: str, version: str) -> list[str]:
-    """The batches a registered model version was trained on (its `training_batches` tag)."""
-    tagged = registry.version_tags(model_name, version).get("training_batches", "")
-    return [b for b in tagged.split(",") if b]
-
-
 def champion_reference(values: ParquetIOManager, registry: MlflowRegistry,
                        model_name: str) -> tuple[str, list[str], list[dict]] | None:
     """(champion version, its training batches, their profiles), or None without a champion
@@ -86,7 +80,7 @@ def champion_reference(values: ParquetIOManager, registry: MlflowRegistry,
     version = registry.alias_version(model_name)
     if version is None:
         return None
-    batches = training_batches(registry, model_name, version)
+    batches = registry.training_batches(model_name, version)
     profiles = [values.attrs(LANDED_BATCH, b)["profile"] for b in batches
                 if values.exists(LANDED_BATCH, b)]
     if not profiles:
