@@ -3,9 +3,9 @@
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
-import pandas as pd
 
 from resources.dataset import DatasetResource
 from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
@@ -14,6 +14,9 @@ from unified_assets.metadata import OWNERS, markdown_table, placement_metadata, 
 from unified_assets.ml.batch_validation import CHECK_NAMES, BatchReport, curated, validate_batch_file
 from unified_assets.ml.dataset_spec import DatasetSpec
 from unified_assets.partitions import BATCHES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LANDED_BATCH = dg.AssetKey("landed_batch")
 
@@ -186,7 +189,7 @@ def _known_layout(instance: dg.DagsterInstance, values: ParquetIOManager) -> dic
 
 
 def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource, batch: str,
-                layout: dict | None, where: dict) -> tuple[BatchReport, str, str, pd.DataFrame | None]:
+                layout: dict | None, where: dict) -> "tuple[BatchReport, str, str, pd.DataFrame | None]":
     """Validate, curate and profile one batch; record its metadata on its partition. Returns
     the report, the file read, its version and the curated rows (None when rejected)."""
     spec = dataset.spec
@@ -259,7 +262,7 @@ def _check_evaluations(context: dg.AssetExecutionContext,
 
 
 def _curate(report: BatchReport, spec: DatasetSpec, batch: str,
-            layout: dict | None) -> tuple[pd.DataFrame, dict]:
+            layout: dict | None) -> "tuple[pd.DataFrame, dict]":
     """Curated rows of a passing batch, their profile (in `attrs`, on the dataset's layout)
     and the metadata describing them."""
     from unified_assets.ml.drift_judgement import batch_profile

@@ -1,7 +1,8 @@
 """Late ground truth: labels landing after their batch become data for the same partition."""
 
+from typing import TYPE_CHECKING
+
 import dagster as dg
-import pandas as pd
 
 from resources.dataset import DatasetResource
 from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
@@ -9,6 +10,9 @@ from unified_assets.assets.data import LANDED_BATCH, BatchRecord, batch_record, 
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, placement_metadata, rounded
 from unified_assets.partitions import BATCHES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LABELS_CHECK = "labels_match_batch"
 BATCH_LABELS = dg.AssetKey("batch_labels")
@@ -37,7 +41,7 @@ def awaiting_labels(instance: dg.DagsterInstance, batch: str, record: BatchRecor
 
 
 def labelled_frame(instance: dg.DagsterInstance, values: ParquetIOManager, batch: str,
-                   target: str) -> pd.DataFrame | None:
+                   target: str) -> "pd.DataFrame | None":
     """The curated batch with its labels (inline or landed later), or None while unlabelled.
     Labels matched to another version of the batch, or superseded by a rejected labels
     file, are an error rather than silently used or dropped."""
@@ -93,7 +97,8 @@ def is_trainable(instance: dg.DagsterInstance, batch: str) -> bool:
     **CPU_LIGHT.asset_kwargs(),
 )
 def batch_labels(
-    context: dg.AssetExecutionContext, dataset: DatasetResource, landed_batch: pd.DataFrame,
+    context: dg.AssetExecutionContext, dataset: DatasetResource,
+    landed_batch,  # the batch's curated rows (a DataFrame)
 ):  # a MaterializeResult with a value: annotated so, Dagster would store none
     """The value is the labels (row id and target) of a passing labels file; a rejected file
     stores none, so labels of an earlier file are never read as current."""
