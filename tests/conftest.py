@@ -19,11 +19,11 @@ from unified_assets.settings import Settings
 # A state's MLflow store is replaced on disk between tests at the same path: no pooled
 # connection may keep reading the file it replaced (MLflow caches one engine per URI).
 os.environ.setdefault("MLFLOW_SQLALCHEMYSTORE_POOLCLASS", "NullPool")
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One thread per worker for torch and scikit-learn (OpenMP): the workers are the
-    # parallelism; more threads than cores only spin. Read when torch/sklearn first load.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    os.environ.setdefault("MKL_NUM_THREADS", "1")
+# One thread for torch and scikit-learn (OpenMP, read when they first load; subprocesses
+# inherit it): the xdist workers are the parallelism, and on 2 busy cores OpenMP's spinning
+# threads made histogram boosting and torch training 2-3x slower (measured), never faster.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:

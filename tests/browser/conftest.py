@@ -94,6 +94,15 @@ def start_run_command(env: dict[str, str], log: Path) -> Iterator[DagsterUI]:
             process.wait()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests start the run command (`dagster dev`, the MLflow UI) and Chromium:
+    under pytest-xdist they all run on one worker, one after another, never two at once."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.path)).parents:
+            item.add_marker(pytest.mark.xdist_group("browser"))
+
+
 @pytest.fixture(scope="module")
 def chromium():
     """Module scope, not session: Playwright's sync API keeps an event loop running in this
