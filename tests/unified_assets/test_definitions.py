@@ -8,7 +8,7 @@ import pytest
 
 from unified_assets.assets.models import build_model_asset
 from unified_assets.candidates import SHIPPED
-from unified_assets.definitions import LOCAL_EXECUTOR_CONFIG, build_definitions
+from unified_assets.definitions import build_definitions
 from unified_assets.definitions import defs as load_defs
 from unified_assets.policy import PolicyError
 from unified_assets.settings import Settings, load_settings
@@ -54,9 +54,15 @@ def test_candidates_declare_their_compute_profiles():
 def test_local_executor_limits_gpu_steps_to_the_gpu_slots(tmp_path):
     local = build_definitions(Settings("local", tmp_path, None))
     assert local.executor.name == "multiprocess"
-    assert {"key": "unified-ai/compute", "value": "gpu", "limit": 1} in LOCAL_EXECUTOR_CONFIG[
+    # The executor the definitions were built with, as a run configures it (not the module's
+    # constant): every job runs on it.
+    config = local.executor.apply_config_mapping({}).value["config"]
+    assert {"key": "unified-ai/compute", "value": "gpu", "limit": 1} in config[
         "tag_concurrency_limits"
     ]
+    assert "forkserver" in config["start_method"]
+    for job in ("train_evaluate_promote", "ingest_batch", "rollback_production"):
+        assert local.resolve_job_def(job).executor_def is local.executor, job
 
 
 def _signed_policy(folder):
