@@ -1,6 +1,8 @@
 """Queues sized to the work: one pool per kind of work with slots from the machine, decisions
 ahead of training, and every run (automation included) saying why it started."""
 
+import json
+
 import dagster as dg
 import pytest
 
@@ -55,13 +57,15 @@ def test_pool_limits_sensor_sizes_the_instance_pools_and_respects_an_operator(
     defs = build_definitions(settings)
     first = _pool_tick(defs, instance)
     assert _limits(instance) == {"light-pool": 16, "cpu-pool": 4, "gpu-pool": 2}
-    assert "cpu-pool: default -> 4 slots" in first.skip_reason.skip_message
+    # The cursor holds the limits the sensor set (and so owns); no run is ever requested.
+    assert json.loads(first.cursor) == {"light-pool": 16, "cpu-pool": 4, "gpu-pool": 2}
+    assert not first.run_requests
     # An operator lowers the GPU pool by hand: the next tick keeps it and says so.
     instance.event_log_storage.set_concurrency_slots("gpu-pool", 1)
     second = _pool_tick(defs, instance, first.cursor)
     assert _limits(instance)["gpu-pool"] == 1
-    assert "gpu-pool: 1 slots set by an operator, kept (derived: 2)" in \
-        second.skip_reason.skip_message
+    # Kept as the operator set it: no longer the sensor's own, the other pools still are.
+    assert json.loads(second.cursor) == {"light-pool": 16, "cpu-pool": 4}
     # Pools reset (a fresh instance, a deleted limit): set again.
     instance.event_log_storage.delete_concurrency_limit("cpu-pool")
     _pool_tick(defs, instance, second.cursor)
