@@ -15,6 +15,7 @@ import pytest
 
 from resources.mlflow_registry import MlflowRegistry
 from tests.mlflow_server import free_port, http_get, mlflow_server
+from unified_assets.assets.data import landed_batch
 from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.evaluation import build_evaluation_asset
 from unified_assets.assets.models import build_model_asset
@@ -88,7 +89,8 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
     write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3,
                   drift=DriftSpec(start_batch=3, covariate_shift=3.0))
     ingest_landed(defs, instance)
-    drifted = dg.materialize([batch_drift, drift_report], partition_key="batch-00003",
+    drifted = dg.materialize([landed_batch, batch_drift, drift_report],
+                             selection=[batch_drift, drift_report], partition_key="batch-00003",
                              instance=instance, resources=resources, raise_on_error=False)
     assert drifted.success
     drift = _metadata(drifted, "drift_report")
