@@ -203,7 +203,8 @@ def _rollback(args: argparse.Namespace) -> int:
         "token": token or ""}}}}
     try:
         with _process_output_to(settings.home / "cli-runs.log"):
-            outcome = launch_job(ROLLBACK_JOB, config, {SOURCE_TAG: "cli"}, args.wait)
+            outcome = launch_job(ROLLBACK_JOB, config, {SOURCE_TAG: "cli"}, args.wait,
+                                 webserver_url=settings.dagster_url)
     except LaunchError as error:
         print(f"rollback not launched: {error}", file=sys.stderr)
         return 1

@@ -19,6 +19,7 @@ LANDING_URI_ENV = "UNIFIED_AI_LANDING_URI"
 S3_ENDPOINT_ENV = "UNIFIED_AI_S3_ENDPOINT_URL"
 MLFLOW_UI_URL_ENV = "UNIFIED_AI_MLFLOW_UI_URL"
 CANDIDATES_ENV = "UNIFIED_AI_CANDIDATES"
+DAGSTER_URL_ENV = "UNIFIED_AI_DAGSTER_URL"
 SHIPPED_CANDIDATES = ("sklearn", "torch")
 LOCAL_MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where scripts/dev.sh starts the MLflow UI
 Deployment = Literal["local", "kubernetes"]
@@ -39,6 +40,8 @@ class Settings:
     # The candidates trained: shipped names or `package.module:NAME` import paths of a
     # `unified_assets.candidates.Candidate` (resolved when the definitions are built).
     candidates: tuple[str, ...] = SHIPPED_CANDIDATES
+    # A Dagster webserver the CLI submits runs through (GraphQL); None: the DAGSTER_HOME instance.
+    dagster_url: str | None = None
 
     @property
     def landing_dir(self) -> Path:
@@ -94,6 +97,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         mlflow_ui_url=(env.get(MLFLOW_UI_URL_ENV) or "").strip().rstrip("/") or None,
         candidates=tuple(e.strip() for e in env[CANDIDATES_ENV].split(",") if e.strip())
         if env.get(CANDIDATES_ENV, "").strip() else SHIPPED_CANDIDATES,
+        dagster_url=(env.get(DAGSTER_URL_ENV) or "").strip() or None,
     )
 
 

@@ -15,7 +15,6 @@ daemon and the webserver find its code location.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +24,6 @@ if TYPE_CHECKING:
 
 DEFINITIONS_MODULE = "unified_assets.definitions"
 LOCATION_NAME = "unified_ai"  # as workspace.yaml names the code location
-DAGSTER_URL_ENV = "UNIFIED_AI_DAGSTER_URL"
 QUEUE_DAEMON = "QUEUED_RUN_COORDINATOR"
 START_DAEMON = "start it with `bash scripts/dev.sh` (or `dagster-daemon run`) on this DAGSTER_HOME"
 POLL_SECONDS = 0.5
@@ -53,10 +51,11 @@ class LaunchError(RuntimeError):
 
 
 def launch_job(job_name: str, run_config: dict, tags: dict[str, str],
-               timeout_seconds: float = 600.0) -> RunOutcome:
-    """Submit a run of `job_name` (webserver when configured, else the DAGSTER_HOME instance)
-    and wait until it ends, fails to be picked up, or `timeout_seconds` pass."""
-    url = os.environ.get(DAGSTER_URL_ENV, "").strip()
+               timeout_seconds: float = 600.0, webserver_url: str | None = None) -> RunOutcome:
+    """Submit a run of `job_name` (through the webserver at `webserver_url` when given, else
+    to the DAGSTER_HOME instance) and wait until it ends, fails to be picked up, or
+    `timeout_seconds` pass."""
+    url = (webserver_url or "").strip()
     if url:
         return launch_via_webserver(url, job_name, run_config, tags, timeout_seconds)
     import dagster as dg
