@@ -10,6 +10,8 @@ from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.batch_validation import CHECK_NAMES
 from unified_assets.ml.generator import generate_batch, write_batches
 
+pytestmark = pytest.mark.slow  # real ingestion runs, a full retrain
+
 
 def _land_bad_batches(landing):
     wrong_type = generate_batch(10, 200)

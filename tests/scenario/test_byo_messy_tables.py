@@ -7,6 +7,7 @@ several columns, an integer-coded 0/1 column, a boolean, a 300-level categorical
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from resources.mlflow_registry import MlflowRegistry
 from unified_assets.lifecycle import run_lifecycle
@@ -14,6 +15,7 @@ from unified_assets.ml.spec_infer import infer_spec
 from unified_assets.settings import Settings
 
 ROWS = 1500
+pytestmark = pytest.mark.slow  # full lifecycles
 
 
 def _churn(seed: int, leak: bool = False) -> pd.DataFrame:

@@ -5,12 +5,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from resources.mlflow_registry import MlflowRegistry
 from unified_assets.lifecycle import run_lifecycle
 from unified_assets.ml.sklearn_datasets import write_breast_cancer_example
 from unified_assets.settings import Settings
 
 
+@pytest.mark.slow
 def test_demo_command_runs_the_lifecycle_headless(tmp_path):
     cli = Path(sys.executable).with_name("unified-ai")
     out = subprocess.run(
@@ -39,6 +42,7 @@ def test_demo_rejects_a_bad_argument(tmp_path):
     assert "--batches must be at least 1" in out.stderr
 
 
+@pytest.mark.slow
 def test_bring_your_own_data_breast_cancer_end_to_end(settings, instance, tmp_path):
     spec_path = write_breast_cancer_example(tmp_path / "byo", batches=3)
     byo = Settings("local", settings.home, dataset_spec=str(spec_path))

@@ -3,6 +3,7 @@ policy's fallback and says so; with fail_and_escalate the run fails clearly and 
 downstream of the GPU step runs."""
 
 import dagster as dg
+import pytest
 
 from tests.policies import shipped_policy, with_policy
 from unified_assets.definitions import build_definitions
@@ -10,6 +11,8 @@ from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
 from unified_assets.placement import decisions_from_tags, plan, plan_to_tags, take_snapshot
 from unified_assets.placement.steps import requirements_for_job
+
+pytestmark = pytest.mark.slow  # full lifecycles
 
 
 def _policy(settings, tmp_path, gpu_rule):
