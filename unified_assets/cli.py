@@ -198,12 +198,20 @@ def _rollback(args: argparse.Namespace) -> int:
     if not os.environ.get("DAGSTER_HOME"):  # the instance `bash scripts/dev.sh` runs on
         settings.dagster_home.mkdir(parents=True, exist_ok=True)
         os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    elif not settings.dagster_url and not Path(os.environ["DAGSTER_HOME"]).is_dir():
+        print(f"rollback not launched: DAGSTER_HOME={os.environ['DAGSTER_HOME']} is not a "
+              "folder; point it at the instance the Dagster UI runs on (scripts/dev.sh uses "
+              "$UNIFIED_AI_HOME/dagster_home) or unset it", file=sys.stderr)
+        return 1
     config = {"ops": {"production_model": {"config": {
         "action": "rollback", "rollback_to": args.to or "", "by": args.by, "reason": args.reason,
         "token": token or ""}}}}
     try:
         with _process_output_to(settings.home / "cli-runs.log"):
-            outcome = launch_job(ROLLBACK_JOB, config, {SOURCE_TAG: "cli"}, args.wait,
+            # Like every run, it says why it started (trigger and reason tags).
+            tags = {SOURCE_TAG: "cli", "unified-ai/trigger": "cli",
+                    "unified-ai/reason": f"rollback by {args.by}: {args.reason}"[:1000]}
+            outcome = launch_job(ROLLBACK_JOB, config, tags, args.wait,
                                  webserver_url=settings.dagster_url)
     except LaunchError as error:
         print(f"rollback not launched: {error}", file=sys.stderr)
@@ -529,13 +537,24 @@ def main(argv: list[str] | None = None) -> int:
 
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
+    # The folder the command runs in is importable, as it is for `dagster dev` (the workspace's
+    # working directory): a user's candidate module named in UNIFIED_AI_CANDIDATES resolves
+    # the same in the CLI as in the UI.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
     for name in ("batches", "rows"):
         value = getattr(args, name, None)
         if value is not None and value < 1:
             print(f"unified-ai {args.command}: --{name} must be at least 1", file=sys.stderr)
             return 2
-    return args.run(args)
+    from unified_assets.candidates import CandidateError
+
+    try:
+        return args.run(args)
+    except CandidateError as error:  # a setting that names no usable candidate: one line
+        print(f"unified-ai {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

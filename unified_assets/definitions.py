@@ -3,7 +3,6 @@ and only here; the deployment comes from `unified_assets.settings`."""
 
 
 import json
-import warnings
 
 import dagster as dg
 
@@ -40,9 +39,6 @@ from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
 from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from unified_assets.settings import Settings, load_settings, policy_choice
-
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 GPU_SLOTS = 1
 # Locally every step is a process; GPU-profile steps never exceed the GPU slots.

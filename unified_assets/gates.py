@@ -215,6 +215,20 @@ def judge(report: EvaluationReport, policy: PromotionPolicy) -> GateVerdict:
     return GateVerdict(report.family, report.version, {g.name: g for g in gates}, blocking)
 
 
+def choice_reason(chosen: EvaluationReport, reports: list[EvaluationReport],
+                  verdicts: dict[str, GateVerdict], metric: str) -> str:
+    """Why this candidate: it passed every gate and, when others did too, had the best value
+    of the policy's improvement metric among them (theirs listed)."""
+    passed = [r for r in reports if verdicts[r.family].passed and not r.error]
+    reason = f"{chosen.who} passed every gate"
+    others = [r for r in passed if r.family != chosen.family]
+    if not others:
+        return reason + (" (the only candidate that did)" if len(reports) > 1 else "")
+    theirs = ", ".join(f"{r.who} {_fmt(r.overall.get(metric))}" for r in others)
+    return (f"{reason} and has the best {metric} of the {len(passed)} that did "
+            f"({_fmt(chosen.overall.get(metric))}; {theirs})")
+
+
 def select_challenger(reports: list[EvaluationReport], policy: PromotionPolicy
                       ) -> tuple[EvaluationReport | None, dict[str, GateVerdict]]:
     """The best candidate (by the improvement metric) that passes every blocking gate,

@@ -60,7 +60,7 @@ class EvaluationReport:
     gates: dict[str, GateOutcome] = field(default_factory=dict)
     passed_gates: bool = False
     blocking_gates: tuple[str, ...] = ()
-    report_uri: str | None = None  # the stored JSON copy (approvals and rollbacks cite it)
+    report_uri: str | None = None  # runs:/... in MLflow (approvals and rollbacks cite it)
     evidently_report_uri: str | None = None
     evidently_error: str | None = None
     mlflow_error: str | None = None

@@ -228,6 +228,12 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
     env = {"UNIFIED_AI_HOME": str(settings.home), "UNIFIED_AI_POLICY": settings.policy_path,
            "DAGSTER_HOME": str(tmp_path / "dh"), "PATH": ""}
     cli = [sys.executable, "-m", "unified_assets.cli"]
+    # A DAGSTER_HOME that is not a folder (a typo) is named in one line, nothing launched.
+    missing = subprocess.run(cli + ["rollback", "--by", "ops", "--reason", "r"], env=env,
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and len(missing.stderr.strip().splitlines()) == 1
+    assert f"DAGSTER_HOME={tmp_path / 'dh'} is not a folder" in missing.stderr
+    (tmp_path / "dh").mkdir()  # an instance on Dagster's defaults: runs are queued
 
     def run(*args, key=None):
         signing = {SIGNING_KEY_ENV: str(keys[key][0])} if key else {}
@@ -248,13 +254,17 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
     # The rollback is a run of the instance (DAGSTER_HOME), submitted to its run coordinator:
     # with no daemon to dequeue it, it stays queued and the command says so in one line.
     queued = run("rollback", "--by", "ops", "--reason", "bad live numbers", key="ops")
+    assert len(queued.stderr.strip().splitlines()) == 1, queued.stderr
     (line,) = queued.stderr.strip().splitlines()
+    assert queued.stdout == "", "nothing else (Dagster's notices included) around the outcome"
     assert queued.returncode == 1 and "no Dagster daemon is running" in line
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as dagster:
         (record,) = dagster.get_run_records(dg.RunsFilter(job_name="rollback_production"))
     run_ = record.dagster_run
     assert run_.run_id in line and run_.status == dg.DagsterRunStatus.QUEUED
     assert run_.tags["unified-ai/source"] == "cli" and run_.tags["dagster/priority"] == "10"
+    assert run_.tags["unified-ai/trigger"] == "cli"
+    assert run_.tags["unified-ai/reason"] == "rollback by ops: bad live numbers"
     # Launched directly (no queue), the run executes in the code server and the ledger refuses.
     env["DAGSTER_HOME"] = str(_unqueued_home(tmp_path / "dh-direct"))
     back = run("rollback", "--by", "ops", "--reason", "bad live numbers", key="ops")
@@ -307,7 +317,8 @@ def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instanc
     assert incident["actor"] == "ops" and incident["reason"] == "incident 42"
     assert incident["details"]["from_version"] == other
     assert incident["details"]["authorization"]["signed"] is True
-    assert incident["details"]["evaluation_reports"]["from"].endswith(f"v{other}.json")
+    other_run = defs.resources["mlflow_registry"].client().get_model_version(MODEL, other).run_id
+    assert incident["details"]["evaluation_reports"]["from"].startswith(f"runs:/{other_run}/")
     materializations = instance.fetch_materializations(PRODUCTION, limit=5).records
     assert materializations[0].asset_materialization.metadata["action"].value == "rollback"
     replayed = launch(token=token)

@@ -152,7 +152,7 @@ def test_readme_drift_example_retrains_to_a_green_promotion(settings, instance):
     assert all(r.overall["brier"] > 0.08 for r in reports), "the old ceiling held both back"
     assert all(r.overall["brier_skill"] > 0.3 and r.passed_gates for r in reports), reports
     challenger = retrain.output_for_node("challenger")
-    assert challenger.reason.endswith("passed every gate"), challenger.reason
+    assert "passed every gate and has the best" in challenger.reason, challenger.reason
     approval = retrain.output_for_node("approval")
     assert approval.approval_state == "approved", approval.approval
     production = retrain.output_for_node("production_model")

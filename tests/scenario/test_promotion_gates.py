@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from mlflow.artifacts import download_artifacts
 
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import shipped_policy, with_policy
@@ -256,9 +257,11 @@ def test_a_candidate_whose_evaluation_fails_never_blocks_the_other(landed, inges
     assert "models trained: 1, failed: ['sklearn']" in text
     assert "sklearn  FAILED: evaluation failed: RuntimeError: scorer crashed" in text
     assert "champion: payments-risk v" in text
-    stored = settings.artifacts_dir / "reports" / "payments-risk" / f"v{summary.challenger.version}.json"
-    report = json.loads(stored.read_text())
-    assert report["passed_gates"] is True and "leakage" in report["gates"], "stored with its verdict"
+    # The report approvals and the ledger cite is the one in MLflow, with its verdict.
+    report = json.loads(Path(download_artifacts(summary.challenger.report_uri,
+                                                tracking_uri=settings.mlflow_tracking_uri))
+                        .read_text())
+    assert report["passed_gates"] is True and "leakage" in report["gates"], "logged with its verdict"
 
 
 def _sklearn_training_broken(settings, instance, folder, _base):

@@ -3,7 +3,10 @@ refusals, history with each change's status, and the audit of the decision log."
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -264,3 +267,48 @@ def test_demo_on_a_misspelled_target_says_so_in_one_line(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2, err
     assert "did you mean 'churned'" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+USER_CANDIDATE = '''
+import dagster as dg
+from unified_assets.candidates import Candidate
+
+
+def train(training, config, context):
+    from sklearn.dummy import DummyClassifier
+
+    features = training.numeric_features + training.categorical_features
+    return DummyClassifier().fit(training.train[features], training.train[training.target])
+
+
+BASELINE = Candidate(name="baseline", trainer=train)
+'''
+
+
+def _console_script(tmp_path, env_extra: dict, *args: str):
+    """`unified-ai` as a user types it (the installed console script, not `python -m`, which
+    would put the folder on the import path by itself), run in `tmp_path`."""
+    script = Path(sys.executable).with_name("unified-ai")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNIFIED_AI_", "DAGSTER_"))}
+    env |= {"UNIFIED_AI_HOME": str(tmp_path / "home"), **env_extra}
+    return subprocess.run([str(script), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_users_candidate_module_in_the_working_folder_loads_in_the_cli(tmp_path):
+    """Found: `dagster dev` imported my_models.candidates from the folder it ran in, the CLI
+    did not (ModuleNotFoundError), so `plan`, `history` and `rollback` crashed."""
+    (tmp_path / "my_models").mkdir()
+    (tmp_path / "my_models" / "__init__.py").write_text("")
+    (tmp_path / "my_models" / "candidates.py").write_text(USER_CANDIDATE)
+    done = _console_script(tmp_path, {"UNIFIED_AI_CANDIDATES": "sklearn,my_models.candidates:BASELINE"},
+                           "plan", "--rows", "20000")
+    assert done.returncode == 0, done.stderr
+    assert "model_baseline" in done.stdout and "model_sklearn" in done.stdout
+
+
+def test_a_wrong_candidate_entry_is_one_line_in_the_cli(tmp_path):
+    done = _console_script(tmp_path, {"UNIFIED_AI_CANDIDATES": "sklearn,nope"}, "plan")
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert "UNIFIED_AI_CANDIDATES" in line and "'nope'" in line and "Traceback" not in done.stderr

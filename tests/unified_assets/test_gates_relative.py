@@ -77,3 +77,20 @@ def test_a_candidate_that_failed_fails_every_gate_and_the_other_is_selected():
     assert verdicts["sklearn"].failures() == [f"not evaluated: {failed.error}"]
     assert all(not g.passed for g in verdicts["sklearn"].gates.values())
     assert LEAKAGE in verdicts["torch"].gates
+
+
+def test_the_challenger_reason_says_why_this_one_when_several_passed():
+    """Found: 'logistic v1 passed every gate' though all three passed; nothing said why it."""
+    from unified_assets.gates import choice_reason
+
+    y, scores = _calibrated(0.27)
+    strong = _report(y, scores, family="torch", version="5")
+    weak = _report(y, np.clip(scores + RNG.normal(0, 0.3, len(y)), 0, 1), family="sklearn",
+                   version="4")
+    chosen, verdicts = select_challenger([weak, strong], _promotion())
+    assert chosen is strong
+    reason = choice_reason(chosen, [weak, strong], verdicts, "roc_auc")
+    assert reason.startswith("torch v5 passed every gate and has the best roc_auc of the 2")
+    assert f"sklearn v4 {weak.overall['roc_auc']:.4f}" in reason
+    alone, verdicts = select_challenger([strong], _promotion())
+    assert choice_reason(alone, [strong], verdicts, "roc_auc") == "torch v5 passed every gate"

@@ -2,6 +2,7 @@
 real Parquet files in temp folders."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -69,8 +70,13 @@ def test_first_lifecycle_registers_both_candidates_and_promotes_the_best(first):
     assert summary.production["action"] == "promote"
     assert client.get_model_version("payments-risk", champion.version).tags["family"] == best.family
 
-    report_file = landed.artifacts_dir / "reports" / "payments-risk" / f"v{best.version}.json"
-    assert json.loads(report_file.read_text())["overall"]["roc_auc"] == best.overall["roc_auc"]
+    # The report decisions cite is the JSON logged to the candidate's MLflow run.
+    from mlflow.artifacts import download_artifacts
+
+    run_id = client.get_model_version("payments-risk", best.version).run_id
+    assert best.report_uri.startswith(f"runs:/{run_id}/")
+    logged = download_artifacts(best.report_uri, tracking_uri=landed.mlflow_tracking_uri)
+    assert json.loads(Path(logged).read_text())["overall"]["roc_auc"] == best.overall["roc_auc"]
 
     training = _materializations(instance, "training_set")[0].asset_materialization.metadata
     assert training["batches"].value == summary.batches_ingested

@@ -82,8 +82,10 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
     # The summary answers the usual questions without opening anything.
     assert f"sklearn v{candidate.version}" in evaluation["summary"]
     assert "ROC AUC" in evaluation["summary"] and "no champion yet" in evaluation["summary"]
-    # Approvals and rollbacks still cite the stored JSON by its key.
-    assert report.report_uri.startswith("file://") and report.links.report
+    # Approvals and rollbacks cite the JSON logged to the candidate's MLflow run, by its URI.
+    folder = f"evaluation/{trained.run_id[:8]}"
+    assert report.report_uri == f"runs:/{candidate.run_id}/{folder}/evaluation_report.json"
+    assert evaluation["report_uri"] == report.report_uri and report.links.report
     registry.set_alias(candidate.model_name, candidate.version)
 
     write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3,
@@ -136,23 +138,22 @@ def test_the_ui_url_is_configured_else_the_tracking_server_else_the_local_ui(
     assert link.run_page == f"{expected}/#/experiments/3/runs/abc"
 
 
-def test_reports_that_cannot_reach_mlflow_are_stored_and_say_why(settings):
-    """MLflow unreachable or the run gone: the judged report is still stored (approvals cite
-    it) and the metadata says why there is no link instead of linking to nothing."""
-    from resources.artifact_store import ArtifactStore
-    from unified_assets.assets.evaluation import _metadata, _publish, report_key
+def test_reports_that_cannot_reach_mlflow_say_why(settings):
+    """MLflow unreachable or the run gone: the judged report stays the asset's value (the IO
+    manager keeps it) and the metadata says why there is no link or URI instead of linking
+    to nothing."""
+    from unified_assets.assets.evaluation import _metadata, _publish
     from unified_assets.values import EvaluationReport
 
-    store = ArtifactStore(root=str(settings.artifacts_dir))
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
     report = EvaluationReport(family="sklearn", model_name="m", version="4",
                               overall={"roc_auc": 0.78114253001766}, passed_gates=True,
                               evidently_error="ValueError: boom")
-    _publish(dg.build_asset_context(), registry, store, "no-such-run", report, "<html></html>")
-    assert report.mlflow_error and report.links.report is None
-    assert store.read_json(report_key("m", "4"))["mlflow_error"] == report.mlflow_error
+    _publish(dg.build_asset_context(), registry, "no-such-run", report, "<html></html>")
+    assert report.mlflow_error and report.links.report is None and report.report_uri is None
     metadata = {k: getattr(v, "value", v) for k, v in _metadata(report).items()}
     assert metadata["report"].startswith("not logged to MLflow: ")
+    assert metadata["report_uri"] == metadata["report"]
     assert metadata["evidently_report"] == "not written: ValueError: boom"
     assert metadata["roc_auc"] == 0.7811
     assert metadata["summary"].startswith("**sklearn v4 (no champion yet)**: passed every")

@@ -7,11 +7,10 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHAMPION_ALIAS, MlflowRegistry
 from resources.policy import PolicyResource
-from unified_assets.assets.evaluation import report_key
+from unified_assets.assets.evaluation import cited_report
 from unified_assets.assets.live import latest_live_record
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
@@ -221,7 +220,6 @@ def production_model(
     approval: ApprovalRecord | None,
     decisions: DecisionStore,
     mlflow_registry: MlflowRegistry,
-    store: ArtifactStore,
     policy: PolicyResource,
 ) -> Iterator[dg.Output[dict]]:
     ledger = ChampionLedger(decisions, mlflow_registry)
@@ -242,7 +240,7 @@ def production_model(
                                       expected_from=config.expected_from, token=config.token,
                                       source=_source(context))
             record = request_rollback(decisions, ledger, policy.policy, model_name, request,
-                                      _evidence(context.instance, store, model_name))
+                                      _evidence(context.instance, mlflow_registry, model_name))
         else:
             record = promote_approved(ledger, approval, context.run_id)
     except LedgerFault as fault:
@@ -268,13 +266,17 @@ def production_model(
     })
 
 
-def _evidence(instance: dg.DagsterInstance, store: ArtifactStore, model_name: str) -> Evidence:
-    """The incident's evidence of a version: its evaluation report and latest live record
-    (from `live_performance`'s materializations)."""
+def _evidence(instance: dg.DagsterInstance, registry: MlflowRegistry,
+              model_name: str) -> Evidence:
+    """The incident's evidence of a version: its evaluation report (as its evaluation cited
+    it) and latest live record, both from Dagster's records."""
 
     def report_uri(version: str) -> str | None:
-        key = report_key(model_name, version)
-        return store.uri(key) if store.exists(key) else None
+        try:
+            family = registry.version_tags(model_name, version).get("family")
+        except Exception:  # noqa: BLE001 - a version gone from the registry: no report to cite
+            return None
+        return cited_report(instance, family, version)
 
     def live_record(version: str) -> dict | None:
         return latest_live_record(instance, version)

@@ -66,8 +66,25 @@ COMPARED = ["roc_auc", "pr_auc", "pr_auc_lift", "f1", "recall", "precision", "br
             "latency_ms_per_1k"]
 
 
-def report_key(model_name: str, version: str, suffix: str = "json") -> str:
-    return f"reports/{model_name}/v{version}.{suffix}"
+def evidently_key(model_name: str, version: str) -> str:
+    """Where the Evidently HTML (not a value: a page for people) is kept in the blob store."""
+    return f"reports/{model_name}/v{version}.html"
+
+
+def cited_report(instance: dg.DagsterInstance, family: str | None, version: str) -> str | None:
+    """The evaluation report a decision or an incident cites for `version`: the MLflow
+    artifact URI its evaluation recorded (None when never evaluated or not logged)."""
+    if not family:
+        return None
+    records = instance.fetch_materializations(dg.AssetKey(f"evaluation_{family}"),
+                                              limit=100).records
+    for record in records:  # newest first
+        metadata = record.asset_materialization.metadata
+        if "model_version" in metadata and str(metadata["model_version"].value) == version:
+            uri = metadata.get("report_uri")
+            return str(uri.value) if uri is not None and str(uri.value).startswith("runs:/") \
+                else None
+    return None
 
 
 def score_holdout(registry: MlflowRegistry, model_name: str, version: str, frame) -> tuple:
@@ -212,7 +229,7 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
         )
         # A stored copy beside the JSON (the lifecycle test reads it); people open MLflow's.
         report.evidently_report_uri = store.write_bytes(
-            report_key(candidate.model_name, candidate.version, "html"), html.encode()
+            evidently_key(candidate.model_name, candidate.version), html.encode()
         )
     except Exception as error:  # noqa: BLE001 - a report for people; the gates do not need it
         report.evidently_error = f"{type(error).__name__}: {_first_line(error)}"
@@ -220,16 +237,16 @@ def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
     return report, html
 
 
-def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, store: ArtifactStore,
-             run_id: str, report: EvaluationReport, html: str | None) -> None:
-    """Store the judged report (approvals and rollbacks cite it by `report_key`) and log it
-    and the Evidently HTML to the candidate's MLflow run, with links that open them over HTTP
-    in the MLflow UI. One folder per Dagster run: an older materialization's links keep
-    showing its own report after a re-evaluation."""
-    key = report_key(report.model_name, str(report.version))
-    report.report_uri = store.uri(key)
+def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, run_id: str,
+             report: EvaluationReport, html: str | None) -> None:
+    """Log the judged report and the Evidently HTML to the candidate's MLflow run, with links
+    that open them over HTTP in the MLflow UI; approvals and rollbacks cite the report by its
+    MLflow artifact URI. The report itself is the asset's value (Dagster's IO manager), so it
+    is kept even when MLflow is unreachable. One folder per Dagster run: an older
+    materialization's links keep showing its own report after a re-evaluation."""
     folder = f"evaluation/{context.run_id[:8]}"
     try:
+        report.report_uri = f"runs:/{run_id}/{folder}/{REPORT_JSON}"
         experiment_id = registry.client().get_run(run_id).info.experiment_id
         links = {name: registry.artifact_link(run_id, experiment_id, f"{folder}/{name}")
                  for name in (REPORT_JSON, EVIDENTLY_HTML)}
@@ -242,10 +259,9 @@ def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, store:
             REPORT_JSON: json.dumps(report.as_json(), indent=2, default=str)}
         registry.log_reports(run_id, folder, files | ({EVIDENTLY_HTML: html} if html else {}))
     except Exception as error:  # noqa: BLE001 - reports for people; the gates do not need them
-        report.links = ReportLinks()
+        report.links, report.report_uri = ReportLinks(), None
         report.mlflow_error = f"{type(error).__name__}: {_first_line(error)}"
         context.log.warning(f"reports not logged to MLflow run {run_id}: {report.mlflow_error}")
-    store.write_json(key, report.as_json())
 
 
 def summary(report: EvaluationReport) -> str:
@@ -299,7 +315,7 @@ def _metadata(report: EvaluationReport) -> dict:
         "report": _link(links.report, not_logged),
         "report_file": _link(links.report_file, not_logged),
         "mlflow_run": _link(links.mlflow_run, not_logged),
-        "report_stored_at": dg.MetadataValue.text(str(report.report_uri)),
+        "report_uri": dg.MetadataValue.text(report.report_uri or not_logged),
         **numbers(report.overall),
         "vs_champion": _comparison_table(report),
         "champion_version": dg.MetadataValue.text(champion.version if champion else "none yet"),
@@ -360,7 +376,7 @@ def build_evaluation_asset(candidate: Candidate) -> dg.AssetsDefinition:
         report.passed_gates = verdict.passed
         report.blocking_gates = tuple(verdict.blocking)  # leakage too when the policy says so
         if not report.error:  # stored with its verdict, as approvals and rollbacks cite it
-            _publish(context, mlflow_registry, store, candidate.run_id, report, html)
+            _publish(context, mlflow_registry, candidate.run_id, report, html)
         if report.error:
             context.log.error(f"{family} candidate not evaluated: {report.error}")
             yield dg.Output(report, metadata={

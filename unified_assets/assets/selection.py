@@ -16,7 +16,13 @@ from sensors.retrain import RETRAIN_TAG
 from unified_assets.assets.evaluation import CHECK_DESCRIPTIONS, check_result
 from unified_assets.candidates import Candidate
 from unified_assets.compute import CPU_LIGHT
-from unified_assets.gates import BLOCKING_GATES, GateResult, judge, select_challenger
+from unified_assets.gates import (
+    BLOCKING_GATES,
+    GateResult,
+    choice_reason,
+    judge,
+    select_challenger,
+)
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
 from unified_assets.policy import metric_sign
 from unified_assets.values import CandidateOutcome, ChallengerChoice, EvaluationReport
@@ -94,7 +100,7 @@ def _challenger(
     held_back = [] if chosen else _downstream(context)
     if chosen:
         mlflow_registry.set_alias(model_name, str(chosen.version), CHALLENGER_ALIAS)
-        reason = f"{chosen.who} passed every gate"
+        reason = choice_reason(chosen, reports, verdicts, promotion.improvement.metric)
     else:
         reason = HOLD_PREFIX + " | ".join(
             f"{f} v{v.version}: {'; '.join(v.failures())}" for f, v in verdicts.items()
