@@ -86,3 +86,35 @@ class States:
             yield State(settings, instance, value)
 
 
+
+
+def batches_ingested(batches: int, rows: int) -> Build:
+    """A build step: `batches` generated batches of `rows` landed and ingested."""
+
+    def build(settings: Settings, instance: dg.DagsterInstance, _folder: Path, _base: Any):
+        from unified_assets.definitions import build_definitions
+        from unified_assets.lifecycle import ingest_landed
+        from unified_assets.ml.generator import write_batches
+
+        write_batches(settings.landing_dir, batches=batches, rows=rows)
+        ingest_landed(build_definitions(settings), instance)
+        return settings, None
+
+    return build
+
+
+def first_champion(batches: int, rows: int) -> Build:
+    """A build step: batches ingested as `batches_ingested` does, then a first train-evaluate-promote
+    that must succeed (its result is the value)."""
+    ingest = batches_ingested(batches, rows)
+
+    def build(settings: Settings, instance: dg.DagsterInstance, folder: Path, base: Any):
+        from unified_assets.definitions import build_definitions
+        from unified_assets.lifecycle import train_evaluate_promote
+
+        ingest(settings, instance, folder, base)
+        result = train_evaluate_promote(build_definitions(settings), instance)
+        assert result.success, [e.message for e in result.all_events if e.is_failure]
+        return settings, result
+
+    return build

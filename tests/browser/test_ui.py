@@ -157,7 +157,9 @@ def test_a_rollback_launched_from_the_launchpad_ends_green_with_the_champion_mov
 
 def test_a_cli_rollback_through_the_webserver_is_a_run_of_the_ui(state, ui, page):
     """`unified-ai rollback` with UNIFIED_AI_DAGSTER_URL submits through the webserver's
-    GraphQL API: the run is the webserver's (queued, launched, shown), not the CLI's."""
+    GraphQL API: the run is the webserver's (launched, shown in the UI), not the CLI's, and
+    a refusal (the version was rolled back from, so the ledger will not make it champion
+    again) comes back as the step's one line."""
     settings, env, _, (first, second) = state
     assert champion(settings) == first, "after the launchpad's rollback"
     done = subprocess.run(
@@ -165,14 +167,17 @@ def test_a_cli_rollback_through_the_webserver_is_a_run_of_the_ui(state, ui, page
          "--reason", "browser test: forward again from the CLI"],
         env={**env, "UNIFIED_AI_DAGSTER_URL": ui.url}, cwd=ROOT, capture_output=True,
         text=True, timeout=600)
-    assert done.returncode == 0, (done.stdout, done.stderr, ui.tail())
-    run_id = re.search(r"\(run ([0-9a-f-]{36})", done.stdout).group(1)
-    assert champion(settings) == second
+    assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr, ui.tail())
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("rollback refused (run ") and f"v{second} was rolled back" in line
+    run_id = re.search(r"\(run ([0-9a-f-]{36})", line).group(1)
+    assert champion(settings) == first
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         run = instance.get_run_by_id(run_id)
     assert run.job_name == "rollback_production" and run.tags["unified-ai/source"] == "cli"
+    assert run.status == dg.DagsterRunStatus.FAILURE
     _open(page, f"{ui.url}/runs/{run_id}")
-    page.get_by_text("Success").first.wait_for()
+    page.get_by_text("Failure").first.wait_for()
 
 
 def test_a_held_retrain_is_a_successful_run_showing_why(state, ui, page):

@@ -6,7 +6,7 @@ flight and at most one pending that holds the later evidence."""
 import dagster as dg
 import pytest
 
-from tests.states import Recipe
+from tests.states import Recipe, first_champion
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import DriftSpec, write_batches
@@ -18,16 +18,8 @@ pytestmark = pytest.mark.slow  # full lifecycles
 SHARES_CHAMPION = pytest.mark.xdist_group("drift-retrain:champion")
 
 
-def _first_champion(settings, instance, _folder, _base):
-    write_batches(settings.landing_dir, batches=3, rows=1500)
-    defs = build_definitions(settings)
-    ingest_landed(defs, instance)
-    assert train_evaluate_promote(defs, instance).success
-    return settings, None
-
-
 # Three clean batches and a first champion: built once per session, restored per test.
-CHAMPION = Recipe("drift:first-champion", _first_champion)
+CHAMPION = Recipe("drift:first-champion", first_champion(batches=3, rows=1500))
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import yaml
 
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry
-from tests.states import Recipe
+from tests.states import Recipe, first_champion
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -63,16 +63,8 @@ def _live_metadata(instance, batch):
     return records[0].asset_materialization.metadata
 
 
-def _build_champion(settings, instance, _folder, _base):
-    write_batches(settings.landing_dir, batches=3, rows=2500)
-    defs = build_definitions(settings)
-    ingest_landed(defs, instance)
-    assert train_evaluate_promote(defs, instance).success
-    return settings, None
-
-
 # Three labelled batches and a first champion: built once per session, copied per test.
-CHAMPION = Recipe("late-labels:champion", _build_champion)
+CHAMPION = Recipe("late-labels:champion", first_champion(batches=3, rows=2500))
 
 
 @pytest.fixture

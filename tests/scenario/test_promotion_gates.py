@@ -13,10 +13,9 @@ from mlflow.artifacts import download_artifacts
 
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import shipped_policy, with_policy
-from tests.states import Recipe
+from tests.states import Recipe, batches_ingested
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
-from unified_assets.ml.generator import write_batches
 from unified_assets.policy import PolicyError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,19 +38,13 @@ def _lenient() -> dict:
     return policy
 
 
-def _ingested(settings, instance, _folder, _base):
-    write_batches(settings.landing_dir, batches=4, rows=2000)
-    ingest_landed(build_definitions(settings), instance)
-    return settings, None
-
-
 def _first_retrain(settings, instance, _folder, _base):
     return settings, train_evaluate_promote(build_definitions(settings), instance)
 
 
 # Built once per session, restored per test: four ingested batches, and the first retrain on
 # them under the shipped policy (its run result is the value).
-INGESTED = Recipe("gates:ingested", _ingested)
+INGESTED = Recipe("gates:ingested", batches_ingested(batches=4, rows=2000))
 FIRST = Recipe("gates:first-retrain", _first_retrain, base=INGESTED)
 
 
