@@ -88,7 +88,9 @@ class _ParquetValues(UPathIOManager):
             context.add_output_metadata({"value_path": str(self.path_for(context.asset_key, keys[0]))})
 
     def dump_to_path(self, context: dg.OutputContext, obj: Any, path: UPath) -> None:
-        raise NotImplementedError("handle_output stores values through _store")
+        # UPathIOManager's per-path hook; `handle_output` above stores through `_store`, which
+        # also removes values, so this only serves a caller that writes one path directly.
+        self._dump(obj, path, context.asset_key.to_user_string())
 
     def load_from_path(self, context: dg.InputContext, path: UPath) -> pd.DataFrame:
         metadata = context.definition_metadata or {}
@@ -132,7 +134,6 @@ class _ParquetValues(UPathIOManager):
             "materialized, or its latest materialization stored none (a rejected batch)")
 
     def _store(self, asset_key: dg.AssetKey, partition: str | None, obj: Any) -> None:
-        import pandas as pd
 
         path = self.path_for(asset_key, partition)
         what = f"{asset_key.to_user_string()}" + (f" partition {partition!r}" if partition else "")
@@ -143,6 +144,11 @@ class _ParquetValues(UPathIOManager):
                 raise ValueWriteError(f"could not remove the earlier value of {what} at {path}: "
                                       f"{error}") from error
             return
+        self._dump(obj, path, what)
+
+    def _dump(self, obj: Any, path: UPath, what: str) -> None:
+        import pandas as pd
+
         if not isinstance(obj, pd.DataFrame):
             raise TypeError(f"{what}: the values IO manager stores pandas DataFrames, got "
                             f"{type(obj).__name__}")

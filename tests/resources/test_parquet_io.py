@@ -170,3 +170,16 @@ def fill_values_disk(monkeypatch: pytest.MonkeyPatch, full=lambda path: True) ->
         return _FullStream(stream) if full(str(path)) else stream
 
     monkeypatch.setattr(_ParquetValues, "_open_output", open_output)
+
+
+def test_the_per_path_hook_writes_the_same_parquet_and_refuses_other_values(tmp_path):
+    """UPathIOManager's `dump_to_path` (for a caller writing one path) stores what
+    `handle_output` stores, and refuses a non-frame naming the asset."""
+    manager = ParquetIOManager(root=str(tmp_path))
+    key = dg.AssetKey("landed_batch")
+    path = manager.values.path_for(key, "b1")
+    context = dg.build_output_context(asset_key=key)
+    manager.values.dump_to_path(context, pd.DataFrame({"a": [1, 2]}), path)
+    assert manager.load(key, "b1")["a"].tolist() == [1, 2]
+    with pytest.raises(TypeError, match="landed_batch: the values IO manager stores pandas"):
+        manager.values.dump_to_path(context, {"a": 1}, path)
