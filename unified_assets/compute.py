@@ -21,6 +21,11 @@ POOL_LABEL = "unified-ai/pool"  # node label selecting the Kubernetes node pool
 GPU_NODE_POOL = "gpu"  # value of POOL_LABEL on the GPU nodes (deploy/gpu/)
 ACCELERATOR_LABEL = "cloud.google.com/gke-accelerator"
 K8S_CONFIG_TAG = "dagster-k8s/config"
+# Read by dagster-ray's step handler (dagster_ray.configs.RayExecutionConfig.from_tags): the
+# Ray job's entrypoint CPUs, GPUs, memory (bytes) and custom resources.
+RAY_CONFIG_TAG = "dagster-ray/config"
+# Ray names a node's GPU model as the custom resource `accelerator_type:<name>` (e.g. "L4").
+RAY_ACCELERATOR_PREFIX = "accelerator_type:"
 # Step tags read by dagster-aws's `ecs_executor` (dagster_aws/ecs/executor.py,
 # EcsStepHandler._get_task_overrides / _get_container_overrides): task-level CPU units and
 # memory MiB as strings, container overrides as a JSON string.
@@ -123,11 +128,30 @@ class ComputeProfile:
             tags[ECS_CONTAINER_OVERRIDES_TAG] = json.dumps(overrides, separators=(",", ":"))
         return tags
 
+    def ray_request(self) -> dict[str, Any]:
+        """What a Ray job for this step asks for: CPUs, GPUs, memory in bytes, the accelerator
+        as Ray's `accelerator_type:<name>` resource, and a node label selector that plays the
+        role of the Kubernetes node selector and GPU taint: GPU steps only on the GPU pool,
+        other steps never there (a CPU step must not take a GPU node's CPUs)."""
+        resources = {f"{RAY_ACCELERATOR_PREFIX}{self.accelerator}": 0.001} if self.accelerator else {}
+        selector = {POOL_LABEL: GPU_NODE_POOL if self.device == "gpu" else f"!{GPU_NODE_POOL}"}
+        return {"num_cpus": cpu_cores(self.cpu), "num_gpus": self.gpus,
+                "memory": memory_mib(self.memory) * 2**20, "resources": resources,
+                "label_selector": selector}
+
+    def ray_config(self) -> str:
+        """The `dagster-ray/config` tag (a JSON string of dagster-ray's RayExecutionConfig), so
+        dagster-ray's own executor also asks Ray for this profile (no label selector there)."""
+        request = self.ray_request()
+        fields = {k: request[k] for k in ("num_cpus", "num_gpus", "memory", "resources")}
+        return json.dumps(fields, separators=(",", ":"), sort_keys=True)
+
     def op_tags(self) -> dict[str, Any]:
         tags: dict[str, Any] = {
             COMPUTE_TAG: self.device,
             PROFILE_TAG: self.name,
             K8S_CONFIG_TAG: self.k8s_config(),
+            RAY_CONFIG_TAG: self.ray_config(),
             **self.ecs_tags(),
         }
         if LATENCY_PRIORITY[self.latency]:

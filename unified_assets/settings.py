@@ -20,10 +20,11 @@ S3_ENDPOINT_ENV = "UNIFIED_AI_S3_ENDPOINT_URL"
 MLFLOW_UI_URL_ENV = "UNIFIED_AI_MLFLOW_UI_URL"
 CANDIDATES_ENV = "UNIFIED_AI_CANDIDATES"
 DAGSTER_URL_ENV = "UNIFIED_AI_DAGSTER_URL"
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own name: the dashboard URL jobs are submitted to
 SHIPPED_CANDIDATES = ("sklearn", "torch")
 LOCAL_MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where scripts/dev.sh starts the MLflow UI
-Deployment = Literal["local", "kubernetes"]
-DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes")
+Deployment = Literal["local", "kubernetes", "ray"]
+DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes", "ray")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Settings:
     candidates: tuple[str, ...] = SHIPPED_CANDIDATES
     # A Dagster webserver the CLI submits runs through (GraphQL); None: the DAGSTER_HOME instance.
     dagster_url: str | None = None
+    # deployment "ray": the Ray dashboard URL (http://host:8265) every step is submitted to.
+    ray_address: str | None = None
 
     @property
     def landing_dir(self) -> Path:
@@ -98,6 +101,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         candidates=tuple(e.strip() for e in env[CANDIDATES_ENV].split(",") if e.strip())
         if env.get(CANDIDATES_ENV, "").strip() else SHIPPED_CANDIDATES,
         dagster_url=(env.get(DAGSTER_URL_ENV) or "").strip() or None,
+        ray_address=(env.get(RAY_ADDRESS_ENV) or "").strip() or None,
     )
 
 

@@ -28,6 +28,7 @@ from unified_assets.placement.snapshot import (
     HostCapacity,
     K8sCapacity,
     PoolOccupancy,
+    RayCapacity,
 )
 
 Status = Literal["free", "busy", "absent", "scalable"]
@@ -36,12 +37,15 @@ MAX_LISTED_PROBLEMS = 20
 
 @dataclass(frozen=True)
 class GpuCheck:
-    """Whether a GPU placement is possible now; `pool_full` when only the Dagster pool blocks."""
+    """Whether a GPU placement is possible now; `pool_full` when only the Dagster pool blocks;
+    `queueable` when a request for it would queue in the runtime until capacity appears (a
+    Ray job waits PENDING until a GPU node joins its pool), so `wait` can queue on it."""
 
     status: Status
     detail: str
     where: str = ""
     pool_full: bool = False
+    queueable: bool = False
 
 
 @lru_cache(maxsize=256)
@@ -110,6 +114,47 @@ def k8s_gpu_check(profile: ComputeProfile, k8s: K8sCapacity) -> GpuCheck:
                             f"{best.gpus_allocatable} GPU(s) free", pool)
 
 
+def ray_pool_name(pool: str = GPU_NODE_POOL) -> str:
+    return f"ray pool {pool}"
+
+
+def ray_gpu_check(profile: ComputeProfile, ray: RayCapacity) -> GpuCheck:
+    """Whether a live node of the Ray GPU pool has the step's GPUs free now. Anything short of
+    that is `queueable`: Ray keeps a job for the pool PENDING until a node there can take it."""
+    pool = ray_pool_name()
+    nodes = [n for n in ray.pool(GPU_NODE_POOL) if n.alive]
+    if not nodes:
+        lost = [n.short_id for n in ray.pool(GPU_NODE_POOL) if not n.alive]
+        why = f" (node(s) {', '.join(lost)} dead)" if lost else ""
+        return GpuCheck("absent", f"{pool} has no live node{why}", pool, queueable=True)
+    if profile.accelerator:
+        nodes = [n for n in nodes if n.accelerator
+                 and accelerator_matches(profile.accelerator, n.accelerator)]
+        if not nodes:
+            have = ", ".join(sorted({n.accelerator or "unlabelled" for n in ray.pool(GPU_NODE_POOL)}))
+            return GpuCheck("absent", f"accelerator {profile.accelerator} not in {pool} (has {have})",
+                            pool, queueable=True)
+    big = [n for n in nodes if n.gpus_total >= profile.gpus]
+    if not big:
+        largest = max(n.gpus_total for n in nodes)
+        return GpuCheck("absent", f"no node in {pool} has {profile.gpus} GPU(s) (largest: "
+                                  f"{largest:g})", pool, queueable=True)
+    free = sorted((n for n in big if n.gpus_free >= profile.gpus),
+                  key=lambda n: (-n.gpus_free, n.node_id))
+    # Jobs already waiting for GPUs go first: Ray gives a freed GPU to them, not to this step.
+    if free and sum(n.gpus_free for n in free) - ray.pending_gpus < profile.gpus:
+        free = []
+    if not free:
+        total_free, total = sum(n.gpus_free for n in big), sum(n.gpus_total for n in big)
+        return GpuCheck("busy", f"{pool}: no node with {profile.gpus} free GPU(s) ({total_free:g}/"
+                                f"{total:g} GPUs free, {ray.pending_jobs} job(s) pending for "
+                                f"{ray.pending_gpus:g} GPU(s))",
+                        pool, queueable=True)
+    best = free[0]
+    return GpuCheck("free", f"{pool}: node {best.short_id} has {best.gpus_free:g}/"
+                            f"{best.gpus_total:g} GPU(s) free", pool)
+
+
 class _View:
     """The snapshot seen through the policy, with per-requirement results cached."""
 
@@ -127,9 +172,13 @@ class _View:
         return self._cache[key]
 
     def _gpu_check(self, profile: ComputeProfile, rule: ProfileRule) -> GpuCheck:
-        k8s = self.snapshot.kubernetes
-        check = (k8s_gpu_check(profile, k8s) if k8s is not None
-                 else host_gpu_check(profile, rule, self.snapshot.host))
+        k8s, ray = self.snapshot.kubernetes, self.snapshot.ray
+        if ray is not None:
+            check = ray_gpu_check(profile, ray)
+        elif k8s is not None:
+            check = k8s_gpu_check(profile, k8s)
+        else:
+            check = host_gpu_check(profile, rule, self.snapshot.host)
         if check.status == "free":
             occupancy = self.occupancy(profile.pool)
             if occupancy is not None and occupancy.full:
@@ -190,11 +239,13 @@ def _unavailable(step: StepRequirement, rule: ProfileRule, check: GpuCheck,
             note = f"; the step still claims Dagster pool {step.profile.pool}"
         return _on_cpu(step, rule, f"{stage}GPU {check.status} ({check.detail}): degraded to cpu "
                                    f"by {rule_text}{note}", "degrade_to_cpu", gpu_rejected)
-    if rule.on_unavailable == "wait" and check.status == "busy" and not stage:
+    if rule.on_unavailable == "wait" and (check.status == "busy" or check.queueable) \
+            and (not stage or check.queueable):
         cpu = (Alternative("cpu", f"{rule_text}: waits for the GPU instead"),) \
             if "cpu" in rule.targets else ()
-        return Decision(step, "gpu", check.where or "gpu", f"GPU busy ({check.detail}): waits by "
-                        f"{rule_text}", "wait", {}, cpu)
+        queue = "; queued on the pool until a node can take it" if check.queueable else ""
+        return Decision(step, "gpu", check.where or "gpu", f"{stage}GPU {check.status} "
+                        f"({check.detail}): waits by {rule_text}{queue}", "wait", {}, cpu)
     if rule.on_unavailable == "wait":
         why = ("waiting in the step would hold its slot; retry the step"
                if stage else "waiting would never end")
@@ -282,3 +333,32 @@ def revalidate(decision: Decision, fresh: CapacitySnapshot,
         return replace(decision, where=check.where, stage="start",
                        reason=f"{decision.reason}; at start: GPU present ({check.detail})")
     return replace(_unavailable(step, rule, check, stage="at start: "), stage="start")
+
+
+def decide_on_ray(step: StepRequirement, planned: Decision | None, ray: RayCapacity,
+                  policy: PlacementPolicy = DEFAULT_POLICY, note: str = "") -> Decision:
+    """The decision a Ray job is submitted with, made when the step launches: the planned one
+    (from the run tags) with a GPU placement re-checked against the Ray cluster now, or one
+    made now if the run carries no plan for this step. `note` (e.g. a GPU node lost during an
+    earlier attempt) is put in front of the reason. Raises `PlacementError` when the policy
+    forbids the launch (fail_and_escalate, or no GPU pool under a policy without cpu)."""
+    if planned is None or planned.requirement.profile != step.profile:
+        try:
+            decision = decide(step, CapacitySnapshot(ray=ray), policy)
+        except PlacementError as error:
+            if note:
+                raise PlacementError(f"{note}; {error}", retryable=error.retryable) from None
+            raise
+    elif planned.target == "cpu":
+        decision = planned
+    else:
+        rule = _rule(policy, step)
+        check = ray_gpu_check(step.profile, ray)
+        if check.status == "free":
+            decision = replace(planned, where=check.where,
+                               reason=f"{planned.reason}; at launch: GPU free ({check.detail})")
+        else:
+            decision = _unavailable(planned.requirement, rule, check, stage="at launch: ")
+    if note:
+        decision = replace(decision, reason=f"{note}; {decision.reason}")
+    return decision

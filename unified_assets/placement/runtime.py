@@ -17,7 +17,16 @@ def decide_at_start(run_tags: Mapping[str, str], step: StepRequirement, *,
                     policy: PlacementPolicy = DEFAULT_POLICY) -> Decision:
     """The final decision for `step`: planned (from `run_tags`) or planned now, then
     re-validated against `snapshot` (default: a fresh probe of this host). Raises
-    `PlacementError` (check `.retryable`) when the policy forbids running."""
+    `PlacementError` (check `.retryable`) when the policy forbids running.
+
+    A step launched as a Ray job takes the decision it was launched with (Ray enforces its
+    request; this host's CUDA probe says nothing about a logical GPU), checked against the
+    GPU ids Ray gave it."""
+    from unified_assets.placement.ray_step import launch_decision
+
+    on_ray = launch_decision(step)
+    if on_ray is not None:
+        return on_ray
     if snapshot is None:
         from unified_assets.placement.probe import probe_host
 

@@ -159,12 +159,15 @@ FALLBACK_WORDS = {  # what happened, as read on a step that ran
 
 def decision_metadata(decision: Decision) -> dict[str, str]:
     """Materialization metadata (plain strings: Dagster shows them as text). Recorded by a
-    step that ran, so a `wait` fallback reads as waited, not as still waiting."""
-    return {
+    step that ran, so a `wait` fallback reads as waited, not as still waiting. A step that ran
+    as a Ray job adds where Ray ran it (`ray_*`: node, pool, GPU ids, request)."""
+    from unified_assets.placement.ray_step import ray_evidence
+
+    return {**ray_evidence(), **{
         "placement_target": decision.target,
         "placement_where": decision.where,
         "placement_fallback": FALLBACK_WORDS.get(decision.fallback, decision.fallback),
         "placement_reason": decision.reason,
         "placement_stage": decision.stage,
         "placement_settings": _dumps(dict(decision.settings)),
-    }
+    }}

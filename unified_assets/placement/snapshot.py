@@ -1,5 +1,6 @@
 """Capacity snapshot: what the planner sees. Plain frozen dataclasses, no probing here
-(see `probe` for the host and the Dagster instance, `kube` for Kubernetes nodes)."""
+(see `probe` for the host and the Dagster instance, `kube` for Kubernetes nodes, `ray_capacity`
+for a Ray cluster)."""
 
 from __future__ import annotations
 
@@ -92,19 +93,75 @@ class K8sCapacity:
 
 
 @dataclass(frozen=True)
+class RayNode:
+    """One Ray node: its pool (node label `unified-ai/pool`), liveness, logical GPUs and CPUs
+    (total and free) and GPU model (Ray's `accelerator_type:<name>` resource)."""
+
+    node_id: str
+    pool: str
+    alive: bool = True
+    gpus_total: float = 0
+    gpus_free: float = 0
+    cpus_total: float = 0
+    cpus_free: float = 0
+    accelerator: str | None = None
+    is_head: bool = False
+
+    @property
+    def short_id(self) -> str:
+        return self.node_id[:8]
+
+
+@dataclass(frozen=True)
+class RayCapacity:
+    """A Ray cluster as its state and job APIs show it: nodes, and the jobs that wait for
+    resources (`pending_jobs`, `pending_gpus` of them asking for GPUs)."""
+
+    nodes: tuple[RayNode, ...] = ()
+    pending_jobs: int = 0
+    pending_gpus: float = 0
+    address: str = ""
+
+    def pool(self, name: str) -> tuple[RayNode, ...]:
+        return tuple(node for node in self.nodes if node.pool == name)
+
+    def node(self, node_id: str) -> RayNode | None:
+        return next((n for n in self.nodes if n.node_id == node_id), None)
+
+    def pools(self) -> dict[str, dict[str, float]]:
+        """Per pool, live nodes only: nodes, GPUs and CPUs total and free."""
+        out: dict[str, dict[str, float]] = {}
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            row = out.setdefault(node.pool, dict.fromkeys(
+                ("nodes", "gpus_total", "gpus_free", "cpus_total", "cpus_free"), 0))
+            row["nodes"] += 1
+            row["gpus_total"] += node.gpus_total
+            row["gpus_free"] += node.gpus_free
+            row["cpus_total"] += node.cpus_total
+            row["cpus_free"] += node.cpus_free
+        return out
+
+
+@dataclass(frozen=True)
 class CapacitySnapshot:
-    """Everything the planner reads. `kubernetes` set means GPU steps run on cluster nodes;
-    otherwise they run on this host's CUDA devices."""
+    """Everything the planner reads. `ray` set means GPU steps run as Ray jobs on the Ray
+    cluster's GPU pool; else `kubernetes` set means on cluster nodes; otherwise on this host's
+    CUDA devices."""
 
     host: HostCapacity = field(default_factory=HostCapacity)
     instance: InstanceLoad | None = None
     kubernetes: K8sCapacity | None = None
     taken_at: float = field(default_factory=time.time)
+    ray: RayCapacity | None = None
 
     def largest_gpu_unit(self) -> int:
         """Most GPUs on one host or node anywhere in the snapshot."""
         nodes = self.kubernetes.nodes if self.kubernetes else ()
-        return max([self.host.gpu_count, *(node.gpus_allocatable for node in nodes)])
+        ray_nodes = self.ray.nodes if self.ray else ()
+        return max([self.host.gpu_count, *(node.gpus_allocatable for node in nodes),
+                    *(int(node.gpus_total) for node in ray_nodes)])
 
     def summary(self) -> str:
         host = self.host
@@ -123,4 +180,11 @@ class CapacitySnapshot:
                 if row["gpus_allocatable"] else f"{name} {row['nodes']} node(s), no GPUs"
                 for name, row in sorted(self.kubernetes.pools().items()))
             parts.append(f"k8s: {len(self.kubernetes.nodes)} nodes; {pools or 'no nodes'}")
+        if self.ray is not None:
+            pools = ", ".join(
+                f"{name} {row['nodes']:g} node(s) {row['gpus_free']:g}/{row['gpus_total']:g} GPUs "
+                f"{row['cpus_free']:g}/{row['cpus_total']:g} CPUs free"
+                for name, row in sorted(self.ray.pools().items()))
+            parts.append(f"ray: {sum(n.alive for n in self.ray.nodes)} live node(s); "
+                         f"{pools or 'no live nodes'}; {self.ray.pending_jobs} pending job(s)")
         return "; ".join(parts)

@@ -1,0 +1,77 @@
+"""Tiny assets with the real compute profiles, run by the placed Ray executor: what the Ray
+tests and bench/ray_runtime.py launch. Each step records its placement (`placement_metadata`:
+the decision, the Ray node, pool and GPU ids) and reads nothing heavy, so a Ray job costs
+what Dagster's step process costs. Jobs are module-level functions so `reconstructable`
+finds them from the Ray job's step process (PYTHONPATH is the repo root)."""
+
+import os
+import time
+
+import dagster as dg
+
+from unified_assets.compute import CPU_LIGHT, GPU_TRAINING, ComputeProfile
+from unified_assets.metadata import placement_metadata
+from unified_assets.placement.policy import PlacementPolicy, ProfileRule
+from unified_assets.placement.ray_executor import ray_executor_def
+
+POLICY_ENV = "UNIFIED_AI_TEST_RAY_POLICY"  # which on_unavailable the job's executor applies
+HOLD_ENV = "UNIFIED_AI_TEST_GPU_HOLD_S"  # how long a GPU step holds its GPU (node-loss test)
+POLICIES = ("degrade_to_cpu", "wait", "fail_and_escalate")
+
+
+def policy_for(on_unavailable: str) -> PlacementPolicy:
+    targets = ("gpu",) if on_unavailable != "degrade_to_cpu" else ("gpu", "cpu")
+    return PlacementPolicy(profiles={
+        "cpu-light": ProfileRule(targets=("cpu",), on_unavailable="wait"),
+        "cpu-training": ProfileRule(targets=("cpu",), on_unavailable="wait"),
+        "gpu-training": ProfileRule(targets=targets, on_unavailable=on_unavailable,
+                                    degraded_settings={"device": "cpu"}),
+    })
+
+
+def _evidence(context: dg.AssetExecutionContext, profile: ComputeProfile) -> dict[str, str]:
+    meta = placement_metadata(context, profile, policy_for(os.environ.get(POLICY_ENV, "wait")))
+    meta["step_pid"] = str(os.getpid())
+    return meta
+
+
+@dg.asset(**CPU_LIGHT.asset_kwargs())
+def source(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_evidence(context, CPU_LIGHT))
+
+
+def _gpu_asset(name: str) -> dg.AssetsDefinition:
+    @dg.asset(name=name, deps=[source], **GPU_TRAINING.asset_kwargs())
+    def _gpu(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        meta = _evidence(context, GPU_TRAINING)
+        time.sleep(float(os.environ.get(HOLD_ENV, "0")))  # a long step, to lose its node
+        return dg.MaterializeResult(metadata=meta)
+
+    return _gpu
+
+
+gpu_a, gpu_b = _gpu_asset("gpu_a"), _gpu_asset("gpu_b")
+
+
+@dg.asset(deps=[gpu_a], **CPU_LIGHT.asset_kwargs())
+def after_gpu(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata=_evidence(context, CPU_LIGHT))
+
+
+ASSETS = [source, gpu_a, gpu_b, after_gpu]
+
+
+def _job(name: str, selection: list[dg.AssetsDefinition]) -> dg.JobDefinition:
+    policy = policy_for(os.environ.get(POLICY_ENV, "wait"))
+    job = dg.define_asset_job(name, selection=selection, executor_def=ray_executor_def(policy))
+    return dg.Definitions(assets=ASSETS, jobs=[job]).resolve_job_def(name)
+
+
+def two_gpu_job() -> dg.JobDefinition:
+    """source -> gpu_a, gpu_b: two GPU-profile steps that could overlap."""
+    return _job("two_gpu", [source, gpu_a, gpu_b])
+
+
+def gpu_chain_job() -> dg.JobDefinition:
+    """source -> gpu_a -> after_gpu."""
+    return _job("gpu_chain", [source, gpu_a, after_gpu])

@@ -1,0 +1,322 @@
+"""Every step a Ray job, placed by the planner: dagster-ray's step handler, extended.
+
+`RayStepHandler` (dagster_ray/core/executor.py) submits each step as a Ray job whose request
+comes from the `dagster-ray/config` tag or the executor's config. Here the request comes from
+the step's placement decision instead: the plan in the run tags (a planned GPU placement is
+re-checked against the Ray cluster at launch) or a decision made at launch against a fresh
+`RayCapacity` snapshot and the placement policy. So a GPU step the policy degrades asks Ray
+for no GPU, `wait` queues the job on the GPU pool (Ray holds it PENDING), and
+`fail_and_escalate` fails the step before anything is submitted, with the reason.
+
+The decision and the request travel to the step in the job's environment
+(`ray_step.ENV_*`), so `decide_at_start` in the step uses them and its materialization records
+them with the Ray node and GPU ids (`ray_step.ray_evidence`).
+
+A GPU node lost while its step runs fails the step's Ray job; the health check then applies
+the policy: `degrade_to_cpu` and `wait` retry the step (the relaunch decides again against
+the cluster as it is then: degraded on CPU, or queued on the GPU pool until a node is back),
+`fail_and_escalate` fails it with the reason. Nothing downstream runs on a half-finished step:
+a retried or failed step produced no output.
+
+`ray` and `dagster_ray` are imported inside functions: the code location loads without them."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+
+from unified_assets.placement.decision import Decision, PlacementError, StepRequirement
+from unified_assets.placement.policy import DEFAULT_POLICY, PlacementPolicy
+
+if TYPE_CHECKING:
+    from dagster._core.executor.step_delegating import StepHandlerContext
+
+    from unified_assets.settings import Settings
+
+DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
+# Forwarded from the launching process to every step's job: the code location must load in
+# the step as it did here (home, policy, dataset spec, candidates; Dagster's home). Only
+# non-secret choices live under these names (unified_assets/settings.py).
+FORWARDED_ENV_PREFIXES = ("UNIFIED_AI_",)
+FORWARDED_ENV = ("DAGSTER_HOME",)
+HEALTH_CHECK_SECONDS = 2  # dagster-ray's 20 s default made a lost node count for 20 s more
+SLEEP_SECONDS = 0.2
+# Ray job errors meaning the node running the job went away (job supervisor or driver gone).
+NODE_LOSS_ERRORS = frozenset({"JOB_SUPERVISOR_ACTOR_DIED", "JOB_SUPERVISOR_ACTOR_START_FAILURE",
+                              "NODE_DIED"})
+
+
+def dashboard_address(address: str | None) -> str:
+    """The dashboard URL jobs are submitted to. RAY_ADDRESS may name the GCS (host:6379),
+    as Ray sets it inside its own jobs; the dashboard is then assumed on port 8265."""
+    if not address:
+        return DEFAULT_DASHBOARD
+    if address.startswith(("http://", "https://")):
+        return address.rstrip("/")
+    host = address.removeprefix("ray://").split(":")[0]
+    return f"http://{host}:8265"
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The launching process's settings every step needs, plus its Python's bin folder in
+    front of the job's PATH (`dagster api execute_step` must resolve to this install)."""
+    env = os.environ if environ is None else environ
+    out = {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV}
+    out["PATH"] = f"{os.path.dirname(sys.executable)}:${{PATH}}"  # Ray expands ${PATH}
+    return out
+
+
+def _handler_class() -> type:
+    """The step handler class, built on first use so `dagster_ray` is imported only then."""
+    from dagster._core.definitions.metadata import MetadataValue
+    from dagster._core.events import DagsterEvent, StepFailureData, StepRetryData
+    from dagster._core.execution.plan.objects import UserFailureData
+    from dagster._core.executor.step_delegating import CheckStepHealthResult
+    from dagster._utils.error import SerializableErrorInfo
+    from dagster_ray.core.executor import RayStepHandler
+    from dagster_ray.utils import resolve_env_vars_list
+
+    from unified_assets.placement.planner import decide_on_ray
+    from unified_assets.placement.ray_capacity import (
+        REQUEST_METADATA,
+        fetch_ray_capacity,
+        get_ray_node,
+    )
+    from unified_assets.placement.ray_step import (
+        ENV_DASHBOARD,
+        ENV_DECISION,
+        ENV_REQUEST,
+        ENV_SUBMISSION_ID,
+        request_json,
+    )
+    from unified_assets.placement.serialize import (
+        decision_from_tags,
+        decision_metadata,
+        decision_to_tag_value,
+    )
+
+    class PlacedRayStepHandler(RayStepHandler):
+        """dagster-ray's handler with the request taken from the placement decision."""
+
+        def __init__(self, client: Any, address: str, policy: PlacementPolicy,
+                     env_vars: list[str] | None = None,
+                     runtime_env: dict[str, Any] | None = None) -> None:
+            # dagster-ray's executor-level num_cpus/num_gpus/memory/resources would override
+            # every step's request: left unset, the decision is the request.
+            super().__init__(client=client, env_vars=env_vars, runtime_env=runtime_env,
+                             num_cpus=None, num_gpus=None, memory=None, resources=None)
+            self.address = address
+            self.policy = policy
+            self.launched: dict[str, Decision] = {}  # step key -> decision of its last launch
+            self.notes: dict[str, str] = {}  # step key -> why it is relaunched (node lost)
+
+        @property
+        def name(self) -> str:
+            return "PlacedRayStepHandler"
+
+        def decision_for(self, ctx: StepHandlerContext, step_key: str) -> Decision | None:
+            requirement = StepRequirement.from_tags(step_key, ctx.step_tags[step_key])
+            if requirement is None:
+                return None
+            planned = decision_from_tags(ctx.dagster_run.tags, step_key)
+            return decide_on_ray(requirement, planned, fetch_ray_capacity(self.address),
+                                 self.policy, note=self.notes.get(step_key, ""))
+
+        def request_for(self, ctx: StepHandlerContext, step_key: str,
+                        decision: Decision | None) -> dict[str, Any]:
+            if decision is not None:
+                return decision.effective_profile.ray_request()
+            from dagster_ray.configs import RayExecutionConfig  # a step without a profile
+
+            tagged = RayExecutionConfig.from_tags(dict(ctx.step_tags[step_key]))
+            return {"num_cpus": tagged.num_cpus, "num_gpus": tagged.num_gpus,
+                    "memory": tagged.memory, "resources": tagged.resources or {},
+                    "label_selector": None}
+
+        def _refuse(self, ctx: StepHandlerContext, step_key: str,
+                    error: PlacementError) -> Iterator[DagsterEvent]:
+            message = f"placement refused by policy before launch: {error}"
+            yield DagsterEvent.step_failure_event(
+                step_context=ctx.get_step_context(step_key),
+                step_failure_data=StepFailureData(
+                    error=SerializableErrorInfo(message, [], "PlacementError"),
+                    user_failure_data=UserFailureData(
+                        label="placement", description=message,
+                        metadata={"placement_reason": MetadataValue.text(str(error)),
+                                  "placement_target": MetadataValue.text("none")})))
+
+        def launch_step(self, step_handler_context: StepHandlerContext) -> Iterator[DagsterEvent]:
+            # dagster-ray's launch_step has no hook for the request, so its body is repeated
+            # here (ids, labels, env) with the request and the label selector from the decision.
+            ctx = step_handler_context
+            step_key = self._get_step_key(ctx)
+            try:
+                decision = self.decision_for(ctx, step_key)
+            except PlacementError as error:
+                yield from self._refuse(ctx, step_key, error)
+                return
+            request = self.request_for(ctx, step_key, decision)
+            submission_id = self._get_ray_job_submission_id(ctx)
+            run, args = ctx.dagster_run, ctx.execute_step_args
+            runtime_env = dict(self.runtime_env)  # Ray modifies the runtime_env it is given
+            env = {**forwarded_env(), **dict(runtime_env.get("env_vars") or {}),
+                   "DAGSTER_RUN_JOB_NAME": run.job_name, "DAGSTER_RUN_STEP_KEY": step_key,
+                   **{e["name"]: e["value"] for e in args.get_command_env()},
+                   **resolve_env_vars_list(self.env_vars),
+                   ENV_SUBMISSION_ID: submission_id, ENV_DASHBOARD: self.address,
+                   ENV_REQUEST: request_json(request)}
+            metadata: dict[str, Any] = {"Ray Submission ID": MetadataValue.text(submission_id),
+                                        "ray_request": MetadataValue.text(request_json(request))}
+            if decision is not None:
+                env[ENV_DECISION] = decision_to_tag_value(decision)
+                metadata.update({k: MetadataValue.text(v)
+                                 for k, v in decision_metadata(decision).items()})
+                self.launched[step_key] = decision
+            runtime_env["env_vars"] = env
+            where = f" ({decision.target}: {decision.reason})" if decision else ""
+            yield DagsterEvent.step_worker_starting(
+                ctx.get_step_context(step_key),
+                message=f'Executing step "{step_key}" in Ray job {submission_id}{where}.',
+                metadata=metadata)
+            self.client.submit_job(
+                entrypoint=" ".join(args.get_command_args(skip_serialized_namedtuple=True)),
+                submission_id=submission_id,
+                metadata={"dagster/job": run.job_name, "dagster/op": step_key,
+                          "dagster/run-id": args.run_id, REQUEST_METADATA: request_json(request)},
+                runtime_env=runtime_env,
+                entrypoint_num_cpus=request["num_cpus"],
+                entrypoint_num_gpus=request["num_gpus"],
+                entrypoint_memory=request["memory"],
+                entrypoint_resources=request["resources"] or None,
+                entrypoint_label_selector=request["label_selector"])
+
+        def node_loss(self, job: Any) -> str | None:
+            """Why a failed job failed, when it is because its node went away."""
+            node_id = job.driver_node_id or ""
+            node = get_ray_node(self.address, node_id) if node_id else None
+            if node is not None and node.get("state") != "ALIVE":
+                pool = (node.get("labels") or {}).get("unified-ai/pool", "(no pool label)")
+                return f"Ray node {node_id[:8]} (pool {pool}) was lost while the step ran"
+            if job.error_type in NODE_LOSS_ERRORS:
+                return f"the Ray job's node went away ({job.error_type}: {job.message})"
+            return None
+
+        def check_step_health(self, step_handler_context: StepHandlerContext
+                              ) -> CheckStepHealthResult:
+            from ray.job_submission import JobStatus
+
+            ctx = step_handler_context
+            step_key = self._get_step_key(ctx)
+            submission_id = self._get_ray_job_submission_id(ctx)
+            try:
+                status = self.client.get_job_status(submission_id)
+            except RuntimeError:
+                if step_key not in self.launched and step_key not in self.notes:
+                    return CheckStepHealthResult.healthy()  # refused before launch: no job
+                return CheckStepHealthResult.unhealthy(
+                    reason=f"Ray job {submission_id} for step {step_key} could not be found.")
+            if status == JobStatus.STOPPED:  # dagster-ray counts a stopped job as healthy
+                return CheckStepHealthResult.unhealthy(
+                    reason=f"Ray job {submission_id} for step {step_key} was stopped.")
+            if status != JobStatus.FAILED:
+                return CheckStepHealthResult.healthy()
+            job = self.client.get_job_info(submission_id)
+            reason = f"Ray job {submission_id} for step {step_key} failed"
+            if job.error_type:
+                reason += f" ({job.error_type})"
+            if job.message:
+                reason += f": {job.message}"
+            lost = self.node_loss(job)
+            decision = self.launched.get(step_key)
+            if lost is None or decision is None:
+                return CheckStepHealthResult.unhealthy(reason=reason)
+            rule = self.policy.profiles.get(decision.profile.name)
+            action = rule.on_unavailable if rule is not None else "fail_and_escalate"
+            if decision.target != "gpu" or action == "fail_and_escalate":
+                return CheckStepHealthResult.unhealthy(
+                    reason=f"{lost}; policy profiles.{decision.profile.name}.on_unavailable="
+                           f"{action}: escalate. {reason}")
+            self.notes[step_key] = f"{lost} (job {submission_id})"
+            DagsterEvent.step_retry_event(
+                ctx.get_step_context(step_key),
+                StepRetryData(error=SerializableErrorInfo(
+                    f"{lost}; policy profiles.{decision.profile.name}.on_unavailable={action}: "
+                    "relaunched, placed again on the cluster as it is now", [], "RayNodeLost"),
+                    seconds_to_wait=None))
+            return CheckStepHealthResult.healthy()
+
+    return PlacedRayStepHandler
+
+
+def placed_ray_step_handler(address: str, policy: PlacementPolicy = DEFAULT_POLICY,
+                            env_vars: list[str] | None = None,
+                            runtime_env: dict[str, Any] | None = None) -> Any:
+    """A `PlacedRayStepHandler` submitting to the dashboard at `address`."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = dashboard_address(address)
+    return _handler_class()(JobSubmissionClient(address), address, policy, env_vars, runtime_env)
+
+
+def ray_executor_def(policy: PlacementPolicy | None = None,
+                     default_address: str | None = None) -> dg.ExecutorDefinition:
+    """The `ray` executor: each step a Ray job placed by `policy` (default: the policy file's
+    placement section, read when the run starts)."""
+    from dagster._core.definitions.executor_definition import (
+        multiple_process_executor_requirements,
+    )
+    from dagster._core.execution.retries import RetryMode, get_retries_config
+    from dagster._core.execution.tags import get_tag_concurrency_limits_config
+
+    @dg.executor(
+        name="ray",
+        config_schema={
+            "address": dg.Field(str, default_value=dashboard_address(default_address),
+                                description="The Ray dashboard URL jobs are submitted to."),
+            "max_concurrent": dg.Field(int, is_required=False,
+                                       description="Most steps launched at once (Ray queues "
+                                                   "the rest by their requests anyway)."),
+            "env_vars": dg.Field([str], is_required=False,
+                                 description="More KEY or KEY=VALUE for every step's job."),
+            "policy_path": dg.Field(str, is_required=False,
+                                    description="Policy file whose placement section applies."),
+            "retries": get_retries_config(),
+            "tag_concurrency_limits": get_tag_concurrency_limits_config(),
+        },
+        requirements=multiple_process_executor_requirements(),
+    )
+    def _ray(init_context: Any) -> Any:
+        from dagster._core.executor.step_delegating import StepDelegatingExecutor
+
+        config = init_context.executor_config
+        placement = policy
+        if placement is None:
+            from unified_assets.policy import load_policy
+
+            placement = load_policy(config.get("policy_path")).placement
+        handler = placed_ray_step_handler(config["address"], placement, config.get("env_vars"))
+        return StepDelegatingExecutor(
+            handler, retries=RetryMode.from_config(config["retries"]),
+            max_concurrent=config.get("max_concurrent"),
+            tag_concurrency_limits=config.get("tag_concurrency_limits"),
+            should_verify_step=True, sleep_seconds=SLEEP_SECONDS,
+            check_step_health_interval_seconds=HEALTH_CHECK_SECONDS)
+
+    return _ray
+
+
+def ray_executor_for(settings: Settings,
+                     policy: PlacementPolicy | None = None) -> dg.ExecutorDefinition:
+    """The executor of the `ray` deployment: RAY_ADDRESS, the policy the code location uses."""
+    from unified_assets.settings import policy_choice
+
+    config: dict[str, Any] = {"address": dashboard_address(settings.ray_address),
+                              "max_concurrent": 8}
+    path, _ = policy_choice(settings)
+    if path and policy is None:
+        config["policy_path"] = str(path)
+    return ray_executor_def(policy).configured(config, name="ray")
