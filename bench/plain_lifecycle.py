@@ -22,7 +22,7 @@ import pandas as pd
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from unified_assets.assets.evaluation import evaluate_on_holdout, evidently_key
+from unified_assets.assets.evaluation import evaluate_on_holdout
 from unified_assets.assets.training import TrainingSetConfig, select_window
 from unified_assets.candidates.shipped import SklearnModelConfig, TorchModelConfig
 from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
@@ -209,17 +209,10 @@ def evaluate(
     candidate: RegisteredCandidate,
     training: TrainingSet, promotion: PromotionPolicy,
 ) -> EvaluationReport:
-    """Holdout report, Evidently HTML and policy gates, stored (the `evaluation_<family>` body)."""
-    from unified_assets.ml.evidently_report import evidently_html
-
-    report, scorer, holdout_scores = evaluate_on_holdout(
+    """Holdout report and policy gates, stored (the `evaluation_<family>` body; Evidently's
+    HTML is `quality_report_<family>`, which the lifecycle job does not wait for either)."""
+    report, _, _ = evaluate_on_holdout(
         registry, decisions, candidate, training, promotion.operating_threshold)
-    html = evidently_html(training.train, scorer(training.train), training.holdout,
-                          holdout_scores, training.numeric_features,
-                          training.categorical_features, training.target)
-    report.evidently_report_uri = store.write_bytes(
-        evidently_key(candidate.model_name, candidate.version), html.encode()
-    )
     verdict = judge(report, promotion)
     report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
     report.passed_gates = verdict.passed

@@ -32,6 +32,7 @@ from unified_assets.assets.labels import batch_labels
 from unified_assets.assets.live import live_performance
 from unified_assets.assets.models import build_model_asset
 from unified_assets.assets.monitoring import batch_drift
+from unified_assets.assets.quality_report import REPORT_TAG, build_quality_report_asset
 from unified_assets.assets.selection import build_challenger
 from unified_assets.assets.training import training_set
 from unified_assets.candidates import Candidate, resolve_candidates
@@ -56,10 +57,11 @@ SHARED_ASSETS = [landed_batch, batch_labels, training_set, approval, production_
 
 
 def candidate_assets(candidates: tuple[Candidate, ...]) -> list[dg.AssetsDefinition]:
-    """Every declared candidate's model and evaluation assets, and the challenger over them:
-    nothing else lists candidates."""
+    """Every declared candidate's model, evaluation and quality-report assets, and the
+    challenger over them: nothing else lists candidates."""
     per_candidate = [a for c in candidates for a in (build_model_asset(c),
-                                                     build_evaluation_asset(c))]
+                                                     build_evaluation_asset(c),
+                                                     build_quality_report_asset(c))]
     return [*per_candidate, build_challenger(candidates)]
 
 # Run priority (the run queue dequeues higher first; a run's steps add it to their pool
@@ -70,10 +72,11 @@ TRIGGER_TAG = "unified-ai/trigger"
 # say why they started like every other run.
 AUTOMATION_RUN_TAGS = {TRIGGER_TAG: "automation",
                        "unified-ai/reason": "declarative automation: an upstream asset updated"}
-# Evidently's drift reports are for people and cost tens of seconds each, one per batch: their
-# runs come from their own automation sensor at a lower run priority, so a landing of many
-# batches has every batch judged (batch_drift) before the queue turns to the reports.
-REPORT_ASSETS = dg.AssetSelection.assets(drift_report)
+# Evidently's reports (drift per batch, quality per evaluated candidate) are for people and
+# cost seconds to tens of seconds each: their runs come from their own automation sensor at a
+# lower run priority, so every batch is judged (batch_drift) and every promotion decided
+# before the queue turns to the reports. No gate reads them; no lifecycle job waits for them.
+REPORT_ASSETS = dg.AssetSelection.tag(REPORT_TAG, "evidently")
 REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5"}
 
 ingest_job = dg.define_asset_job(
@@ -86,9 +89,10 @@ labels_job = dg.define_asset_job(
 )
 lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
-    selection=dg.AssetSelection.groups("training", "evaluation", "deployment"),
+    selection=dg.AssetSelection.groups("training", "evaluation", "deployment") - REPORT_ASSETS,
     tags={RETRAIN_TAG: "train_evaluate_promote"},
-    description="Build the training set, train every candidate, evaluate, select, promote.",
+    description="Build the training set, train every candidate, evaluate, select, promote "
+    "(Evidently's quality reports follow from the report automation).",
 )
 approval_job = dg.define_asset_job(
     "approve_or_reject",

@@ -164,6 +164,16 @@ def train_evaluate_promote(
                                   raise_on_error=False, asset_selection=planned_assets(job))
 
 
+def write_quality_reports(defs: dg.Definitions, instance: dg.DagsterInstance
+                          ) -> dg.ExecuteInProcessResult:
+    """Evidently's quality report of every declared candidate's latest evaluation, as the
+    report automation builds them after a lifecycle run (for runs without a daemon)."""
+    graph = defs.resolve_asset_graph()
+    keys = [dg.AssetKey(f"quality_report_{name}") for name in candidate_names(graph)]
+    return defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=keys, raise_on_error=False)
+
+
 def planned_assets(job: dg.JobDefinition) -> list[dg.AssetKey]:
     """Every asset `job` materializes: a run launched without an asset selection records
     none, and automation then re-requests a held challenger after the run's evaluations."""

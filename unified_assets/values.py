@@ -35,8 +35,6 @@ class ReportLinks:
     mlflow_run: str | None = None
     report: str | None = None
     report_file: str | None = None
-    evidently: str | None = None
-    evidently_file: str | None = None
 
 
 @dataclass
@@ -61,8 +59,6 @@ class EvaluationReport:
     passed_gates: bool = False
     blocking_gates: tuple[str, ...] = ()
     report_uri: str | None = None  # runs:/... in MLflow (approvals and rollbacks cite it)
-    evidently_report_uri: str | None = None
-    evidently_error: str | None = None
     mlflow_error: str | None = None
     links: ReportLinks = field(default_factory=ReportLinks)
 

@@ -21,7 +21,7 @@ from resources.mlflow_registry import MlflowRegistry
 from tests.browser.conftest import ROOT, start_run_command, state_env, wait_until
 from tests.policies import write_policy
 from unified_assets.definitions import build_definitions
-from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
+from unified_assets.lifecycle import ingest_landed, train_evaluate_promote, write_quality_reports
 from unified_assets.ml.generator import write_batches
 from unified_assets.settings import Settings
 
@@ -74,6 +74,8 @@ def _prepare(tmp_path_factory, mlflow_db_template):
             run = train_evaluate_promote(defs, instance)
             assert run.success, [e.message for e in run.all_events if e.is_failure]
             champions.append(champion(settings))
+        # What the report automation builds after an evaluation (no daemon runs here yet).
+        assert write_quality_reports(defs, instance).success
     assert champions[0] and champions[1] and champions[0] != champions[1], champions
     return settings, env, defs, champions
 
@@ -95,10 +97,17 @@ def test_the_lineage_shows_every_group(ui, page):
     page.get_by_text("Global asset lineage").wait_for()
 
 
-def test_an_evaluation_links_its_report_and_the_link_opens_it(ui, page):
-    _open(page, f"{ui.url}/assets/evaluation_sklearn")
+def test_an_evaluation_links_its_reports_and_the_links_open_them(ui, page):
     mlflow = ui.env["UNIFIED_AI_MLFLOW_UI_URL"]
-    # The file itself answers 200 with the Evidently HTML...
+    # The evaluation links its judged report (JSON), served by the MLflow UI...
+    _open(page, f"{ui.url}/assets/evaluation_sklearn")
+    raw = page.locator(f"a[href^='{mlflow}/get-artifact'][href*='evaluation_report.json']").first
+    href = raw.get_attribute("href")
+    response = wait_until(lambda: _get(page, href), 120, f"the MLflow UI to serve {href}")
+    judged = response.json()
+    assert judged["family"] == "sklearn" and "quality_floors" in judged["gates"]
+    # ...and its quality report asset the Evidently HTML: the file answers 200...
+    _open(page, f"{ui.url}/assets/quality_report_sklearn")
     raw = page.locator(f"a[href^='{mlflow}/get-artifact'][href*='evidently_report.html']").first
     href = raw.get_attribute("href")
     response = wait_until(lambda: _get(page, href), 120, f"the MLflow UI to serve {href}")

@@ -49,7 +49,7 @@ def test_a_declared_candidate_gets_model_and_evaluation_assets_and_feeds_the_cha
     settings = _with(settings, "sklearn", "torch", f"{HERE}:LOGISTIC")
     graph = build_definitions(settings).resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"model_logistic", "evaluation_logistic"} <= keys
+    assert {"model_logistic", "evaluation_logistic", "quality_report_logistic"} <= keys
     challenger_inputs = {k.to_user_string() for k in graph.get(dg.AssetKey("challenger")).parent_keys}
     assert challenger_inputs == {"evaluation_sklearn", "evaluation_torch", "evaluation_logistic"}
     model = graph.get(dg.AssetKey("model_logistic"))

@@ -23,7 +23,8 @@ def test_definitions_load_and_every_asset_is_described():
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
     assert keys == {
         "landed_batch", "training_set", "model_sklearn", "model_torch",
-        "evaluation_sklearn", "evaluation_torch", "challenger", "approval",
+        "evaluation_sklearn", "evaluation_torch", "quality_report_sklearn",
+        "quality_report_torch", "challenger", "approval",
         "production_model", "batch_drift", "batch_labels", "live_performance", "drift_report",
     }
     groups = {}

@@ -20,6 +20,7 @@ from unified_assets.assets.drift_report import drift_report
 from unified_assets.assets.evaluation import build_evaluation_asset
 from unified_assets.assets.models import build_model_asset
 from unified_assets.assets.monitoring import batch_drift
+from unified_assets.assets.quality_report import build_quality_report_asset
 from unified_assets.assets.training import training_set
 from unified_assets.candidates import SHIPPED
 from unified_assets.definitions import build_definitions
@@ -70,13 +71,21 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
     resources = dict(defs.resources) | {"mlflow_registry": registry}
     model_sklearn = build_model_asset(SHIPPED["sklearn"])
     evaluation_sklearn = build_evaluation_asset(SHIPPED["sklearn"])
+    quality_sklearn = build_quality_report_asset(SHIPPED["sklearn"])
+    assets = [training_set, model_sklearn, evaluation_sklearn, quality_sklearn]
     trained = dg.materialize(
-        [training_set, model_sklearn, evaluation_sklearn], instance=instance,
+        assets, selection=assets[:3], instance=instance,
         resources=resources, raise_on_error=False,
         run_config={"ops": {"model_sklearn": {"config": {"max_iter": 20}}}},
     )
     assert trained.success
     evaluation = _metadata(trained, "evaluation_sklearn")
+    assert "evidently_report" not in evaluation, "the HTML is the quality report's, built after"
+    # The report automation's run: Evidently's HTML of the evaluated version.
+    reported = dg.materialize(assets, selection=[quality_sklearn], instance=instance,
+                              resources=resources, raise_on_error=False)
+    assert reported.success
+    quality = _metadata(reported, "quality_report_sklearn")
     report = trained.output_for_node("evaluation_sklearn")
     candidate = trained.output_for_node("model_sklearn")
     # The summary answers the usual questions without opening anything.
@@ -101,13 +110,16 @@ def test_evaluation_and_drift_report_links_open_from_a_real_mlflow_server(settin
     # The server comes up where the configuration said, on the store the code wrote to.
     with mlflow_server(settings.mlflow_tracking_uri, settings.mlflow_artifact_location,
                        port) as base:
-        html = _assert_page_shows(base, evaluation["evidently_report"],
-                                  evaluation["evidently_report_file"])
+        html = _assert_page_shows(base, quality["evidently_report"],
+                                  quality["evidently_report_file"])
         assert b"<html" in html[:500] and b"Drift" in html and len(html) > 10_000
         stored = json.loads(_assert_page_shows(base, evaluation["report"], evaluation["report_file"]))
         assert stored["version"] == candidate.version and stored["passed_gates"] is not None
-        run_id, _ = _page_artifact(base, evaluation["evidently_report"])
+        run_id, path = _page_artifact(base, quality["evidently_report"])
         assert run_id == candidate.run_id, "evaluation reports belong to the candidate's run"
+        # Beside the judged JSON it illustrates, in the evaluation's folder.
+        assert path == f"{folder}/evidently_report.html"
+        assert quality["model_version"] == candidate.version
 
         html = _assert_page_shows(base, drift["report"], drift["report_file"])
         assert b"<html" in html[:500] and b"DATA DRIFT" in html
@@ -147,13 +159,11 @@ def test_reports_that_cannot_reach_mlflow_say_why(settings):
 
     registry = MlflowRegistry(tracking_uri=settings.mlflow_tracking_uri)
     report = EvaluationReport(family="sklearn", model_name="m", version="4",
-                              overall={"roc_auc": 0.78114253001766}, passed_gates=True,
-                              evidently_error="ValueError: boom")
-    _publish(dg.build_asset_context(), registry, "no-such-run", report, "<html></html>")
+                              overall={"roc_auc": 0.78114253001766}, passed_gates=True)
+    _publish(dg.build_asset_context(), registry, "no-such-run", report)
     assert report.mlflow_error and report.links.report is None and report.report_uri is None
     metadata = {k: getattr(v, "value", v) for k, v in _metadata(report).items()}
     assert metadata["report"].startswith("not logged to MLflow: ")
     assert metadata["report_uri"] == metadata["report"]
-    assert metadata["evidently_report"] == "not written: ValueError: boom"
     assert metadata["roc_auc"] == 0.7811
     assert metadata["summary"].startswith("**sklearn v4 (no champion yet)**: passed every")

@@ -12,6 +12,7 @@ from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
 from unified_assets.assets.data import LANDED_BATCH, batch_passed, landed_batch
 from unified_assets.assets.monitoring import batch_drift
+from unified_assets.assets.quality_report import REPORT_TAG
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, placement_metadata, rounded
 from unified_assets.partitions import BATCHES
@@ -33,6 +34,7 @@ LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `dr
                                     metadata={"allow_missing_partitions": True})},
     group_name="monitoring",
     kinds={"evidently", "mlflow"},
+    tags={REPORT_TAG: "evidently"},
     owners=OWNERS,
     description=(
         "Evidently's DataDriftPreset HTML report of one batch against the current champion's "

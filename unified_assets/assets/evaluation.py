@@ -7,7 +7,6 @@ from typing import Any
 
 import dagster as dg
 
-from resources.artifact_store import ArtifactStore
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
 from resources.policy import PolicyResource
@@ -61,14 +60,9 @@ ROLE = {
 }
 SUMMARY_METRICS = {"roc_auc": "ROC AUC", "pr_auc": "PR AUC", "f1": "F1", "recall": "recall",
                    "precision": "precision", "brier": "Brier"}
-REPORT_JSON, EVIDENTLY_HTML = "evaluation_report.json", "evidently_report.html"
+REPORT_JSON = "evaluation_report.json"
 COMPARED = ["roc_auc", "pr_auc", "pr_auc_lift", "f1", "recall", "precision", "brier", "brier_skill",
             "latency_ms_per_1k"]
-
-
-def evidently_key(model_name: str, version: str) -> str:
-    """Where the Evidently HTML (not a value: a page for people) is kept in the blob store."""
-    return f"reports/{model_name}/v{version}.html"
 
 
 def cited_report(instance: dg.DagsterInstance, family: str | None, version: str) -> str | None:
@@ -200,68 +194,47 @@ def failed_report(family: str, model_name: str, version: str | None,
     return EvaluationReport(family=family, model_name=model_name, version=version, error=error)
 
 
-def _evaluate(context: dg.AssetExecutionContext, candidate: RegisteredCandidate,
-              training: TrainingSet, registry: MlflowRegistry, decisions: DecisionStore,
-              store: ArtifactStore, promotion) -> tuple[EvaluationReport, str | None]:
-    """The candidate's full report and its Evidently HTML (None when not written). A failure
-    of this candidate (it cannot be scored, its metrics cannot be computed) becomes an error
-    report; an unusable champion still fails the step (dg.Failure), since it concerns every
-    candidate alike."""
-    from unified_assets.ml.evidently_report import evidently_html
+def _evaluate(candidate: RegisteredCandidate, training: TrainingSet, registry: MlflowRegistry,
+              decisions: DecisionStore, promotion) -> EvaluationReport:
+    """The candidate's full report. A failure of this candidate (it cannot be scored, its
+    metrics cannot be computed) becomes an error report; an unusable champion still fails the
+    step (dg.Failure), since it concerns every candidate alike. Evidently's HTML is not built
+    here: `quality_report_<name>` builds it after promotion has its answer."""
     from unified_assets.ml.metrics import single_feature_aucs
 
     try:
-        report, scorer, holdout_scores = evaluate_on_holdout(
+        report, _, _ = evaluate_on_holdout(
             registry, decisions, candidate, training, promotion.operating_threshold)
     except dg.Failure:
         raise
     except Exception as error:  # noqa: BLE001 - this candidate's own failure, reported as such
         return failed_report(candidate.family, candidate.model_name, candidate.version,
-                             f"evaluation failed: {type(error).__name__}: {_first_line(error)}"), None
+                             f"evaluation failed: {type(error).__name__}: {_first_line(error)}")
     report.feature_auc = single_feature_aucs(
         training.train, training.holdout, training.target, training.numeric_features,
         training.categorical_features)
-    html = None
-    try:
-        html = evidently_html(
-            training.train, scorer(training.train), training.holdout, holdout_scores,
-            training.numeric_features, training.categorical_features, training.target,
-        )
-        # A stored copy beside the JSON (the lifecycle test reads it); people open MLflow's.
-        report.evidently_report_uri = store.write_bytes(
-            evidently_key(candidate.model_name, candidate.version), html.encode()
-        )
-    except Exception as error:  # noqa: BLE001 - a report for people; the gates do not need it
-        report.evidently_error = f"{type(error).__name__}: {_first_line(error)}"
-        context.log.warning(f"Evidently report not written: {report.evidently_error}")
-    return report, html
+    return report
 
 
 def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, run_id: str,
-             report: EvaluationReport, html: str | None) -> None:
-    """Log the judged report and the Evidently HTML to the candidate's MLflow run, with links
-    that open them over HTTP in the MLflow UI; approvals and rollbacks cite the report by its
-    MLflow artifact URI. The report itself is the asset's value (Dagster's IO manager), so it
-    is kept even when MLflow is unreachable. One folder per Dagster run: an older
-    materialization's links keep showing its own report after a re-evaluation."""
+             report: EvaluationReport) -> None:
+    """Log the judged report to the candidate's MLflow run, with links that open it over HTTP
+    in the MLflow UI; approvals and rollbacks cite it by its MLflow artifact URI. The report
+    itself is the asset's value (Dagster's IO manager), so it is kept even when MLflow is
+    unreachable. One folder per Dagster run: an older materialization's links keep showing
+    its own report after a re-evaluation."""
     folder = f"evaluation/{context.run_id[:8]}"
     try:
         report.report_uri = f"runs:/{run_id}/{folder}/{REPORT_JSON}"
-        experiment_id = registry.client().get_run(run_id).info.experiment_id
-        links = {name: registry.artifact_link(run_id, experiment_id, f"{folder}/{name}")
-                 for name in (REPORT_JSON, EVIDENTLY_HTML)}
-        report.links = ReportLinks(
-            mlflow_run=links[REPORT_JSON].run_page, report=links[REPORT_JSON].page,
-            report_file=links[REPORT_JSON].file,
-            evidently=links[EVIDENTLY_HTML].page if html is not None else None,
-            evidently_file=links[EVIDENTLY_HTML].file if html is not None else None)
-        files: dict[str, str | bytes] = {
-            REPORT_JSON: json.dumps(report.as_json(), indent=2, default=str)}
-        registry.log_reports(run_id, folder, files | ({EVIDENTLY_HTML: html} if html else {}))
+        links = registry.log_reports(
+            run_id, folder, {REPORT_JSON: json.dumps(report.as_json(), indent=2, default=str)})
+        link = links[REPORT_JSON]
+        report.links = ReportLinks(mlflow_run=link.run_page, report=link.page,
+                                   report_file=link.file)
     except Exception as error:  # noqa: BLE001 - reports for people; the gates do not need them
         report.links, report.report_uri = ReportLinks(), None
         report.mlflow_error = f"{type(error).__name__}: {_first_line(error)}"
-        context.log.warning(f"reports not logged to MLflow run {run_id}: {report.mlflow_error}")
+        context.log.warning(f"report not logged to MLflow run {run_id}: {report.mlflow_error}")
 
 
 def summary(report: EvaluationReport) -> str:
@@ -304,14 +277,10 @@ def _link(url: str | None, missing: str) -> dg.MetadataValue:
 def _metadata(report: EvaluationReport) -> dict:
     champion, links = report.champion, report.links
     not_logged = f"not logged to MLflow: {report.mlflow_error}"
-    evidently_missing = (f"not written: {report.evidently_error}"
-                         if report.evidently_error else not_logged)
     return {
         "summary": dg.MetadataValue.md(summary(report)),
         "model_version": dg.MetadataValue.text(str(report.version)),
         "passed_gates": report.passed_gates,
-        "evidently_report": _link(links.evidently, evidently_missing),
-        "evidently_report_file": _link(links.evidently_file, evidently_missing),
         "report": _link(links.report, not_logged),
         "report_file": _link(links.report_file, not_logged),
         "mlflow_run": _link(links.mlflow_run, not_logged),
@@ -335,16 +304,16 @@ def build_evaluation_asset(candidate: Candidate) -> dg.AssetsDefinition:
         name=name,
         ins={"candidate": dg.AssetIn(key=candidate.model_asset), "training_set": dg.AssetIn()},
         group_name="evaluation",
-        kinds={"mlflow", "evidently"},
+        kinds={"mlflow"},
         owners=OWNERS,
         description=(
             f"Evaluation of the {family} candidate's registered version on the fixed holdout at "
             "the policy's operating threshold: ROC AUC, PR AUC, F1, recall, Brier, latency per "
-            "1,000 rows, overall and per segment, with the champion's numbers on the same rows, "
-            "and an Evidently report (classification quality, holdout-vs-training drift). The "
-            "Evidently HTML and the judged JSON report are logged to the candidate's MLflow run "
-            "and linked from metadata (MLflow UI), with a short summary. Checks judge it against "
-            "the policy; a candidate failing a blocking gate is never selected as challenger."
+            "1,000 rows, overall and per segment, with the champion's numbers on the same rows. "
+            "The judged JSON report is logged to the candidate's MLflow run and linked from "
+            "metadata (MLflow UI), with a short summary; Evidently's HTML is "
+            f"quality_report_{family}. Checks judge it against the policy; a candidate failing "
+            "a blocking gate is never selected as challenger."
         ),
         check_specs=[
             dg.AssetCheckSpec(check, asset=name, description=ROLE[check] + CHECK_DESCRIPTIONS[check],
@@ -360,23 +329,20 @@ def build_evaluation_asset(candidate: Candidate) -> dg.AssetsDefinition:
         training_set: TrainingSet,
         mlflow_registry: MlflowRegistry,
         decisions: DecisionStore,
-        store: ArtifactStore,
         policy: PolicyResource,
     ):
         promotion = policy.policy.promotion
-        html = None
         if isinstance(candidate, CandidateFailure):
             report = failed_report(candidate.family, candidate.model_name, None,
                                    f"training failed: {candidate.error}")
         else:
-            report, html = _evaluate(context, candidate, training_set, mlflow_registry, decisions,
-                                     store, promotion)
+            report = _evaluate(candidate, training_set, mlflow_registry, decisions, promotion)
         verdict = judge(report, promotion)
         report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
         report.passed_gates = verdict.passed
         report.blocking_gates = tuple(verdict.blocking)  # leakage too when the policy says so
         if not report.error:  # stored with its verdict, as approvals and rollbacks cite it
-            _publish(context, mlflow_registry, candidate.run_id, report, html)
+            _publish(context, mlflow_registry, candidate.run_id, report)
         if report.error:
             context.log.error(f"{family} candidate not evaluated: {report.error}")
             yield dg.Output(report, metadata={
