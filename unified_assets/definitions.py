@@ -175,6 +175,11 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
 
         # Keeps `per_step_k8s_config` open to run config, where launches put the plan.
         return k8s_executor_with_placement(max_concurrent=8)
+    if settings.deployment == "ray":
+        from unified_assets.placement.ray_executor import ray_executor_for
+
+        # Every step a Ray job on RAY_ADDRESS, asking Ray for what its placement decided.
+        return ray_executor_for(settings)
     return dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
 

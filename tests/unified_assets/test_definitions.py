@@ -93,15 +93,20 @@ def test_unknown_deployment_is_an_error():
         load_settings({"UNIFIED_AI_DEPLOYMENT": "cloud"})
 
 
-def test_code_location_import_is_lean(tmp_path):
+@pytest.mark.parametrize("deployment", ["local", "ray"])
+def test_code_location_import_is_lean(tmp_path, deployment):
     code = (
         "import sys, unified_assets.definitions\n"
+        "assert unified_assets.definitions.defs().executor.name == "
+        f"{'ray' if deployment == 'ray' else 'multiprocess'!r}\n"
         "unified_assets.definitions.defs()\n"  # loading builds them: still lean
         "print(sorted(m for m in ('torch','mlflow','sklearn','evidently','pandas','ray') "
         "if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={"UNIFIED_AI_HOME": str(tmp_path), "PATH": ""}, cwd=ROOT)
+                         env={"UNIFIED_AI_HOME": str(tmp_path), "PATH": "",
+                              "UNIFIED_AI_DEPLOYMENT": deployment,
+                              "RAY_ADDRESS": "http://127.0.0.1:8265"}, cwd=ROOT)
     assert out.stdout.strip() == "[]"
 
 
