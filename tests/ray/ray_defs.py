@@ -14,7 +14,7 @@ from unified_assets.metadata import placement_metadata
 from unified_assets.placement.policy import PlacementPolicy, ProfileRule
 from unified_assets.placement.ray_executor import ray_executor_def
 
-POLICY_ENV = "UNIFIED_AI_TEST_RAY_POLICY"  # which on_unavailable the job's executor applies
+POLICY_ENV = "UNIFIED_AI_TEST_RAY_POLICY"  # the on_unavailable a step records under
 HOLD_ENV = "UNIFIED_AI_TEST_GPU_HOLD_S"  # how long a GPU step holds its GPU (node-loss test)
 POLICIES = ("degrade_to_cpu", "wait", "fail_and_escalate")
 
@@ -44,7 +44,8 @@ def _gpu_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(name=name, deps=[source], **GPU_TRAINING.asset_kwargs())
     def _gpu(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         meta = _evidence(context, GPU_TRAINING)
-        time.sleep(float(os.environ.get(HOLD_ENV, "0")))  # a long step, to lose its node
+        if meta.get("ray_gpu_ids", "none") != "none":  # a long step on the GPU, to lose its node
+            time.sleep(float(os.environ.get(HOLD_ENV, "0")))
         return dg.MaterializeResult(metadata=meta)
 
     return _gpu
@@ -61,17 +62,30 @@ def after_gpu(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
 ASSETS = [source, gpu_a, gpu_b, after_gpu]
 
 
-def _job(name: str, selection: list[dg.AssetsDefinition]) -> dg.JobDefinition:
-    policy = policy_for(os.environ.get(POLICY_ENV, "wait"))
-    job = dg.define_asset_job(name, selection=selection, executor_def=ray_executor_def(policy))
+def _job(name: str, selection: list[dg.AssetsDefinition], policy: str) -> dg.JobDefinition:
+    job = dg.define_asset_job(name, selection=selection,
+                              executor_def=ray_executor_def(policy_for(policy)))
     return dg.Definitions(assets=ASSETS, jobs=[job]).resolve_job_def(name)
 
 
+# One function per policy: Dagster caches a reconstructable job per function in a process.
 def two_gpu_job() -> dg.JobDefinition:
-    """source -> gpu_a, gpu_b: two GPU-profile steps that could overlap."""
-    return _job("two_gpu", [source, gpu_a, gpu_b])
+    """source -> gpu_a, gpu_b: two GPU-profile steps that could overlap (policy wait)."""
+    return _job("two_gpu", [source, gpu_a, gpu_b], "wait")
 
 
-def gpu_chain_job() -> dg.JobDefinition:
-    """source -> gpu_a -> after_gpu."""
-    return _job("gpu_chain", [source, gpu_a, after_gpu])
+def gpu_chain_wait() -> dg.JobDefinition:
+    """source -> gpu_a -> after_gpu, GPU profile under on_unavailable=wait."""
+    return _job("gpu_chain_wait", [source, gpu_a, after_gpu], "wait")
+
+
+def gpu_chain_degrade_to_cpu() -> dg.JobDefinition:
+    return _job("gpu_chain_degrade_to_cpu", [source, gpu_a, after_gpu], "degrade_to_cpu")
+
+
+def gpu_chain_fail_and_escalate() -> dg.JobDefinition:
+    return _job("gpu_chain_fail_and_escalate", [source, gpu_a, after_gpu], "fail_and_escalate")
+
+
+GPU_CHAIN = {"wait": gpu_chain_wait, "degrade_to_cpu": gpu_chain_degrade_to_cpu,
+             "fail_and_escalate": gpu_chain_fail_and_escalate}

@@ -1,0 +1,98 @@
+"""A real Ray cluster on this machine for the module: a CPU head node and a separate worker
+node declaring one logical GPU and the `gpu` pool label (as scripts/ray_cluster.sh starts),
+started with `ray.cluster_utils.Cluster` so a test can remove the GPU node and add it back.
+Free ports, a short temp dir outside the venv, usage stats off; always shut down."""
+
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+# A killed node is declared dead after failure_threshold missed health checks (Ray's defaults:
+# 5 x 3 s); faster here so a test does not sit out Ray's patience.
+HEALTH_CHECK = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class RayTestCluster:
+    cluster: Any
+    address: str  # the dashboard URL jobs are submitted to
+    gpu_node: Any = None
+    removed: list[str] = field(default_factory=list)  # node ids of GPU nodes removed
+
+    @property
+    def gpu_node_id(self) -> str:
+        return self.gpu_node.node_id
+
+    def add_gpu_node(self) -> Any:
+        self.gpu_node = self.cluster.add_node(
+            num_cpus=2, num_gpus=1, labels={"unified-ai/pool": "gpu"},
+            object_store_memory=80_000_000, dashboard_agent_listen_port=free_port())
+        self.cluster.wait_for_nodes()
+        return self.gpu_node
+
+    def remove_gpu_node(self, wait_dead: bool = True) -> str:
+        """Kill the GPU node's processes (as a machine loss would) and, by default, wait until
+        Ray's GCS has declared it dead (health checks: `HEALTH_CHECK` below)."""
+        node_id = self.gpu_node.node_id
+        self.cluster.remove_node(self.gpu_node, allow_graceful=False)
+        self.removed.append(node_id)
+        self.gpu_node = None
+        if wait_dead:
+            self.wait_dead(node_id)
+        return node_id
+
+    def wait_dead(self, node_id: str, patience_s: float = 120) -> None:
+        from unified_assets.placement.ray_capacity import fetch_ray_capacity
+
+        deadline = time.monotonic() + patience_s
+        while (node := fetch_ray_capacity(self.address).node(node_id)) is not None and node.alive:
+            assert time.monotonic() < deadline, f"Ray never declared node {node_id[:8]} dead"
+            time.sleep(0.5)
+
+    def run_config(self, **extra: Any) -> dict[str, Any]:
+        return {"execution": {"config": {"address": self.address,
+                                         "env_vars": [f"PYTHONPATH={REPO}"], **extra}}}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    from ray.cluster_utils import Cluster
+
+    Path("/tmp/ray").mkdir(exist_ok=True)  # Cluster records its address there
+    temp_dir = tempfile.mkdtemp(prefix="uai-ray-")  # short: Ray's socket paths are limited
+    dashboard_port = free_port()
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "num_gpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": dashboard_port, "dashboard_agent_listen_port": free_port(),
+        "object_store_memory": 100_000_000, "temp_dir": temp_dir, "_system_config": HEALTH_CHECK})
+    try:
+        test_cluster = RayTestCluster(cluster, f"http://127.0.0.1:{dashboard_port}")
+        test_cluster.add_gpu_node()
+        yield test_cluster
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ray_instance(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dg.DagsterInstance]:
+    """A persistent (sqlite) instance: the steps run in other processes, as Ray jobs."""
+    with dg.instance_for_test(temp_dir=str(tmp_path_factory.mktemp("ray-dagster"))) as instance:
+        yield instance

@@ -1,0 +1,236 @@
+"""Placement executed on a real Ray cluster (tests/ray/conftest.py: a CPU head and a worker
+declaring one logical GPU in the `gpu` pool). No mock of Ray: the evidence is Ray's own job
+and node records, and what each step recorded from inside its Ray job. No wall-clock bounds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster._core.execution.job_execution_result import JobExecutionResult
+
+from tests.ray import ray_defs
+from tests.ray.conftest import RayTestCluster
+from unified_assets.placement.ray_capacity import REQUEST_METADATA, fetch_ray_capacity
+
+POLL_S = 0.5
+PATIENCE_S = 240  # how long a test waits for a Ray job to reach a state before failing
+
+
+def run_job(job_fn: Callable[[], dg.JobDefinition], cluster: RayTestCluster,
+            instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch, policy: str,
+            hold_s: float = 0) -> JobExecutionResult:
+    monkeypatch.setenv(ray_defs.POLICY_ENV, policy)  # forwarded to every step's Ray job
+    monkeypatch.setenv(ray_defs.HOLD_ENV, str(hold_s))
+    return dg.execute_job(dg.reconstructable(job_fn), instance=instance,
+                          run_config=cluster.run_config(), raise_on_error=False)
+
+
+class Background:
+    """A run in a thread, so the test can change the cluster while it runs."""
+
+    def __init__(self, start: Callable[[], JobExecutionResult]) -> None:
+        self.result: JobExecutionResult | None = None
+        self.thread = threading.Thread(target=self._run, args=(start,), daemon=True)
+        self.thread.start()
+
+    def _run(self, start: Callable[[], JobExecutionResult]) -> None:
+        self.result = start()
+
+    def join(self) -> JobExecutionResult:
+        self.thread.join(PATIENCE_S)
+        assert self.result is not None, "the run did not finish"
+        return self.result
+
+
+def ray_jobs(cluster: RayTestCluster, run_id: str | None = None) -> dict[str, list[Any]]:
+    """Ray's job records of a run (or of every run), by op, in submission order."""
+    from ray.job_submission import JobSubmissionClient
+
+    out: dict[str, list[Any]] = {}
+    for job in sorted(JobSubmissionClient(cluster.address).list_jobs(),
+                      key=lambda j: j.start_time or 0):
+        meta = job.metadata or {}
+        if run_id is None or meta.get("dagster/run-id") == run_id:
+            out.setdefault(meta.get("dagster/op", "?"), []).append(job)
+    return out
+
+
+def wait_for_job(cluster: RayTestCluster, op: str, status: str) -> Any:
+    deadline = time.monotonic() + PATIENCE_S
+    while time.monotonic() < deadline:
+        jobs = [j for j in ray_jobs(cluster).get(op, []) if str(j.status.value) == status]
+        if jobs:
+            return jobs[-1]
+        time.sleep(POLL_S)
+    raise AssertionError(f"no Ray job for {op} reached {status}")
+
+
+def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for record in instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION):
+        materialization = record.dagster_event.step_materialization_data.materialization
+        out.setdefault(record.step_key, []).append(
+            {k: v.value for k, v in materialization.metadata.items()})
+    return out
+
+
+def only(metas: dict[str, list[dict[str, Any]]], step: str) -> dict[str, Any]:
+    assert len(metas.get(step, [])) == 1, f"{step}: {len(metas.get(step, []))} materializations"
+    return metas[step][0]
+
+
+def step_events(instance: dg.DagsterInstance, run_id: str, kind: dg.DagsterEventType,
+                step: str) -> list[Any]:
+    return [r.dagster_event for r in instance.all_logs(run_id, of_type=kind) if r.step_key == step]
+
+
+def held_interval(cluster: RayTestCluster, job: Any) -> tuple[float, float]:
+    """When a job held its resources, from Ray's GCS actor table: the lifetime of the job's
+    supervisor actor, which Ray creates with the entrypoint's request once it can grant it."""
+    name = f"_ray_internal_job_actor_{job.submission_id}"
+    deadline = time.monotonic() + PATIENCE_S  # the step is done before its supervisor exits
+    while True:
+        actors = [a for a in cluster.cluster.global_state.actor_table(None).values()
+                  if a.get("Name") == name]
+        if actors and actors[0].get("EndTime"):
+            return actors[0]["StartTime"] / 1000, actors[0]["EndTime"] / 1000
+        assert time.monotonic() < deadline, f"Ray job {job.submission_id}'s supervisor never ended"
+        time.sleep(POLL_S)
+
+
+@pytest.fixture
+def gpu_node_down(ray_cluster: RayTestCluster) -> Iterator[str]:
+    """The GPU node removed for the test, a new one added back after it."""
+    node_id = ray_cluster.remove_gpu_node()
+    yield node_id
+    if ray_cluster.gpu_node is None:
+        ray_cluster.add_gpu_node()
+
+
+def test_gpu_step_runs_on_the_gpu_node_cpu_steps_never_hold_one(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")
+    assert result.success
+    jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
+
+    gpu_job = jobs["gpu_a"][-1]
+    gpu = only(metas, "gpu_a")
+    assert gpu_job.driver_node_id == ray_cluster.gpu_node_id == gpu["ray_node_id"]
+    assert json.loads(gpu_job.metadata[REQUEST_METADATA])["num_gpus"] == 1
+    assert gpu["ray_node_pool"] == "gpu" and gpu["ray_gpu_ids"] == "0"
+    assert gpu["ray_cuda_visible_devices"] == "0"
+    assert gpu["placement_target"] == "gpu" and "GPU free" in gpu["placement_reason"]
+    assert gpu["ray_submission_id"] == gpu_job.submission_id
+
+    for step in ("source", "after_gpu"):
+        job, meta = jobs[step][-1], only(metas, step)
+        assert job.driver_node_id != ray_cluster.gpu_node_id, step
+        assert json.loads(job.metadata[REQUEST_METADATA])["num_gpus"] == 0, step
+        assert meta["ray_gpu_ids"] == "none", step
+        assert meta["ray_cuda_visible_devices"] in ("(unset)", ""), step
+        assert meta["ray_node_pool"] != "gpu" and meta["placement_target"] == "cpu", step
+
+
+def test_one_gpu_two_gpu_steps_never_run_at_once(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_job(ray_defs.two_gpu_job, ray_cluster, ray_instance, monkeypatch, "wait")
+    assert result.success
+    jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
+    a, b = jobs["gpu_a"][-1], jobs["gpu_b"][-1]
+    assert a.driver_node_id == b.driver_node_id == ray_cluster.gpu_node_id
+    assert only(metas, "gpu_a")["ray_gpu_ids"] == only(metas, "gpu_b")["ray_gpu_ids"] == "0"
+    (a0, a1), (b0, b1) = held_interval(ray_cluster, a), held_interval(ray_cluster, b)
+    assert a1 <= b0 or b1 <= a0, f"GPU jobs overlapped: a {a0}-{a1}, b {b0}-{b1}"
+
+
+def test_gpu_node_gone_before_launch_degrade_to_cpu(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance, gpu_node_down: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_job(ray_defs.GPU_CHAIN["degrade_to_cpu"], ray_cluster, ray_instance,
+                     monkeypatch, "degrade_to_cpu")
+    assert result.success
+    jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
+    gpu = only(metas, "gpu_a")
+    assert gpu["placement_target"] == "cpu" and gpu["placement_fallback"] == "degraded to CPU"
+    assert json.loads(gpu["placement_settings"]) == {"device": "cpu"}
+    assert "ray pool gpu has no live node" in gpu["placement_reason"]
+    assert "on_unavailable=degrade_to_cpu" in gpu["placement_reason"]
+    assert gpu["ray_gpu_ids"] == "none" and gpu["ray_node_pool"] != "gpu"
+    assert json.loads(jobs["gpu_a"][-1].metadata[REQUEST_METADATA])["num_gpus"] == 0
+    assert len(metas.get("after_gpu", [])) == 1
+
+
+def test_gpu_node_gone_before_launch_fail_and_escalate(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance, gpu_node_down: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_job(ray_defs.GPU_CHAIN["fail_and_escalate"], ray_cluster, ray_instance,
+                     monkeypatch, "fail_and_escalate")
+    assert not result.success
+    failures = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_FAILURE, "gpu_a")
+    assert len(failures) == 1
+    message = failures[0].step_failure_data.error.message
+    assert "refused by policy before launch" in message
+    assert "on_unavailable=fail_and_escalate" in message and "no live node" in message
+    jobs = ray_jobs(ray_cluster, result.run_id)
+    assert "gpu_a" not in jobs and "after_gpu" not in jobs  # nothing submitted to Ray
+    assert set(materializations(ray_instance, result.run_id)) == {"source"}
+
+
+def test_gpu_node_gone_before_launch_wait_queues_until_a_gpu_node_joins(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance, gpu_node_down: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    run = Background(lambda: run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance,
+                                     monkeypatch, "wait"))
+    pending = wait_for_job(ray_cluster, "gpu_a", "PENDING")
+    assert fetch_ray_capacity(ray_cluster.address).pending_gpus >= 1
+    new_node = ray_cluster.add_gpu_node()
+    result = run.join()
+    assert result.success
+    gpu = only(materializations(ray_instance, result.run_id), "gpu_a")
+    assert gpu["ray_submission_id"] == pending.submission_id
+    assert gpu["ray_node_id"] == new_node.node_id != gpu_node_down
+    assert gpu["placement_target"] == "gpu" and gpu["ray_gpu_ids"] == "0"
+    assert gpu["placement_fallback"] == "waited for capacity, then ran"
+    assert "no live node" in gpu["placement_reason"] and "queued" in gpu["placement_reason"]
+
+
+@pytest.mark.parametrize("policy", ["degrade_to_cpu", "fail_and_escalate"])
+def test_gpu_node_lost_while_its_step_runs(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
+    run = Background(lambda: run_job(ray_defs.GPU_CHAIN[policy], ray_cluster, ray_instance,
+                                     monkeypatch, policy, hold_s=60))
+    wait_for_job(ray_cluster, "gpu_a", "RUNNING")
+    lost = ray_cluster.remove_gpu_node()
+    try:
+        result = run.join()
+    finally:
+        ray_cluster.add_gpu_node()
+    metas = materializations(ray_instance, result.run_id)
+    assert "after_gpu" not in metas or len(metas["after_gpu"]) == 1
+    if policy == "fail_and_escalate":
+        assert not result.success
+        failures = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_FAILURE,
+                               "gpu_a")
+        message = failures[-1].step_failure_data.error.message
+        assert f"Ray node {lost[:8]} (pool gpu) was lost while the step ran" in message
+        assert "on_unavailable=fail_and_escalate" in message
+        assert "gpu_a" not in metas and "after_gpu" not in metas  # nothing downstream ran
+        return
+    assert result.success
+    retries = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY,
+                          "gpu_a")
+    assert len(retries) == 1 and f"Ray node {lost[:8]}" in retries[0].step_retry_data.error.message
+    gpu = only(metas, "gpu_a")  # the lost attempt produced nothing
+    assert gpu["placement_target"] == "cpu" and gpu["placement_fallback"] == "degraded to CPU"
+    assert "was lost while the step ran" in gpu["placement_reason"]
+    assert gpu["ray_gpu_ids"] == "none"
+    assert len(metas["after_gpu"]) == 1
