@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from functools import lru_cache
@@ -21,6 +24,52 @@ ENV_REQUEST = "UNIFIED_AI_RAY_REQUEST"  # what the Ray job asked for (JSON)
 ENV_SUBMISSION_ID = "UNIFIED_AI_RAY_SUBMISSION_ID"
 ENV_DASHBOARD = "UNIFIED_AI_RAY_DASHBOARD"  # the dashboard URL the job was submitted to
 NO_GPU = "none"
+WATCH_SECONDS = 1.0
+JOB_CHECK_EVERY = 2  # ask the dashboard for the job's status every 2 watch ticks
+ENDED_BY_RAY = frozenset({"FAILED", "STOPPED"})
+_watching = threading.Event()
+
+
+def _job_ended(environ: Mapping[str, str]) -> str | None:
+    """The Ray job's status if Ray already ended it (FAILED, STOPPED) while we run."""
+    from unified_assets.placement.ray_capacity import get_ray_job
+
+    dashboard, submission_id = environ.get(ENV_DASHBOARD), environ.get(ENV_SUBMISSION_ID)
+    if not dashboard or not submission_id:
+        return None
+    try:
+        status = str(get_ray_job(dashboard, submission_id, timeout=5).get("status"))
+    except (OSError, ValueError):  # dashboard unreachable: keep running, Ray decides
+        return None
+    return status if status in ENDED_BY_RAY else None
+
+
+def watch_supervisor(interval: float = WATCH_SECONDS) -> None:
+    """Exit this step process once its Ray job is over without it: its parent (the job
+    supervisor's shell) is gone, or Ray recorded the job as FAILED or STOPPED. Ray kills a
+    job's processes when its supervisor dies, but only while the supervisor's node lives, and
+    not if the node dies while the supervisor starts the entrypoint: the step then ran on,
+    orphaned, and could write a materialization after Dagster had failed or retried the step."""
+    if _watching.is_set():
+        return
+    _watching.set()
+    parent, environ = os.getppid(), dict(os.environ)
+
+    def watch() -> None:
+        ticks = 0
+        while True:
+            time.sleep(interval)
+            ticks += 1
+            why = "its parent process exited" if os.getppid() != parent else None
+            if why is None and ticks % JOB_CHECK_EVERY == 0:
+                status = _job_ended(environ)
+                why = f"Ray recorded its job as {status}" if status else None
+            if why:
+                print(f"unified-ai: this step's Ray job is over ({why}); the step process exits",
+                      file=sys.stderr, flush=True)
+                os._exit(137)
+
+    threading.Thread(target=watch, name="ray-job-watch", daemon=True).start()
 
 
 def on_ray(environ: Mapping[str, str] | None = None) -> bool:
@@ -46,6 +95,7 @@ def launch_decision(step: StepRequirement,
     launched = decision_from_tag_value(raw)
     if launched.profile != step.profile:
         return None
+    watch_supervisor()
     decision = replace(launched, requirement=step, stage="start")
     ids = gpu_ids(env)
     if decision.target == "gpu" and len(ids) < step.profile.gpus:
