@@ -11,6 +11,7 @@ import pytest
 from resources.mlflow_registry import MlflowRegistry
 from tests.policies import with_policy
 from tests.states import Recipe
+from unified_assets.cli import main
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote
 from unified_assets.ml.generator import write_batches
@@ -222,7 +223,8 @@ def _unqueued_home(path):
     return path
 
 
-def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys):
+def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys, monkeypatch,
+                                                           capsys):
     settings, defs, result = human
     version = result.output_for_node("approval").version
     env = {"UNIFIED_AI_HOME": str(settings.home), "UNIFIED_AI_POLICY": settings.policy_path,
@@ -236,18 +238,34 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
     (tmp_path / "dh").mkdir()  # an instance on Dagster's defaults: runs are queued
 
     def run(*args, key=None):
+        """The command in its own process, as a user types it."""
         signing = {SIGNING_KEY_ENV: str(keys[key][0])} if key else {}
         return subprocess.run(cli + list(args), capture_output=True, text=True, env=env | signing)
 
-    pending = run("pending")
+    def call(*args, key=None):
+        """The same command through `main` in this process (the commands that launch no run:
+        each process start costs seconds of imports)."""
+        for name, value in env.items():
+            if name != "PATH":
+                monkeypatch.setenv(name, value)
+        if key:
+            monkeypatch.setenv(SIGNING_KEY_ENV, str(keys[key][0]))
+        else:
+            monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+        capsys.readouterr()
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    pending = call("pending")
     assert f"v{version}" in pending.stdout and "first deployment" in pending.stdout
-    refused = run("approve", version, "--by", "mallory", "--reason", "x", key="alice")
+    refused = call("approve", version, "--by", "mallory", "--reason", "x", key="alice")
     assert refused.returncode == 1 and "may not approve" in refused.stderr
-    unsigned = run("approve", version, "--by", "alice", "--reason", "ok")
+    unsigned = call("approve", version, "--by", "alice", "--reason", "ok")
     assert unsigned.returncode == 1 and "not signed" in unsigned.stderr
-    approved = run("approve", version, "--by", "alice", "--reason", "ok", key="alice")
+    approved = call("approve", version, "--by", "alice", "--reason", "ok", key="alice")
     assert approved.returncode == 0 and "(signed)" in approved.stdout
-    assert "no pending approval requests" in run("pending").stdout
+    assert "no pending approval requests" in call("pending").stdout
     # The sensor path is tested above; here promote directly through the ledger.
     ledger = ChampionLedger(defs.resources["decisions"], defs.resources["mlflow_registry"])
     ledger.promote(MODEL, version, "alice", "approved", evaluated_against=None)
@@ -271,10 +289,10 @@ def test_cli_pending_approve_history_and_rollback_commands(human, tmp_path, keys
     (line,) = back.stderr.strip().splitlines()
     assert back.returncode == 1 and line.startswith("rollback refused (run ")
     assert "no earlier champion to roll back to" in line
-    history = run("history")
+    history = call("history")
     assert f"(none) → v{version}" in history.stdout and "by alice: approved" in history.stdout
     assert "PENDING" not in history.stdout
-    audit = run("audit", "verify")
+    audit = call("audit", "verify")
     assert audit.returncode == 0 and "rows verified" in audit.stdout
 
 
