@@ -4,6 +4,7 @@ re-evaluates `approval`, and promotion follows in the same run without further c
 import dagster as dg
 
 from resources.decision_store import DecisionStore
+from unified_assets.run_tags import TRIGGER_TAG
 
 
 def build_approval_sensor(job) -> dg.SensorDefinition:
@@ -22,7 +23,7 @@ def build_approval_sensor(job) -> dg.SensorDefinition:
         requests = [
             dg.RunRequest(
                 run_key=f"decision:{e['id']}",
-                tags={"unified-ai/trigger": "approval", "unified-ai/model-version": e["version"],
+                tags={TRIGGER_TAG: "approval", "unified-ai/model-version": e["version"],
                       "unified-ai/decided-by": e["actor"] or ""},
             )
             for e in events

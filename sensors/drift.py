@@ -15,6 +15,7 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
 from unified_assets.partitions import BATCHES
+from unified_assets.run_tags import started_because
 
 DRIFT_BATCHES_TAG = "unified-ai/drift-batches"
 EVIDENCE_TAG = "unified-ai/evidence"
@@ -38,9 +39,8 @@ def _bootstrap(context: dg.SensorEvaluationContext, job,
         return dg.SkipReason(f"no champion yet; a {job.name} run is in progress")
     request = retrain_request(
         context, job.name, policy.policy.placement, run_key=f"bootstrap:{','.join(ready)}",
-        tags={"unified-ai/trigger": "bootstrap",
-              "unified-ai/reason": f"no champion yet: {len(ready)} labelled batches ingested "
-                                   f"(policy drift.bootstrap_batches={wanted})"})
+        tags=started_because("bootstrap", f"no champion yet: {len(ready)} labelled batches "
+                             f"ingested (policy drift.bootstrap_batches={wanted})"))
     if isinstance(request, str):
         return dg.SkipReason(f"no champion yet but {request}")
     return dg.SensorResult(run_requests=[request], cursor=context.cursor)
@@ -147,10 +147,9 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
         request = retrain_request(
             context, job.name, policy.policy.placement,
             run_key=f"drift-retrain:{','.join(names)}",
-            tags={"unified-ai/trigger": "drift", DRIFT_BATCHES_TAG: ",".join(names),
+            tags={**started_because("drift", reason), DRIFT_BATCHES_TAG: ",".join(names),
                   EVIDENCE_TAG: ",".join(f"batch_drift[{b}]@{drifted[b]['run_id'][:8]}"
-                                         for b in names)[:1000],
-                  "unified-ai/reason": reason[:1000]})
+                                         for b in names)[:1000]})
         if isinstance(request, str):
             # The evidence is kept as awaiting: asked for again once placement allows.
             keep = json.dumps({"after": last, "awaiting": {**waiting, **drifted}}, sort_keys=True)

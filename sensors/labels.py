@@ -14,6 +14,7 @@ from resources.dataset import DatasetResource
 from sensors.landing import DONE, REQUESTED, UNVERSIONED, latest_metadata, next_step
 from unified_assets.assets.data import batch_record, landed_batch
 from unified_assets.assets.labels import batch_labels
+from unified_assets.run_tags import TRIGGER_TAG
 
 LABELS_VERSION_TAG = "unified-ai/labels-version"
 BATCH_VERSION_TAG = "unified-ai/batch-version"
@@ -80,7 +81,7 @@ def build_labels_sensor(job) -> dg.SensorDefinition:
                     (f":{step.attempt}" if step.attempt > 1 else "")
                 requests.append(dg.RunRequest(
                     partition_key=key, run_key=run_key,
-                    tags={"unified-ai/trigger": "late-labels" if step.attempt == 1 else "retry",
+                    tags={TRIGGER_TAG: "late-labels" if step.attempt == 1 else "retry",
                           "unified-ai/labels-file": landed.uri, ATTEMPT_TAG: str(step.attempt),
                           **tags}))
                 state[key] = [pair, REQUESTED]

@@ -27,6 +27,7 @@ import dagster as dg
 from resources.dataset import DatasetResource
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.partitions import BATCHES
+from unified_assets.run_tags import TRIGGER_TAG
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
@@ -129,7 +130,7 @@ def range_request(chunk: list[str], versions: dict[str, str], triggers: set[str]
     return dg.RunRequest(
         run_key=run_key,
         tags={RANGE_START: chunk[0], RANGE_END: chunk[-1], CHUNK_TAG: run_key,
-              "unified-ai/trigger": trigger, ATTEMPT_TAG: "1",
+              TRIGGER_TAG: trigger, ATTEMPT_TAG: "1",
               "unified-ai/batches": f"{chunk[0]} .. {chunk[-1]} ({len(chunk)} batches)"})
 
 
@@ -181,7 +182,7 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 run_key = f"ingest:{key}:{landed.version}:{step.attempt}"
                 requests.append(dg.RunRequest(
                     partition_key=key, run_key=run_key,
-                    tags={"unified-ai/trigger": trigger, FILE_TAG: landed.uri,
+                    tags={TRIGGER_TAG: trigger, FILE_TAG: landed.uri,
                           VERSION_TAG: landed.version, ATTEMPT_TAG: str(step.attempt)}))
                 state[key] = [landed.version, REQUESTED, *([chunk] if chunk else [])]
                 continue
@@ -193,7 +194,7 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 landed = files[key]
                 requests.append(dg.RunRequest(
                     partition_key=key, run_key=f"ingest:{key}:{landed.version}",
-                    tags={"unified-ai/trigger": first_attempts[key], FILE_TAG: landed.uri,
+                    tags={TRIGGER_TAG: first_attempts[key], FILE_TAG: landed.uri,
                           VERSION_TAG: landed.version, ATTEMPT_TAG: "1"}))
                 state[key] = [landed.version, REQUESTED]
                 continue

@@ -15,8 +15,8 @@ from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
 from unified_assets.assets.live import ACTION_KEY, live_performance
+from unified_assets.run_tags import SOURCE_TAG, started_because
 from unified_assets.services.decisions import LIVE_ACTOR, mint_automation_token
-from unified_assets.services.rollback import SOURCE_TAG
 
 POLICY_ACTOR = LIVE_ACTOR  # the name the sensor acts in; a person can never claim it
 REGRESSION = "live_regression"
@@ -108,8 +108,8 @@ def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
                         "action": "rollback", "rollback_to": last["previous"] or "",
                         "expected_from": champion, "by": POLICY_ACTOR, "reason": reason,
                         "token": token}}}},
-                    tags={"unified-ai/trigger": "live-regression", SOURCE_TAG: "sensor:live-performance",
-                          "unified-ai/live-batches": batches, "unified-ai/reason": reason[:1000]}))
+                    tags={**started_because("live-regression", reason),
+                          SOURCE_TAG: "sensor:live-performance", LIVE_BATCHES_TAG: batches}))
         slipping = [v for v in current if v["action"] == "retrain"] if not regressions else []
         if slipping:
             batches = ",".join(v["batch"] for v in slipping)
@@ -128,9 +128,9 @@ def build_live_sensor(retrain_job, rollback_job) -> dg.SensorDefinition:
                 context.log.info(f"a {retrain_job.name} run is in flight; this one queues behind it")
             request = retrain_request(
                 context, retrain_job.name, rules.placement, run_key=f"live-retrain:{batches}",
-                tags={"unified-ai/trigger": "late-labels", LIVE_BATCHES_TAG: batches,
-                      "unified-ai/reason": "; ".join(
-                          f"{v['batch']} v{v['champion']}: {v['reason']}" for v in slipping)[:1000]})
+                tags={**started_because("late-labels", "; ".join(
+                    f"{v['batch']} v{v['champion']}: {v['reason']}" for v in slipping)),
+                      LIVE_BATCHES_TAG: batches})
             if isinstance(request, str):
                 return dg.SensorResult(run_requests=requests, cursor=context.cursor,
                                        skip_reason=None if requests else

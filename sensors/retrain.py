@@ -4,6 +4,7 @@ run tags (and per-step pod config on Kubernetes), with the trigger's reason."""
 import dagster as dg
 
 from unified_assets.placement.policy import PlacementPolicy
+from unified_assets.run_tags import MAX_REASON, REASON_TAG
 
 PENDING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
 # Job tag on every retrain run: the run queue admits one at a time per code location (one
@@ -34,10 +35,10 @@ def fold_into(context: dg.SensorEvaluationContext, run: dg.DagsterRun, batches_t
     it, so no second retrain is queued for the same window. Returns what was done."""
     before = [b for b in run.tags.get(batches_tag, "").split(",") if b]
     merged = sorted(set(before) | set(batches))
-    old = run.tags.get("unified-ai/reason", "")
+    old = run.tags.get(REASON_TAG, "")
     context.instance.add_run_tags(run.run_id, {
         batches_tag: ",".join(merged),
-        "unified-ai/reason": (f"{old}; also {reason}" if old else reason)[:1000]})
+        REASON_TAG: (f"{old}; also {reason}" if old else reason)[:MAX_REASON]})
     return f"folded {', '.join(batches)} into pending run {run.run_id}"
 
 

@@ -185,8 +185,8 @@ def _decide(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     """A rollback is a run of `rollback_production` on the user's instance (or webserver): it
     goes through the run queue and launcher and shows in the UI, like one launched there."""
+    from unified_assets.run_tags import SOURCE_TAG, started_because
     from unified_assets.services.identity import IdentityError
-    from unified_assets.services.rollback import SOURCE_TAG
     from unified_assets.services.runs import LaunchError, launch_job
 
     settings, resources, model = _context()
@@ -209,8 +209,8 @@ def _rollback(args: argparse.Namespace) -> int:
     try:
         with _process_output_to(settings.home / "cli-runs.log"):
             # Like every run, it says why it started (trigger and reason tags).
-            tags = {SOURCE_TAG: "cli", "unified-ai/trigger": "cli",
-                    "unified-ai/reason": f"rollback by {args.by}: {args.reason}"[:1000]}
+            tags = {SOURCE_TAG: "cli",
+                    **started_because("cli", f"rollback by {args.by}: {args.reason}")}
             outcome = launch_job(ROLLBACK_JOB, config, tags, args.wait,
                                  webserver_url=settings.dagster_url)
     except LaunchError as error:

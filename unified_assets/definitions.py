@@ -39,6 +39,7 @@ from unified_assets.candidates import Candidate, resolve_candidates
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
 from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from unified_assets.run_tags import TRIGGER_TAG, started_because
 from unified_assets.settings import Settings, load_settings, policy_choice
 
 GPU_SLOTS = 1
@@ -67,11 +68,10 @@ def candidate_assets(candidates: tuple[Candidate, ...]) -> list[dg.AssetsDefinit
 # Run priority (the run queue dequeues higher first; a run's steps add it to their pool
 # claims): a person's decision or a rollback goes ahead of retrains and ingestion.
 DECISION_PRIORITY = {"dagster/priority": "10"}
-TRIGGER_TAG = "unified-ai/trigger"
 # Runs the declarative automation sensor launches (batch_drift, drift_report, promotion)
 # say why they started like every other run.
-AUTOMATION_RUN_TAGS = {TRIGGER_TAG: "automation",
-                       "unified-ai/reason": "declarative automation: an upstream asset updated"}
+AUTOMATION_RUN_TAGS = started_because("automation",
+                                      "declarative automation: an upstream asset updated")
 # Evidently's reports (drift per batch, quality per evaluated candidate) are for people and
 # cost seconds to tens of seconds each: their runs come from their own automation sensor at a
 # lower run priority, so every batch is judged (batch_drift) and every promotion decided

@@ -14,6 +14,7 @@ from unified_assets.assets.evaluation import cited_report
 from unified_assets.assets.live import latest_live_record
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata
+from unified_assets.run_tags import SOURCE_TAG
 from unified_assets.services.champion import ChampionError, ChampionLedger, LedgerFault
 from unified_assets.services.promotion import (
     DecisionForm,
@@ -23,7 +24,6 @@ from unified_assets.services.promotion import (
 )
 from unified_assets.services.refusals import Refused, refused
 from unified_assets.services.rollback import (
-    SOURCE_TAG,
     Evidence,
     RollbackRequest,
     request_rollback,

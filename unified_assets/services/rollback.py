@@ -21,9 +21,6 @@ from unified_assets.services.decisions import (
 )
 from unified_assets.services.refusals import Refused
 
-# Run tag saying where a request came from: cli | sensor:live-performance; absent: the UI.
-SOURCE_TAG = "unified-ai/source"
-
 
 @dataclass(frozen=True)
 class RollbackRequest:

@@ -1,0 +1,17 @@
+"""Why a run started, in tags a person reads in the UI: every run the sensors, the CLI and
+the automation launch carries a trigger and a short reason (README: "every run says why it
+started"). The tag names live here only; `started_because` builds the pair."""
+
+TRIGGER_TAG = "unified-ai/trigger"
+REASON_TAG = "unified-ai/reason"
+SOURCE_TAG = "unified-ai/source"  # who asked for a rollback (cli, sensor:live-performance)
+# Dagster keeps tag values short in the UI's run list; longer reasons are cut, not refused.
+MAX_REASON = 1000
+
+
+def started_because(trigger: str, reason: str | None = None) -> dict[str, str]:
+    """The trigger tag, and the reason tag (cut to MAX_REASON characters) when given."""
+    tags = {TRIGGER_TAG: trigger}
+    if reason is not None:
+        tags[REASON_TAG] = reason[:MAX_REASON]
+    return tags
