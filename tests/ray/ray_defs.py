@@ -9,20 +9,24 @@ import time
 
 import dagster as dg
 
-from unified_assets.compute import CPU_LIGHT, GPU_TRAINING, ComputeProfile
+from unified_assets.compute import CPU_LIGHT, CPU_TRAINING, GPU_TRAINING, ComputeProfile
 from unified_assets.metadata import placement_metadata
 from unified_assets.placement.policy import PlacementPolicy, ProfileRule
 from unified_assets.placement.ray_executor import ray_executor_def
+from unified_assets.placement.ray_step import enforce_memory_request, exit_on_oom
 
 POLICY_ENV = "UNIFIED_AI_TEST_RAY_POLICY"  # the on_unavailable a step records under
 HOLD_ENV = "UNIFIED_AI_TEST_GPU_HOLD_S"  # how long a GPU step holds its GPU (node-loss test)
 POLICIES = ("degrade_to_cpu", "wait", "fail_and_escalate")
+# More than cpu-light's 1Gi, well within cpu-training's 4Gi; calloc'd, so never touched.
+HUNGRY_BYTES = 3 * 2**29
 
 
 def policy_for(on_unavailable: str) -> PlacementPolicy:
     targets = ("gpu",) if on_unavailable != "degrade_to_cpu" else ("gpu", "cpu")
     return PlacementPolicy(profiles={
-        "cpu-light": ProfileRule(targets=("cpu",), on_unavailable="wait"),
+        "cpu-light": ProfileRule(targets=("cpu",), on_unavailable="wait",
+                                 on_oom_profile=CPU_TRAINING.name),
         "cpu-training": ProfileRule(targets=("cpu",), on_unavailable="wait"),
         "gpu-training": ProfileRule(targets=targets, on_unavailable=on_unavailable,
                                     degraded_settings={"device": "cpu"}),
@@ -59,7 +63,20 @@ def after_gpu(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=_evidence(context, CPU_LIGHT))
 
 
-ASSETS = [source, gpu_a, gpu_b, after_gpu]
+@dg.asset(**CPU_LIGHT.asset_kwargs())
+def hungry(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Needs more memory than its profile asks for: under the request's memory as a hard limit
+    it runs out of memory for real (MemoryError), and is retried on the larger profile."""
+    meta = _evidence(context, CPU_LIGHT)
+    with exit_on_oom():
+        limit = enforce_memory_request()
+        block = bytearray(HUNGRY_BYTES)
+        meta["allocated_bytes"] = str(len(block))
+        meta["memory_limit_bytes"] = str(limit)
+    return dg.MaterializeResult(metadata=meta)
+
+
+ASSETS = [source, gpu_a, gpu_b, after_gpu, hungry]
 
 
 def _job(name: str, selection: list[dg.AssetsDefinition], policy: str) -> dg.JobDefinition:
@@ -85,6 +102,11 @@ def gpu_chain_degrade_to_cpu() -> dg.JobDefinition:
 
 def gpu_chain_fail_and_escalate() -> dg.JobDefinition:
     return _job("gpu_chain_fail_and_escalate", [source, gpu_a, after_gpu], "fail_and_escalate")
+
+
+def oom_job() -> dg.JobDefinition:
+    """hungry alone: cpu-light, retried on cpu-training after running out of memory."""
+    return _job("oom", [hungry], "wait")
 
 
 GPU_CHAIN = {"wait": gpu_chain_wait, "degrade_to_cpu": gpu_chain_degrade_to_cpu,

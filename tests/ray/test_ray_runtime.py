@@ -17,6 +17,7 @@ from dagster._core.execution.job_execution_result import JobExecutionResult
 from tests.ray import ray_defs
 from tests.ray.conftest import RayTestCluster
 from unified_assets.placement.ray_capacity import REQUEST_METADATA, fetch_ray_capacity
+from unified_assets.placement.ray_step import OOM_EXIT_CODE
 
 POLL_S = 0.5
 PATIENCE_S = 240  # how long a test waits for a Ray job to reach a state before failing
@@ -234,3 +235,22 @@ def test_gpu_node_lost_while_its_step_runs(
     assert "was lost while the step ran" in gpu["placement_reason"]
     assert gpu["ray_gpu_ids"] == "none"
     assert len(metas["after_gpu"]) == 1
+
+
+def test_out_of_memory_step_is_retried_on_the_larger_profile(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_job(ray_defs.oom_job, ray_cluster, ray_instance, monkeypatch, "wait")
+    assert result.success
+    first, second = ray_jobs(ray_cluster, result.run_id)["hungry"]
+    assert first.driver_exit_code == OOM_EXIT_CODE  # a real MemoryError under the 1Gi limit
+    assert json.loads(first.metadata[REQUEST_METADATA])["memory"] == 2**30
+    assert json.loads(second.metadata[REQUEST_METADATA])["memory"] == 4 * 2**30
+    retries = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY,
+                          "hungry")
+    assert len(retries) == 1
+    assert "out of memory on profile cpu-light" in retries[0].step_retry_data.error.message
+    meta = only(materializations(ray_instance, result.run_id), "hungry")
+    assert meta["ray_profile"] == "cpu-training" and meta["ray_submission_id"] == second.submission_id
+    assert "retried on the larger profile cpu-training" in meta["placement_reason"]
+    assert int(meta["allocated_bytes"]) == ray_defs.HUNGRY_BYTES

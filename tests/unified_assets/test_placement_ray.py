@@ -173,3 +173,24 @@ def test_kuberay_manifest_gpu_group_matches_the_profiles() -> None:
     k8s = GPU_TRAINING.k8s_config()["pod_spec_config"]
     assert k8s["node_selector"] == pod["nodeSelector"]
     assert k8s["tolerations"][0] in pod["tolerations"]
+
+
+def test_on_oom_profile_must_name_a_larger_profile_of_the_policy() -> None:
+    rule = ProfileRule(targets=("cpu",), on_unavailable="wait", on_oom_profile="cpu-training")
+    with pytest.raises(ValueError, match="on_oom_profile='cpu-training' is not a profile"):
+        PlacementPolicy(profiles={"cpu-light": rule})
+    with pytest.raises(ValueError, match="names the profile itself"):
+        PlacementPolicy(profiles={"cpu-training": rule})
+    PlacementPolicy(profiles={"cpu-light": rule, "cpu-training": ProfileRule(targets=("cpu",))})
+
+
+def test_out_of_memory_is_recognised_and_only_ends_the_process_on_ray() -> None:
+    from unified_assets.placement.ray_step import exit_on_oom, is_out_of_memory
+
+    class OutOfMemoryError(RuntimeError):  # torch.cuda.OutOfMemoryError's name
+        pass
+
+    assert is_out_of_memory(MemoryError()) and is_out_of_memory(OutOfMemoryError("CUDA"))
+    assert not is_out_of_memory(ValueError("no"))
+    with pytest.raises(MemoryError), exit_on_oom():  # not on Ray: the error propagates
+        raise MemoryError("host")

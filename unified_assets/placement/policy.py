@@ -40,6 +40,10 @@ class ProfileRule(_Strict):
         description="Below this many input rows a GPU profile runs on CPU: the GPU would be waste.")
     min_free_gpu_memory_mb: int = Field(
         default=0, ge=0, description="A local CUDA device with less free memory counts as busy.")
+    on_oom_profile: str | None = Field(
+        default=None,
+        description="The larger profile a step of this profile is retried on once after it "
+                    "ran out of memory (host or CUDA); none: the step fails.")
 
     @model_validator(mode="after")
     def _consistent(self) -> ProfileRule:
@@ -66,6 +70,16 @@ class PlacementPolicy(_Strict):
         default_factory=dict,
         description="Node pools that can add GPU nodes: an empty or full pool then means wait "
                     "for the autoscaler rather than unavailable.")
+
+    @model_validator(mode="after")
+    def _larger_profiles_known(self) -> PlacementPolicy:
+        for name, rule in self.profiles.items():
+            if rule.on_oom_profile is not None and rule.on_oom_profile not in self.profiles:
+                raise ValueError(f"profiles.{name}.on_oom_profile={rule.on_oom_profile!r} is not "
+                                 f"a profile of this policy ({sorted(self.profiles)})")
+            if rule.on_oom_profile == name:
+                raise ValueError(f"profiles.{name}.on_oom_profile names the profile itself")
+        return self
 
 
 DEFAULT_POLICY = PlacementPolicy(

@@ -18,6 +18,9 @@ the cluster as it is then: degraded on CPU, or queued on the GPU pool until a no
 `fail_and_escalate` fails it with the reason. Nothing downstream runs on a half-finished step:
 a retried or failed step produced no output.
 
+A step that runs out of memory (see `ray_step.exit_on_oom`, or killed by the OOM killer) is
+retried once on the larger profile the policy names (`on_oom_profile`), and says so.
+
 `ray` and `dagster_ray` are imported inside functions: the code location loads without them."""
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -80,6 +84,7 @@ def _handler_class() -> type:
     from dagster_ray.core.executor import RayStepHandler
     from dagster_ray.utils import resolve_env_vars_list
 
+    from unified_assets.compute import PROFILE_TAG, PROFILES
     from unified_assets.placement.planner import decide_on_ray
     from unified_assets.placement.ray_capacity import (
         REQUEST_METADATA,
@@ -89,8 +94,11 @@ def _handler_class() -> type:
     from unified_assets.placement.ray_step import (
         ENV_DASHBOARD,
         ENV_DECISION,
+        ENV_PROFILE,
+        ENV_PROFILE_FROM,
         ENV_REQUEST,
         ENV_SUBMISSION_ID,
+        OOM_EXIT_CODES,
         request_json,
     )
     from unified_assets.placement.serialize import (
@@ -112,7 +120,8 @@ def _handler_class() -> type:
             self.address = address
             self.policy = policy
             self.launched: dict[str, Decision] = {}  # step key -> decision of its last launch
-            self.notes: dict[str, str] = {}  # step key -> why it is relaunched (node lost)
+            self.notes: dict[str, str] = {}  # step key -> why it is relaunched (node lost, OOM)
+            self.upsized: dict[str, str] = {}  # step key -> larger profile after an OOM
 
         @property
         def name(self) -> str:
@@ -122,6 +131,8 @@ def _handler_class() -> type:
             requirement = StepRequirement.from_tags(step_key, ctx.step_tags[step_key])
             if requirement is None:
                 return None
+            if step_key in self.upsized:  # the plan was for the profile that ran out of memory
+                requirement = replace(requirement, profile=PROFILES[self.upsized[step_key]])
             planned = decision_from_tags(ctx.dagster_run.tags, step_key)
             return decide_on_ray(requirement, planned, fetch_ray_capacity(self.address),
                                  self.policy, note=self.notes.get(step_key, ""))
@@ -173,6 +184,9 @@ def _handler_class() -> type:
                                         "ray_request": MetadataValue.text(request_json(request))}
             if decision is not None:
                 env[ENV_DECISION] = decision_to_tag_value(decision)
+                env[ENV_PROFILE] = decision.effective_profile.name
+                if step_key in self.upsized:
+                    env[ENV_PROFILE_FROM] = ctx.step_tags[step_key].get(PROFILE_TAG, "")
                 metadata.update({k: MetadataValue.text(v)
                                  for k, v in decision_metadata(decision).items()})
                 self.launched[step_key] = decision
@@ -230,8 +244,10 @@ def _handler_class() -> type:
                 reason += f" ({job.error_type})"
             if job.message:
                 reason += f": {job.message}"
-            lost = self.node_loss(job)
             decision = self.launched.get(step_key)
+            if decision is not None and self.out_of_memory(job):
+                return self.retry_larger(ctx, step_key, decision, job, reason)
+            lost = self.node_loss(job)
             if lost is None or decision is None:
                 return CheckStepHealthResult.unhealthy(reason=reason)
             rule = self.policy.profiles.get(decision.profile.name)
@@ -247,6 +263,36 @@ def _handler_class() -> type:
                     f"{lost}; policy profiles.{decision.profile.name}.on_unavailable={action}: "
                     "relaunched, placed again on the cluster as it is now", [], "RayNodeLost"),
                     seconds_to_wait=None))
+            return CheckStepHealthResult.healthy()
+
+        @staticmethod
+        def out_of_memory(job: Any) -> bool:
+            """The job's step ran out of memory: it exited with `OOM_EXIT_CODE` (ray_step's
+            `exit_on_oom`) or was killed (-9 / 137: the kernel's OOM killer)."""
+            text = f"{job.message or ''} {job.error_type or ''}".lower()
+            return job.driver_exit_code in OOM_EXIT_CODES or "out of memory" in text \
+                or "outofmemory" in text
+
+        def retry_larger(self, ctx: StepHandlerContext, step_key: str, decision: Decision,
+                         job: Any, reason: str) -> CheckStepHealthResult:
+            """After an out-of-memory failure, retry once on the larger profile the policy
+            names for the profile the step ran with; else fail with the reason."""
+            current = decision.profile.name
+            rule = self.policy.profiles.get(current)
+            larger = rule.on_oom_profile if rule is not None else None
+            why = (f"out of memory on profile {current} (Ray job {job.submission_id}, exit code "
+                   f"{job.driver_exit_code})")
+            if larger is None or larger not in PROFILES or step_key in self.upsized:
+                return CheckStepHealthResult.unhealthy(
+                    reason=f"{why}; policy profiles.{current}.on_oom_profile names no larger "
+                           f"profile to retry on. {reason}")
+            self.upsized[step_key] = larger
+            self.notes[step_key] = (f"{why}: retried on the larger profile {larger} by policy "
+                                    f"profiles.{current}.on_oom_profile")
+            DagsterEvent.step_retry_event(
+                ctx.get_step_context(step_key),
+                StepRetryData(error=SerializableErrorInfo(self.notes[step_key], [], "OutOfMemory"),
+                              seconds_to_wait=None))
             return CheckStepHealthResult.healthy()
 
     return PlacedRayStepHandler

@@ -11,7 +11,8 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import lru_cache
 
@@ -23,6 +24,14 @@ ENV_DECISION = "UNIFIED_AI_RAY_DECISION"  # the launch decision (serialize's tag
 ENV_REQUEST = "UNIFIED_AI_RAY_REQUEST"  # what the Ray job asked for (JSON)
 ENV_SUBMISSION_ID = "UNIFIED_AI_RAY_SUBMISSION_ID"
 ENV_DASHBOARD = "UNIFIED_AI_RAY_DASHBOARD"  # the dashboard URL the job was submitted to
+ENV_PROFILE = "UNIFIED_AI_RAY_PROFILE"  # the profile the request was made for (after an OOM:
+#                                         the larger one the policy names)
+ENV_PROFILE_FROM = "UNIFIED_AI_RAY_PROFILE_FROM"  # the step's own profile, when upsized
+# A step that ran out of memory exits with this code (EX_TEMPFAIL), so the Ray step handler can
+# tell it from any other failure; a process the kernel's OOM killer ended exits -9 / 137.
+OOM_EXIT_CODE = 75
+OOM_EXIT_CODES = frozenset({OOM_EXIT_CODE, 137, -9})
+OOM_ERRORS = ("MemoryError", "OutOfMemoryError")  # host, and torch's CUDA out of memory
 NO_GPU = "none"
 WATCH_SECONDS = 1.0
 JOB_CHECK_EVERY = 2  # ask the dashboard for the job's status every 2 watch ticks
@@ -93,10 +102,12 @@ def launch_decision(step: StepRequirement,
     if not raw:
         return None
     launched = decision_from_tag_value(raw)
-    if launched.profile != step.profile:
+    if step.profile.name not in (launched.profile.name, env.get(ENV_PROFILE_FROM)):
         return None
     watch_supervisor()
-    decision = replace(launched, requirement=step, stage="start")
+    # After an out-of-memory retry the step runs with the larger profile it was launched for.
+    decision = replace(launched, requirement=replace(step, profile=launched.profile),
+                       stage="start")
     ids = gpu_ids(env)
     if decision.target == "gpu" and len(ids) < step.profile.gpus:
         raise PlacementError(f"step {step.step_key}: launched on Ray for {step.profile.gpus} "
@@ -138,8 +149,51 @@ def ray_evidence(environ: Mapping[str, str] | None = None) -> dict[str, str]:
         "ray_gpu_ids": ",".join(ids) if ids else NO_GPU,
         "ray_cuda_visible_devices": env.get("CUDA_VISIBLE_DEVICES", "(unset)"),
         "ray_request": env.get(ENV_REQUEST, "{}"),
+        "ray_profile": env.get(ENV_PROFILE, "unknown"),
         "ray_submission_id": submission_id,
     }
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """A host (MemoryError) or CUDA (torch.cuda.OutOfMemoryError) out-of-memory error."""
+    return any(type(e).__name__ in OOM_ERRORS for e in (error, error.__cause__) if e is not None)
+
+
+@contextmanager
+def exit_on_oom() -> Iterator[None]:
+    """Around a step's work on Ray: an out-of-memory error ends the process with
+    `OOM_EXIT_CODE`, so the Ray step handler retries the step on the larger profile the policy
+    names (`on_oom_profile`) instead of Dagster recording a plain failure. Elsewhere, or for
+    any other error, the error propagates unchanged."""
+    try:
+        yield
+    except BaseException as error:
+        if not (on_ray() and is_out_of_memory(error)):
+            raise
+        print(f"unified-ai: out of memory ({type(error).__name__}: {error}); exiting "
+              f"{OOM_EXIT_CODE} so the step is retried on a larger profile",
+              file=sys.stderr, flush=True)
+        os._exit(OOM_EXIT_CODE)
+
+
+def enforce_memory_request(environ: Mapping[str, str] | None = None) -> int | None:
+    """Make the Ray request's memory a hard limit on this process's heap (RLIMIT_DATA, on top
+    of what is already in use), as a Kubernetes memory limit is: Ray only accounts for it.
+    Returns the limit in bytes, None when not on Ray."""
+    import resource
+
+    env = os.environ if environ is None else environ
+    memory = json.loads(env.get(ENV_REQUEST) or "{}").get("memory")
+    if not memory:
+        return None
+    in_use = 0
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmData:"):
+                in_use = int(line.split()[1]) * 1024
+    limit = in_use + int(memory)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, resource.getrlimit(resource.RLIMIT_DATA)[1]))
+    return limit
 
 
 def request_json(request: Mapping[str, object]) -> str:
