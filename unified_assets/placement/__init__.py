@@ -7,7 +7,9 @@ and what happens when the GPU is not there; re-check when the step starts.
     decision = decide_at_start(context.run.tags, requirement)  # in the step
 
 Kubernetes manifests and the executor are in `unified_assets.placement.manifests`,
-requirements read from a Dagster job in `unified_assets.placement.steps`. Importing this
+requirements read from a Dagster job in `unified_assets.placement.steps`; on Ray, capacity in
+`ray_capacity`, the executor (each step a Ray job placed by the planner) in `ray_executor`,
+and what a step reads back inside its Ray job in `ray_step`. Importing this
 package (or those two) loads neither torch, kubernetes, dagster-k8s nor dagster: each is
 imported inside the function that needs it."""
 

@@ -61,7 +61,7 @@ class Alternative:
 @dataclass(frozen=True)
 class Decision:
     """Where one step runs and why. `where` is the device or node pool ("cuda:0", "k8s node
-    pool gpu", "cpu"); `pool` the Dagster concurrency pool the step claims (static on the
+    pool gpu", "ray pool gpu", "cpu"); `pool` the Dagster concurrency pool the step claims (static on the
     asset); `settings` what the step applies when a GPU profile runs on CPU."""
 
     requirement: StepRequirement

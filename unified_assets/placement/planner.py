@@ -342,23 +342,23 @@ def decide_on_ray(step: StepRequirement, planned: Decision | None, ray: RayCapac
     made now if the run carries no plan for this step. `note` (e.g. a GPU node lost during an
     earlier attempt) is put in front of the reason. Raises `PlacementError` when the policy
     forbids the launch (fail_and_escalate, or no GPU pool under a policy without cpu)."""
-    if planned is None or planned.requirement.profile != step.profile:
-        try:
+    try:
+        if planned is None or planned.requirement.profile != step.profile:
             decision = decide(step, CapacitySnapshot(ray=ray), policy)
-        except PlacementError as error:
-            if note:
-                raise PlacementError(f"{note}; {error}", retryable=error.retryable) from None
-            raise
-    elif planned.target == "cpu":
-        decision = planned
-    else:
-        rule = _rule(policy, step)
-        check = ray_gpu_check(step.profile, ray)
-        if check.status == "free":
-            decision = replace(planned, where=check.where,
-                               reason=f"{planned.reason}; at launch: GPU free ({check.detail})")
+        elif planned.target == "cpu":
+            decision = planned
         else:
-            decision = _unavailable(planned.requirement, rule, check, stage="at launch: ")
+            check = ray_gpu_check(step.profile, ray)
+            if check.status == "free":
+                decision = replace(planned, where=check.where, reason=f"{planned.reason}; "
+                                   f"at launch: GPU free ({check.detail})")
+            else:
+                decision = _unavailable(planned.requirement, _rule(policy, step), check,
+                                        stage="at launch: ")
+    except PlacementError as error:
+        if note:
+            raise PlacementError(f"{note}; {error}", retryable=error.retryable) from None
+        raise
     if note:
         decision = replace(decision, reason=f"{note}; {decision.reason}")
     return decision

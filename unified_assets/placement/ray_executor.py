@@ -122,6 +122,7 @@ def _handler_class() -> type:
             self.launched: dict[str, Decision] = {}  # step key -> decision of its last launch
             self.notes: dict[str, str] = {}  # step key -> why it is relaunched (node lost, OOM)
             self.upsized: dict[str, str] = {}  # step key -> larger profile after an OOM
+            self.refused: set[str] = set()  # steps failed before launch: no Ray job to check
 
         @property
         def name(self) -> str:
@@ -151,6 +152,7 @@ def _handler_class() -> type:
         def _refuse(self, ctx: StepHandlerContext, step_key: str,
                     error: PlacementError) -> Iterator[DagsterEvent]:
             message = f"placement refused by policy before launch: {error}"
+            self.refused.add(step_key)
             yield DagsterEvent.step_failure_event(
                 step_context=ctx.get_step_context(step_key),
                 step_failure_data=StepFailureData(
@@ -165,6 +167,7 @@ def _handler_class() -> type:
             # here (ids, labels, env) with the request and the label selector from the decision.
             ctx = step_handler_context
             step_key = self._get_step_key(ctx)
+            self.refused.discard(step_key)
             try:
                 decision = self.decision_for(ctx, step_key)
             except PlacementError as error:
@@ -225,12 +228,12 @@ def _handler_class() -> type:
 
             ctx = step_handler_context
             step_key = self._get_step_key(ctx)
+            if step_key in self.refused:
+                return CheckStepHealthResult.healthy()  # failed before launch: no Ray job
             submission_id = self._get_ray_job_submission_id(ctx)
             try:
                 status = self.client.get_job_status(submission_id)
             except RuntimeError:
-                if step_key not in self.launched and step_key not in self.notes:
-                    return CheckStepHealthResult.healthy()  # refused before launch: no job
                 return CheckStepHealthResult.unhealthy(
                     reason=f"Ray job {submission_id} for step {step_key} could not be found.")
             if status == JobStatus.STOPPED:  # dagster-ray counts a stopped job as healthy
