@@ -26,10 +26,12 @@ The last line printed is `ray_overhead_ratio=<median ray / median multiprocess> 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -102,6 +104,9 @@ def prepare_home(landing: Path, home: Path) -> Any:
 
 
 def timed_lifecycle(side: str, landing: Path, home: Path, address: str) -> dict[str, Any]:
+    """In a fresh process (`--worker`): ingest (untimed), then one timed lifecycle run.
+    A fresh process per run: the multiprocess executor's forkserver lives as long as the
+    process that started it and keeps the environment (the home) of the first run."""
     import dagster as dg
 
     instance = prepare_home(landing, home)
@@ -112,14 +117,24 @@ def timed_lifecycle(side: str, landing: Path, home: Path, address: str) -> dict[
             "address": address, "env_vars": [f"PYTHONPATH={BENCH_DIR}:{PROJECT_ROOT}"]}}}
     import ray_runtime  # this file as a module: the step processes import it by that name
 
-    started = time.perf_counter()
     job_fn = ray_runtime.lifecycle_job_ray if side == "ray" else ray_runtime.lifecycle_job_multiprocess
+    started = time.perf_counter()
     result = dg.execute_job(dg.reconstructable(job_fn), instance=instance,
                             run_config=run_config, raise_on_error=False)
     seconds = time.perf_counter() - started
-    steps = {s.step_key: (s.end_time or 0) - (s.start_time or 0)
-             for s in instance.get_run_step_stats(result.run_id)}
+    steps = {s.step_key: (s.end_time - s.start_time if s.start_time and s.end_time else None,
+                          s.status.value) for s in instance.get_run_step_stats(result.run_id)}
     return {"side": side, "seconds": seconds, "success": result.success, "steps": steps}
+
+
+def run_side(side: str, landing: Path, home: Path, address: str) -> dict[str, Any]:
+    out = home.with_suffix(".json")
+    with open(home.with_suffix(".log"), "w") as log:
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", side,
+                        "--landing", str(landing), "--home", str(home), "--address", address,
+                        "--out", str(out)], cwd=PROJECT_ROOT, stdout=log,
+                       stderr=subprocess.STDOUT, check=True)
+    return json.loads(out.read_text())
 
 
 def failover(cluster: Any, instance: Any) -> dict[str, float]:
@@ -164,14 +179,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep", action="store_true")
+    for hidden in ("--worker", "--landing", "--home", "--address", "--out"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path[:0] = [str(BENCH_DIR), str(PROJECT_ROOT)]
     os.environ["PYTHONPATH"] = f"{BENCH_DIR}:{PROJECT_ROOT}"  # forked steps import ray_runtime
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     for name in ("UNIFIED_AI_DEPLOYMENT", "UNIFIED_AI_DATASET_SPEC", "DAGSTER_HOME",
-                 "MLFLOW_TRACKING_URI"):
+                 "MLFLOW_TRACKING_URI", "UNIFIED_AI_HOME"):
         os.environ.pop(name, None)
+    if args.worker:
+        record = timed_lifecycle(args.worker, Path(args.landing), Path(args.home), args.address)
+        Path(args.out).write_text(json.dumps(record))
+        return
 
     import dagster as dg
     from ray.cluster_utils import Cluster
@@ -196,7 +217,7 @@ def main() -> None:
         write_batches(landing, args.batches, args.rows, seed=args.seed)
         for index in range(args.repeats):
             for side in SIDES:
-                record = timed_lifecycle(side, landing, scratch / f"{side}-{index}", ray.address)
+                record = run_side(side, landing, scratch / f"{side}-{index}", ray.address)
                 results[side].append(record)
                 print(f"  run {index + 1}/{args.repeats} {side:<12} {record['seconds']:7.2f} s "
                       f"success={record['success']}", file=sys.stderr, flush=True)
@@ -216,8 +237,12 @@ def main() -> None:
     steps = sorted({k for rs in results.values() for r in rs for k in r["steps"]})
     print(f"{'step (median s)':<22}" + "".join(f"{side:>14}" for side in SIDES))
     for step in steps:
-        cells = [statistics.median([r["steps"].get(step, 0.0) for r in results[s]]) for s in SIDES]
-        print(f"{step:<22}" + "".join(f"{c:14.2f}" for c in cells))
+        cells = []
+        for side in SIDES:
+            ran = [r["steps"][step][0] for r in results[side]
+                   if step in r["steps"] and r["steps"][step][0] is not None]
+            cells.append(f"{statistics.median(ran):14.2f}" if ran else f"{'skipped':>14}")
+        print(f"{step:<22}" + "".join(cells))
     medians = {s: statistics.median(r["seconds"] for r in results[s]) for s in SIDES}
     print(f"{'run wall (median)':<22}" + "".join(f"{medians[s]:14.2f}" for s in SIDES))
     print("all runs succeeded: " + ", ".join(

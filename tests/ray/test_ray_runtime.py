@@ -139,6 +139,25 @@ def test_gpu_step_runs_on_the_gpu_node_cpu_steps_never_hold_one(
         assert meta["ray_node_pool"] != "gpu" and meta["placement_target"] == "cpu", step
 
 
+def test_a_run_planned_against_ray_capacity_carries_its_plan_to_the_launch(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from unified_assets.placement.launch import launch_plan
+
+    monkeypatch.setenv(ray_defs.POLICY_ENV, "wait")
+    job = ray_defs.GPU_CHAIN["wait"]()
+    tags, _ = launch_plan(job, ray_instance, ray_defs.policy_for("wait"),
+                          ray_address=ray_cluster.address)
+    assert "gpu: gpu_a" in tags["unified-ai/placement"]
+    result = dg.execute_job(dg.reconstructable(ray_defs.GPU_CHAIN["wait"]), instance=ray_instance,
+                            run_config=ray_cluster.run_config(), tags=tags, raise_on_error=False)
+    assert result.success
+    gpu = only(materializations(ray_instance, result.run_id), "gpu_a")
+    assert gpu["placement_reason"].startswith("GPU free: ray pool gpu")  # the plan's reason
+    assert "at launch: GPU free" in gpu["placement_reason"]  # re-checked when launched
+    assert gpu["ray_node_id"] == ray_cluster.gpu_node_id and gpu["ray_gpu_ids"] == "0"
+
+
 def test_one_gpu_two_gpu_steps_never_run_at_once(
         ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,11 +13,13 @@ from unified_assets.placement.steps import requirements_for_job
 
 
 def launch_plan(job_def: Any, instance: Any, policy: PlacementPolicy,
-                kubernetes: bool = False) -> tuple[dict[str, str], dict[str, Any]]:
+                kubernetes: bool = False, ray_address: str | None = None
+                ) -> tuple[dict[str, str], dict[str, Any]]:
     """(run tags, run config) for launching `job_def` now. Raises PlacementError when the
-    policy forbids the launch, before anything runs."""
-    the_plan = plan(requirements_for_job(job_def), take_snapshot(instance, kubernetes=kubernetes),
-                    policy)
+    policy forbids the launch, before anything runs. With `ray_address` the plan is made
+    against the Ray cluster's capacity (the Ray executor re-checks each GPU step at launch)."""
+    snapshot = take_snapshot(instance, kubernetes=kubernetes, ray_address=ray_address)
+    the_plan = plan(requirements_for_job(job_def), snapshot, policy)
     run_config: dict[str, Any] = {}
     if kubernetes:
         from unified_assets.placement.manifests import plan_run_config

@@ -126,14 +126,22 @@ def apply_pool_limits(instance: Any, wanted: dict[str, int],
 
 
 def take_snapshot(instance: Any = None, *, kubernetes: bool = False, core_api: Any = None,
-                  cuda: bool = True) -> CapacitySnapshot:
+                  cuda: bool = True, ray_address: str | None = None) -> CapacitySnapshot:
     """Probe everything available: host always, the instance if given, Kubernetes if asked
-    (`core_api`: a `kubernetes.client.CoreV1Api`, default from in-cluster or kube config)."""
+    (`core_api`: a `kubernetes.client.CoreV1Api`, default from in-cluster or kube config), the
+    Ray cluster whose dashboard is at `ray_address` if given."""
     from unified_assets.placement.kube import fetch_k8s_capacity
 
+    ray = None
+    if ray_address:
+        from unified_assets.placement.ray_capacity import fetch_ray_capacity
+        from unified_assets.placement.ray_executor import dashboard_address
+
+        ray = fetch_ray_capacity(dashboard_address(ray_address))
     return CapacitySnapshot(
         host=probe_host(cuda=cuda),
         instance=probe_instance(instance) if instance is not None else None,
         kubernetes=fetch_k8s_capacity(core_api) if kubernetes else None,
         taken_at=time.time(),
+        ray=ray,
     )
