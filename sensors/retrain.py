@@ -43,12 +43,22 @@ def fold_into(context: dg.SensorEvaluationContext, run: dg.DagsterRun, batches_t
 
 
 K8S_EXECUTOR = "k8s"  # the executor definitions.py gives every job on Kubernetes
+RAY_EXECUTOR = "ray"  # ... and every job on Ray
 
 
 def runs_on_kubernetes(job: dg.JobDefinition) -> bool:
     """Whether the job's steps run as Kubernetes pods: read from the executor the definitions
     module chose from the settings once, never from the environment on each tick."""
     return job.executor_def.name == K8S_EXECUTOR
+
+
+def ray_address_of(job: dg.JobDefinition) -> str | None:
+    """The Ray dashboard the job's steps are submitted to (deployment `ray`), read from the
+    executor the definitions module configured; None when the steps do not run on Ray."""
+    if job.executor_def.name != RAY_EXECUTOR:
+        return None
+    resolved = job.executor_def.config_schema.resolve_config({})
+    return resolved.value["config"]["address"] if resolved.success else None
 
 
 def retrain_request(context: dg.SensorEvaluationContext, job_name: str, placement: PlacementPolicy,
@@ -64,7 +74,8 @@ def retrain_request(context: dg.SensorEvaluationContext, job_name: str, placemen
     try:
         plan_tags, run_config = launch_plan(
             job, context.instance, placement,
-            kubernetes=runs_on_kubernetes(job) if kubernetes is None else kubernetes)
+            kubernetes=runs_on_kubernetes(job) if kubernetes is None else kubernetes,
+            ray_address=ray_address_of(job))
     except PlacementError as error:
         return f"no placement: {error}"
     return dg.RunRequest(job_name=job_name, run_key=run_key, run_config=run_config,

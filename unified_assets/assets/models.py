@@ -108,8 +108,14 @@ def _train_independently(context: dg.AssetExecutionContext, candidate: Candidate
     run's: a failed step would skip every step downstream of it, the other candidates'
     evaluations and the challenger included. Placement refusals and retries still fail or
     retry the step (they are the policy speaking, escalated by the failure sensor)."""
+    from unified_assets.placement.ray_step import exit_on_oom
+
     try:
-        output = train_and_register(context, candidate, config, training, registry, placement)
+        # On Ray, running out of memory (host or CUDA) ends the step for a retry on the larger
+        # profile the policy names, rather than becoming this candidate's failure.
+        with exit_on_oom():
+            output = train_and_register(context, candidate, config, training, registry,
+                                        placement)
     except (dg.Failure, dg.RetryRequested):
         raise
     except Exception as error:  # noqa: BLE001 - recorded as this candidate's failure

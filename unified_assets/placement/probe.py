@@ -137,7 +137,14 @@ def take_snapshot(instance: Any = None, *, kubernetes: bool = False, core_api: A
         from unified_assets.placement.ray_capacity import fetch_ray_capacity
         from unified_assets.placement.ray_executor import dashboard_address
 
-        ray = fetch_ray_capacity(dashboard_address(ray_address))
+        address = dashboard_address(ray_address)
+        try:
+            ray = fetch_ray_capacity(address)
+        except OSError as error:  # refused, timed out, DNS: nothing can be placed on it now
+            from unified_assets.placement.decision import PlacementError
+
+            raise PlacementError(f"Ray cluster at {address} did not answer ({error}); "
+                                 "nothing is launched until it does", retryable=True) from error
     return CapacitySnapshot(
         host=probe_host(cuda=cuda),
         instance=probe_instance(instance) if instance is not None else None,
