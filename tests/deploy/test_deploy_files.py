@@ -368,8 +368,11 @@ def test_dockerfile_matches_project():
     assert Version(torch_version) in SpecifierSet(torch_req.removeprefix("torch")), torch_req
     # torch from the PyTorch index first, then the project, so pip keeps the CPU wheel.
     torch_step = text.index('"torch==${TORCH_VERSION}"')
-    project_step = text.index("RUN pip install .")
+    project_step = text.index('RUN pip install ".${EXTRAS:+[${EXTRAS}]}"')
     assert torch_step < project_step
+    # The extras the image may take (deploy/README: EXTRAS=ray for KubeRay) are the project's.
+    assert re.search(r'^ARG EXTRAS=""\s*$', text, re.MULTILINE)
+    assert "ray" in pyproject()["project"]["optional-dependencies"]
     for package in pyproject()["tool"]["setuptools"]["packages"]["find"]["include"]:
         name = package.rstrip("*")
         assert re.search(rf"^COPY {name} \./{name}\s*$", text, re.MULTILINE), f"{name} not copied"
