@@ -111,3 +111,23 @@ def oom_job() -> dg.JobDefinition:
 
 GPU_CHAIN = {"wait": gpu_chain_wait, "degrade_to_cpu": gpu_chain_degrade_to_cpu,
              "fail_and_escalate": gpu_chain_fail_and_escalate}
+
+
+# The code location's own assets on Ray: the environment (UNIFIED_AI_HOME, UNIFIED_AI_POLICY)
+# is forwarded to each step's Ray job, which rebuilds the same definitions.
+TORCH_MODEL_JOB = "torch_model_on_ray"
+
+
+def code_location_torch_model() -> dg.JobDefinition:
+    """training_set -> model_torch of the code location, on the placed Ray executor."""
+    from unified_assets.definitions import build_definitions
+    from unified_assets.policy import load_policy
+    from unified_assets.settings import load_settings
+
+    settings = load_settings()
+    defs = build_definitions(settings)
+    job = dg.define_asset_job(
+        TORCH_MODEL_JOB, selection=["training_set", "model_torch"],
+        executor_def=ray_executor_def(load_policy(settings.policy_path).placement))
+    return dg.Definitions(assets=list(defs.assets), resources=defs.resources,
+                          jobs=[job]).resolve_job_def(TORCH_MODEL_JOB)

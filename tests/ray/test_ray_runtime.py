@@ -273,3 +273,42 @@ def test_out_of_memory_step_is_retried_on_the_larger_profile(
     assert meta["ray_profile"] == "cpu-training" and meta["ray_submission_id"] == second.submission_id
     assert "retried on the larger profile cpu-training" in meta["placement_reason"]
     assert int(meta["allocated_bytes"]) == ray_defs.HUNGRY_BYTES
+
+
+def test_the_code_locations_torch_model_trains_on_the_gpu_node(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch, tmp_path, mlflow_db_template) -> None:
+    """Not a stand-in: the shipped torch candidate's model step (GPU profile) is placed on the
+    GPU pool, trains there (on CPU, as this machine has no CUDA, and says so), registers a
+    model version; the training set before it never holds a GPU."""
+    import shutil
+
+    from tests.policies import write_policy
+    from unified_assets.definitions import build_definitions
+    from unified_assets.lifecycle import ingest_landed
+    from unified_assets.ml.generator import write_batches
+    from unified_assets.settings import load_settings
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(mlflow_db_template, home / "mlflow.db")
+    # Small data would send the GPU profile to CPU (small_input_rows): not what is tested here.
+    policy = write_policy(tmp_path, {"placement": {"profiles": {
+        "gpu-training": {"small_input_rows": None}}}})
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(home))
+    monkeypatch.setenv("UNIFIED_AI_POLICY", str(policy))
+    write_batches(home / "landing", batches=2, rows=1500)
+    ingest_landed(build_definitions(load_settings()), ray_instance)
+
+    result = dg.execute_job(dg.reconstructable(ray_defs.code_location_torch_model),
+                            instance=ray_instance, run_config=ray_cluster.run_config(),
+                            raise_on_error=False)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
+    model = only(metas, "model_torch")
+    assert jobs["model_torch"][-1].driver_node_id == ray_cluster.gpu_node_id == model["ray_node_id"]
+    assert model["ray_node_pool"] == "gpu" and model["ray_gpu_ids"] == "0"
+    assert model["placement_target"] == "gpu" and model["model_version"]
+    training = only(metas, "training_set")
+    assert jobs["training_set"][-1].driver_node_id != ray_cluster.gpu_node_id
+    assert training["ray_gpu_ids"] == "none"
