@@ -16,6 +16,7 @@ from tests.policies import write_policy
 from unified_assets.cli import main
 from unified_assets.services.identity import SIGNING_KEY_ENV, read_token, verify
 
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = "payments-risk"
 
 
@@ -305,6 +306,24 @@ def test_a_users_candidate_module_in_the_working_folder_loads_in_the_cli(tmp_pat
                            "plan", "--rows", "20000")
     assert done.returncode == 0, done.stderr
     assert "model_baseline" in done.stdout and "model_sklearn" in done.stdout
+
+
+def test_a_users_candidate_module_in_the_working_folder_validates(tmp_path):
+    """Found by a new user: `dagster definitions validate -w workspace.yaml` failed on the
+    README's own candidate module (No module named 'my_models') though `dagster dev` loaded
+    it: the workspace names no working directory, and validate adds none."""
+    import shutil
+
+    (tmp_path / "my_models").mkdir()
+    (tmp_path / "my_models" / "candidates.py").write_text(USER_CANDIDATE)  # no __init__.py
+    shutil.copy(ROOT / "workspace.yaml", tmp_path / "workspace.yaml")
+    dagster = Path(sys.executable).with_name("dagster")
+    done = subprocess.run(
+        [str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=tmp_path,
+        capture_output=True, text=True,
+        env={"UNIFIED_AI_HOME": str(tmp_path / "home"), "DAGSTER_HOME": str(tmp_path), "PATH": "",
+             "UNIFIED_AI_CANDIDATES": "sklearn,my_models.candidates:BASELINE"})
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_a_wrong_candidate_entry_is_one_line_in_the_cli(tmp_path):

@@ -9,6 +9,8 @@ hide it from the gates.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 from unified_assets.candidates.declaration import Candidate
 from unified_assets.candidates.shipped import SHIPPED
@@ -29,7 +31,7 @@ def resolve_candidate(entry: str, source: str = CANDIDATES_ENV) -> Candidate:
                              f"({', '.join(SHIPPED)}) nor an import path 'package.module:NAME'")
     module_name, _, attribute = entry.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_user_module(module_name)
     except ImportError as error:
         raise CandidateError(f"{source}: {entry!r}: module {module_name!r} cannot be imported "
                              f"({error})") from None
@@ -42,6 +44,16 @@ def resolve_candidate(entry: str, source: str = CANDIDATES_ENV) -> Candidate:
         raise CandidateError(f"{source}: {entry!r} is a {type(found).__name__}, not a "
                              "unified_assets.candidates.Candidate")
     return found
+
+
+def _import_user_module(name: str):
+    """Import a user's module as `dagster dev` does: from the folder Dagster runs in, which
+    `dagster dev` puts on sys.path but `dagster definitions validate` and a step process
+    started elsewhere may not. Appended, so it never shadows an installed package."""
+    folder = os.getcwd()
+    if folder not in sys.path and "" not in sys.path:
+        sys.path.append(folder)
+    return importlib.import_module(name)
 
 
 def resolve_candidates(entries: tuple[str, ...] | list[str],
