@@ -79,18 +79,23 @@ AUTOMATION_RUN_TAGS = started_because("automation",
 REPORT_ASSETS = dg.AssetSelection.tag(REPORT_TAG, "evidently")
 REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5"}
 
+# A run a person launches (the UI's launchpad, `dagster job launch`) says so; every sensor,
+# schedule and the CLI set their own trigger, which takes precedence over a job's tags.
+MANUAL = started_because("manual")
+
 ingest_job = dg.define_asset_job(
-    "ingest_batch", selection=[landed_batch], partitions_def=BATCHES,
+    "ingest_batch", selection=[landed_batch], partitions_def=BATCHES, tags=MANUAL,
     description="Validate and curate one landed batch (one partition).",
 )
 labels_job = dg.define_asset_job(
     "ingest_labels", selection=[batch_labels, live_performance], partitions_def=BATCHES,
+    tags=MANUAL,
     description="Match a batch's late labels to its rows and measure the champion on them.",
 )
 lifecycle_job = dg.define_asset_job(
     "train_evaluate_promote",
     selection=dg.AssetSelection.groups("training", "evaluation", "deployment") - REPORT_ASSETS,
-    tags={RETRAIN_TAG: "train_evaluate_promote"},
+    tags={RETRAIN_TAG: "train_evaluate_promote", **MANUAL},
     description="Build the training set, train every candidate, evaluate, select, promote "
     "(Evidently's quality reports follow from the report automation).",
 )
@@ -98,14 +103,14 @@ approval_job = dg.define_asset_job(
     "approve_or_reject",
     selection=[approval, production_model],
     config=approval_launchpad,  # the launchpad shows only the decision's fields
-    tags=DECISION_PRIORITY,
+    tags={**DECISION_PRIORITY, **MANUAL},
     description="Record a decision on the challenger (config: decision, version, approver, "
     "reason); an approval promotes in the same run.",
 )
 rollback_job = dg.define_asset_job(
     "rollback_production",
     selection=[production_model],
-    tags=DECISION_PRIORITY,
+    tags={**DECISION_PRIORITY, **MANUAL},
     config=rollback_launchpad,  # who, why, to what: no resources, no other steps' fields
     description="Move `champion` back to the previous good version (or rollback_to), with an "
     "incident record. Fill in by and reason.",
