@@ -162,7 +162,9 @@ def kubernetes_resources(settings: Settings) -> dict:
                                aws_secret_access_key=dg.EnvVar("AWS_SECRET_ACCESS_KEY")),
         "mlflow_registry": MlflowRegistry(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"),
                                           ui_url=settings.mlflow_ui_url),
-        "decisions": DecisionStore(url=dg.EnvVar("UNIFIED_AI_DECISIONS_URL")),
+        # Off sqlite there is no key file beside the store: the ledger key is a secret too.
+        "decisions": DecisionStore(url=dg.EnvVar("UNIFIED_AI_DECISIONS_URL"),
+                                   chain_key=dg.EnvVar("UNIFIED_AI_LEDGER_KEY")),
         "io_manager": S3PickleIOManager(s3_resource=s3, s3_bucket=dg.EnvVar("UNIFIED_AI_S3_BUCKET"),
                                         s3_prefix="io"),
         # Batches and labels as Parquet in s3://$UNIFIED_AI_S3_BUCKET/values.
@@ -175,12 +177,14 @@ def kubernetes_resources(settings: Settings) -> dict:
 
 
 def executor_for(settings: Settings) -> dg.ExecutorDefinition:
-    if settings.deployment == "kubernetes":
+    """The deployment's own executor, or the one UNIFIED_AI_EXECUTOR names (the production
+    stack: the kubernetes resources with steps as local processes)."""
+    if settings.executor == "k8s":
         from unified_assets.placement.manifests import k8s_executor_with_placement
 
         # Keeps `per_step_k8s_config` open to run config, where launches put the plan.
         return k8s_executor_with_placement(max_concurrent=8)
-    if settings.deployment == "ray":
+    if settings.executor == "ray":
         from unified_assets.placement.ray_executor import ray_executor_for
 
         # Every step a Ray job on RAY_ADDRESS, asking Ray for what its placement decided.
@@ -254,7 +258,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_approval_sensor(approval_job),
             build_drift_sensor(lifecycle_job),
             run_failure_incidents,
-            build_pool_limits_sensor(settings.deployment == "kubernetes"),
+            build_pool_limits_sensor(settings.executor == "k8s"),
             dg.AutomationConditionSensorDefinition(
                 "lifecycle_automation", target=dg.AssetSelection.all() - REPORT_ASSETS,
                 default_status=dg.DefaultSensorStatus.RUNNING,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 DEPLOYMENT_ENV = "UNIFIED_AI_DEPLOYMENT"
 HOME_ENV = "UNIFIED_AI_HOME"
@@ -21,10 +21,21 @@ MLFLOW_UI_URL_ENV = "UNIFIED_AI_MLFLOW_UI_URL"
 CANDIDATES_ENV = "UNIFIED_AI_CANDIDATES"
 DAGSTER_URL_ENV = "UNIFIED_AI_DAGSTER_URL"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own name: the dashboard URL jobs are submitted to
+EXECUTOR_ENV = "UNIFIED_AI_EXECUTOR"
 SHIPPED_CANDIDATES = ("sklearn", "torch")
 LOCAL_MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where scripts/dev.sh starts the MLflow UI
 Deployment = Literal["local", "kubernetes", "ray"]
 DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes", "ray")
+# The executor each deployment runs its steps with, unless UNIFIED_AI_EXECUTOR names another.
+Executor = Literal["multiprocess", "k8s", "ray"]
+OWN_EXECUTOR: dict[Deployment, Executor] = {"local": "multiprocess", "kubernetes": "k8s",
+                                            "ray": "ray"}
+# Executors a deployment may be told to use instead of its own. Only the local one: the
+# production stack on one machine (scripts/stack.sh) runs the kubernetes settings path (S3 IO,
+# MLflow server, Postgres decision store, signed decisions) with steps as local processes. An
+# override rather than a fourth deployment name, so every check of "kubernetes" (the signed
+# policy guard, the resources) holds for the stack unchanged: only where steps run differs.
+EXECUTOR_OVERRIDES: tuple[Executor, ...] = ("multiprocess",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,13 @@ class Settings:
     dagster_url: str | None = None
     # deployment "ray": the Ray dashboard URL (http://host:8265) every step is submitted to.
     ray_address: str | None = None
+    # UNIFIED_AI_EXECUTOR: None runs steps with the deployment's own executor (OWN_EXECUTOR).
+    executor_override: Executor | None = None
+
+    @property
+    def executor(self) -> Executor:
+        """Where steps run: the override when set, else the deployment's own executor."""
+        return self.executor_override or OWN_EXECUTOR[self.deployment]
 
     @property
     def landing_dir(self) -> Path:
@@ -88,6 +106,11 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         raise ValueError(
             f"{DEPLOYMENT_ENV}={deployment!r} is not a deployment; choose one of {DEPLOYMENTS}"
         )
+    executor = (env.get(EXECUTOR_ENV) or "").strip() or None
+    if executor is not None and executor not in EXECUTOR_OVERRIDES:
+        raise ValueError(
+            f"{EXECUTOR_ENV}={executor!r} is not an executor to override with; choose one of "
+            f"{EXECUTOR_OVERRIDES} or leave it unset (the deployment's own executor)")
     home = Path(env.get(HOME_ENV) or Path.cwd() / ".unified_ai").resolve()
     landing_uri = env.get(LANDING_URI_ENV) or None
     if landing_uri is not None and not landing_uri.startswith("s3://"):
@@ -102,6 +125,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         if env.get(CANDIDATES_ENV, "").strip() else SHIPPED_CANDIDATES,
         dagster_url=(env.get(DAGSTER_URL_ENV) or "").strip() or None,
         ray_address=(env.get(RAY_ADDRESS_ENV) or "").strip() or None,
+        executor_override=cast(Executor | None, executor),
     )
 
 
