@@ -183,6 +183,16 @@ def pool_slots(cpus: int, gpus: int) -> dict[str, int]:
             GPU_TRAINING.pool: max(1, gpus)}
 
 
+def ray_pool_slots(cpu_node_cpus: float, gpus: float) -> dict[str, int]:
+    """Slots on a Ray cluster: CPU steps by how many of their CPU requests fit on the nodes
+    outside the GPU pool (they are label-selected away from it), GPU steps one per logical GPU
+    of the GPU pool; at least one each, for the reason `pool_slots` gives."""
+    cpus = max(1, math.floor(cpu_node_cpus))
+    return {CPU_LIGHT.pool: CPU_LIGHT.slots_on(cpus),
+            CPU_TRAINING.pool: CPU_TRAINING.slots_on(cpus),
+            GPU_TRAINING.pool: max(1, math.floor(gpus))}
+
+
 def cluster_pool_slots(gpus_allocatable: int, scalable_gpus: int) -> dict[str, int]:
     """Slots on Kubernetes: GPU steps by the GPUs the cluster has now plus one node's worth of
     each GPU node pool the placement policy says can scale up (`scalable_node_pools`)."""

@@ -48,7 +48,8 @@ def _gpu_asset(name: str) -> dg.AssetsDefinition:
     @dg.asset(name=name, deps=[source], **GPU_TRAINING.asset_kwargs())
     def _gpu(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         meta = _evidence(context, GPU_TRAINING)
-        if meta.get("ray_gpu_ids", "none") != "none":  # a long step on the GPU, to lose its node
+        # A long first attempt on the GPU, to lose its node under it; a relaunch finishes.
+        if meta.get("ray_gpu_ids", "none") != "none" and context.retry_number == 0:
             time.sleep(float(os.environ.get(HOLD_ENV, "0")))
         return dg.MaterializeResult(metadata=meta)
 

@@ -222,18 +222,23 @@ def test_gpu_node_gone_before_launch_wait_queues_until_a_gpu_node_joins(
     assert "no live node" in gpu["placement_reason"] and "queued" in gpu["placement_reason"]
 
 
-@pytest.mark.parametrize("policy", ["degrade_to_cpu", "fail_and_escalate"])
+@pytest.mark.parametrize("policy", ["degrade_to_cpu", "fail_and_escalate", "wait"])
 def test_gpu_node_lost_while_its_step_runs(
         ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
         monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
     run = Background(lambda: run_job(ray_defs.GPU_CHAIN[policy], ray_cluster, ray_instance,
                                      monkeypatch, policy, hold_s=60))
-    wait_for_job(ray_cluster, "gpu_a", "RUNNING")
+    first = wait_for_job(ray_cluster, "gpu_a", "RUNNING")
     lost = ray_cluster.remove_gpu_node()
     try:
-        result = run.join()
+        if policy == "wait":
+            # The relaunch is queued on the GPU pool, not run on CPU, until a GPU node is back.
+            relaunch = wait_for_job(ray_cluster, "gpu_a", "PENDING")
+            assert relaunch.submission_id != first.submission_id
+            assert fetch_ray_capacity(ray_cluster.address).pending_gpus >= 1
     finally:
-        ray_cluster.add_gpu_node()
+        back = ray_cluster.add_gpu_node()
+    result = run.join()
     metas = materializations(ray_instance, result.run_id)
     assert "after_gpu" not in metas or len(metas["after_gpu"]) == 1
     if policy == "fail_and_escalate":
@@ -249,7 +254,16 @@ def test_gpu_node_lost_while_its_step_runs(
     retries = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_UP_FOR_RETRY,
                           "gpu_a")
     assert len(retries) == 1 and f"Ray node {lost[:8]}" in retries[0].step_retry_data.error.message
+    assert f"on_unavailable={policy}: relaunched" in retries[0].step_retry_data.error.message
     gpu = only(metas, "gpu_a")  # the lost attempt produced nothing
+    assert len(metas["after_gpu"]) == 1
+    if policy == "wait":
+        assert gpu["ray_submission_id"] == relaunch.submission_id
+        assert gpu["ray_node_id"] == back.node_id != lost
+        assert gpu["placement_target"] == "gpu" and gpu["ray_gpu_ids"] == "0"
+        assert gpu["placement_fallback"] == "waited for capacity, then ran"
+        assert "was lost while the step ran" in gpu["placement_reason"]
+        return
     assert gpu["placement_target"] == "cpu" and gpu["placement_fallback"] == "degraded to CPU"
     assert "was lost while the step ran" in gpu["placement_reason"]
     assert gpu["ray_gpu_ids"] == "none"
@@ -312,3 +326,28 @@ def test_the_code_locations_torch_model_trains_on_the_gpu_node(
     training = only(metas, "training_set")
     assert jobs["training_set"][-1].driver_node_id != ray_cluster.gpu_node_id
     assert training["ray_gpu_ids"] == "none"
+
+
+def test_pool_limits_come_from_the_ray_cluster_not_this_host(
+        ray_cluster: RayTestCluster, tmp_path) -> None:
+    """On Ray the pools are sized from the cluster: CPU steps by the CPUs of the nodes outside
+    the GPU pool (the head's 4 logical CPUs; this host has 2), GPU steps by the GPU pool's
+    logical GPUs (1; this host has none). A cluster that does not answer changes nothing."""
+    from resources.policy import PolicyResource
+    from tests.ray.conftest import free_port
+    from unified_assets.definitions import build_pool_limits_sensor
+
+    policy = PolicyResource()
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        def tick(address: str) -> Any:
+            sensor = build_pool_limits_sensor(False, address)
+            return sensor(dg.build_sensor_context(instance=instance, resources={"policy": policy}))
+
+        tick(ray_cluster.address)
+        limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()
+                  if not p.from_default}
+        assert limits == {"light-pool": 8, "cpu-pool": 2, "gpu-pool": 1}
+        skipped = tick(f"http://127.0.0.1:{free_port()}")
+        assert "did not answer" in skipped.skip_message
+        assert {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()
+                if not p.from_default} == limits

@@ -10,7 +10,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from unified_assets.compute import GPU_NODE_POOL, PROFILES, cluster_pool_slots, pool_slots
+from unified_assets.compute import (
+    GPU_NODE_POOL,
+    PROFILES,
+    cluster_pool_slots,
+    pool_slots,
+    ray_pool_slots,
+)
 from unified_assets.placement.snapshot import (
     CapacitySnapshot,
     CudaDevice,
@@ -86,10 +92,18 @@ def probe_instance(instance: Any, pools: Iterable[str] = DEFAULT_POOLS) -> Insta
 
 
 def machine_pool_slots(placement: Any = None, *, kubernetes: bool = False,
-                       core_api: Any = None) -> dict[str, int]:
+                       core_api: Any = None, ray_address: str | None = None) -> dict[str, int]:
     """Pool slots this deployment should have: locally from this host's usable cores and CUDA
     devices; on Kubernetes from the GPU node pool's allocatable GPUs plus the node pools the
-    placement policy (`scalable_node_pools`) says can scale up."""
+    placement policy (`scalable_node_pools`) says can scale up; on Ray from the live nodes'
+    CPUs outside the GPU pool and the GPU pool's logical GPUs (not this host's)."""
+    if ray_address is not None:
+        from unified_assets.placement.ray_capacity import fetch_ray_capacity
+        from unified_assets.placement.ray_executor import dashboard_address
+
+        pools = fetch_ray_capacity(dashboard_address(ray_address)).pools()
+        cpus = sum(row["cpus_total"] for pool, row in pools.items() if pool != GPU_NODE_POOL)
+        return ray_pool_slots(cpus, pools.get(GPU_NODE_POOL, {}).get("gpus_total", 0))
     if kubernetes:
         from unified_assets.placement.kube import fetch_k8s_capacity
 
