@@ -192,7 +192,8 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
     return dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
 
-def build_pool_limits_sensor(kubernetes: bool) -> dg.SensorDefinition:
+def build_pool_limits_sensor(kubernetes: bool, ray_address: str | None = None
+                             ) -> dg.SensorDefinition:
     """Sizes the concurrency pools from the machine (or cluster and policy). Dagster OSS keeps
     per-pool limits only in the instance (dagster.yaml has just `default_limit`), and the code
     location has no instance at load; a sensor runs in the daemon against the real instance,
@@ -204,12 +205,18 @@ def build_pool_limits_sensor(kubernetes: bool) -> dg.SensorDefinition:
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Sets the light-pool, cpu-pool and gpu-pool slots from this machine's cores "
-        "and GPUs (Kubernetes: the cluster's GPUs and the policy's scalable node pools).",
+        "and GPUs (Kubernetes: the cluster's GPUs and the policy's scalable node pools; Ray: "
+        "the Ray cluster's CPU nodes and GPU pool).",
     )
     def pool_limits(context: dg.SensorEvaluationContext, policy: PolicyResource):
         from unified_assets.placement.probe import apply_pool_limits, machine_pool_slots
 
-        wanted = machine_pool_slots(policy.policy.placement, kubernetes=kubernetes)
+        try:
+            wanted = machine_pool_slots(policy.policy.placement, kubernetes=kubernetes,
+                                        ray_address=ray_address)
+        except OSError as error:  # Ray's dashboard unreachable: keep the limits there are
+            return dg.SkipReason(f"pool limits left as they are: the Ray cluster at "
+                                 f"{ray_address} did not answer ({error})")
         ours, notes = apply_pool_limits(context.instance, wanted,
                                         json.loads(context.cursor or "{}"))
         for note in notes:
@@ -258,7 +265,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_approval_sensor(approval_job),
             build_drift_sensor(lifecycle_job),
             run_failure_incidents,
-            build_pool_limits_sensor(settings.executor == "k8s"),
+            build_pool_limits_sensor(
+                settings.executor == "k8s",
+                (settings.ray_address or "") if settings.executor == "ray" else None),
             dg.AutomationConditionSensorDefinition(
                 "lifecycle_automation", target=dg.AssetSelection.all() - REPORT_ASSETS,
                 default_status=dg.DefaultSensorStatus.RUNNING,
