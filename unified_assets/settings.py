@@ -30,12 +30,20 @@ DEPLOYMENTS: tuple[Deployment, ...] = ("local", "kubernetes", "ray")
 Executor = Literal["multiprocess", "k8s", "ray"]
 OWN_EXECUTOR: dict[Deployment, Executor] = {"local": "multiprocess", "kubernetes": "k8s",
                                             "ray": "ray"}
-# Executors a deployment may be told to use instead of its own. Only the local one: the
-# production stack on one machine (scripts/stack.sh) runs the kubernetes settings path (S3 IO,
-# MLflow server, Postgres decision store, signed decisions) with steps as local processes. An
+# Executors a deployment may be told to use instead of its own: the production stack on one
+# machine (scripts/stack.sh) runs the kubernetes settings path (S3 IO, MLflow server, Postgres
+# decision store, signed decisions) with steps as local processes; on a Ray cluster on
+# Kubernetes (deploy/ray/raycluster.yaml) the same path runs its steps as Ray jobs. An
 # override rather than a fourth deployment name, so every check of "kubernetes" (the signed
-# policy guard, the resources) holds for the stack unchanged: only where steps run differs.
-EXECUTOR_OVERRIDES: tuple[Executor, ...] = ("multiprocess",)
+# policy guard, the resources) holds unchanged: only where steps run differs.
+EXECUTOR_OVERRIDES: tuple[Executor, ...] = ("multiprocess", "ray")
+# The settings a step process needs to load the code location as its launcher did: forwarded
+# to every Ray job (placement/ray_executor.py). Only non-secret choices: a secret
+# (UNIFIED_AI_DECISIONS_URL, UNIFIED_AI_LEDGER_KEY, AWS keys, the webhook) would show in Ray's
+# job records; the step's node gets it from its own environment (Secrets on Kubernetes).
+STEP_SETTINGS_ENV = (DEPLOYMENT_ENV, HOME_ENV, DATASET_SPEC_ENV, POLICY_ENV, LANDING_URI_ENV,
+                     S3_ENDPOINT_ENV, MLFLOW_UI_URL_ENV, CANDIDATES_ENV, DAGSTER_URL_ENV,
+                     EXECUTOR_ENV, RAY_ADDRESS_ENV)
 
 
 @dataclass(frozen=True)

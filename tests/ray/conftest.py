@@ -66,8 +66,13 @@ class RayTestCluster:
             time.sleep(0.5)
 
     def run_config(self, **extra: Any) -> dict[str, Any]:
-        return {"execution": {"config": {"address": self.address,
-                                         "env_vars": [f"PYTHONPATH={REPO}"], **extra}}}
+        """The executor's config: the test steps' own variables by name (read from this
+        process when each step is launched), as a user passes theirs."""
+        from tests.ray.ray_defs import HOLD_ENV, POLICY_ENV
+
+        return {"execution": {"config": {
+            "address": self.address, "env_vars": [f"PYTHONPATH={REPO}", POLICY_ENV, HOLD_ENV],
+            **extra}}}
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ PATIENCE_S = 240  # how long a test waits for a Ray job to reach a state before 
 def run_job(job_fn: Callable[[], dg.JobDefinition], cluster: RayTestCluster,
             instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch, policy: str,
             hold_s: float = 0) -> JobExecutionResult:
-    monkeypatch.setenv(ray_defs.POLICY_ENV, policy)  # forwarded to every step's Ray job
+    monkeypatch.setenv(ray_defs.POLICY_ENV, policy)  # passed by name (run_config env_vars)
     monkeypatch.setenv(ray_defs.HOLD_ENV, str(hold_s))
     return dg.execute_job(dg.reconstructable(job_fn), instance=instance,
                           run_config=cluster.run_config(), raise_on_error=False)

@@ -144,9 +144,38 @@ def test_settings_and_addresses() -> None:
     assert dashboard_address("http://h:8265/") == "http://h:8265"
     assert dashboard_address("10.0.0.5:6379") == "http://10.0.0.5:8265"  # Ray's own RAY_ADDRESS
     assert dashboard_address(None) == "http://127.0.0.1:8265"
-    env = forwarded_env({"UNIFIED_AI_HOME": "/h", "DAGSTER_HOME": "/d", "AWS_SECRET_ACCESS_KEY": "s"})
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s", "UNIFIED_AI_DECISIONS_URL": "postgresql://u:pw@h/d",
+               "UNIFIED_AI_LEDGER_KEY": "k", "UNIFIED_AI_SIGNING_KEY": "/keys/ops.key",
+               "UNIFIED_AI_ESCALATION_WEBHOOK": "https://hooks.example/T0K3N",
+               "UNIFIED_AI_SOMETHING_NEW": "x", "DAGSTER_PG_PASSWORD": "pw"}
+    env = forwarded_env({"UNIFIED_AI_HOME": "/h", "DAGSTER_HOME": "/d", "UNIFIED_AI_POLICY": "/p",
+                         "UNIFIED_AI_DEPLOYMENT": "kubernetes", "UNIFIED_AI_EXECUTOR": "ray",
+                         **secrets})
     assert env["UNIFIED_AI_HOME"] == "/h" and env["DAGSTER_HOME"] == "/d"
-    assert "AWS_SECRET_ACCESS_KEY" not in env and env["PATH"].endswith(":${PATH}")
+    assert (env["UNIFIED_AI_POLICY"], env["UNIFIED_AI_EXECUTOR"]) == ("/p", "ray")
+    # Secrets never travel in a Ray job's runtime_env (Ray's job records show it); names not
+    # known to be settings neither: forwarding is by name, not by prefix.
+    assert not set(secrets) & set(env) and env["PATH"].endswith(":${PATH}")
+
+
+def test_kubernetes_resources_with_steps_as_ray_jobs(tmp_path) -> None:
+    """KubeRay: the kubernetes settings path (S3 IO, Postgres decision store, signed policy)
+    with every step a Ray job on RAY_ADDRESS."""
+    from dagster_aws.s3 import S3PickleIOManager
+
+    from tests.policies import write_policy
+    from unified_assets.definitions import build_definitions
+    from unified_assets.services.identity import new_key_pair
+
+    keys = {person: new_key_pair()[1] for person in ("alice", "bob", "risk-officer", "ops")}
+    policy = write_policy(tmp_path, {"approval": {"require_signature": True, "keys": keys}})
+    settings = load_settings({"UNIFIED_AI_DEPLOYMENT": "kubernetes", "UNIFIED_AI_EXECUTOR": "ray",
+                              "RAY_ADDRESS": "http://head-svc:8265", "UNIFIED_AI_HOME": str(tmp_path),
+                              "UNIFIED_AI_POLICY": str(policy)})
+    assert (settings.deployment, settings.executor) == ("kubernetes", "ray")
+    defs = build_definitions(settings)
+    assert defs.executor.name == "ray" and settings.ray_address == "http://head-svc:8265"
+    assert isinstance(defs.resources["io_manager"], S3PickleIOManager)
 
 
 def test_importing_the_ray_executor_loads_no_ray() -> None:
@@ -173,6 +202,17 @@ def test_kuberay_manifest_gpu_group_matches_the_profiles() -> None:
     k8s = GPU_TRAINING.k8s_config()["pod_spec_config"]
     assert k8s["node_selector"] == pod["nodeSelector"]
     assert k8s["tolerations"][0] in pod["tolerations"]
+    # Every node runs steps of the kubernetes settings path: the same settings, Secrets from
+    # the node's environment (never forwarded through a Ray job), the instance's dagster.yaml.
+    for spec in (head["template"]["spec"], pod):
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["UNIFIED_AI_DEPLOYMENT"] == "kubernetes" and env["UNIFIED_AI_EXECUTOR"] == "ray"
+        secrets = {s["secretRef"]["name"] for s in container["envFrom"] if "secretRef" in s}
+        assert {"unified-ai-aws", "unified-ai-decisions"} <= secrets
+        (mount,) = container["volumeMounts"]
+        assert mount["mountPath"] == f"{env['DAGSTER_HOME']}/dagster.yaml"
+        assert {"name": mount["name"], "configMap": {"name": "dagster-instance"}} in spec["volumes"]
 
 
 def test_on_oom_profile_must_name_a_larger_profile_of_the_policy() -> None:

@@ -35,6 +35,7 @@ import dagster as dg
 
 from unified_assets.placement.decision import Decision, PlacementError, StepRequirement
 from unified_assets.placement.policy import DEFAULT_POLICY, PlacementPolicy
+from unified_assets.settings import STEP_SETTINGS_ENV
 
 if TYPE_CHECKING:
     from dagster._core.executor.step_delegating import StepHandlerContext
@@ -43,10 +44,9 @@ if TYPE_CHECKING:
 
 DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # Forwarded from the launching process to every step's job: the code location must load in
-# the step as it did here (home, policy, dataset spec, candidates; Dagster's home). Only
-# non-secret choices live under these names (unified_assets/settings.py).
-FORWARDED_ENV_PREFIXES = ("UNIFIED_AI_",)
-FORWARDED_ENV = ("DAGSTER_HOME",)
+# the step as it did here (home, policy, dataset spec, candidates; Dagster's home). Named one
+# by one, never by prefix: secrets live under UNIFIED_AI_ names too (settings.STEP_SETTINGS_ENV).
+FORWARDED_ENV = (*STEP_SETTINGS_ENV, "DAGSTER_HOME")
 HEALTH_CHECK_SECONDS = 2  # dagster-ray's 20 s default made a lost node count for 20 s more
 SLEEP_SECONDS = 0.2
 # Ray job errors meaning the node running the job went away (job supervisor or driver gone).
@@ -69,7 +69,7 @@ def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The launching process's settings every step needs, plus its Python's bin folder in
     front of the job's PATH (`dagster api execute_step` must resolve to this install)."""
     env = os.environ if environ is None else environ
-    out = {k: v for k, v in env.items() if k.startswith(FORWARDED_ENV_PREFIXES) or k in FORWARDED_ENV}
+    out = {k: env[k] for k in FORWARDED_ENV if k in env}
     out["PATH"] = f"{os.path.dirname(sys.executable)}:${{PATH}}"  # Ray expands ${PATH}
     return out
 
