@@ -118,7 +118,12 @@ def _context():
     from unified_assets.settings import load_settings
 
     settings = load_settings()
-    resources = build_definitions(settings).resources
+    resources = dict(build_definitions(settings).resources)
+    # Initialized as a run initializes them: their `dg.EnvVar` fields (the kubernetes path's
+    # decision store URL and ledger key, MLflow server) then hold the environment's values,
+    # not the variables' names.
+    for name in ("decisions", "mlflow_registry", "policy"):
+        resources[name] = resources[name].process_config_and_initialize()
     return settings, resources, resources["dataset"].spec.name
 
 
