@@ -19,7 +19,7 @@ from the run's event log) and to the degraded step's success.
 The code location is imported from this file's checkout (PYTHONPATH), so a clean worktree
 can be measured while the main tree is being edited.
 
-Usage: python bench/ray_runtime.py [--batches 4] [--rows 4000] [--repeats 2] [--keep]
+Usage: python bench/ray_runtime.py [--batches 6] [--rows 4000] [--repeats 2] [--keep]
 The last line printed is `ray_overhead_ratio=<median ray / median multiprocess> failover_s=<s>`.
 """
 
@@ -174,7 +174,7 @@ def failover(cluster: Any, instance: Any) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--batches", type=int, default=6)  # the README run's data (6 x 4000)
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
@@ -231,7 +231,7 @@ def main() -> None:
         else:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    print(machine())
+    print(machine() + f" load={os.getloadavg()[0]:.1f}")
     print(f"data: {args.batches} batches x {args.rows} rows (seed {args.seed}); {args.repeats} "
           f"lifecycle runs per side, alternating; Ray cluster up in {cluster_s:.1f} s (untimed)")
     steps = sorted({k for rs in results.values() for r in rs for k in r["steps"]})
