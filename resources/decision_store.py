@@ -9,6 +9,9 @@ secret (`dg.EnvVar` in production); locally it is a 0600 file beside the sqlite 
 `prev_hash` is unique: the log is one line, never a fork, even if two writers race. The
 interface offers appends and reads only.
 
+The schema is Alembic migrations (decision_store_migrations/), applied when a store is
+opened (`upgrade_decision_store`): a schema change keeps every row and so the chain.
+
 Champion changes are serialized by `champion_lock`: an OS file lock beside a sqlite file, a
 session advisory lock on PostgreSQL. Both are released by the operating system or the
 server when the holder dies (SIGKILL included), so a killed process never wedges the lock.
@@ -35,6 +38,12 @@ GENESIS = "0" * 64
 LOCK_TIMEOUT_S = 60.0
 # record kinds in the log
 EVENT, CHANGE, OUTCOME, INCIDENT = "event", "change", "outcome", "incident"
+TABLE = "decision_log"
+# The schema's Alembic scripts, inside the package (shipped as package data).
+MIGRATIONS = Path(__file__).with_name("decision_store_migrations")
+# The revision a store made before migrations has: its table, no alembic_version.
+FIRST_REVISION = "0001"
+MIGRATION_LOCK = zlib.crc32(b"unified-ai:decision-store:migrate")  # PostgreSQL advisory lock key
 
 
 class ChangeConflict(RuntimeError):
@@ -87,9 +96,10 @@ class DecisionStore(dg.ConfigurableResource):
             return self._engine, self._table
         import sqlalchemy as sa
 
-        metadata = sa.MetaData()
+        # The columns the queries use; the schema itself (constraints, indexes) is the
+        # migrations' (decision_store_migrations/versions), applied by upgrade_decision_store.
         table = sa.Table(
-            "decision_log", metadata,
+            TABLE, sa.MetaData(),
             sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
             sa.Column("record", sa.String(20), nullable=False),  # event/change/outcome/incident
             sa.Column("model_name", sa.String(200)),
@@ -98,35 +108,12 @@ class DecisionStore(dg.ConfigurableResource):
             sa.Column("payload", sa.Text, nullable=False),  # canonical JSON, what is hashed
             sa.Column("prev_hash", sa.String(64), nullable=False, unique=True),
             sa.Column("hash", sa.String(64), nullable=False),
-            sa.UniqueConstraint("model_name", "change_seq", name="one_change_per_seq"),
-            sa.Index("by_record_model", "record", "model_name"),
         )
-        sqlite = self._sqlite_path is not None
-        engine = sa.create_engine(self.url, **({"connect_args": {"timeout": LOCK_TIMEOUT_S}}
-                                                if sqlite else {}))
-        if sqlite:
-            # pysqlite opens transactions lazily, so two appenders could both read the same
-            # chain head; BEGIN IMMEDIATE takes the write lock before the read.
-            @sa.event.listens_for(engine, "connect")
-            def _no_pysqlite_begin(dbapi_connection, _record):
-                dbapi_connection.isolation_level = None
-
-            @sa.event.listens_for(engine, "begin")
-            def _begin(conn):
-                immediate = conn.get_execution_options().get("write", False)
-                conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
+        engine = _create_engine(self.url)
         with self._guard("open"):
-            if sqlite:
+            if self._sqlite_path is not None:
                 self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-            with engine.connect() as conn:
-                legacy = sa.inspect(conn).has_table("champion_changes")
-            if legacy:
-                raise DecisionStoreError(
-                    f"decision store {self.url} was written by an earlier version of unified-ai "
-                    "(table champion_changes, no hash chain); keep it as an archive and point "
-                    "the project at a new store, or migrate it by hand")
-            metadata.create_all(engine)
+            upgrade_decision_store(self.url, engine=engine)
             with engine.connect() as conn:
                 empty = conn.execute(table.select().limit(1)).first() is None
         self._key = self._chain_key(new_store=empty)
@@ -365,3 +352,146 @@ def _file_lock(path: Path, timeout_s: float, url: str) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# schema ----------------------------------------------------------------------------------
+
+
+def _create_engine(url: str) -> Any:
+    """The engine every store operation uses; on sqlite a `write=True` transaction begins
+    with BEGIN IMMEDIATE (the write lock first), which appends and migrations rely on."""
+    import sqlalchemy as sa
+
+    sqlite = url.startswith("sqlite:")
+    engine = sa.create_engine(url, **({"connect_args": {"timeout": LOCK_TIMEOUT_S}} if sqlite else {}))
+    if sqlite:
+        # pysqlite opens transactions lazily, so two appenders could both read the same
+        # chain head; BEGIN IMMEDIATE takes the write lock before the read.
+        @sa.event.listens_for(engine, "connect")
+        def _no_pysqlite_begin(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn):
+            immediate = conn.get_execution_options().get("write", False)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    return engine
+
+
+def _masked(url: str) -> str:
+    """The URL for messages: a password never reaches a log."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable URL>"
+
+
+def _alembic_config(connection: Any = None) -> Any:
+    """Alembic configured in code (no alembic.ini): the scripts in the package, and the
+    connection env.py runs the migrations on."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_decision_store(url: str, *, engine: Any = None) -> list[str]:
+    """Bring the decision store at `url` to the newest schema (Alembic `upgrade head`), so
+    a schema change ships as a migration that keeps every row, never as a new table.
+
+    The store's opening calls it; run it yourself to migrate before a deploy. Idempotent: a
+    current store is only read. Safe when processes open the store at once: the upgrade runs
+    in one transaction holding the write lock (sqlite: BEGIN IMMEDIATE) or an advisory lock
+    (PostgreSQL: pg_advisory_xact_lock), and re-reads the version under it. A store made
+    before migrations (the table, no alembic_version) is adopted at revision 0001 if its
+    columns are 0001's, else refused; a store at a revision this code does not know (made by
+    a newer release) is refused, and so is one of the hash-chain-less champion_changes era.
+    Refusals write nothing. Returns the revisions applied, oldest first ([] when the store
+    was current)."""
+    import sqlalchemy as sa
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
+    own_engine = engine is None
+    engine = _create_engine(url) if own_engine else engine
+    script = ScriptDirectory.from_config(_alembic_config())
+    heads = set(script.get_heads())
+    try:
+        with engine.connect() as conn:  # read only: the common case writes nothing
+            if set(_current_revisions(conn, script, url)) == heads:
+                return []
+        with engine.connect() as conn, conn.execution_options(write=True).begin():
+            if conn.dialect.name == "postgresql":
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            before = _current_revisions(conn, script, url)  # again: another process may have won
+            if set(before) == heads:
+                return []
+            if not before and sa.inspect(conn).has_table("champion_changes"):
+                raise DecisionStoreError(
+                    f"decision store {_masked(url)} was written by an earlier version of "
+                    "unified-ai (table champion_changes, no hash chain); keep it as an archive and "
+                    "point the project at a new store, or migrate it by hand")
+            config = _alembic_config(conn)
+            if not before and sa.inspect(conn).has_table(TABLE):
+                _require_first_schema(conn, script, url)
+                command.stamp(config, FIRST_REVISION)  # adopt it: rows untouched
+                before = (FIRST_REVISION,)
+            command.upgrade(config, "heads")
+        lower = before[0] if before else "base"
+        return [s.revision for s in reversed(list(script.iterate_revisions("heads", lower)))]
+    finally:
+        if own_engine:
+            engine.dispose()
+
+
+def _current_revisions(conn: Any, script: Any, url: str) -> tuple[str, ...]:
+    """The store's schema revisions; DecisionStoreError for one these scripts do not have:
+    a newer release migrated it, and this code would misread (or damage) its rows."""
+    from alembic.migration import MigrationContext
+
+    current = MigrationContext.configure(conn).get_current_heads()
+    known = {s.revision for s in script.walk_revisions()}
+    unknown = sorted(set(current) - known)
+    if unknown:
+        raise DecisionStoreError(
+            f"decision store {_masked(url)}: its schema is at revision {', '.join(unknown)}, "
+            f"which this version of unified-ai does not know (its newest is "
+            f"{', '.join(sorted(script.get_heads()))}): a newer release migrated it. Run that "
+            "release or a newer one against this store; nothing was written")
+    return tuple(current)
+
+
+def _require_first_schema(conn: Any, script: Any, url: str) -> None:
+    """Adopt a pre-migration table only if it is exactly revision 0001's (columns, their types
+    and nullability, unique keys): stamping anything else would let later migrations and the
+    chain checks run on a schema they were not written for. Fail closed, naming the difference."""
+    import sqlalchemy as sa
+
+    expected = script.get_revision(FIRST_REVISION).module.decision_log(sa.MetaData())
+    inspector = sa.inspect(conn)
+    dialect = conn.dialect
+
+    def shape(type_: Any, nullable: bool) -> str:
+        return f"{type_.compile(dialect=dialect)}{'' if nullable else ' NOT NULL'}"
+
+    want = {c.name: shape(c.type, c.nullable) for c in expected.columns}
+    have = {c["name"]: shape(c["type"], c["nullable"]) for c in inspector.get_columns(TABLE)}
+    differences = [f"missing column {name} ({want[name]})" for name in want if name not in have]
+    differences += [f"unexpected column {name} ({have[name]})" for name in have if name not in want]
+    differences += [f"column {name} is {have[name]}, expected {want[name]}"
+                    for name in want if name in have and have[name] != want[name]]
+    unique = {frozenset(u["column_names"]) for u in inspector.get_unique_constraints(TABLE)}
+    unique |= {frozenset(i["column_names"]) for i in inspector.get_indexes(TABLE) if i["unique"]}
+    expected_unique = [c for c in expected.constraints if isinstance(c, sa.UniqueConstraint)]
+    differences += [f"no unique key on ({', '.join(c.name for c in u.columns)})"
+                    for u in expected_unique if frozenset(c.name for c in u.columns) not in unique]
+    if differences:
+        raise DecisionStoreError(
+            f"decision store {_masked(url)}: table {TABLE} has no schema version and differs "
+            f"from the schema unified-ai created (revision {FIRST_REVISION}): "
+            f"{'; '.join(differences)}. It was not adopted and nothing was written; fix the "
+            "table by hand to match, or point the project at a new store")
