@@ -27,6 +27,21 @@ from unified_assets.settings import load_settings
 s = load_settings()
 print(s.mlflow_tracking_uri); print(s.mlflow_artifact_location)')
 FRESH_STORE=$([ -f "$UNIFIED_AI_HOME/mlflow.db" ] && echo no || echo yes)
+if [ "$FRESH_STORE" = yes ] && [ "$TRACKING_URI" = "sqlite:///$UNIFIED_AI_HOME/mlflow.db" ] \
+    && [ -f .venv/mlflow-store-template.db ]; then
+  # The empty store scripts/setup.sh made for this MLflow version, its Default experiment's
+  # artifacts under this state folder's artifact root.
+  .venv/bin/python - "$UNIFIED_AI_HOME/mlflow.db" "$ARTIFACT_ROOT" <<'EOF'
+import shutil, sqlite3, sys
+store, root = sys.argv[1:]
+shutil.copyfile(".venv/mlflow-store-template.db", store + ".tmp")
+with sqlite3.connect(store + ".tmp") as conn:
+    conn.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                 (root.rstrip("/") + "/0",))
+shutil.move(store + ".tmp", store)
+EOF
+  FRESH_STORE=no
+fi
 MLFLOW_LOG="$UNIFIED_AI_HOME/mlflow-ui.log"
 if .venv/bin/python -c "import socket,sys; sys.exit(socket.socket().connect_ex(('127.0.0.1', $MLFLOW_PORT)) != 0)"; then
   echo "warning: port $MLFLOW_PORT is taken; the MLflow UI will not start (choose another: MLFLOW_PORT=5001)" >&2
