@@ -120,6 +120,11 @@ class DecisionStore(dg.ConfigurableResource):
         self._engine, self._table = engine, table
         return engine, table
 
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: the password masked (messages reach logs and the UI)."""
+        return _masked(self.url)
+
     def _chain_key(self, new_store: bool) -> bytes:
         """The HMAC key: given, or read from (for a new store: created as) the 0600 file
         beside the sqlite file. A key file missing beside a store with rows is an error,
@@ -127,12 +132,12 @@ class DecisionStore(dg.ConfigurableResource):
         if self.chain_key:
             return bytes.fromhex(self.chain_key)
         if self._sqlite_path is None:
-            raise DecisionStoreError(f"decision store {self.url}: no ledger key; set it with "
+            raise DecisionStoreError(f"decision store {self.shown_url}: no ledger key; set it with "
                                      "UNIFIED_AI_LEDGER_KEY (64 hex characters, a secret)")
         path = Path(f"{self._sqlite_path}.key")
         if not path.exists():
             if not new_store:
-                raise DecisionStoreError(f"decision store {self.url}: its ledger key {path} is "
+                raise DecisionStoreError(f"decision store {self.shown_url}: its ledger key {path} is "
                                          "missing; restore it (rows cannot be verified without it)")
             draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
             fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -157,8 +162,10 @@ class DecisionStore(dg.ConfigurableResource):
             raise
         except sa.exc.DBAPIError as error:
             raise DecisionStoreError(
-                f"decision store {self.url}: cannot {doing}: {error.orig}. If the file is "
-                "corrupt, restore it from a backup; nothing was changed") from None
+                f"decision store {self.shown_url}: cannot {doing}: {error.orig}. "
+                + ("If the file is corrupt, restore it from a backup" if self._sqlite_path
+                   else "Check that the database server is up and reachable")
+                + "; nothing was changed") from None
 
     # appending and reading -------------------------------------------------------------
 
@@ -287,7 +294,7 @@ class DecisionStore(dg.ConfigurableResource):
                     conn.exec_driver_sql("SELECT pg_advisory_unlock(%s)", (key,))
                     conn.commit()
         else:
-            raise DecisionStoreError(f"decision store {self.url}: champion changes need a lock "
+            raise DecisionStoreError(f"decision store {self.shown_url}: champion changes need a lock "
                                      f"this database ({engine.dialect.name}) does not offer; "
                                      "use sqlite or PostgreSQL")
 
@@ -313,7 +320,7 @@ class DecisionStore(dg.ConfigurableResource):
             rows = conn.execute(table.select().order_by(table.c.id)).mappings().all()
         prev = GENESIS
         for row in rows:
-            where = f"decision store {self.url}: row {row['id']} ({row['record']})"
+            where = f"decision store {self.shown_url}: row {row['id']} ({row['record']})"
             if row["prev_hash"] != prev:
                 raise AuditError(f"{where} does not follow the row before it: a row was deleted, "
                                  "inserted or reordered there")

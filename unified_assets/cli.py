@@ -313,7 +313,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
     except AuditError as error:
         print(f"audit FAILED: {error}", file=sys.stderr)
         return 1
-    print(f"decision log intact: {rows} rows verified ({store.url})")
+    print(f"decision log intact: {rows} rows verified ({store.shown_url})")
     return 0
 
 

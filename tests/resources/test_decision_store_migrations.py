@@ -303,3 +303,16 @@ def test_first_revision_is_the_previous_schema(dialect: str) -> None:
             str(CreateIndex(index).compile(dialect=target)) for index in table.indexes)
 
     assert ddl(first.decision_log(sa.MetaData())) == ddl(previous_schema(sa.MetaData()))
+
+
+def test_a_store_that_cannot_be_reached_names_it_without_its_password() -> None:
+    """Store errors reach logs and the Dagster UI: the URL is shown, the password never."""
+    from tests.ray.conftest import free_port
+
+    store = DecisionStore(url=f"postgresql+psycopg2://ops:s3cret@127.0.0.1:{free_port()}/d",
+                          chain_key="00" * 32)
+    with pytest.raises(DecisionStoreError) as error:
+        store.events()
+    message = str(error.value)
+    assert "s3cret" not in message and "postgresql+psycopg2://ops:***@127.0.0.1" in message
+    assert "database server is up and reachable" in message and "nothing was changed" in message

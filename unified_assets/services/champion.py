@@ -267,14 +267,14 @@ class ChampionLedger:
             row_id, _, row_hash = anchor.partition(":")
             if not self.store.contains(int(row_id), row_hash):
                 raise AuditError(
-                    f"decision store {self.store.url} lacks row {row_id}, which the registry "
+                    f"decision store {self.store.shown_url} lacks row {row_id}, which the registry "
                     f"recorded as the log head after {model_name}'s last champion change: the "
                     "store was deleted, replaced or cut short; restore it")
         elif not self.store.changes(model_name):
             alias = self.registry.alias_version(model_name, CHAMPION_ALIAS)
             if alias is not None:
                 raise AuditError(
-                    f"decision store {self.store.url} has no history for {model_name}, but "
+                    f"decision store {self.store.shown_url} has no history for {model_name}, but "
                     f"the registry's champion is v{alias}: restore the store that recorded it")
         return rows
 
