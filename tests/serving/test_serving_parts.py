@@ -1,0 +1,181 @@
+"""The pieces of the support workflow without a cluster: request validation, the decision
+rules, per-request placement under each policy rule, the Serve config each part's replicas
+ask Ray for, cases under the approval rules, the generated messages and the store."""
+
+from __future__ import annotations
+
+import pytest
+
+from unified_assets.placement.policy import DEFAULT_POLICY, PlacementPolicy, ProfileRule
+from unified_assets.placement.snapshot import RayCapacity, RayNode
+from unified_assets.serving.decide import (
+    ANSWER,
+    ESCALATE,
+    RETRY,
+    BadRequest,
+    FraudCheck,
+    decide,
+    parse_request,
+)
+from unified_assets.serving.profiles import ServingRules, serving_placement
+from unified_assets.serving.routing import ESCALATE as PLAN_ESCALATE
+from unified_assets.serving.routing import TWIN, WAIT, LiveView, plan_request
+
+RULES = ServingRules()
+GPU_NODE = RayNode("gpu-node-1", "gpu", alive=True, gpus_total=1, gpus_free=1, cpus_total=2)
+HEAD = RayNode("head-node-1", "(no pool label)", alive=True, cpus_total=4, cpus_free=4,
+               is_head=True)
+CUSTOMER = {"customer_id": 7, "refunds": [], "transactions": [
+    {"transaction_id": "t1", "status": "approved", "amount": 10.0},
+    {"transaction_id": "t2", "status": "declined", "amount": 99.0}]}
+
+
+def test_parse_request_accepts_a_numeric_string_id_and_trims_the_message():
+    assert parse_request(b'{"customer_id": "42", "message": "  refund?  "}', RULES) == (42, "refund?")
+    with pytest.raises(BadRequest) as bad:
+        parse_request(b'{"customer_id": true, "message": "hi"}', RULES)
+    assert bad.value.status == 422
+
+
+def _classified(intent: str, confidence: float = 0.95) -> dict:
+    return {"intent": intent, "intents": [intent], "confidence": confidence}
+
+
+@pytest.mark.parametrize("classified, fraud, problem, decision, says", [
+    (_classified("refund_status"), FraudCheck({"t1": 0.1}, "m v1", 1), None, ANSWER, "answered"),
+    (_classified("refund_status", 0.3), FraudCheck({"t1": 0.1}, "m v1", 1), None, ESCALATE,
+     "intent unclear"),
+    (_classified("refund_status"), FraudCheck({"t1": 0.9}, "m v1", 1), None, ESCALATE,
+     "approved payment t1 scored 0.90"),
+    # A declined payment scoring high is the decline working, not a reason to escalate.
+    (_classified("decline_reason"), FraudCheck({"t2": 0.95}, "m v1", 1), None, ANSWER, "answered"),
+    (_classified("refund_status"), FraudCheck(attempts=3, errors=("HTTP 500",)), None, ESCALATE,
+     "after 3 attempt(s): HTTP 500"),
+    (_classified("decline_reason"), FraudCheck({"t1": 0.1}, "m v1", 1), (RETRY, "explainer: waited"),
+     RETRY, "waited"),
+    (_classified("fraud_report"), FraudCheck({"t1": 0.1}, "m v1", 1), None, ESCALATE,
+     "escalate_intents"),
+])
+def test_decisions(classified, fraud, problem, decision, says):
+    outcome = decide(classified, CUSTOMER, fraud, "because", problem, RULES)
+    assert outcome.decision == decision and says in outcome.reason
+
+
+def test_a_fraud_service_that_stays_down_may_be_a_retry_by_rule():
+    rules = ServingRules(on_fraud_unavailable="retry")
+    outcome = decide(_classified("refund_status"), CUSTOMER, FraudCheck(attempts=3), None, None,
+                     rules)
+    assert outcome.decision == RETRY
+
+
+DEPLOYED = {"classify": {"target": "cpu", "where": "cpu", "reason": "cpu profile",
+                         "rule": "profiles.cpu-light"},
+            "retrieve": {"target": "cpu", "where": "cpu", "reason": "cpu profile",
+                         "rule": "profiles.cpu-light"},
+            "explain": {"target": "gpu", "where": "ray pool gpu", "reason": "GPU free",
+                        "rule": "profiles.gpu-training"},
+            "fraud": {"target": "cpu", "where": "cpu", "reason": "cpu profile",
+                      "rule": "profiles.cpu-light"}}
+ALL_UP = {"Classifier": 1, "Retriever": 1, "Explainer": 1, "FraudModel": 1, "SupportIngress": 1}
+
+
+def _policy(on_unavailable: str) -> PlacementPolicy:
+    rule = ProfileRule(targets=("gpu", "cpu") if on_unavailable == "degrade_to_cpu" else ("gpu",),
+                       on_unavailable=on_unavailable)
+    return serving_placement(DEFAULT_POLICY.model_copy(update={"profiles": {
+        **DEFAULT_POLICY.profiles, "gpu-training": rule}}))
+
+
+@pytest.mark.parametrize("rule, action, says", [
+    ("degrade_to_cpu", TWIN, "degraded to cpu"),
+    ("wait", WAIT, "waits by policy"),
+    ("fail_and_escalate", PLAN_ESCALATE, "fail_and_escalate"),
+])
+def test_an_explainer_without_replicas_follows_its_rule(rule, action, says):
+    gone = LiveView({**ALL_UP, "Explainer": 0}, {"Explainer": 1}, (HEAD, GPU_NODE))
+    explain = plan_request(DEPLOYED, gone, _policy(rule))["explain"]
+    assert explain.action == action and says in explain.reason, explain
+    assert "explainer: 0 of 1 replica(s) running" in explain.reason
+    up = plan_request(DEPLOYED, LiveView(ALL_UP, {}, (HEAD, GPU_NODE)), _policy(rule))["explain"]
+    assert (up.action, up.target) == ("call", "gpu")
+
+
+def test_a_cpu_part_without_replicas_waits_within_the_budget():
+    plan = plan_request(DEPLOYED, LiveView({**ALL_UP, "Retriever": 0}), _policy("degrade_to_cpu"))
+    assert plan["retrieve"].action == WAIT and plan["classify"].action == "call"
+
+
+def test_each_part_asks_ray_for_its_profile_and_a_degraded_explainer_for_no_gpu():
+    from unified_assets.serving.deploy import ModelRef, ServingPlan, place_parts, serve_config
+
+    ref = ModelRef("m", "3", "sqlite:///x.db")
+    plan = ServingPlan(fraud_model=ref, intent_model=ref, numeric=["amount"], categorical=[],
+                       audit_path="/tmp/a.jsonl", decisions_url="sqlite:///d.db")
+
+    def options(capacity: RayCapacity) -> dict:
+        placed = place_parts(capacity, DEFAULT_POLICY)
+        config = serve_config(plan, placed, capacity, DEFAULT_POLICY)
+        return {d["name"]: d["ray_actor_options"] for app in config["applications"]
+                for d in app["deployments"]}
+
+    with_gpu = options(RayCapacity(nodes=(HEAD, GPU_NODE)))
+    assert with_gpu["Explainer"]["num_gpus"] == 1
+    assert with_gpu["Explainer"]["label_selector"] == {"unified-ai/pool": "gpu"}
+    for name in ("SupportIngress", "Classifier", "Retriever", "FraudModel"):
+        assert with_gpu[name]["num_gpus"] == 0 and with_gpu[name]["num_cpus"] == 0.25
+        assert with_gpu[name]["label_selector"] == {"unified-ai/pool": "!gpu"}
+    without = options(RayCapacity(nodes=(HEAD,)))
+    assert without["Explainer"]["num_gpus"] == 0
+    assert without["Explainer"]["label_selector"] == {"unified-ai/pool": "!gpu"}
+    # One GPU machine, all of it the GPU pool: CPU parts must not select themselves away.
+    alone = options(RayCapacity(nodes=(GPU_NODE,)))
+    assert "label_selector" not in alone["Classifier"] and alone["Explainer"]["num_gpus"] == 1
+
+
+def test_cases_are_resolved_by_an_approver_once_and_signed_when_required(tmp_path):
+    from resources.decision_store import DecisionStore
+    from tests.policies import write_policy
+    from unified_assets.policy import load_policy
+    from unified_assets.services.identity import new_key_pair, sign
+    from unified_assets.serving.cases import (
+        CASES_MODEL,
+        RESOLVE_ACTION,
+        CaseRefused,
+        list_cases,
+        open_case,
+        resolve_case,
+    )
+
+    store = DecisionStore(url=f"sqlite:///{tmp_path / 'decisions.db'}")
+    case = open_case(store, request_id="abc", reason="fraud report", details={"customer_id": 3})
+    pem, public = new_key_pair()
+    keys = dict.fromkeys(("alice", "bob", "ops", "risk-officer"), public)
+    signed = load_policy(write_policy(tmp_path, {"approval": {
+        "keys": keys, "require_signature": True}}))
+    with pytest.raises(CaseRefused, match="not signed"):
+        resolve_case(store, signed, case, "alice", "done")
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    token = sign(load_pem_private_key(pem, None), action=RESOLVE_ACTION, model=CASES_MODEL,
+                 version=case, actor="alice", reason="card blocked")
+    with pytest.raises(CaseRefused, match="signed for reason"):
+        resolve_case(store, signed, case, "alice", "something else", token=token)
+    closed = resolve_case(store, signed, case, "alice", "card blocked", token=token)
+    assert (closed.status, closed.resolved_by) == ("resolved", "alice")
+    with pytest.raises(CaseRefused, match="already resolved"):
+        resolve_case(store, signed, case, "alice", "card blocked", token=token)
+    assert [c.status for c in list_cases(store)] == ["resolved"]
+    # Cases never look like approvals to the approval sensor (kind `decision` from the CLI).
+    assert not [e for e in store.events() if e["kind"] == "decision"]
+
+
+def test_messages_and_store_are_the_same_for_the_same_seed():
+    from unified_assets.serving.customers import StoreSpec, build_store
+    from unified_assets.serving.messages import generate_messages
+
+    assert generate_messages(20, 5, seed=3) == generate_messages(20, 5, seed=3)
+    assert generate_messages(20, 5, seed=3) != generate_messages(20, 5, seed=4)
+    spec = StoreSpec(customers=20)
+    first, again = build_store(spec).lookup(11), build_store(spec).lookup(11)
+    assert first == again and len(first["transactions"]) == 8
+    assert build_store(spec).lookup(21) is None
