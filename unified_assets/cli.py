@@ -403,6 +403,106 @@ def _k8s_manifests(args: argparse.Namespace) -> int:
     return 0
 
 
+# serving (issue 15): ask the support workflow, list and resolve its escalated cases --------
+
+
+def _ask(args: argparse.Namespace) -> int:
+    """POST the question to the deployed support workflow and print its answer and path."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from unified_assets.settings import load_settings
+
+    url = args.url
+    if not url:
+        endpoint = load_settings().home / "serving" / "endpoint.json"
+        if not endpoint.exists():
+            print(f"unified-ai ask: nothing is served from this home ({endpoint} is missing): "
+                  "materialize `serving` (job deploy_serving), or pass --url", file=sys.stderr)
+            return 1
+        url = json.loads(endpoint.read_text())["url"]
+    body = json.dumps({"customer_id": args.customer, "message": args.message}).encode()
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout) as response:
+            status, answer = response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        status, answer = error.code, json.loads(error.read() or b"{}")
+    except OSError as error:
+        print(f"unified-ai ask: {url} does not answer ({error})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    elif "error" in answer:
+        print(f"refused (HTTP {status}): {answer['error']}")
+    else:
+        print(_render_answer(answer))
+    return 0 if status == 200 else (3 if status == 503 else 1)
+
+
+def _render_answer(answer: dict) -> str:
+    lines = [f"decision: {answer['decision']} ({answer['reason']})",
+             f"intent:   {', '.join(answer.get('intents') or [])} "
+             f"(confidence {answer.get('confidence') or 0:.2f})",
+             f"answer:   {answer.get('answer')}"]
+    if answer.get("case_id"):
+        lines.append(f"case:     {answer['case_id']} (a person answers: unified-ai cases)")
+    versions = "; ".join(f"{k} {v}" for k, v in sorted(answer.get("model_versions", {}).items()))
+    lines.append(f"models:   {versions or 'none'}")
+    lines.append("path:")
+    for part in answer.get("placements", []):
+        ran = part.get("ran_on") or {}
+        where = f"node {ran['node']}" + (f" gpu {','.join(ran['gpu_ids'])}" if ran.get("gpu_ids")
+                                          else "") if ran else part.get("where", "-")
+        device = f" {part['device']}" if part.get("device") else ""
+        state = "ok" if part.get("ok") else f"FAILED {part.get('error', '')}"
+        lines.append(f"  {part['part']:9s} {part.get('target', '-'):4s} {where}{device}  "
+                     f"{part.get('latency_ms', 0):.0f} ms  {state}  ({part.get('reason', '')})")
+    if answer.get("fallbacks"):
+        lines.append(f"fallbacks: {'; '.join(answer['fallbacks'])}")
+    lines.append(f"request {answer['request_id']} in {answer['latency_ms']:.0f} ms")
+    return "\n".join(lines)
+
+
+def _cases(args: argparse.Namespace) -> int:
+    from unified_assets.serving.cases import list_cases
+
+    _, resources, _ = _context()
+    cases = list_cases(resources["decisions"], None if args.all else "open")
+    if not cases:
+        print("no open cases" if not args.all else "no cases")
+    for case in cases:
+        done = f"  resolved by {case.resolved_by}: {case.answer}" if case.status == "resolved" \
+            else ""
+        print(f"{case.case_id}  {case.opened_at:%Y-%m-%d %H:%M:%S}  {case.status:8s} customer "
+              f"{case.customer_id}  {', '.join(case.details.get('intents', []))}: "
+              f"{case.details.get('message', '')!r}  because: {case.reason}{done}")
+    return 0
+
+
+def _cases_resolve(args: argparse.Namespace) -> int:
+    from unified_assets.services.identity import IdentityError, sign
+    from unified_assets.serving.cases import CASES_MODEL, RESOLVE_ACTION, CaseRefused, resolve_case
+
+    _, resources, _ = _context()
+    try:
+        key = _signing_key(args)
+        token = sign(key, action=RESOLVE_ACTION, model=CASES_MODEL, version=args.case_id,
+                     actor=args.by, reason=args.answer) if key is not None else None
+        case = resolve_case(resources["decisions"], resources["policy"].policy, args.case_id,
+                            args.by, args.answer, token=token, source="cli")
+    except IdentityError as error:
+        print(f"cannot sign: {error}", file=sys.stderr)
+        return 1
+    except CaseRefused as refused:
+        print(f"refused (recorded): {refused}", file=sys.stderr)
+        return 1
+    print(f"{case.case_id} resolved by {case.resolved_by}: {case.answer}")
+    return 0
+
+
 EPILOG = """\
 start here:
   bash scripts/dev.sh                     the Dagster UI, running the lifecycle by itself
@@ -412,6 +512,9 @@ start here:
 decide and audit:
   unified-ai pending | approve V | reject V | rollback   (--by NAME --reason TEXT)
   unified-ai history | audit verify | incidents
+serve:
+  unified-ai ask "where is my refund?" --customer 42   the deployed support workflow
+  unified-ai cases | cases resolve ID --by NAME --answer TEXT
 `unified-ai COMMAND --help` for a command's options."""
 
 
@@ -529,6 +632,26 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--image", default="unified-ai:latest")
             sub.add_argument("--instance-config", default="deploy/dagster.yaml",
                              help="dagster.yaml whose K8sRunLauncher config the jobs follow")
+    # serving (issue 15) ------------------------------------------------------------------
+    ask = commands.add_parser("ask", help="ask the deployed support workflow (POST /support)")
+    ask.add_argument("message")
+    ask.add_argument("--customer", required=True, type=int, help="customer id")
+    ask.add_argument("--url", default=None,
+                     help="the /support URL (default: what `serving` last deployed from this home)")
+    ask.add_argument("--timeout", type=float, default=60.0)
+    ask.add_argument("--json", action="store_true", help="print the whole JSON answer")
+    ask.set_defaults(run=_ask)
+    cases = commands.add_parser("cases", help="escalated support requests (open ones by default)")
+    cases.add_argument("--all", action="store_true", help="resolved cases too")
+    cases.set_defaults(run=_cases)
+    case_commands = cases.add_subparsers(dest="cases_command")
+    resolve = case_commands.add_parser("resolve", help="close a case with an answer (an approver, "
+                                       "signed like approvals)")
+    resolve.add_argument("case_id")
+    resolve.add_argument("--by", required=True, help="who answers (an approver in the policy)")
+    resolve.add_argument("--answer", required=True)
+    resolve.add_argument("--key", default=None, help=key_help)
+    resolve.set_defaults(run=_cases_resolve)
     return parser
 
 
