@@ -354,7 +354,12 @@ def _plan_for(args: argparse.Namespace):
 
         snapshot = load_cluster_file(args.cluster)
     else:
-        snapshot = take_snapshot(kubernetes=settings.deployment == "kubernetes")
+        from sensors.retrain import ray_address_of
+
+        # The capacity the job's steps will meet: the Ray cluster's on the ray executor, the
+        # Kubernetes cluster's on the k8s executor, else this host's.
+        snapshot = take_snapshot(kubernetes=settings.executor == "k8s",
+                                 ray_address=ray_address_of(job))
     policy = defs.resources["policy"].policy.placement
     return job, plan(requirements, snapshot, policy)
 

@@ -351,3 +351,18 @@ def test_pool_limits_come_from_the_ray_cluster_not_this_host(
         assert "did not answer" in skipped.skip_message
         assert {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()
                 if not p.from_default} == limits
+
+
+def test_plan_on_the_ray_deployment_plans_against_the_ray_cluster(
+        ray_cluster: RayTestCluster, tmp_path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """`unified-ai plan` with UNIFIED_AI_DEPLOYMENT=ray reads the Ray cluster's capacity, as
+    the run will meet it: the GPU step goes to the GPU pool though this host has no GPU."""
+    from unified_assets.cli import main
+
+    monkeypatch.setenv("UNIFIED_AI_DEPLOYMENT", "ray")
+    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(tmp_path))
+    assert main(["plan", "--rows", "50000"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert " gpu " in rows["model_torch"] and "ray pool gpu" in rows["model_torch"]
+    assert " cpu " in rows["model_sklearn"]
