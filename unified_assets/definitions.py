@@ -34,12 +34,22 @@ from unified_assets.assets.models import build_model_asset
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.quality_report import REPORT_TAG, build_quality_report_asset
 from unified_assets.assets.selection import build_challenger
+
+# serving (issue 15): the champion and the support workflow on Ray Serve
+from unified_assets.assets.serving import (
+    build_serving_sensor,
+    deploy_serving_job,
+    resolve_support_case_job,
+    serving,
+    support_intent_model,
+)
 from unified_assets.assets.training import training_set
 from unified_assets.candidates import Candidate, resolve_candidates
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
 from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from unified_assets.run_tags import TRIGGER_TAG, started_because
+from unified_assets.serving.resource import ServingTarget
 from unified_assets.settings import Settings, load_settings, policy_choice
 
 GPU_SLOTS = 1
@@ -245,6 +255,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     resources["policy"] = PolicyResource(path=policy_path)
     resources["escalation"] = Escalation()
     resources[APPROVAL_INPUT] = approval_if_any
+    # serving: RAY_ADDRESS's cluster, else a Ray instance on this machine started on demand
+    resources["serving_target"] = ServingTarget(home=str(settings.home),
+                                                ray_address=settings.ray_address)
     schedules = []
     if policy.drift.retrain_cron:
         schedules.append(dg.ScheduleDefinition(
@@ -255,9 +268,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ))
     candidates = resolve_candidates(settings.candidates)
     return dg.Definitions(
-        assets=[*SHARED_ASSETS, *candidate_assets(candidates)],
+        assets=[*SHARED_ASSETS, *candidate_assets(candidates), support_intent_model, serving],
         schedules=schedules,
-        jobs=[ingest_job, labels_job, lifecycle_job, approval_job, rollback_job],
+        jobs=[ingest_job, labels_job, lifecycle_job, approval_job, rollback_job,
+              deploy_serving_job, resolve_support_case_job],
         sensors=[
             build_landing_sensor(ingest_job),
             build_labels_sensor(labels_job),
@@ -265,6 +279,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_approval_sensor(approval_job),
             build_drift_sensor(lifecycle_job),
             run_failure_incidents,
+            build_serving_sensor(deploy_serving_job),
             build_pool_limits_sensor(
                 settings.executor == "k8s",
                 (settings.ray_address or "") if settings.executor == "ray" else None),

@@ -1,0 +1,269 @@
+"""Serving group: the intent model of the support workflow and the `serving` deployment of
+the champion and the workflow to Ray Serve; the sensor that keeps serving on the champion;
+and the job a person closes an escalated case with from the UI.
+
+`serving` is its own group rather than part of `deployment`: the lifecycle job selects the
+deployment group, and every lifecycle run (the demo, the tests) would then start Ray. The
+champion is followed instead by `serving_follows_champion`, which redeploys after every
+promotion or rollback once serving has been deployed (see its description)."""
+
+import json
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from resources import DatasetResource, MlflowRegistry, PolicyResource
+from resources.decision_store import DecisionStore
+from unified_assets.compute import CPU_LIGHT
+from unified_assets.metadata import OWNERS, markdown_table
+from unified_assets.run_tags import started_because
+from unified_assets.services.refusals import refused
+from unified_assets.serving.resource import ServingTarget
+
+SERVING_GROUP = "serving"
+SERVING_KEY = dg.AssetKey("serving")
+CHAMPION_VERSION = "champion_version"  # metadata key on `serving`: the version it serves
+MANUAL = started_because("manual")
+
+
+class IntentModelConfig(dg.Config):
+    per_intent: int = Field(default=400, ge=20, description="Generated messages per intent.")
+    pairs: int = Field(default=150, ge=0, description="Two-intent messages per pair of intents.")
+    seed: int = Field(default=11, description="Seed of the message generator.")
+    c: float = Field(default=8.0, gt=0, description="Inverse L2 strength of each regression.")
+
+
+@dg.asset(
+    group_name=SERVING_GROUP,
+    kinds={"scikit-learn", "mlflow"},
+    owners=OWNERS,
+    description=(
+        "The support workflow's intent classifier (refund status, decline reason, fraud "
+        "report, other): TF-IDF and one logistic regression per intent, trained on seeded "
+        "generated support messages and registered in MLflow as `support-intent`. The same "
+        "messages give the same model: an unchanged one reuses its registered version."
+    ),
+    **CPU_LIGHT.asset_kwargs(),
+)
+def support_intent_model(context: dg.AssetExecutionContext, config: IntentModelConfig,
+                         mlflow_registry: MlflowRegistry) -> dg.Output[dict]:
+    from importlib.metadata import version as installed
+
+    from unified_assets.serving.intent_model import (
+        CONTENT_HASH_TAG,
+        FAMILY,
+        MODEL_NAME,
+        IntentParams,
+        train_intent_model,
+    )
+
+    trained = train_intent_model(IntentParams(**config.model_dump()))
+    client = mlflow_registry.client()
+    existing = [v for v in client.search_model_versions(f"name='{MODEL_NAME}'")
+                if v.tags.get(CONTENT_HASH_TAG) == trained.content_hash]
+    if existing:
+        version, reused = str(max(int(v.version) for v in existing)), True
+    else:
+        registered = mlflow_registry.log_candidate(
+            model_name=MODEL_NAME, family=FAMILY, flavor="pyfunc", model=trained.model,
+            params=config.model_dump(), metrics=trained.metrics,
+            tags={CONTENT_HASH_TAG: trained.content_hash, "dagster_run_id": context.run_id},
+            pip_requirements=[f"scikit-learn=={installed('scikit-learn')}", "pandas"])
+        version, reused = registered.version, False
+    ref = {"name": MODEL_NAME, "version": version, "tracking_uri": mlflow_registry.tracking_uri}
+    return dg.Output(ref, metadata={
+        "model_version": dg.MetadataValue.text(version),
+        "reused_version": dg.MetadataValue.bool(reused),
+        "content_hash": dg.MetadataValue.text(trained.content_hash),
+        **{k: dg.MetadataValue.float(round(v, 4)) for k, v in trained.metrics.items()},
+    })
+
+
+class ServingConfig(dg.Config):
+    http_host: str = Field(default="127.0.0.1", description="Where Serve's HTTP proxy listens "
+                           "(0.0.0.0 to accept other machines).")
+    http_port: int = Field(default=8000, description="Serve's HTTP port (set once per Ray instance).")
+    fraud_url: str = Field(default="", description="The fraud service's URL as the workflow "
+                           "calls it; empty: /fraud behind the same proxy.")
+    replicas: dict[str, int] = Field(default_factory=dict, description="Replicas per part "
+                                     "(ingress, classify, retrieve, explain, fraud); 1 each.")
+    customers: int = Field(default=500, ge=1, description="Customers in the retrieval store.")
+    store_seed: int = Field(default=7, description="Seed of the retrieval store.")
+    min_intent_confidence: float = Field(default=0.5, ge=0, le=1)
+    escalate_risk: float = Field(default=0.6, ge=0, le=1)
+    fraud_timeout_s: float = Field(default=2.0, gt=0)
+    fraud_attempts: int = Field(default=3, ge=1)
+    latency_budget_s: float = Field(default=2.0, ge=0)
+    timeout_s: float = Field(default=600.0, gt=0, description="How long the deployment may take.")
+
+    def rules(self):
+        from unified_assets.serving.profiles import ServingRules
+
+        return ServingRules(**self.model_dump(include={
+            "min_intent_confidence", "escalate_risk", "fraud_timeout_s", "fraud_attempts",
+            "latency_budget_s"}))
+
+
+@dg.asset(
+    group_name=SERVING_GROUP,
+    deps=["production_model"],
+    kinds={"ray"},
+    owners=OWNERS,
+    description=(
+        "The champion and the support workflow on Ray Serve (RAY_ADDRESS, or a Ray instance "
+        "started on this machine): `POST /support` classifies the request (CPU), retrieves "
+        "the customer's payments, explains the fraud model's score (GPU profile, CPU when the "
+        "policy degrades it), checks fraud with the champion as its own service (HTTP, "
+        "timeout, retries) and answers, retries or escalates to a case. Metadata: the version "
+        "served, replicas and where each part was placed and why. Redeployed after every "
+        "champion change by `serving_follows_champion`."
+    ),
+    **CPU_LIGHT.asset_kwargs(),
+)
+def serving(context: dg.AssetExecutionContext, config: ServingConfig, support_intent_model: dict,
+            decisions: DecisionStore, mlflow_registry: MlflowRegistry, dataset: DatasetResource,
+            policy: PolicyResource, serving_target: ServingTarget) -> dg.MaterializeResult:
+    from unified_assets.placement.ray_capacity import fetch_ray_capacity
+    from unified_assets.services.champion import ChampionLedger
+    from unified_assets.serving.deploy import (
+        DeployError,
+        ModelRef,
+        ServingPlan,
+        deploy,
+        place_parts,
+        replicas,
+        serve_config,
+    )
+    from unified_assets.serving.profiles import PARTS
+
+    spec = dataset.spec
+    champion = ChampionLedger(decisions, mlflow_registry).champion(spec.name)
+    if champion is None:
+        raise refused(f"nothing to serve: {spec.name} has no champion yet")
+    dashboard = serving_target.dashboard()
+    capacity = fetch_ray_capacity(dashboard, timeout=60)
+    placement = policy.policy.placement
+    placed = place_parts(capacity, placement)
+    plan = ServingPlan(
+        fraud_model=ModelRef(spec.name, champion, mlflow_registry.tracking_uri),
+        intent_model=ModelRef(**support_intent_model),
+        numeric=list(spec.numeric_features), categorical=list(spec.categorical_features),
+        audit_path=str(serving_target.audit_path),
+        # A sqlite store is a local file; any other URL is a secret the replicas read from
+        # their own environment (UNIFIED_AI_DECISIONS_URL), never from the Serve config.
+        decisions_url=decisions.url if decisions.url.startswith("sqlite") else None,
+        store={"seed": config.store_seed, "customers": config.customers, "per_customer": 8},
+        rules=config.rules(), http_host=config.http_host, http_port=config.http_port,
+        fraud_url=config.fraud_url or None,
+        replicas={part: config.replicas.get(part, 1) for part in PARTS})
+    serve = serve_config(plan, placed, capacity, placement)
+    try:
+        details = deploy(dashboard, serve, timeout_s=config.timeout_s)
+    except DeployError as error:
+        raise dg.Failure(str(error)) from None
+    endpoint = {"url": plan.support_url, "dashboard": dashboard, CHAMPION_VERSION: champion,
+                "model": spec.name, "intent_version": plan.intent_model.version}
+    serving_target.folder.mkdir(parents=True, exist_ok=True)
+    serving_target.endpoint_file.write_text(json.dumps(endpoint, indent=2))
+    rows = replicas(details)
+    context.log.info(f"serving {spec.name} v{champion} at {plan.support_url} "
+                     f"({len(rows)} replicas)")
+    return dg.MaterializeResult(metadata={
+        CHAMPION_VERSION: dg.MetadataValue.text(champion),
+        "model": dg.MetadataValue.text(spec.name),
+        "intent_model_version": dg.MetadataValue.text(plan.intent_model.version),
+        "endpoint": dg.MetadataValue.url(plan.support_url),
+        "ray_dashboard": dg.MetadataValue.url(dashboard),
+        "replicas": dg.MetadataValue.int(len(rows)),
+        "replicas_detail": markdown_table(rows, ["app", "deployment", "state", "node"]),
+        "placement": markdown_table(
+            [{"part": part, "target": d.target, "where": d.where, "fallback": d.fallback,
+              "reason": d.reason} for part, d in placed.items()],
+            ["part", "target", "where", "fallback", "reason"]),
+        "placement_explain": dg.MetadataValue.text(
+            f"{placed['explain'].target}: {placed['explain'].reason}"),
+        "capacity": dg.MetadataValue.text(_capacity_summary(capacity)),
+        "serve_config": dg.MetadataValue.json(_redacted(serve)),
+    })
+
+
+def _capacity_summary(capacity: Any) -> str:
+    pools = capacity.pools()
+    return "; ".join(f"{pool or 'unlabelled'}: {row['nodes']:g} node(s), {row['gpus_total']:g} "
+                     f"GPU(s), {row['cpus_total']:g} CPU(s)" for pool, row in pools.items()) \
+        or "no live node"
+
+
+def _redacted(config: dict) -> dict:
+    """The Serve config as metadata, without the placement policy's bulk."""
+    out = json.loads(json.dumps(config))
+    for app in out["applications"]:
+        for deployment in app["deployments"]:
+            deployment["user_config"].pop("placement_policy", None)
+    return out
+
+
+deploy_serving_job = dg.define_asset_job(
+    "deploy_serving", selection=[support_intent_model, serving], tags=MANUAL,
+    description="Deploy the champion and the support workflow to Ray Serve (the intent model "
+    "is trained again only when its messages changed).")
+
+
+def build_serving_sensor(job: Any = deploy_serving_job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="serving_follows_champion",
+        job=job,
+        minimum_interval_seconds=15,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Once `serving` has been deployed, redeploys it whenever the champion "
+        "(the ledger's, after a promotion or a rollback) differs from the version it serves. "
+        "Until the first deployment it does nothing, so no Ray instance starts by itself.",
+    )
+    def serving_follows_champion(context: dg.SensorEvaluationContext, decisions: DecisionStore,
+                                 dataset: DatasetResource):
+        from unified_assets.services.champion import LedgerState
+
+        event = context.instance.get_latest_materialization_event(SERVING_KEY)
+        if event is None or event.asset_materialization is None:
+            return dg.SkipReason("serving was never deployed: materialize `serving` (job "
+                                 "deploy_serving) once, and it follows the champion from then on")
+        entry = event.asset_materialization.metadata.get(CHAMPION_VERSION)
+        served = str(entry.value) if entry is not None else None
+        model = dataset.spec.name
+        state = LedgerState(decisions.changes(model))
+        if state.champion is None or state.champion == served:
+            return dg.SkipReason(f"serving v{served}, the champion of {model}")
+        reason = f"champion of {model} is v{state.champion}, serving v{served}"
+        return dg.RunRequest(run_key=f"serving:{model}:change-{state.last_seq}:v{state.champion}",
+                             tags=started_because("champion-change", reason))
+
+    return serving_follows_champion
+
+
+class ResolveCaseConfig(dg.Config):
+    case_id: str = Field(description="The case to close (`unified-ai cases`).")
+    by: str = Field(default="", description="Who answers; an approver under the policy.")
+    answer: str = Field(default="", description="The answer given to the customer.")
+    token: str = Field(default="", description="`unified-ai sign approve CASE --model "
+                       "unified-ai/support-cases --by NAME --reason ANSWER`; required when the "
+                       "policy requires signatures.")
+
+
+@dg.op(description="Close an escalated support case with an answer, under the approval rules.")
+def resolve_case_op(context: dg.OpExecutionContext, config: ResolveCaseConfig,
+                    decisions: DecisionStore, policy: PolicyResource) -> None:
+    from unified_assets.serving.cases import CaseRefused, resolve_case
+
+    try:
+        case = resolve_case(decisions, policy.policy, config.case_id.strip(), config.by.strip(),
+                            config.answer, token=config.token.strip() or None, source="ui")
+    except CaseRefused as why:
+        raise refused(f"case not resolved (refusal recorded): {why}") from None
+    context.log.info(f"{case.case_id} resolved by {case.resolved_by}")
+
+
+@dg.job(name="resolve_support_case", tags=MANUAL,
+        description="Close an escalated support case (as `unified-ai cases resolve`).")
+def resolve_support_case_job() -> None:
+    resolve_case_op()
