@@ -1,0 +1,63 @@
+"""One production stack per test session: `scripts/stack.sh up` on free loopback ports in a new
+state folder, `down` at the end (a test may have run it already: down is safe twice)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.policies import write_policy
+from tests.stack.stack import Stack, stack_sh
+
+# Left out of the script's environment: a developer's own deployment settings must not leak in.
+FOREIGN = ("UNIFIED_AI_", "DAGSTER_", "MLFLOW_", "AWS_")
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def stack_env() -> Iterator[dict[str, str]]:
+    """The environment `scripts/stack.sh` runs with, its state folder in /tmp: under root the
+    postgres user must reach the data folder, and pytest's own temp root is mode 700."""
+    folder = Path(tempfile.mkdtemp(prefix="uai-stack-"))
+    folder.chmod(0o711)
+    # The shipped rules, but the first deployment waits for a person: the approval comes
+    # from the CLI, signed with the stack's decider key.
+    policy = write_policy(folder, {"approval": {"require_human_when": {"first_deployment": True}}},
+                          name="base-policy.yaml")
+    web, grpc, mlflow, s3, pg = free_ports(5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
+    env |= {"UNIFIED_AI_STACK_DIR": str(folder / "stack"), "UNIFIED_AI_POLICY": str(policy),
+            "PORT": str(web), "GRPC_PORT": str(grpc), "MLFLOW_PORT": str(mlflow),
+            "S3_PORT": str(s3), "PG_PORT": str(pg), "STACK_TIMEOUT": "240"}
+    yield env
+    stack_sh("down", env)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env: dict[str, str]) -> Stack:
+    up = stack_sh("up", stack_env)
+    assert up.returncode == 0, f"stack.sh up failed:\n{up.stdout}\n{up.stderr}"
+    stack = Stack(Path(stack_env["UNIFIED_AI_STACK_DIR"]), stack_env)
+    # Evidently's reports are for people: no gate reads them and nothing waits for them, but
+    # each costs a process and tens of seconds of CPU. On 2 cores they would take the CPU
+    # from the lifecycle under test, so an operator's `dagster sensor stop` turns them off.
+    stopped = stack.dagster("sensor", "stop", "report_automation")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    return stack
