@@ -227,13 +227,22 @@ def build_pool_limits_sensor(kubernetes: bool, ray_address: str | None = None
         except OSError as error:  # Ray's dashboard unreachable: keep the limits there are
             return dg.SkipReason(f"pool limits left as they are: the Ray cluster at "
                                  f"{ray_address} did not answer ({error})")
+        source = "this machine"  # named in every note: which capacity the pools follow
+        if ray_address is not None:
+            from unified_assets.placement.ray_executor import dashboard_address
+
+            source = f"the Ray cluster at {dashboard_address(ray_address)}"
+        elif kubernetes:
+            source = "the Kubernetes cluster and the policy"
         ours, notes = apply_pool_limits(context.instance, wanted,
                                         json.loads(context.cursor or "{}"))
+        notes = [f"{note} (from {source})" for note in notes]
         for note in notes:
             context.log.info(note)
         summary = ", ".join(f"{pool} {slots}" for pool, slots in sorted(wanted.items()))
         return dg.SensorResult(cursor=json.dumps(ours, sort_keys=True),
-                               skip_reason="; ".join(notes) or f"pools as derived: {summary}")
+                               skip_reason="; ".join(notes)
+                               or f"pools as derived from {source}: {summary}")
 
     return pool_limits
 

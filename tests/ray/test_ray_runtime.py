@@ -343,7 +343,8 @@ def test_pool_limits_come_from_the_ray_cluster_not_this_host(
             sensor = build_pool_limits_sensor(False, address)
             return sensor(dg.build_sensor_context(instance=instance, resources={"policy": policy}))
 
-        tick(ray_cluster.address)
+        first = tick(ray_cluster.address)
+        assert f"(from the Ray cluster at {ray_cluster.address})" in first.skip_reason.skip_message
         limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()
                   if not p.from_default}
         assert limits == {"light-pool": 8, "cpu-pool": 2, "gpu-pool": 1}
