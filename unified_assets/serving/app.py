@@ -212,6 +212,10 @@ class FraudModel:
         return self.core.explain(payments)
 
 
+def _import_store() -> None:
+    import resources.decision_store  # noqa: F401
+
+
 async def _awaited(response: Any) -> Any:
     return await response
 
@@ -231,12 +235,19 @@ class SupportIngress:
         self.store: Any = None
         self.served_by = ran_on()
         self.refresher = asyncio.get_running_loop().create_task(self._refresh_forever())
+        # The decision store (dagster, sqlalchemy, alembic) is imported now, in the
+        # background, rather than by the first escalated request (seconds).
+        self.warm = asyncio.get_running_loop().create_task(asyncio.to_thread(_import_store))
 
     def reconfigure(self, config: dict) -> None:
-        from unified_assets.placement.policy import PlacementPolicy
+        from unified_assets.placement.policy import DEFAULT_POLICY, PlacementPolicy
+        from unified_assets.serving.profiles import serving_placement
 
         self.rules = ServingRules(**config["rules"])
-        self.placement = PlacementPolicy.model_validate(config["placement_policy"])
+        # The policy's placement rules as the deployment read them; a hand-written config
+        # (deploy/ray/rayservice.yaml) may leave them out: the shipped rules then apply.
+        self.placement = (PlacementPolicy.model_validate(config["placement_policy"])
+                          if config.get("placement_policy") else serving_placement(DEFAULT_POLICY))
         self.deployed: dict[str, dict] = config["placements"]
         if config.get("decisions_url") != self.config.get("decisions_url"):
             self.store = None

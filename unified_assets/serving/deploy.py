@@ -314,18 +314,42 @@ def ensure_local_ray(home: Path, num_cpus: int | None = None) -> str:
         command.append(f"--num-cpus={num_cpus}")
     if devices:
         command.append(f"--labels={POOL_LABEL}={GPU_NODE_POOL}")
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
-    if done.returncode:
+    # Its own process group: every process of this instance (daemons, replicas) can be
+    # stopped together (`stop_local_ray`), and no other Ray on the machine with it.
+    starter = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True,
+                               env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    output, _ = starter.communicate(timeout=300)
+    if starter.returncode:
         raise DeployError(f"could not start a local Ray instance ({' '.join(command)}): "
-                          f"{(done.stderr or done.stdout).strip()[-1500:]}")
+                          f"{output.strip()[-1500:]}")
     dashboard = f"http://127.0.0.1:{port}"
     state_file.parent.mkdir(parents=True, exist_ok=True)
     state_file.write_text(json.dumps({"dashboard": dashboard, "gcs": f"127.0.0.1:{gcs}",
-                                      "temp_dir": str(temp_dir)}))
+                                      "temp_dir": str(temp_dir), "pgid": starter.pid}))
     deadline = time.monotonic() + 60
     while not _answers(dashboard):
         if time.monotonic() > deadline:
             raise DeployError(f"the local Ray instance's dashboard {dashboard} does not answer")
         time.sleep(0.5)
     return dashboard
+
+
+def stop_local_ray(home: Path) -> bool:
+    """Stop the local Ray instance `ensure_local_ray` started for this home (its process
+    group only); False when there is none."""
+    import signal
+
+    state_file = home / "serving" / "ray.json"
+    if not state_file.exists():
+        return False
+    state = json.loads(state_file.read_text())
+    try:
+        os.killpg(int(state["pgid"]), signal.SIGTERM)
+        time.sleep(2)
+        os.killpg(int(state["pgid"]), signal.SIGKILL)
+    except (ProcessLookupError, KeyError):
+        pass
+    state_file.unlink()
+    shutil.rmtree(state.get("temp_dir", ""), ignore_errors=True)
+    return True

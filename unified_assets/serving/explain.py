@@ -185,7 +185,11 @@ def describe(payment: dict, score: float, contributions: dict[str, float], model
     risky = sorted(((v, f) for f, v in contributions.items() if v > 0 and math.isfinite(v)),
                    reverse=True)[:TOP_REASONS]
     risk = "under 1%" if score < 0.01 else f"{score:.0%}"
-    head = f"{what}{where} on {when} scored a fraud risk of {risk} ({model_label})."
+    if payment.get("status") == "declined":
+        head = (f"{what}{where} on {when} was declined; the fraud model ({model_label}) rates "
+                f"its risk at {risk}.")
+    else:
+        head = f"{what}{where} on {when} scored a fraud risk of {risk} ({model_label})."
     if not risky:
         return head + " No single feature raised the risk much."
     reasons = [reason(f, payment.get(f), payment) for _, f in risky]
