@@ -36,19 +36,18 @@ descendants() {  # every process below $1, those in sessions of their own too (R
   done
 }
 
-stop_node() {  # stop_node NAME SIGNAL: the node's `ray start --block` and all below it
+stop_node() {  # stop_node NAME SIGNAL: the node's `ray start --block`, its process group
+  # (what it started, even once orphaned) and all below it (steps run in sessions of their own)
   local pid pids
   pid=$(node_pid "$1")
   [ -n "$pid" ] || return 0
-  if kill -0 "$pid" 2>/dev/null; then
-    pids="$pid $(descendants "$pid")"
+  pids="$(descendants "$pid") $(pgrep -g "$pid" || true)"
+  # shellcheck disable=SC2086
+  kill "-$2" -- "-$pid" $pids 2>/dev/null || true
+  if [ "$2" != KILL ]; then
+    for _ in $(seq 1 20); do pgrep -g "$pid" >/dev/null || break; sleep 0.5; done
     # shellcheck disable=SC2086
-    kill "-$2" $pids 2>/dev/null || true
-    if [ "$2" != KILL ]; then
-      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      # shellcheck disable=SC2086
-      kill -KILL $pids 2>/dev/null || true
-    fi
+    kill -KILL -- "-$pid" $pids 2>/dev/null || true
   fi
   rm -f "$RUN/$1.pid"
 }
@@ -99,9 +98,9 @@ case "${1:-}" in
       --object-store-memory=200000000 --temp-dir="$TEMP_DIR" --disable-usage-stats \
       >"$RUN/head.log" 2>&1 &
     echo $! >"$RUN/head.pid"
-    wait_nodes 1 head
+    wait_nodes 1 head || { stop_node head KILL; exit 1; }
     start_gpu_node
-    wait_nodes 2 gpu
+    wait_nodes 2 gpu || { stop_node gpu KILL; stop_node head TERM; exit 1; }
     echo "Ray cluster up: CPU head + 1 GPU-pool worker (1 logical GPU). Dashboard $ADDRESS"
     echo "export UNIFIED_AI_DEPLOYMENT=ray RAY_ADDRESS=$ADDRESS"
     ;;
