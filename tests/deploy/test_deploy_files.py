@@ -403,3 +403,19 @@ def test_gke_command_matches_gpu_profile():
     for key, value in selector.items():
         assert f"--node-labels={key}={value}" in text
     assert f"--node-taints={GPU_TAINT_KEY}=present:NoSchedule" in text
+
+
+def test_postgres_storage_names_the_installed_driver():
+    """SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which the project does not
+    install (dagster-postgres brings psycopg2): without a scheme every Postgres instance fails
+    to open (found by running the production stack)."""
+    import importlib.util
+
+    import sqlalchemy as sa
+
+    instance = yaml.safe_load((DEPLOY / "dagster.yaml").read_text())
+    scheme = instance["storage"]["postgres"]["postgres_db"]["scheme"]
+    helm = yaml.safe_load((DEPLOY / "helm" / "values.yaml").read_text())
+    assert helm["postgresql"]["postgresqlScheme"] == scheme
+    driver = sa.engine.make_url(f"{scheme}://u@h/d").get_dialect().driver
+    assert importlib.util.find_spec(driver) is not None, f"{scheme}: {driver} is not installed"
