@@ -26,6 +26,24 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+# The longest test files, longest first (minutes each on 2 cores: real stacks, clusters and
+# browsers). pytest-xdist's loadfile hands files to its two workers in collection order, so
+# starting these first balances the workers (longest first); left last, two of them could
+# end up one after the other on one worker while the other sits idle.
+LONG_FIRST = ("tests/stack/test_production_stack.py", "tests/ray/test_ray_runtime.py",
+              "tests/browser/", "tests/serving/test_support_workflow.py",
+              "tests/ray/test_ray_cluster_script.py", "tests/scenario/")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = Path(str(item.path)).as_posix()
+        return next((i for i, long in enumerate(LONG_FIRST) if f"/{long}" in path or
+                     path.startswith(long)), len(LONG_FIRST))
+
+    items.sort(key=rank)  # stable: each file's tests keep their order
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "slow: a full lifecycle (real training, MLflow, Dagster runs); the README's "

@@ -363,6 +363,11 @@ def test_plan_on_the_ray_deployment_plans_against_the_ray_cluster(
     monkeypatch.setenv("UNIFIED_AI_DEPLOYMENT", "ray")
     monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)
     monkeypatch.setenv("UNIFIED_AI_HOME", str(tmp_path))
+    # The precondition: the GPU is free (an earlier test's job may still be ending).
+    deadline = time.monotonic() + PATIENCE_S
+    while fetch_ray_capacity(ray_cluster.address).pools().get("gpu", {}).get("gpus_free", 0) < 1:
+        assert time.monotonic() < deadline, "the GPU pool never had a free GPU"
+        time.sleep(POLL_S)
     assert main(["plan", "--rows", "50000"]) == 0
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert " gpu " in rows["model_torch"] and "ray pool gpu" in rows["model_torch"]
