@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from tests.ray.conftest import free_port
 from unified_assets.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,12 +35,6 @@ FAULTY_APP = {"name": "fraud-faulty", "route_prefix": "/fraud-faulty", "args": {
 # Small and quick: the module's budget is ~90 s on two cores, Ray included.
 INTENT_CONFIG = {"per_intent": 150, "pairs": 60}
 TRAIN_ROWS = 2500
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
