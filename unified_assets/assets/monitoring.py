@@ -60,7 +60,8 @@ def batch_drift(
         if batch not in frames or not batch_passed(context.instance, batch):
             missing.append(batch)
             continue
-        metadata = _judge(reference, frames[batch].attrs["profile"], policy) | where
+        metadata = _judge(reference, batch, frames[batch].attrs["profile"], policy,
+                          values_io_manager) | where
         if context.has_partition_key:
             # One batch: the asset's own output, so assets after it in the same run
             # (drift_report, materialized together from the UI) run too.
@@ -74,30 +75,35 @@ def batch_drift(
 
 
 def champion_reference(values: ParquetIOManager, registry: MlflowRegistry,
-                       model_name: str) -> tuple[str, list[str], list[dict]] | None:
-    """(champion version, its training batches, their profiles), or None without a champion
-    or when none of its batches' values is stored any more."""
+                       model_name: str) -> tuple[str, list[str], dict[str, dict]] | None:
+    """(champion version, its training batches, the stored ones' profiles by batch), or None
+    without a champion or when none of its batches' values is stored any more."""
     version = registry.alias_version(model_name)
     if version is None:
         return None
     batches = registry.training_batches(model_name, version)
-    profiles = [values.attrs(LANDED_BATCH, b)["profile"] for b in batches
-                if values.exists(LANDED_BATCH, b)]
+    profiles = {b: values.attrs(LANDED_BATCH, b)["profile"] for b in batches
+                if values.exists(LANDED_BATCH, b)}
     if not profiles:
         return None
     return version, batches, profiles
 
 
-def _judge(reference, profile: dict, policy: PolicyResource) -> dict:
+def _judge(reference, batch: str, profile: dict, policy: PolicyResource,
+           values: ParquetIOManager) -> dict:
     """The metadata of one batch's drift decision (what drift_retrain_sensor and drift_report
     read: the decision lives here, nowhere else)."""
-    from unified_assets.ml.drift_judgement import judge_drift
+    from unified_assets.ml.drift_judgement import judge_drift, on_one_layout
 
     if reference is None:
         return {"verdict": "no champion yet: nothing to compare"}
     version, batches, profiles = reference
-    result = judge_drift(profiles, profile, policy.policy.drift)
-    return {
+    # One layout for the reference and the batch (rows are read only for a batch on another).
+    same, redone = on_one_layout({**profiles, batch: profile},
+                                 lambda b: values.load(LANDED_BATCH, b))
+    result = judge_drift([same[b] for b in profiles], same[batch], policy.policy.drift)
+    extra = {"reprofiled_batches": dg.MetadataValue.json(redone)} if redone else {}
+    return extra | {
         "dataset_drift": result["dataset_drift"],
         "share_of_drifted_columns": dg.MetadataValue.float(
             round(result["share_of_drifted_columns"], 4)),

@@ -5,6 +5,7 @@ of profile, never raw rows. Plain code: the assets hand it the profiles."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,6 +26,30 @@ def batch_profile(frame: pd.DataFrame, spec: DatasetSpec, layout_source: dict | 
         layout_source = build_reference_profile(
             frame, spec.numeric_features, spec.categorical_features, exact_rows=0)
     return profile_batch(frame, layout_source) | {"layout": layout_of(layout_source)}
+
+
+def on_one_layout(profiles: dict[str, dict], rows: Callable[[str], pd.DataFrame],
+                  ) -> tuple[dict[str, dict], list[str]]:
+    """The profiles (batch -> profile, oldest first) on one layout: the first batch's. A batch
+    profiled on another layout is profiled again from its stored rows (`rows(batch)`).
+
+    Why it happens: "the first valid batch fixes the layout" is read from earlier
+    materializations, so first ingestions that run at the same time (batches retried one per
+    run after an outage, say) each fix their own. Returns the profiles and the batches
+    profiled again."""
+    from unified_assets.ml.profiles import layout_of, profile_batch
+
+    source = next(iter(profiles.values()))
+    layout = layout_of(source)
+    out: dict[str, dict] = {}
+    redone: list[str] = []
+    for batch, profile in profiles.items():
+        if profile["layout_id"] == source["layout_id"]:
+            out[batch] = profile
+        else:
+            out[batch] = profile_batch(rows(batch), source) | {"layout": layout}
+            redone.append(batch)
+    return out, redone
 
 
 def judge_drift(reference_profiles: list[dict], profile: dict, policy: DriftPolicy) -> dict:

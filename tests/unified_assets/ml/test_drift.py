@@ -168,3 +168,33 @@ def test_result_is_json_and_renders_markdown_and_empty_columns_count_as_drift():
     assert table.splitlines()[0] == "| column | kind | statistic | value | threshold | drift |"
     assert "| c | categorical | Jensen-Shannon distance | 0.4645 | 0.1 | **yes** |" in table
     assert "2 of 2 columns drifted" in table
+
+
+def test_batches_that_each_fixed_their_own_layout_are_judged_on_one(tmp_path):
+    """First ingestions that ran at the same time each fixed a layout; the drift decision
+    profiles the odd ones again from their rows instead of failing."""
+    from unified_assets.ml.dataset_spec import payments_spec
+    from unified_assets.ml.drift_judgement import batch_profile, judge_drift, on_one_layout
+    from unified_assets.policy import DriftPolicy
+
+    spec = payments_spec(tmp_path)
+    frames = {f"batch-{i:05d}": generate_batch(i, 800) for i in range(3)}
+    alone = {b: batch_profile(f, spec, None) for b, f in frames.items()}
+    assert len({p["layout_id"] for p in alone.values()}) == 3
+    with pytest.raises(ValueError, match="different layouts"):
+        merge_profiles(alone.values())
+
+    read = []
+    same, redone = on_one_layout(alone, lambda b: read.append(b) or frames[b])
+    assert redone == read == ["batch-00001", "batch-00002"]
+    first = alone["batch-00000"]
+    for batch, frame in frames.items():
+        expected = batch_profile(frame, spec, first)  # as if ingested one after the other
+        assert same[batch] == expected, batch
+    drifted = generate_batch(3, 800, drift=DriftSpec(start_batch=3, covariate_shift=3.0))
+    result = judge_drift(list(same.values())[:2], batch_profile(drifted, spec, first),
+                         DriftPolicy())
+    assert result["dataset_drift"] is True
+    # Already on one layout: nothing is read again.
+    again, none = on_one_layout(same, lambda b: pytest.fail(f"read {b}"))
+    assert none == [] and again == same
