@@ -62,14 +62,17 @@ def ray_jobs(cluster: RayTestCluster, run_id: str | None = None) -> dict[str, li
     return out
 
 
-def wait_for_job(cluster: RayTestCluster, op: str, status: str) -> Any:
+def wait_for_job(cluster: RayTestCluster, op: str, status: str | None,
+                 besides: str | None = None) -> Any:
+    """The newest Ray job of `op` in `status` (None: any), other than submission `besides`."""
     deadline = time.monotonic() + PATIENCE_S
     while time.monotonic() < deadline:
-        jobs = [j for j in ray_jobs(cluster).get(op, []) if str(j.status.value) == status]
+        jobs = [j for j in ray_jobs(cluster).get(op, []) if j.submission_id != besides
+                and (status is None or str(j.status.value) == status)]
         if jobs:
             return jobs[-1]
         time.sleep(POLL_S)
-    raise AssertionError(f"no Ray job for {op} reached {status}")
+    raise AssertionError(f"no Ray job for {op} reached {status or 'any status'}")
 
 
 def materializations(instance: dg.DagsterInstance, run_id: str) -> dict[str, list[dict[str, Any]]]:
@@ -236,6 +239,10 @@ def test_gpu_node_lost_while_its_step_runs(
             relaunch = wait_for_job(ray_cluster, "gpu_a", "PENDING")
             assert relaunch.submission_id != first.submission_id
             assert fetch_ray_capacity(ray_cluster.address).pending_gpus >= 1
+        elif policy == "degrade_to_cpu":
+            # The GPU node comes back only after the relaunch was placed: placed while a GPU
+            # node is live, it would rightly go to the GPU again.
+            wait_for_job(ray_cluster, "gpu_a", None, besides=first.submission_id)
     finally:
         back = ray_cluster.add_gpu_node()
     result = run.join()
