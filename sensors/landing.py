@@ -28,13 +28,15 @@ from resources.dataset import DatasetResource
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.partitions import BATCHES
 from unified_assets.run_tags import TRIGGER_TAG
+from unified_assets.settings import ingest_retry_backoff_s
 
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 CHUNK_TAG = "unified-ai/ingest-chunk"  # on range runs; the cursor remembers each batch's chunk
 
 MAX_ATTEMPTS = 5
-RETRY_BACKOFF_SECONDS = 60.0  # before attempt 2; doubled for each further attempt
+# Before attempt 2, doubled for each further attempt (UNIFIED_AI_INGEST_RETRY_BACKOFF_S, else 60).
+RETRY_BACKOFF_SECONDS = ingest_retry_backoff_s()
 VERSION_TAG = "unified-ai/batch-version"
 FILE_TAG = "unified-ai/batch-file"
 ATTEMPT_TAG = "unified-ai/attempt"

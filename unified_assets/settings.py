@@ -22,6 +22,10 @@ CANDIDATES_ENV = "UNIFIED_AI_CANDIDATES"
 DAGSTER_URL_ENV = "UNIFIED_AI_DAGSTER_URL"
 RAY_ADDRESS_ENV = "RAY_ADDRESS"  # Ray's own name: the dashboard URL jobs are submitted to
 EXECUTOR_ENV = "UNIFIED_AI_EXECUTOR"
+# Seconds the landing sensor waits before retrying a failed ingestion (doubled per attempt):
+# an outage of S3 or the disk is waited out, not hammered. Shortened in the fault tests.
+INGEST_RETRY_BACKOFF_ENV = "UNIFIED_AI_INGEST_RETRY_BACKOFF_S"
+DEFAULT_INGEST_RETRY_BACKOFF_S = 60.0
 SHIPPED_CANDIDATES = ("sklearn", "torch")
 LOCAL_MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where scripts/dev.sh starts the MLflow UI
 Deployment = Literal["local", "kubernetes", "ray"]
@@ -135,6 +139,22 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         ray_address=(env.get(RAY_ADDRESS_ENV) or "").strip() or None,
         executor_override=cast(Executor | None, executor),
     )
+
+
+def ingest_retry_backoff_s(environ: dict[str, str] | None = None) -> float:
+    """UNIFIED_AI_INGEST_RETRY_BACKOFF_S, else 60; a value that is not a number >= 0 is an
+    error naming the variable (a typo must not turn retries into a tight loop or off)."""
+    env = os.environ if environ is None else environ
+    raw = (env.get(INGEST_RETRY_BACKOFF_ENV) or "").strip()
+    if not raw:
+        return DEFAULT_INGEST_RETRY_BACKOFF_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{INGEST_RETRY_BACKOFF_ENV}={raw!r} must be a number of seconds >= 0")
+    return value
 
 
 def policy_choice(settings: Settings) -> tuple[str | None, str]:

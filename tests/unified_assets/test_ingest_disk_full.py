@@ -121,3 +121,19 @@ def test_a_relanded_version_that_fails_its_checks_is_not_passed_and_keeps_no_val
     assert not values.exists(LANDED, "batch-00000")  # the earlier version's rows are not read
     assert (settings.landing_dir / CURATED).exists()  # the landed file is kept
     assert not batch_passed(instance, "batch-00000")
+
+
+@pytest.mark.parametrize("raw", ["soon", "-5", "nan", "inf"])
+def test_ingest_retry_backoff_from_the_environment_refuses_a_bad_value(raw: str):
+    from unified_assets.settings import INGEST_RETRY_BACKOFF_ENV, ingest_retry_backoff_s
+
+    with pytest.raises(ValueError, match=f"{INGEST_RETRY_BACKOFF_ENV}='{raw}' must be a number"):
+        ingest_retry_backoff_s({INGEST_RETRY_BACKOFF_ENV: raw})
+
+
+def test_ingest_retry_backoff_defaults_to_a_minute_and_reads_the_environment():
+    from unified_assets.settings import INGEST_RETRY_BACKOFF_ENV, ingest_retry_backoff_s
+
+    assert ingest_retry_backoff_s({}) == 60.0
+    assert ingest_retry_backoff_s({INGEST_RETRY_BACKOFF_ENV: " 2.5 "}) == 2.5
+    assert ingest_retry_backoff_s({INGEST_RETRY_BACKOFF_ENV: "0"}) == 0.0
