@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unified_assets.placement.policy import DEFAULT_POLICY as DEFAULT_PLACEMENT
 from unified_assets.placement.policy import PlacementPolicy, PolicyError
+from unified_assets.serving.profiles import MAX_ONGOING_REQUESTS
 
 DEFAULT_POLICY_PATH = Path(__file__).with_name("policy.yaml")
 
@@ -363,6 +364,111 @@ class LivePolicy(_Strict):
         return self
 
 
+# The Serve deployments of the support workflow, each with the most requests one replica
+# takes at once (its `max_ongoing_requests`).
+SERVE_DEPLOYMENTS = MAX_ONGOING_REQUESTS
+
+
+class AutoscalingRule(_Strict):
+    """How Ray Serve scales one deployment on traffic (its `autoscaling_config`): between
+    `min_replicas` and `max_replicas`, aiming at `target_ongoing_requests` per replica, after
+    the load has held for `upscale_delay_s` (up) or `downscale_delay_s` (down). The optional
+    `look_back_period_s` and `metrics_interval_s` are Serve's own (30 s and 10 s when null)."""
+
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 2.0
+    upscale_delay_s: float = 15.0
+    downscale_delay_s: float = 120.0
+    look_back_period_s: float | None = None
+    metrics_interval_s: float | None = None
+
+    @field_validator("min_replicas", "max_replicas", mode="before")
+    @classmethod
+    def _whole_and_positive(cls, value: object, info) -> object:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{value!r} is not a whole number of replicas of at least 1 (a "
+                             "deployment scaled to zero has no replica to route requests to)")
+        return value
+
+    @field_validator("target_ongoing_requests", "upscale_delay_s", "downscale_delay_s",
+                     "look_back_period_s", "metrics_interval_s", mode="before")
+    @classmethod
+    def _positive(cls, value: object, info) -> object:
+        if value is None and info.field_name in ("look_back_period_s", "metrics_interval_s"):
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0 \
+                or value == float("inf"):
+            unit = "" if info.field_name == "target_ongoing_requests" else " of seconds"
+            raise ValueError(f"{value!r} is not a positive number{unit}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscalingRule:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas: {self.min_replicas} exceeds max_replicas: "
+                             f"{self.max_replicas}")
+        if self.look_back_period_s is not None and self.look_back_period_s <= (
+                self.metrics_interval_s or 10.0):
+            raise ValueError(f"look_back_period_s: {self.look_back_period_s} is not longer than "
+                             f"metrics_interval_s: {self.metrics_interval_s or 10.0} (the window "
+                             "would hold at most one reading)")
+        return self
+
+    def autoscaling_config(self) -> dict:
+        """Ray Serve's `autoscaling_config` of a deployment (the Serve config's key)."""
+        return self.model_dump(exclude_none=True)
+
+
+# Shipped behaviour on a small machine: one replica each at rest, a second under load; the
+# ingress mostly waits on the other parts, so it takes more requests per replica; one
+# explainer (one GPU: a second replica would wait for a second GPU).
+DEFAULT_AUTOSCALING: dict[str, AutoscalingRule] = {
+    "SupportIngress": AutoscalingRule(target_ongoing_requests=8),
+    "Classifier": AutoscalingRule(target_ongoing_requests=4),
+    "Retriever": AutoscalingRule(target_ongoing_requests=4),
+    "Explainer": AutoscalingRule(max_replicas=1),
+    "FraudModel": AutoscalingRule(target_ongoing_requests=4),
+}
+
+
+class ServingPolicy(_Strict):
+    """The support workflow on Ray Serve: autoscaling per deployment, by Serve deployment
+    name. A deployment the file leaves out, and any setting a deployment's entry leaves out,
+    keep their defaults (DEFAULT_AUTOSCALING)."""
+
+    autoscaling: dict[str, AutoscalingRule] = Field(default_factory=dict)
+
+    @field_validator("autoscaling", mode="before")
+    @classmethod
+    def _known_deployments(cls, value: object) -> object:
+        if isinstance(value, dict):
+            unknown = sorted(str(k) for k in value if k not in SERVE_DEPLOYMENTS)
+            if unknown:
+                raise ValueError(f"unknown deployment(s) {', '.join(map(repr, unknown))}; the "
+                                 f"workflow's deployments are {', '.join(SERVE_DEPLOYMENTS)}")
+            return {name: {**DEFAULT_AUTOSCALING[name].model_dump(), **rule}
+                    if isinstance(rule, dict) else rule for name, rule in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _reachable_targets(self) -> ServingPolicy:
+        for name, rule in self.autoscaling.items():
+            most = SERVE_DEPLOYMENTS[name]
+            if rule.target_ongoing_requests > most:
+                raise ValueError(f"autoscaling.{name}.target_ongoing_requests: "
+                                 f"{rule.target_ongoing_requests:g} is more than one {name} "
+                                 f"replica takes at once ({most}): it would never scale up")
+        return self
+
+    def rule(self, deployment: str) -> AutoscalingRule:
+        return self.autoscaling.get(deployment) or DEFAULT_AUTOSCALING[deployment]
+
+    def rules(self) -> dict[str, AutoscalingRule]:
+        """Every deployment's rule, as written or by default."""
+        return {name: self.rule(name) for name in SERVE_DEPLOYMENTS}
+
+
 class Policy(_Strict):
     version: Literal[1] = 1
     promotion: PromotionPolicy
@@ -371,6 +477,7 @@ class Policy(_Strict):
     placement: PlacementPolicy = DEFAULT_PLACEMENT
     drift: DriftPolicy = DriftPolicy()
     live: LivePolicy = LivePolicy()
+    serving: ServingPolicy = ServingPolicy()
 
     @model_validator(mode="after")
     def _rollback_names_resolve(self) -> Policy:

@@ -173,6 +173,56 @@ def test_signatures_are_required_unless_the_policy_says_otherwise(tmp_path):
     assert loaded.approval.require_signature is True
 
 
+@pytest.mark.parametrize("rule, fragments", [
+    ({"Classifier": {"min_replicas": 3, "max_replicas": 2}},
+     ["serving.autoscaling.Classifier", "min_replicas: 3 exceeds max_replicas: 2"]),
+    ({"Explainer": {"min_replicas": 2}},  # its default max_replicas is 1
+     ["serving.autoscaling.Explainer", "min_replicas: 2 exceeds max_replicas: 1"]),
+    ({"Retriever": {"max_replicas": 0}}, ["serving.autoscaling.Retriever.max_replicas: 0 is not"]),
+    ({"Retriever": {"min_replicas": 0}}, ["serving.autoscaling.Retriever.min_replicas: 0 is not",
+                                          "scaled to zero"]),
+    ({"FraudModel": {"min_replicas": 1.5}}, ["FraudModel.min_replicas: 1.5 is not a whole number"]),
+    ({"FraudModel": {"max_replicas": True}}, ["FraudModel.max_replicas: True is not"]),
+    ({"Classifier": {"target_ongoing_requests": 0}},
+     ["serving.autoscaling.Classifier.target_ongoing_requests: 0 is not a positive number"]),
+    ({"Classifier": {"target_ongoing_requests": 17}},
+     ["Classifier.target_ongoing_requests: 17 is more than one Classifier replica takes at "
+      "once (16)"]),
+    ({"SupportIngress": {"upscale_delay_s": -5}},
+     ["serving.autoscaling.SupportIngress.upscale_delay_s: -5 is not a positive number of seconds"]),
+    ({"SupportIngress": {"downscale_delay_s": "soon"}},
+     ["SupportIngress.downscale_delay_s: 'soon' is not a positive number of seconds"]),
+    ({"SupportIngress": {"look_back_period_s": 5}},
+     ["look_back_period_s: 5.0 is not longer than metrics_interval_s: 10.0"]),
+    ({"SupportIngress": {"max_replica": 3}}, ["SupportIngress.max_replica", "Extra inputs"]),
+    ({"Decider": {"max_replicas": 3}}, ["serving.autoscaling: unknown deployment(s) 'Decider'",
+                                        "SupportIngress, Classifier"]),
+])
+def test_bad_autoscaling_settings_are_refused_naming_the_field_and_value(tmp_path, rule, fragments):
+    _refused(tmp_path, overlay(shipped_policy(), {"serving": {"autoscaling": rule}}), *fragments)
+
+
+def test_autoscaling_defaults_fill_what_the_policy_leaves_out(tmp_path):
+    from unified_assets.policy import DEFAULT_AUTOSCALING
+    from unified_assets.serving.profiles import MAX_ONGOING_REQUESTS, PARTS
+
+    # Every deployment of the workflow, and only those, has a rule; the shipped file states
+    # the defaults.
+    assert set(DEFAULT_AUTOSCALING) == {name for name, _, _ in PARTS.values()} \
+        == set(MAX_ONGOING_REQUESTS)
+    assert load_policy().serving.rules() == DEFAULT_AUTOSCALING
+    without = shipped_policy()
+    del without["serving"]
+    loaded, _ = _load(tmp_path, yaml.safe_dump(without))
+    assert loaded.serving.rules() == DEFAULT_AUTOSCALING
+    partial, _ = _load(tmp_path, yaml.safe_dump(overlay(without, {"serving": {"autoscaling": {
+        "Classifier": {"max_replicas": 4}}}})))
+    classifier = partial.serving.rule("Classifier")
+    assert classifier.autoscaling_config() == {**DEFAULT_AUTOSCALING["Classifier"]
+                                               .autoscaling_config(), "max_replicas": 4}
+    assert partial.serving.rule("Retriever") == DEFAULT_AUTOSCALING["Retriever"]
+
+
 def DEFAULT_TEXT() -> str:  # noqa: N802 - reads like the constant it stands for
     from unified_assets.policy import DEFAULT_POLICY_PATH
 

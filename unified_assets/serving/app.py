@@ -41,7 +41,7 @@ from unified_assets.serving.decide import (
     explain_target,
     parse_request,
 )
-from unified_assets.serving.profiles import FRAUD_APP, PARTS, ServingRules
+from unified_assets.serving.profiles import FRAUD_APP, MAX_ONGOING_REQUESTS, PARTS, ServingRules
 from unified_assets.serving.routing import (
     CALL,
     SKIP,
@@ -115,7 +115,7 @@ class ExplainerCore:
         return {**result, "texts": texts, "version": model.label, "ran_on": ran_on()}
 
 
-@serve.deployment(name="Classifier", max_ongoing_requests=16)
+@serve.deployment(name="Classifier", max_ongoing_requests=MAX_ONGOING_REQUESTS["Classifier"])
 class Classifier:
     """The intent of a message (the support-intent model version named in user_config)."""
 
@@ -141,7 +141,7 @@ class Classifier:
         return {**model.classify(text), "version": label, "ran_on": ran_on()}
 
 
-@serve.deployment(name="Retriever", max_ongoing_requests=32)
+@serve.deployment(name="Retriever", max_ongoing_requests=MAX_ONGOING_REQUESTS["Retriever"])
 class Retriever:
     """A customer's recent payments and refunds from the store (`customers.build_store`)."""
 
@@ -161,7 +161,7 @@ class Retriever:
                 "ran_on": ran_on()}
 
 
-@serve.deployment(name="Explainer", max_ongoing_requests=8)
+@serve.deployment(name="Explainer", max_ongoing_requests=MAX_ONGOING_REQUESTS["Explainer"])
 class Explainer:
     """Per-feature attributions of the champion (torch; CUDA when the replica has it)."""
 
@@ -176,7 +176,7 @@ class Explainer:
         return self.core.explain(payments)
 
 
-@serve.deployment(name="FraudModel", max_ongoing_requests=32)
+@serve.deployment(name="FraudModel", max_ongoing_requests=MAX_ONGOING_REQUESTS["FraudModel"])
 class FraudModel:
     """The champion fraud model as a service: `POST /fraud` {"rows": [payment, ...]} ->
     {"scores": {transaction_id: P(fraud)}, "version": ...}; also the explainer's CPU twin."""
@@ -220,7 +220,7 @@ async def _awaited(response: Any) -> Any:
     return await response
 
 
-@serve.deployment(name="SupportIngress", max_ongoing_requests=64)
+@serve.deployment(name="SupportIngress", max_ongoing_requests=MAX_ONGOING_REQUESTS["SupportIngress"])
 class SupportIngress:
     """`POST /support` {customer_id, message}: the workflow of one support request."""
 

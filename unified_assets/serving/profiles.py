@@ -33,6 +33,10 @@ PARTS: dict[str, tuple[str, ComputeProfile, str]] = {
     "explain": ("Explainer", SERVE_GPU, SUPPORT_APP),
     "fraud": ("FraudModel", SERVE_CPU, FRAUD_APP),
 }
+# The most requests one replica of each deployment takes at once (`max_ongoing_requests`);
+# the policy's autoscaling targets must stay below them (unified_assets/policy.py).
+MAX_ONGOING_REQUESTS: dict[str, int] = {"SupportIngress": 64, "Classifier": 16,
+                                        "Retriever": 32, "Explainer": 8, "FraudModel": 32}
 
 
 def serving_placement(placement: PlacementPolicy) -> PlacementPolicy:
