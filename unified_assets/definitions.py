@@ -37,6 +37,7 @@ from unified_assets.assets.selection import build_challenger
 
 # serving (issue 15): the champion and the support workflow on Ray Serve
 from unified_assets.assets.serving import (
+    build_scaling_sensor,
     build_serving_sensor,
     deploy_serving_job,
     resolve_support_case_job,
@@ -289,6 +290,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_drift_sensor(lifecycle_job),
             run_failure_incidents,
             build_serving_sensor(deploy_serving_job),
+            build_scaling_sensor(),
             build_pool_limits_sensor(
                 settings.executor == "k8s",
                 (settings.ray_address or "") if settings.executor == "ray" else None),

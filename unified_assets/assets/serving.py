@@ -1,6 +1,7 @@
 """Serving group: the intent model of the support workflow and the `serving` deployment of
 the champion and the workflow to Ray Serve; the sensor that keeps serving on the champion;
-and the job a person closes an escalated case with from the UI.
+the sensor that records each scaling event on traffic (`serving_scaling`); and the job a
+person closes an escalated case with from the UI.
 
 `serving` is its own group rather than part of `deployment`: the lifecycle job selects the
 deployment group, and every lifecycle run (the demo, the tests) would then start Ray. The
@@ -86,8 +87,10 @@ class ServingConfig(dg.Config):
     http_port: int = Field(default=8000, description="Serve's HTTP port (set once per Ray instance).")
     fraud_url: str = Field(default="", description="The fraud service's URL as the workflow "
                            "calls it; empty: /fraud behind the same proxy.")
-    replicas: dict[str, int] = Field(default_factory=dict, description="Replicas per part "
-                                     "(ingress, classify, retrieve, explain, fraud); 1 each.")
+    replicas: dict[str, int] = Field(default_factory=dict, description="A fixed number of "
+                                     "replicas for a part (ingress, classify, retrieve, explain, "
+                                     "fraud), which then does not scale; the others scale on "
+                                     "traffic as the policy's serving.autoscaling says.")
     customers: int = Field(default=500, ge=1, description="Customers in the retrieval store.")
     store_seed: int = Field(default=7, description="Seed of the retrieval store.")
     min_intent_confidence: float = Field(default=0.5, ge=0, le=1)
@@ -145,6 +148,11 @@ def serving(context: dg.AssetExecutionContext, config: ServingConfig, support_in
     capacity = fetch_ray_capacity(dashboard, timeout=60)
     placement = policy.policy.placement
     placed = place_parts(capacity, placement)
+    unknown = sorted(set(config.replicas) - set(PARTS))
+    if unknown:
+        raise refused(f"replicas: unknown part(s) {', '.join(unknown)}; the parts are "
+                      f"{', '.join(PARTS)}")
+    rules = policy.policy.serving.rules()
     plan = ServingPlan(
         fraud_model=ModelRef(spec.name, champion, mlflow_registry.tracking_uri),
         intent_model=ModelRef(**support_intent_model),
@@ -156,7 +164,9 @@ def serving(context: dg.AssetExecutionContext, config: ServingConfig, support_in
         store={"seed": config.store_seed, "customers": config.customers, "per_customer": 8},
         rules=config.rules(), http_host=config.http_host, http_port=config.http_port,
         fraud_url=config.fraud_url or None,
-        replicas={part: config.replicas.get(part, 1) for part in PARTS})
+        autoscaling={part: rules[name].autoscaling_config()
+                     for part, (name, _, _) in PARTS.items()},
+        replicas={part: n for part, n in config.replicas.items() if part in PARTS})
     serve = serve_config(plan, placed, capacity, placement)
     try:
         details = deploy(dashboard, serve, timeout_s=config.timeout_s)
@@ -181,11 +191,32 @@ def serving(context: dg.AssetExecutionContext, config: ServingConfig, support_in
             [{"part": part, "target": d.target, "where": d.where, "fallback": d.fallback,
               "reason": d.reason} for part, d in placed.items()],
             ["part", "target", "where", "fallback", "reason"]),
+        "autoscaling": markdown_table(_scaling_rows(plan), [
+            "deployment", "part", "replicas", "min_replicas", "max_replicas",
+            "target_ongoing_requests", "upscale_delay_s", "downscale_delay_s"]),
+        "autoscaling_config": dg.MetadataValue.json(
+            {PARTS[part][0]: plan.scaling(part) for part in PARTS}),
         "placement_explain": dg.MetadataValue.text(
             f"{placed['explain'].target}: {placed['explain'].reason}"),
         "capacity": dg.MetadataValue.text(_capacity_summary(capacity)),
         "serve_config": dg.MetadataValue.json(_redacted(serve)),
     })
+
+
+def _scaling_rows(plan: Any) -> list[dict]:
+    """Per deployment: autoscaled between its bounds (the policy's), or fixed replicas."""
+    from unified_assets.serving.profiles import PARTS
+
+    rows = []
+    for part, (name, _, _) in PARTS.items():
+        scaling = plan.scaling(part)
+        rule = scaling.get("autoscaling_config") or {}
+        rows.append({"deployment": name, "part": part,
+                     "replicas": "autoscaled" if rule else f"fixed {scaling['num_replicas']}",
+                     **{k: rule.get(k, "") for k in ("min_replicas", "max_replicas",
+                                                     "target_ongoing_requests", "upscale_delay_s",
+                                                     "downscale_delay_s")}})
+    return rows
 
 
 def _capacity_summary(capacity: Any) -> str:
@@ -239,6 +270,92 @@ def build_serving_sensor(job: Any = deploy_serving_job) -> dg.SensorDefinition:
                              tags=started_because("champion-change", reason))
 
     return serving_follows_champion
+
+
+SCALING_SENSOR = "serving_scaling"
+
+
+def _dashboard_served(context: dg.SensorEvaluationContext) -> str | None:
+    """The Ray dashboard the last `serving` materialization deployed to."""
+    event = context.instance.get_latest_materialization_event(SERVING_KEY)
+    if event is None or event.asset_materialization is None:
+        return None
+    entry = event.asset_materialization.metadata.get("ray_dashboard")
+    return str(entry.value).rstrip("/") if entry is not None else None
+
+
+def build_scaling_sensor() -> dg.SensorDefinition:
+    @dg.sensor(
+        name=SCALING_SENSOR,
+        minimum_interval_seconds=10,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Reads Ray Serve's state (the dashboard's REST API) where `serving` was "
+        "deployed and records each change in a deployment's running replicas as an observation "
+        "on `serving`: replicas before and after, Serve's target, the autoscaling rule from the "
+        "policy, and the requests in the last minute with their p50/p99 latency (the request "
+        "audit), so the UI shows when and why the service scaled. Skips, saying why, until "
+        "`serving` is deployed or while Serve does not answer.",
+    )
+    def serving_scaling(context: dg.SensorEvaluationContext, serving_target: ServingTarget):
+        import time
+
+        from unified_assets.serving.deploy import DeployError, serve_details
+        from unified_assets.serving.scaling import changes, read_scales, traffic
+
+        dashboard = _dashboard_served(context)
+        if dashboard is None:
+            return dg.SkipReason("serving was never deployed: nothing scales yet (materialize "
+                                 "`serving`, job deploy_serving)")
+        try:
+            details = serve_details(dashboard, timeout=10)
+        except (OSError, ValueError, DeployError) as error:
+            return dg.SkipReason(f"Serve's state at {dashboard} could not be read: "
+                                 f"{type(error).__name__}: {str(error)[:300]}")
+        scales = read_scales(details or {})
+        if not scales:
+            return dg.SkipReason(f"no deployment of the support workflow runs on Serve at "
+                                 f"{dashboard}")
+        cursor = json.loads(context.cursor) if context.cursor else {}
+        # Another cluster (a new RAY_ADDRESS, a restarted local instance): a new baseline.
+        seen = cursor.get("replicas", {}) if cursor.get("dashboard") == dashboard else {}
+        now = {name: scale.running for name, scale in scales.items()}
+        new_cursor = json.dumps({"dashboard": dashboard, "replicas": now}, sort_keys=True)
+        events = changes(seen, scales)
+        if not events:
+            summary = ", ".join(f"{name} {n}" for name, n in now.items())
+            return dg.SensorResult(cursor=new_cursor, skip_reason=(
+                f"replicas unchanged: {summary}" if seen else f"baseline taken: {summary}"))
+        load = traffic(serving_target.audit_path, time.time())
+        observations = []
+        for event in events:
+            rule = event.scale.autoscaling or {}
+            metadata: dict[str, Any] = {
+                "deployment": event.deployment,
+                "direction": event.direction,
+                "replicas_before": dg.MetadataValue.int(event.before),
+                "replicas_after": dg.MetadataValue.int(event.after),
+                "target_replicas": dg.MetadataValue.int(event.scale.target),
+                "serve_status": f"{event.scale.status} ({event.scale.trigger})",
+                "reason": event.why(load),
+                "ray_dashboard": dg.MetadataValue.url(dashboard),
+                "requests_last_minute": dg.MetadataValue.int(load["requests_last_minute"]),
+                "requests_per_s": dg.MetadataValue.float(load["requests_per_s"]),
+            }
+            for key in ("p50_latency_ms", "p99_latency_ms"):
+                if load[key] is not None:
+                    metadata[key] = dg.MetadataValue.float(load[key])
+            for key in ("min_replicas", "max_replicas", "target_ongoing_requests",
+                        "upscale_delay_s", "downscale_delay_s"):
+                if rule.get(key) is not None:
+                    metadata[key] = dg.MetadataValue.float(float(rule[key]))
+            if event.direction == "up" and event.scale.newest_replica_started:
+                metadata["replica_started_at"] = dg.MetadataValue.timestamp(
+                    event.scale.newest_replica_started)
+            observations.append(dg.AssetObservation(SERVING_KEY, metadata=metadata))
+            context.log.info(event.why(load))
+        return dg.SensorResult(asset_events=observations, cursor=new_cursor)
+
+    return serving_scaling
 
 
 class ResolveCaseConfig(dg.Config):

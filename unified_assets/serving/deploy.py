@@ -6,7 +6,8 @@ Dagster step never imports ray and never joins the cluster as a driver; locally 
 production the same document is deployed. Each part's replicas ask Ray for what their
 compute profile and the placement planner decided (`place_parts`), and everything that
 changes on a promotion or rollback is `user_config`, so Serve applies it to the running
-replicas in place.
+replicas in place. Each part scales on traffic as the policy's `serving.autoscaling` says
+(its Serve `autoscaling_config`), unless the deployment fixes its replicas.
 
 Without RAY_ADDRESS a Ray instance is started on this machine on demand (`ensure_local_ray`)
 and keeps serving after the step ends. Plain HTTP (urllib) only."""
@@ -46,6 +47,7 @@ APPLICATIONS_PATH = "/api/serve/applications/"
 IMPORT_PATHS = {SUPPORT_APP: "unified_assets.serving.app:support_app",
                 FRAUD_APP: "unified_assets.serving.app:fraud_app"}
 ROUTES = {SUPPORT_APP: "/support", FRAUD_APP: "/fraud"}
+RUNNING_STATUSES = {"HEALTHY", "UPSCALING", "DOWNSCALING"}  # a deployment's, as Serve says
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"  # Ray's token auth: sent as a bearer token when set
 
 
@@ -79,7 +81,24 @@ class ServingPlan:
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     fraud_url: str | None = None
-    replicas: dict[str, int] = field(default_factory=lambda: dict.fromkeys(PARTS, 1))
+    # Per part: Ray Serve's `autoscaling_config` (the policy's `serving.autoscaling`), or a
+    # fixed number of replicas; a part in neither runs one replica.
+    autoscaling: dict[str, dict] = field(default_factory=dict)
+    replicas: dict[str, int] = field(default_factory=dict)
+
+    def scaling(self, part: str) -> dict:
+        """The Serve config keys of a part's replica count: a fixed `num_replicas` (named in
+        `replicas`, or no autoscaling for it) or its `autoscaling_config`."""
+        if part in self.replicas or part not in self.autoscaling:
+            return {"num_replicas": self.replicas.get(part, 1)}
+        return {"autoscaling_config": dict(self.autoscaling[part])}
+
+    def floor(self, part: str) -> int:
+        """The replicas a part has at least (the ingress's "0 of N running" figure)."""
+        scaling = self.scaling(part)
+        if "num_replicas" in scaling:
+            return int(scaling["num_replicas"])
+        return int(scaling["autoscaling_config"].get("min_replicas", 1))
 
     @property
     def url(self) -> str:
@@ -147,7 +166,7 @@ def serve_config(plan: ServingPlan, decisions: dict[str, Decision], capacity: Ra
         "ingress": {"rules": plan.rules.model_dump(mode="json"), "fraud_url": plan.resolved_fraud_url,
                     "placements": placements, "placement_policy": placement.model_dump(mode="json"),
                     "decisions_url": plan.decisions_url, "audit_path": plan.audit_path,
-                    "replicas": plan.replicas},
+                    "replicas": {part: plan.floor(part) for part in PARTS}},
         "classify": {"intent_model": plan.intent_model.as_dict()},
         "retrieve": {"store": store},
         "explain": {"fraud_model": fraud, "store": store,
@@ -156,7 +175,7 @@ def serve_config(plan: ServingPlan, decisions: dict[str, Decision], capacity: Ra
     }
     apps: dict[str, list[dict]] = {SUPPORT_APP: [], FRAUD_APP: []}
     for part, (name, _, app) in PARTS.items():
-        apps[app].append({"name": name, "num_replicas": plan.replicas.get(part, 1),
+        apps[app].append({"name": name, **plan.scaling(part),
                           "ray_actor_options": actor_options(decisions[part], capacity),
                           "user_config": user_configs[part]})
     return {
@@ -250,7 +269,8 @@ def _settled(app: dict | None, sent: float, wanted: dict) -> bool:
         have = deployments.get(want["name"], {}).get("deployment_config") or {}
         if "user_config" in want and have.get("user_config") != want["user_config"]:
             return False
-    return all(d.get("status") == "HEALTHY" for d in deployments.values())
+    # UPSCALING / DOWNSCALING: running this config, the autoscaler moving between its bounds.
+    return all(d.get("status") in RUNNING_STATUSES for d in deployments.values())
 
 
 def _state(app: dict | None) -> str:
