@@ -10,6 +10,9 @@
 #   bash scripts/stack.sh up       start everything, wait until each component answers
 #   bash scripts/stack.sh status   what runs where (URL, port, pid, alive)
 #   bash scripts/stack.sh down     stop exactly what `up` started (safe to run twice)
+#   bash scripts/stack.sh restart NAME   stop and start one component (postgres, s3, mlflow,
+#                                  grpc, daemon, webserver); `up` on a partly-up stack starts
+#                                  only what is missing (a crashed daemon, say)
 #
 # State folder: $UNIFIED_AI_STACK_DIR, else $UNIFIED_AI_HOME/stack, else .unified_ai/stack.
 # Ports (each: the given one, which must be free; else the default, or any free port if that
@@ -38,13 +41,16 @@ die() { echo "stack: $*" >&2; exit 1; }
 
 start_time() { sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $20}'; }
 
+# A killed process whose parent has not reaped it yet is a zombie: dead, not alive.
+zombie() { [ "$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $1}')" = Z ]; }
+
 recorded_pid() { [ -f "$STATE/run/$1.pid" ] && awk '{print $1}' "$STATE/run/$1.pid" || true; }
 
 alive() {  # alive NAME: the recorded process is running and is the one we started
   local pid recorded
   [ -f "$STATE/run/$1.pid" ] || return 1
   read -r pid recorded < "$STATE/run/$1.pid"
-  [ -n "$pid" ] && [ "$(start_time "$pid")" = "$recorded" ]
+  [ -n "$pid" ] && [ "$(start_time "$pid")" = "$recorded" ] && ! zombie "$pid"
 }
 
 record() { echo "$2 $(start_time "$2")" > "$STATE/run/$1.pid"; }
@@ -64,7 +70,7 @@ launch() {  # launch NAME COMMAND...: in the background, its own process group, 
   # background jobs otherwise start with SIGINT ignored, and Dagster maps SIGTERM to SIGINT's
   # handler, so the code server ignored both).
   set -m
-  "$@" > "$STATE/logs/$name.log" 2>&1 < /dev/null &
+  "$@" >> "$STATE/logs/$name.log" 2>&1 < /dev/null &  # appended: a restart keeps the history
   set +m
   record "$name" $!
 }
@@ -308,9 +314,13 @@ write_env() {
         DAGSTER_PG_DB dagster \
         UNIFIED_AI_STACK_GRPC_PORT "$(port_of grpc)" \
         UNIFIED_AI_STACK_DIR "$STATE"
-      # Passed through when set: the user's dataset and candidates.
-      [ -z "${UNIFIED_AI_DATASET_SPEC:-}" ] || printf 'export UNIFIED_AI_DATASET_SPEC=%q\n' "$UNIFIED_AI_DATASET_SPEC"
-      [ -z "${UNIFIED_AI_CANDIDATES:-}" ] || printf 'export UNIFIED_AI_CANDIDATES=%q\n' "$UNIFIED_AI_CANDIDATES"
+      # Passed through when set: the user's dataset and candidates, the landing sensor's retry
+      # backoff, and how long MLflow's client retries a server that does not answer
+      # (MLflow's defaults: 7 retries, backoff factor 2, minutes in all).
+      for var in UNIFIED_AI_DATASET_SPEC UNIFIED_AI_CANDIDATES UNIFIED_AI_INGEST_RETRY_BACKOFF_S \
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR MLFLOW_HTTP_REQUEST_TIMEOUT; do
+        [ -z "${!var:-}" ] || printf 'export %s=%q\n' "$var" "${!var}"
+      done
     } > "$STATE/env"
   )
 }
@@ -329,21 +339,84 @@ with_env() {  # with_env COMMAND...: run it in the stack's environment, from the
 # ---------------------------------------------------------------------------------------------
 # commands
 
-up() {
-  local name alive_count=0
-  mkdir -p "$STATE"/{run,logs,home,dagster_home,keys}
-  for name in "${COMPONENTS[@]}"; do alive "$name" && alive_count=$((alive_count + 1)); done
-  if [ "$alive_count" = "${#COMPONENTS[@]}" ]; then
-    say "already up ($STATE)"
-    status
-    return 0
-  elif [ "$alive_count" -gt 0 ]; then
-    die "partly up ($alive_count of ${#COMPONENTS[@]} components alive): \`bash scripts/stack.sh down\` first"
-  fi
+start_component() {  # start_component NAME: start one component on its recorded port
+  case $1 in
+    postgres)
+      pg_init
+      pg_start "$(port_of postgres)"
+      pg_databases
+      say "postgres on 127.0.0.1:$(port_of postgres)"
+      ;;
+    s3)
+      launch s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$(port_of s3)"
+      wait_for s3 http_ok "http://127.0.0.1:$(port_of s3)/"
+      # moto checks no signature: a plain PUT creates the bucket (an existing one is kept).
+      curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$(port_of s3)/$BUCKET"
+      say "s3 (moto, in memory) on http://127.0.0.1:$(port_of s3), bucket $BUCKET"
+      ;;
+    mlflow)
+      # The backend store URI holds a password: passed in the environment, not the command line.
+      launch mlflow env MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$PG_USER:$PG_PASSWORD@127.0.0.1:$(port_of postgres)/mlflow" \
+        MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$(port_of s3)" AWS_ACCESS_KEY_ID=testing \
+        AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+        "$VENV/bin/mlflow" server --serve-artifacts --artifacts-destination "s3://$BUCKET/mlflow" \
+        --host 127.0.0.1 --port "$(port_of mlflow)" --workers 1
+      wait_for mlflow http_ok "http://127.0.0.1:$(port_of mlflow)/health"
+      say "mlflow on http://127.0.0.1:$(port_of mlflow)"
+      ;;
+    grpc)
+      cp "$ROOT/deploy/stack/dagster.yaml" "$STATE/dagster_home/dagster.yaml"
+      launch_in_env grpc "$VENV/bin/dagster" api grpc -m unified_assets.definitions \
+        -h 127.0.0.1 -p "$(port_of grpc)"
+      wait_for grpc "$VENV/bin/dagster" api grpc-health-check -h 127.0.0.1 -p "$(port_of grpc)"
+      say "code server on 127.0.0.1:$(port_of grpc)"
+      ;;
+    daemon)
+      launch_in_env daemon "$VENV/bin/dagster-daemon" run -w "$ROOT/deploy/stack/workspace.yaml"
+      wait_for daemon with_env "$VENV/bin/dagster-daemon" liveness-check
+      say "daemon running (sensors, run queue, run monitoring)"
+      ;;
+    webserver)
+      launch_in_env webserver "$VENV/bin/dagster-webserver" -h 127.0.0.1 -p "$(port_of webserver)" \
+        -w "$ROOT/deploy/stack/workspace.yaml"
+      wait_for webserver http_ok "http://127.0.0.1:$(port_of webserver)/server_info"
+      say "webserver on http://127.0.0.1:$(port_of webserver)"
+      ;;
+  esac
+}
+
+preflight() {
   [ -x "$VENV/bin/dagster" ] || die "no project venv at $VENV (run: bash scripts/setup.sh dev)"
   [ -x "$VENV/bin/moto_server" ] || die "moto's server is missing (run: bash scripts/setup.sh dev)"
   command -v psql > /dev/null || die "psql not found (apt-get install postgresql-client-15)"
   PGBIN=$(pg_bin)
+}
+
+up() {
+  local name alive_count=0 missing=()
+  mkdir -p "$STATE"/{run,logs,home,dagster_home,keys}
+  for name in "${COMPONENTS[@]}"; do
+    if alive "$name"; then alive_count=$((alive_count + 1)); else missing+=("$name"); fi
+  done
+  if [ "$alive_count" = "${#COMPONENTS[@]}" ]; then
+    say "already up ($STATE)"
+    status
+    return 0
+  fi
+  preflight
+  if [ "$alive_count" -gt 0 ]; then
+    # Partly up (a component crashed or was killed): start what is missing, on the ports and
+    # with the secrets and env the running components already use; nothing running is touched.
+    secrets
+    if [[ " ${missing[*]} " == *" s3 "* ]]; then
+      say "s3 restarts empty: moto keeps its bucket in memory (landed batches, IO values and MLflow artifacts are gone)"
+    fi
+    for name in "${missing[@]}"; do start_component "$name"; done
+    say "up (restarted: ${missing[*]})"
+    status
+    return 0
+  fi
   # A failed `up` stops what it started: no half stack is left behind.
   trap 'if [ "${UP_DONE:-}" != 1 ]; then echo "stack: up failed; stopping what started" >&2; down > /dev/null 2>&1 || true; fi' EXIT
 
@@ -356,44 +429,29 @@ up() {
   decider_policy
   touch "$STATE/logs/postgres.log"
 
-  pg_init
-  pg_start "$(port_of postgres)"
-  pg_databases
-  say "postgres on 127.0.0.1:$(port_of postgres)"
+  start_component postgres
   write_env
-
-  launch s3 "$VENV/bin/moto_server" -H 127.0.0.1 -p "$(port_of s3)"
-  wait_for s3 http_ok "http://127.0.0.1:$(port_of s3)/"
-  # moto checks no signature: a plain PUT creates the bucket (an existing one is kept).
-  curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$(port_of s3)/$BUCKET"
-  say "s3 (moto, in memory) on http://127.0.0.1:$(port_of s3), bucket $BUCKET"
-
-  # The backend store URI holds a password: passed in the environment, not the command line.
-  launch mlflow env MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$PG_USER:$PG_PASSWORD@127.0.0.1:$(port_of postgres)/mlflow" \
-    MLFLOW_S3_ENDPOINT_URL="http://127.0.0.1:$(port_of s3)" AWS_ACCESS_KEY_ID=testing \
-    AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1 \
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
-    "$VENV/bin/mlflow" server --serve-artifacts --artifacts-destination "s3://$BUCKET/mlflow" \
-    --host 127.0.0.1 --port "$(port_of mlflow)" --workers 1
-  wait_for mlflow http_ok "http://127.0.0.1:$(port_of mlflow)/health"
-  say "mlflow on http://127.0.0.1:$(port_of mlflow)"
-
-  cp "$ROOT/deploy/stack/dagster.yaml" "$STATE/dagster_home/dagster.yaml"
-  launch_in_env grpc "$VENV/bin/dagster" api grpc -m unified_assets.definitions \
-    -h 127.0.0.1 -p "$(port_of grpc)"
-  wait_for grpc "$VENV/bin/dagster" api grpc-health-check -h 127.0.0.1 -p "$(port_of grpc)"
-  say "code server on 127.0.0.1:$(port_of grpc)"
-
-  launch_in_env daemon "$VENV/bin/dagster-daemon" run -w "$ROOT/deploy/stack/workspace.yaml"
-  wait_for daemon with_env "$VENV/bin/dagster-daemon" liveness-check
-  say "daemon running (sensors, run queue, run monitoring)"
-
-  launch_in_env webserver "$VENV/bin/dagster-webserver" -h 127.0.0.1 -p "$(port_of webserver)" \
-    -w "$ROOT/deploy/stack/workspace.yaml"
-  wait_for webserver http_ok "http://127.0.0.1:$(port_of webserver)/server_info"
+  for name in s3 mlflow grpc daemon webserver; do start_component "$name"; done
   UP_DONE=1
   say "up"
   status
+}
+
+restart() {  # restart NAME: stop one component (as `down` would) and start it again
+  local name=${1:-}
+  [[ " ${COMPONENTS[*]} " == *" $name "* ]] || die "restart what? one of: ${COMPONENTS[*]}"
+  [ -f "$STATE/env" ] || die "not set up ($STATE): \`bash scripts/stack.sh up\` first"
+  preflight
+  secrets
+  if [ "$name" = postgres ]; then
+    pg_stop
+  else
+    stop_processes "$name"
+  fi
+  [ "$name" != s3 ] || say "s3 restarts empty: moto keeps its bucket in memory"
+  start_component "$name"
+  status > /dev/null || true
+  say "restarted $name"
 }
 
 status() {
@@ -439,5 +497,6 @@ case ${1:-} in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: bash scripts/stack.sh up|down|status" >&2; exit 2 ;;
+  restart) restart "${2:-}" ;;
+  *) echo "usage: bash scripts/stack.sh up|down|status|restart COMPONENT" >&2; exit 2 ;;
 esac

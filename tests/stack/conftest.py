@@ -44,7 +44,12 @@ def stack_env() -> Iterator[dict[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(FOREIGN)}
     env |= {"UNIFIED_AI_STACK_DIR": str(folder / "stack"), "UNIFIED_AI_POLICY": str(policy),
             "PORT": str(web), "GRPC_PORT": str(grpc), "MLFLOW_PORT": str(mlflow),
-            "S3_PORT": str(s3), "PG_PORT": str(pg), "STACK_TIMEOUT": "240"}
+            "S3_PORT": str(s3), "PG_PORT": str(pg), "STACK_TIMEOUT": "240",
+            # The fault tests wait out outages in seconds, not minutes: a failed ingestion is
+            # retried after 5 s (production: 60 s), and MLflow's client gives up on a server
+            # that is down after 2 quick retries (MLflow's default: 7, minutes in all).
+            "UNIFIED_AI_INGEST_RETRY_BACKOFF_S": "5", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     yield env
     stack_sh("down", env)
     shutil.rmtree(folder, ignore_errors=True)

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import shlex
+import signal
 import subprocess
 import time
 import urllib.error
@@ -65,6 +66,16 @@ query Sensor($selector: SensorSelector!) {
   }
 }"""
 
+REEXECUTE = """
+mutation Reexecute($params: ReexecutionParams!) {
+  launchRunReexecution(reexecutionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message }
+    ... on RunConfigValidationInvalid { errors { message } }
+  }
+}"""
+
 METADATA_VALUE = ("text", "mdStr", "intValue", "floatValue", "boolValue", "jsonString", "url")
 
 
@@ -78,9 +89,11 @@ class Run:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def stack_sh(command: str, env: dict[str, str], timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), command], env=env, capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+def stack_sh(command: str, env: dict[str, str], timeout: float = 600,
+             args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """`bash scripts/stack.sh COMMAND ARGS` with the given environment."""
+    return subprocess.run(["bash", str(SCRIPT), command, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -99,6 +112,8 @@ class Stack:
         self.webserver = f"http://127.0.0.1:{self.port('webserver')}"
         self.mlflow = self.env["MLFLOW_TRACKING_URI"]
         self.bucket = self.env["UNIFIED_AI_S3_BUCKET"]
+        # Runs a fault test failed on purpose: `wait_for` does not stop at them.
+        self.expected_failures: set[str] = set()
 
     def port(self, component: str) -> int:
         return int((self.state / "run" / f"{component}.port").read_text())
@@ -122,6 +137,16 @@ class Stack:
             if mark in environ:
                 found.add(int(entry))
         return found
+
+    def kill(self, component: str) -> int:
+        """SIGKILL a component's process group (a crash: no shutdown handler runs)."""
+        pid = self.pid(component)
+        os.killpg(pid, signal.SIGKILL)
+        return pid
+
+    def freeze(self, component: str, frozen: bool) -> None:
+        """SIGSTOP / SIGCONT a component's process group: it hangs, as a stuck server does."""
+        os.killpg(self.pid(component), signal.SIGSTOP if frozen else signal.SIGCONT)
 
     def log(self, component: str, lines: int = 60) -> str:
         path = self.state / "logs" / f"{component}.log"
@@ -151,6 +176,17 @@ class Stack:
                               Body=buffer.getvalue())
             names.append(batch_name(index))
         return names
+
+    def snapshot(self) -> dict[str, bytes]:
+        """Every object in the bucket (moto keeps them only in memory)."""
+        client = self.s3()
+        return {key: client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                for key in self.keys("")}
+
+    def restore(self, objects: dict[str, bytes]) -> None:
+        client = self.s3()
+        for key, body in objects.items():
+            client.put_object(Bucket=self.bucket, Key=key, Body=body)
 
     def keys(self, prefix: str) -> list[str]:
         pages = self.s3().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -182,7 +218,8 @@ class Stack:
             value = found(runs)
             if value:
                 return value
-            failed = [r for r in runs if r.status == "FAILURE"]
+            failed = [r for r in runs if r.status == "FAILURE"
+                      and r.run_id not in self.expected_failures]
             if failed or time.monotonic() > deadline:
                 summary = "\n".join(f"  {r.job} {r.status} {r.run_id} {r.tags.get('unified-ai/trigger')}"
                                     for r in runs)
@@ -190,6 +227,25 @@ class Stack:
                 pytest.fail(f"waiting for {what}: {why}; runs:\n{summary}\n"
                             f"daemon log:\n{self.log('daemon', 30)}\ngrpc log:\n{self.log('grpc', 30)}")
             time.sleep(3)
+
+    def poll(self, what: str, found: Callable[[], Any], timeout: float = 300,
+             every: float = 1.0) -> Any:
+        """Poll `found()` until it is truthy (failed runs do not stop it); fail on the deadline."""
+        deadline = time.monotonic() + timeout
+        while not (value := found()):
+            if time.monotonic() > deadline:
+                pytest.fail(f"waiting for {what}: not within {timeout} s; daemon log:\n"
+                            f"{self.log('daemon', 30)}\ngrpc log:\n{self.log('grpc', 30)}")
+            time.sleep(every)
+        return value
+
+    def reexecute(self, run_id: str) -> str:
+        """Re-execute a run from its failed steps, as the UI's "Re-execute from failure" does."""
+        result = self.graphql(REEXECUTE, {"params": {"parentRunId": run_id,
+                                                      "strategy": "FROM_FAILURE"}})
+        launched = result["launchRunReexecution"]
+        assert launched["__typename"] == "LaunchRunSuccess", launched
+        return launched["run"]["runId"]
 
     def materializations(self, asset: str, limit: int = 20) -> list[dict]:
         """Newest first: runId, partition and metadata (label -> value)."""
@@ -236,16 +292,24 @@ class Stack:
 
     # --- Postgres ---------------------------------------------------------------------------
 
-    def sql(self, database: str, query: str) -> list[tuple]:
-        """Rows of `query` on one of the stack's databases (dagster, mlflow, decisions)."""
+    def connect(self, database: str):
+        """A psycopg2 connection to one of the stack's databases (dagster, mlflow, decisions)."""
         import psycopg2
 
         env = self.env
-        with psycopg2.connect(host=env["DAGSTER_PG_HOST"], port=env["DAGSTER_PG_PORT"],
-                              user=env["DAGSTER_PG_USERNAME"], password=env["DAGSTER_PG_PASSWORD"],
-                              dbname=database) as conn, conn.cursor() as cursor:
-            cursor.execute(query)
-            return cursor.fetchall()
+        return psycopg2.connect(host=env["DAGSTER_PG_HOST"], port=env["DAGSTER_PG_PORT"],
+                                user=env["DAGSTER_PG_USERNAME"],
+                                password=env["DAGSTER_PG_PASSWORD"], dbname=database)
+
+    def sql(self, database: str, query: str) -> list[tuple]:
+        """Rows of `query` on one of the stack's databases."""
+        conn = self.connect(database)
+        try:
+            with conn, conn.cursor() as cursor:
+                cursor.execute(query)
+                return cursor.fetchall()
+        finally:
+            conn.close()
 
     def decision_log(self) -> list[dict]:
         """Every row of the decision store (its payload, with the record kind), in order."""

@@ -46,5 +46,8 @@ def test_workspace_loads_the_code_server_the_cli_submits_to():
 def test_stack_script_parses_and_refuses_an_unknown_command():
     script = ROOT / "scripts" / "stack.sh"
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
-    usage = subprocess.run(["bash", str(script), "restart"], capture_output=True, text=True)
+    usage = subprocess.run(["bash", str(script), "rebuild"], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage: bash scripts/stack.sh up|down|status" in usage.stderr
+    vague = subprocess.run(["bash", str(script), "restart", "everything"], capture_output=True,
+                           text=True)
+    assert vague.returncode == 1 and "restart what? one of: postgres s3 mlflow" in vague.stderr
