@@ -44,7 +44,9 @@ class Background:
         self.result = start()
 
     def join(self) -> JobExecutionResult:
-        self.thread.join(PATIENCE_S)
+        # A whole run (a held step, a relaunch, the steps after it), not one job's state change:
+        # twice the patience, since on two saturated cores each Ray job start takes seconds.
+        self.thread.join(2 * PATIENCE_S)
         assert self.result is not None, "the run did not finish"
         return self.result
 

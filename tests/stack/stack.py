@@ -76,6 +76,23 @@ mutation Reexecute($params: ReexecutionParams!) {
   }
 }"""
 
+RUN_ERRORS = """
+query RunErrors($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      eventConnection {
+        events {
+          __typename
+          ... on ExecutionStepFailureEvent { message error { message } }
+          ... on RunFailureEvent { message }
+          ... on EngineEvent { message error { message } }
+        }
+      }
+    }
+  }
+}"""
+
 METADATA_VALUE = ("text", "mdStr", "intValue", "floatValue", "boolValue", "jsonString", "url")
 
 
@@ -238,6 +255,19 @@ class Stack:
                             f"{self.log('daemon', 30)}\ngrpc log:\n{self.log('grpc', 30)}")
             time.sleep(every)
         return value
+
+    def run_errors(self, run_id: str) -> list[str]:
+        """The failure messages of a run's event log (step failures, engine errors, the run's
+        failure), as the UI's run page shows them."""
+        run = self.graphql(RUN_ERRORS, {"runId": run_id})["runOrError"]
+        assert run["__typename"] == "Run", run
+        out = []
+        for event in run["eventConnection"]["events"]:
+            if event["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent") or (
+                    event.get("error")):
+                out.append(" ".join(filter(None, (event.get("message"),
+                                                  (event.get("error") or {}).get("message")))))
+        return out
 
     def reexecute(self, run_id: str) -> str:
         """Re-execute a run from its failed steps, as the UI's "Re-execute from failure" does."""
