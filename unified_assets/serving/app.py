@@ -379,9 +379,14 @@ class SupportIngress:
         plan = plan_request(self.deployed, self.live, self.placement)
         audit["plan_ms"] = round((time.perf_counter() - plan_started) * 1000, 3)
         if any(p.action != CALL for p in plan.values()) and time.time() - self.live.taken_at > FRESH_S:
-            self.live = await asyncio.to_thread(self._read_live)
-            plan = plan_request(self.deployed, self.live, self.placement)
-            audit["replanned_on_fresh_state"] = True
+            try:
+                self.live = await asyncio.to_thread(self._read_live)
+            except Exception as error:  # noqa: BLE001 - Ray's state did not answer (a busy GCS)
+                # The plan stands on the last state read; the request is not failed for it.
+                audit["live_state_error"] = f"{type(error).__name__}: {str(error)[:200]}"
+            else:
+                plan = plan_request(self.deployed, self.live, self.placement)
+                audit["replanned_on_fresh_state"] = True
         classified, retrieved = await asyncio.gather(
             self._call(plan["classify"], lambda: self.classifier.classify.remote(message)),
             self._call(plan["retrieve"],
