@@ -74,10 +74,13 @@ def batch_drift(
                          "quality checks", allow_retries=False)
 
 
-def champion_reference(values: ParquetIOManager, registry: MlflowRegistry,
-                       model_name: str) -> tuple[str, list[str], dict[str, dict]] | None:
-    """(champion version, its training batches, the stored ones' profiles by batch), or None
-    without a champion or when none of its batches' values is stored any more."""
+def champion_reference(values: ParquetIOManager, registry: MlflowRegistry, model_name: str
+                       ) -> tuple[str, list[str], dict[str, dict], list[str]] | None:
+    """(champion version, its training batches, the stored ones' profiles by batch on one
+    layout, the batches profiled again to get there), or None without a champion or when
+    none of its batches' values is stored any more. Read once per run."""
+    from unified_assets.ml.drift_judgement import on_one_layout
+
     version = registry.alias_version(model_name)
     if version is None:
         return None
@@ -86,7 +89,8 @@ def champion_reference(values: ParquetIOManager, registry: MlflowRegistry,
                 if values.exists(LANDED_BATCH, b)}
     if not profiles:
         return None
-    return version, batches, profiles
+    profiles, redone = on_one_layout(profiles, lambda b: values.load(LANDED_BATCH, b))
+    return version, batches, profiles, redone
 
 
 def _judge(reference, batch: str, profile: dict, policy: PolicyResource,
@@ -97,11 +101,12 @@ def _judge(reference, batch: str, profile: dict, policy: PolicyResource,
 
     if reference is None:
         return {"verdict": "no champion yet: nothing to compare"}
-    version, batches, profiles = reference
-    # One layout for the reference and the batch (rows are read only for a batch on another).
-    same, redone = on_one_layout({**profiles, batch: profile},
-                                 lambda b: values.load(LANDED_BATCH, b))
-    result = judge_drift([same[b] for b in profiles], same[batch], policy.policy.drift)
+    version, batches, profiles, redone = reference
+    # The batch on the reference's layout (its rows are read only if it is on another).
+    same, current = on_one_layout({**profiles, batch: profile},
+                                  lambda b: values.load(LANDED_BATCH, b))
+    result = judge_drift(list(profiles.values()), same[batch], policy.policy.drift)
+    redone = redone + current
     extra = {"reprofiled_batches": dg.MetadataValue.json(redone)} if redone else {}
     return extra | {
         "dataset_drift": result["dataset_drift"],
