@@ -439,7 +439,8 @@ up() {
 
 restart() {  # restart NAME: stop one component (as `down` would) and start it again
   local name=${1:-}
-  [[ " ${COMPONENTS[*]} " == *" $name "* ]] || die "restart what? one of: ${COMPONENTS[*]}"
+  [[ " ${COMPONENTS[*]} " == *" $name "* ]] ||
+    die "restart what? '${name}' is not a component; one of: ${COMPONENTS[*]}"
   [ -f "$STATE/env" ] || die "not set up ($STATE): \`bash scripts/stack.sh up\` first"
   preflight
   secrets

@@ -50,4 +50,5 @@ def test_stack_script_parses_and_refuses_an_unknown_command():
     assert usage.returncode == 2 and "usage: bash scripts/stack.sh up|down|status" in usage.stderr
     vague = subprocess.run(["bash", str(script), "restart", "everything"], capture_output=True,
                            text=True)
-    assert vague.returncode == 1 and "restart what? one of: postgres s3 mlflow" in vague.stderr
+    assert vague.returncode == 1 and (
+        "restart what? 'everything' is not a component; one of: postgres s3 mlflow" in vague.stderr)
