@@ -183,28 +183,36 @@ def test_messages_and_store_are_the_same_for_the_same_seed():
 
 def test_the_rayservice_manifest_deploys_what_serving_deploys():
     """deploy/ray/rayservice.yaml's serveConfigV2 is a valid Serve config with the same
-    applications, routes, import paths, deployments, resource requests and user_config keys
-    as the one the `serving` asset sends (for a head node and a GPU worker)."""
+    applications, routes, import paths, deployments, resource requests, user_config keys and
+    autoscaling as the one the `serving` asset sends with the shipped policy (for a head node
+    and a GPU worker)."""
     from pathlib import Path
 
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
+    from unified_assets.policy import load_policy
     from unified_assets.serving.deploy import ModelRef, ServingPlan, place_parts, serve_config
+    from unified_assets.serving.profiles import PARTS
 
     manifest = yaml.safe_load((Path(__file__).parents[2] / "deploy/ray/rayservice.yaml").read_text())
     assert manifest["kind"] == "RayService"
     shipped = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     ServeDeploySchema.model_validate(shipped)
     ref = ModelRef("payments-risk", "1", "http://mlflow:5000")
+    # The shipped policy's autoscaling, as the `serving` asset puts it in its plan.
+    scaling = load_policy().serving.rules()
     plan = ServingPlan(fraud_model=ref, intent_model=ref, numeric=["amount"], categorical=[],
-                       audit_path="/a.jsonl", decisions_url=None, http_host="0.0.0.0")
+                       audit_path="/a.jsonl", decisions_url=None, http_host="0.0.0.0",
+                       autoscaling={part: scaling[name].autoscaling_config()
+                                    for part, (name, _, _) in PARTS.items()})
     capacity = RayCapacity(nodes=(HEAD, GPU_NODE))
     ours = serve_config(plan, place_parts(capacity, DEFAULT_POLICY), capacity, DEFAULT_POLICY)
 
     def shape(config: dict) -> dict:
         return {app["name"]: (app["route_prefix"], app["import_path"], {
-            d["name"]: (d["ray_actor_options"], sorted(set(d["user_config"]) - {"placement_policy"}))
+            d["name"]: (d["ray_actor_options"], sorted(set(d["user_config"]) - {"placement_policy"}),
+                        d.get("num_replicas"), d.get("autoscaling_config"))
             for d in app["deployments"]}) for app in config["applications"]}
 
     assert shape(shipped) == shape(ours)
