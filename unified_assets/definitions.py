@@ -17,6 +17,14 @@ from sensors.labels import build_labels_sensor
 from sensors.landing import build_landing_sensor
 from sensors.live import build_live_sensor
 from sensors.retrain import RETRAIN_TAG
+from unified_assets.assets.backlog import (
+    BACKLOG_ASSETS,
+    build_backlog_sensor,
+    request_audit,
+    request_audit_daily,
+    request_audit_job,
+    support_backlog_job,
+)
 from unified_assets.assets.data import landed_batch
 from unified_assets.assets.deployment import (
     APPROVAL_INPUT,
@@ -268,7 +276,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     # serving: RAY_ADDRESS's cluster, else a Ray instance on this machine started on demand
     resources["serving_target"] = ServingTarget(home=str(settings.home),
                                                 ray_address=settings.ray_address)
-    schedules = []
+    schedules = [request_audit_daily]  # serving: yesterday's requests, summarized at 00:15 UTC
     if policy.drift.retrain_cron:
         schedules.append(dg.ScheduleDefinition(
             name="retrain_floor", job=lifecycle_job, cron_schedule=policy.drift.retrain_cron,
@@ -278,10 +286,12 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ))
     candidates = resolve_candidates(settings.candidates)
     return dg.Definitions(
-        assets=[*SHARED_ASSETS, *candidate_assets(candidates), support_intent_model, serving],
+        assets=[*SHARED_ASSETS, *candidate_assets(candidates), support_intent_model, serving,
+                *BACKLOG_ASSETS, request_audit],
         schedules=schedules,
         jobs=[ingest_job, labels_job, lifecycle_job, approval_job, rollback_job,
-              deploy_serving_job, resolve_support_case_job],
+              deploy_serving_job, resolve_support_case_job, support_backlog_job,
+              request_audit_job],
         sensors=[
             build_landing_sensor(ingest_job),
             build_labels_sensor(labels_job),
@@ -291,6 +301,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             run_failure_incidents,
             build_serving_sensor(deploy_serving_job),
             build_scaling_sensor(),
+            build_backlog_sensor(support_backlog_job),
             build_pool_limits_sensor(
                 settings.executor == "k8s",
                 (settings.ray_address or "") if settings.executor == "ray" else None),

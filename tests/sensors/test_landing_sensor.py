@@ -193,7 +193,7 @@ def test_sensors_default_to_running(settings):
     assert names == {"landing_zone_sensor", "lifecycle_automation", "approval_decisions_sensor",
                      "drift_retrain_sensor", "run_failure_incidents", "labels_landing_sensor",
                      "live_performance_sensor", "pool_limits", "report_automation",
-                     "serving_follows_champion", "serving_scaling"}
+                     "serving_follows_champion", "serving_scaling", "support_backlog_sensor"}
     for name in names:
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 

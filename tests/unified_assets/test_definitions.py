@@ -26,7 +26,9 @@ def test_definitions_load_and_every_asset_is_described():
         "evaluation_sklearn", "evaluation_torch", "quality_report_sklearn",
         "quality_report_torch", "challenger", "approval",
         "production_model", "batch_drift", "batch_labels", "live_performance", "drift_report",
-        "support_intent_model", "serving",
+        "support_intent_model", "serving", "support_backlog", "backlog_classified",
+        "backlog_retrieved", "backlog_explained", "backlog_fraud_checked", "backlog_decided",
+        "request_audit",
     }
     groups = {}
     for key in graph.get_all_asset_keys():
@@ -42,6 +44,7 @@ def test_definitions_load_and_every_asset_is_described():
     assert groups["challenger"] == "evaluation"
     assert groups["production_model"] == "deployment"
     assert groups["serving"] == "serving"  # its own group: a lifecycle run never starts Ray
+    assert groups["backlog_explained"] == groups["request_audit"] == "serving"
 
 
 def test_candidates_declare_their_compute_profiles():

@@ -103,16 +103,11 @@ class ExplainerCore:
         self.prefer_gpu = prefer_gpu
 
     def explain(self, payments: list[dict]) -> dict:
-        import pandas as pd
-
-        from unified_assets.serving.explain import attribute, describe
+        from unified_assets.serving.explain import explain_payments
 
         model = self.model  # one reference: a reconfigure never mixes two versions in one answer
-        frame = pd.DataFrame(payments)
-        result = attribute(model, frame, self.reference, self.prefer_gpu)
-        texts = [describe(p, s, c, model.label) for p, s, c in
-                 zip(payments, result["scores"], result["contributions"], strict=True)]
-        return {**result, "texts": texts, "version": model.label, "ran_on": ran_on()}
+        return {**explain_payments(model, payments, self.reference, self.prefer_gpu),
+                "ran_on": ran_on()}
 
 
 @serve.deployment(name="Classifier", max_ongoing_requests=MAX_ONGOING_REQUESTS["Classifier"])
@@ -125,15 +120,13 @@ class Classifier:
         self.label = ""
 
     def reconfigure(self, config: dict) -> None:
-        import mlflow
+        from unified_assets.serving.intent_model import load_intent_model
 
         intent = config["intent_model"]
         key = (intent["tracking_uri"], intent["name"], intent["version"])
         if key != self.key:
-            mlflow.set_tracking_uri(intent["tracking_uri"])
-            mlflow.set_registry_uri(intent["tracking_uri"])
-            loaded = mlflow.pyfunc.load_model(f"models:/{intent['name']}/{intent['version']}")
-            self.model, self.label = loaded.unwrap_python_model(), f"{intent['name']} v{intent['version']}"
+            self.model, self.label = load_intent_model(intent["name"], intent["version"],
+                                                       intent["tracking_uri"])
             self.key = key
 
     def classify(self, text: str) -> dict:
@@ -199,14 +192,14 @@ class FraudModel:
             frame = pd.DataFrame(rows)
         except (ValueError, KeyError, TypeError) as error:
             return JSONResponse({"error": f"bad request: {error}"}, status_code=400)
+        from unified_assets.serving.explain import payment_scores
+
         model = self.core.model
         try:
-            scores = model.score(frame)
+            scores = payment_scores(model, rows, frame)
         except (ValueError, KeyError, TypeError) as error:  # missing feature columns and the like
             return JSONResponse({"error": f"cannot score these rows: {error}"}, status_code=422)
-        ids = [str(r.get("transaction_id", i)) for i, r in enumerate(rows)]
-        return JSONResponse({"scores": dict(zip(ids, map(float, scores), strict=True)),
-                             "version": model.label, "ran_on": ran_on()})
+        return JSONResponse({"scores": scores, "version": model.label, "ran_on": ran_on()})
 
     def explain(self, payments: list[dict]) -> dict:
         return self.core.explain(payments)
@@ -445,15 +438,15 @@ class SupportIngress:
     def _open_case(self, audit: dict, message: str, intent: dict, outcome: Any,
                    versions: dict) -> str:
         from resources.decision_store import DecisionStore
-        from unified_assets.serving.cases import open_case
+        from unified_assets.serving.cases import open_request_case
 
         if self.store is None:
             url = os.environ.get(DECISIONS_URL_ENV) or self.config["decisions_url"]
             self.store = DecisionStore(url=url, chain_key=os.environ.get(LEDGER_KEY_ENV) or None)
-        return open_case(self.store, request_id=audit["request_id"], reason=outcome.reason,
-                         details={"customer_id": audit["customer_id"], "message": message,
-                                  "intents": intent["intents"], "draft_answer": outcome.answer,
-                                  "model_versions": versions})
+        return open_request_case(self.store, request_id=audit["request_id"],
+                                 customer_id=audit["customer_id"], message=message,
+                                 intents=intent["intents"], reason=outcome.reason,
+                                 draft_answer=outcome.answer, model_versions=versions)
 
     def _finish(self, audit: dict, started: float, status: int, body: dict, outcome: str,
                 parts: dict | None = None, versions: dict | None = None) -> JSONResponse:

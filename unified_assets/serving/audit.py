@@ -3,14 +3,25 @@ why, latency, fallbacks, outcome, model versions), appended by the ingress repli
 
 A JSONL file rather than the decision store: every request writes one, and the hash chain
 is for decisions. Each line is written with one `write` under an exclusive lock, so
-replicas on the same host never interleave lines."""
+replicas on the same host never interleave lines.
+
+`summarize` is what the `request_audit` asset records per day: outcomes, escalation rate,
+fallbacks per part, latency percentiles and the model versions seen."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+
+# Outcomes of a decided request (the others: `rejected`, a 4xx, and `error`, a 500).
+DECIDED = ("answer", "retry", "escalate")
 
 
 def append_record(path: str | Path, record: dict) -> None:
@@ -25,15 +36,128 @@ def append_record(path: str | Path, record: dict) -> None:
         os.close(fd)  # closing releases the lock
 
 
-def read_records(path: str | Path, last: int | None = None) -> list[dict]:
-    """The records, oldest first (the `last` newest when given); a torn final line is skipped."""
+@dataclass(frozen=True)
+class BadLine:
+    """A line of the audit that is not a record: where it is and why."""
+
+    path: str
+    line: int  # 1-based
+    error: str
+    text: str  # its first characters
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.error}"
+
+
+def iter_records(path: str | Path, bad: list[BadLine] | None = None) -> Iterator[dict]:
+    """The records in file order, read line by line. A line that is not a JSON object is
+    skipped, and named in `bad` (file, line number, why) when a list is given; blank lines
+    are no records and no errors."""
     target = Path(path)
     if not target.exists():
-        return []
-    records = []
-    for line in target.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        return
+    with target.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+                if not isinstance(record, dict):
+                    raise ValueError(f"a JSON {type(record).__name__}, not an object")
+            except (UnicodeDecodeError, ValueError) as error:
+                if bad is not None:
+                    why = str(error).splitlines()[0][:200]
+                    if not raw.endswith(b"\n"):
+                        why += " (the last line, without its newline: possibly still being written)"
+                    bad.append(BadLine(str(target), number, why,
+                                       raw[:120].decode(errors="replace").rstrip()))
+                continue
+            yield record
+
+
+def read_records(path: str | Path, last: int | None = None,
+                 bad: list[BadLine] | None = None) -> list[dict]:
+    """The records, oldest first (the `last` newest when given); a torn or malformed line is
+    skipped (and named in `bad` when a list is given)."""
+    records = list(iter_records(path, bad))
     return records[-last:] if last else records
+
+
+def record_time(record: dict) -> datetime | None:
+    """When a request was taken (`at`, ISO 8601; naive times are UTC); None if unreadable."""
+    try:
+        at = datetime.fromisoformat(str(record["at"]))
+    except (KeyError, ValueError, TypeError):
+        return None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def percentile(values: list[float], share: float) -> float:
+    """Nearest-rank percentile (share in [0, 1]) of a non-empty list (as `serving_scaling`)."""
+    from unified_assets.serving.scaling import _percentile
+
+    return _percentile(values, share)
+
+
+def summarize(path: str | Path, start: datetime, end: datetime) -> dict:
+    """The requests taken in [start, end) from the audit at `path`: counts by outcome and HTTP
+    status, the escalation rate (escalated / decided: answer, retry or escalate; a rejected
+    4xx or an error is no decision), fallbacks per part, latency p50/p95/p99 (ms), model
+    versions seen, the most frequent escalation reasons; and every line that could not be
+    read (named, never dropped silently) or had no readable time."""
+    bad: list[BadLine] = []
+    outcomes: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    fallbacks: Counter[tuple[str, str]] = Counter()
+    fallback_parts: Counter[str] = Counter()
+    versions: Counter[tuple[str, str]] = Counter()
+    reasons: Counter[str] = Counter()
+    latencies: list[float] = []
+    untimed: list[str] = []
+    requests = with_fallback = 0
+    for number, record in enumerate(iter_records(path, bad), start=1):
+        at = record_time(record)
+        if at is None:
+            untimed.append(str(record.get("request_id", f"record {number}")))
+            continue
+        if not start <= at < end:
+            continue
+        requests += 1
+        outcome = str(record.get("outcome") or "unknown")
+        outcomes[outcome] += 1
+        status = record.get("status")
+        statuses[str(status) if status is not None else "unknown"] += 1
+        parts = set()
+        for fallback in record.get("fallbacks") or []:
+            part, _, what = str(fallback).partition(":")
+            fallbacks[(part.strip(), what.strip() or "fallback")] += 1
+            parts.add(part.strip())
+        fallback_parts.update(parts)
+        with_fallback += bool(parts)
+        for key, version in sorted((record.get("versions") or {}).items()):
+            versions[(str(key), str(version))] += 1
+        if outcome == "escalate":
+            reasons[str(record.get("reason") or "no reason recorded")[:160]] += 1
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            latencies.append(float(record["latency_ms"]))
+    decided = sum(outcomes[o] for o in DECIDED)
+    latency = ({f"p{int(q * 100)}_latency_ms": round(percentile(latencies, q), 1)
+                for q in (0.5, 0.95, 0.99)} if latencies else {})
+    return {
+        "requests": requests,
+        "decided": decided,
+        "outcomes": dict(sorted(outcomes.items())),
+        "statuses": dict(sorted(statuses.items())),
+        "escalation_rate": round(outcomes["escalate"] / decided, 4) if decided else None,
+        "requests_with_fallback": with_fallback,
+        "fallbacks_per_part": dict(sorted(fallback_parts.items())),
+        "fallbacks": [{"part": part, "fallback": what, "requests": n}
+                      for (part, what), n in sorted(fallbacks.items())],
+        "latency": latency,
+        "latency_samples": len(latencies),
+        "versions": [{"model": key, "version": version, "requests": n}
+                     for (key, version), n in sorted(versions.items())],
+        "escalation_reasons": [{"reason": r, "requests": n} for r, n in reasons.most_common(5)],
+        "bad_lines": bad,
+        "untimed": untimed,
+    }

@@ -52,6 +52,18 @@ def open_case(store: DecisionStore, *, request_id: str, reason: str, details: di
     return case_id
 
 
+def open_request_case(store: DecisionStore, *, request_id: str, customer_id: int, message: str,
+                      intents: list[str], reason: str, draft_answer: str, model_versions: dict,
+                      extra: dict | None = None) -> str:
+    """An escalated support request as an open case (online and backlog alike): who asked
+    what, the intents read, the draft answer and the model versions; `extra` adds details
+    (a backlog's file and line)."""
+    return open_case(store, request_id=request_id, reason=reason,
+                     details={"customer_id": customer_id, "message": message,
+                              "intents": intents, "draft_answer": draft_answer,
+                              "model_versions": model_versions, **(extra or {})})
+
+
 def list_cases(store: DecisionStore, status: str | None = None) -> list[Case]:
     """Every case, oldest first, or only those with `status` (open | resolved)."""
     opened: dict[str, dict] = {}

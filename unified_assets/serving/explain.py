@@ -145,6 +145,25 @@ def attribute(model: FraudModel, frame: pd.DataFrame, reference: pd.DataFrame,
             "contributions": rows}
 
 
+def explain_payments(model: FraudModel, payments: list[dict], reference: pd.DataFrame,
+                     prefer_gpu: bool) -> dict:
+    """`attribute` for `payments` and each one described in words (`texts`), with the model
+    version: what the explainer answers, online (a Serve replica) or over a backlog."""
+    result = attribute(model, pd.DataFrame(payments), reference, prefer_gpu)
+    texts = [describe(p, s, c, model.label) for p, s, c in
+             zip(payments, result["scores"], result["contributions"], strict=True)]
+    return {**result, "texts": texts, "version": model.label}
+
+
+def payment_scores(model: FraudModel, payments: list[dict],
+                   frame: pd.DataFrame | None = None) -> dict[str, float]:
+    """P(fraud) per transaction id, as the fraud service answers it (`frame`: the payments
+    as a frame, when the caller built it already)."""
+    scores = model.score(pd.DataFrame(payments) if frame is None else frame)
+    ids = [str(p.get("transaction_id", i)) for i, p in enumerate(payments)]
+    return dict(zip(ids, map(float, scores), strict=True))
+
+
 def _money(value: float) -> str:
     return f"${value:,.2f}"
 

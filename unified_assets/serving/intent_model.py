@@ -110,3 +110,12 @@ def train_intent_model(params: IntentParams = IntentParams()) -> TrainedIntentMo
     digest = hashlib.sha256(repr((params, [(m.text, m.intents) for m in train])).encode())
     return TrainedIntentModel(model, metrics, digest.hexdigest()[:16])
 
+
+
+def load_intent_model(name: str, version: str, tracking_uri: str) -> tuple[IntentModel, str]:
+    """The registered intent model `name`/`version` and its label ("support-intent v3"), as
+    the classifier loads it, online (a Serve replica) or over a backlog."""
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    return loaded.unwrap_python_model(), f"{name} v{version}"

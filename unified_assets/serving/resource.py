@@ -24,6 +24,16 @@ class ServingTarget(dg.ConfigurableResource):
         return self.folder / "audit.jsonl"
 
     @property
+    def backlog_folder(self) -> Path:
+        """Where a person drops request backlogs (`NAME.jsonl`, one request a line)."""
+        return self.folder / "backlog"
+
+    @property
+    def answers_folder(self) -> Path:
+        """The decided backlogs, one `KEY.jsonl` per partition (`backlog_decided`)."""
+        return self.backlog_folder / "answers"
+
+    @property
     def endpoint_file(self) -> Path:
         """What the last deployment serves and where (read by `unified-ai ask`)."""
         return self.folder / "endpoint.json"
