@@ -365,3 +365,33 @@ def test_request_audit_of_an_empty_day_is_zero_requests(tmp_path: Path):
             empty["malformed_lines"]) == (0, 0, 0, 0)
     assert empty["escalation_rate"] == "undefined" and empty["p50_latency_ms"] == "undefined"
     assert empty["summary"] == f"2026-11-30: no requests in {audit}"
+
+
+def test_request_audit_daily_summarizes_yesterday():
+    from datetime import UTC, datetime
+
+    from unified_assets.assets.backlog import request_audit_daily
+
+    context = dg.build_schedule_context(
+        scheduled_execution_time=datetime(2026, 12, 2, 0, 15, tzinfo=UTC))
+    request = request_audit_daily(context)
+    assert request.partition_key == "2026-12-01"
+    assert request.tags["unified-ai/trigger"] == "schedule"
+
+
+def test_an_explanation_the_policy_refuses_escalates_as_online():
+    """No explainer for a request that needs one (the placement policy's fail_and_escalate):
+    escalated, naming why, as the online ingress escalates an explainer it may not use."""
+    from unified_assets.serving.backlog import decide_request
+    from unified_assets.serving.profiles import ServingRules
+
+    customer = {"customer_id": 7, "refunds": [], "transactions": [
+        {"transaction_id": "t1", "status": "declined", "amount": 10.0}]}
+    classified = {"intent": "decline_reason", "intents": ["decline_reason"], "confidence": 0.9}
+    request = {"request_id": "r1", "line": 3, "customer_id": 7, "message": "why declined?"}
+    record = decide_request(request, classified, customer, {"t1": 0.9}, "m v1", None,
+                            "no GPU (fail_and_escalate)", ServingRules(),
+                            {"intent": "i v1", "fraud": "m v1", "explain_model": "m v1"})
+    assert record["outcome"] == "escalate" and record["status"] == 200
+    assert record["reason"] == "explainer unavailable: no GPU (fail_and_escalate)"
+    assert "explain" not in record["versions"] and record["explanation"] is None
