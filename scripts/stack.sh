@@ -474,23 +474,33 @@ status() {
     printf '%-10s %-8s %-6s %s\n' "$name" "${pid:--}" "$state" "$where"
   done
   echo "logs: $STATE/logs/<component>.log; env: set -a; . $STATE/env; set +a"
+  if [ "$up" = 0 ]; then
+    echo "the stack is down: \`bash scripts/stack.sh up\` starts it (its data and keys are kept)"
+    return 3
+  fi
   echo "landing zone: s3://$BUCKET/landing/ (labels: landing/labels/) at endpoint http://127.0.0.1:$(port_of s3), keys testing/testing"
   echo "approve (signed by the local decider $DECIDER):"
   echo "  (set -a; . $STATE/env; set +a; UNIFIED_AI_SIGNING_KEY=$STATE/keys/$DECIDER.key \\"
   echo "   $VENV/bin/unified-ai approve VERSION --by $DECIDER --reason '...')"
-  if [ "$up" = "${#COMPONENTS[@]}" ]; then return 0; elif [ "$up" = 0 ]; then return 3; else return 1; fi
+  [ "$up" = "${#COMPONENTS[@]}" ] || return 1
 }
 
 down() {
   [ -d "$STATE/run" ] || { say "nothing to stop ($STATE)"; return 0; }
+  local name running=""
+  for name in "${COMPONENTS[@]}"; do
+    ! alive "$name" || running="$running $name"
+  done
+  if [ -f "$(pg_data)/PG_VERSION" ]; then
+    PGBIN=$(pg_bin)
+    ! pg_running || running="$running postgres"
+  fi
+  [ -n "$running" ] || { say "already down ($STATE); nothing was running"; return 0; }
   # Dagster first (runs are processes of the code server: they stop with it), then the
   # servers it writes to, Postgres last.
   stop_processes webserver daemon grpc
   stop_processes mlflow s3
-  if [ -f "$(pg_data)/PG_VERSION" ]; then
-    PGBIN=$(pg_bin)
-    pg_stop
-  fi
+  [ ! -f "$(pg_data)/PG_VERSION" ] || pg_stop
   say "down (state kept in $STATE; S3 contents are gone with moto)"
 }
 

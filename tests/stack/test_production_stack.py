@@ -279,16 +279,21 @@ def test_four_runs_at_once_through_the_run_queue_on_postgres(stack: Stack):
         == 4, timeout=300, every=0.3)
     restarted = stack_sh("restart", stack.script_env, args=("postgres",))
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    # The webserver keeps one pooled connection, which died with the restart: Dagster answers
-    # the request that finds it dead with an error and reconnects for the next.
+    # The webserver keeps one pooled connection per storage, each of which died with the
+    # restart: Dagster answers the request that finds one dead with an error and reconnects
+    # for the next. The two storages read below (runs, event log) are read until both answer.
     errors: list[int] = []
+    reads = (lambda: stack.runs("ingest_batch"), lambda: stack.materializations("landed_batch", 1))
 
     def answering() -> bool:
-        try:
-            return bool(stack.runs("ingest_batch"))
-        except urllib.error.HTTPError as error:
-            errors.append(error.code)
-            return False
+        answered = 0
+        for read in reads:
+            try:
+                read()
+                answered += 1
+            except urllib.error.HTTPError as error:
+                errors.append(error.code)
+        return answered == len(reads)
 
     stack.poll("the webserver to answer after the restart", answering, timeout=60)
     assert set(errors) <= {500}, errors
@@ -333,7 +338,10 @@ def test_down_stops_exactly_what_up_started_and_is_safe_twice(stack: Stack):
     assert ready.returncode != 0
     again = stack_sh("down", stack.script_env)
     assert again.returncode == 0, again.stderr
+    assert "already down" in again.stdout and "stopped" not in again.stdout, again.stdout
     status = stack_sh("status", stack.script_env)
     assert status.returncode == 3
+    # What to do next, not how to use what is not running.
+    assert "stack is down" in status.stdout and "approve VERSION" not in status.stdout
     assert all(line.split()[2] == "no" for line in status.stdout.splitlines()
                if line.split() and line.split()[0] in COMPONENTS)
