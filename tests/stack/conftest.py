@@ -60,9 +60,14 @@ def stack(stack_env: dict[str, str]) -> Stack:
     up = stack_sh("up", stack_env)
     assert up.returncode == 0, f"stack.sh up failed:\n{up.stdout}\n{up.stderr}"
     stack = Stack(Path(stack_env["UNIFIED_AI_STACK_DIR"]), stack_env)
-    # Evidently's reports are for people: no gate reads them and nothing waits for them, but
-    # each costs a process and tens of seconds of CPU. On 2 cores they would take the CPU
-    # from the lifecycle under test, so an operator's `dagster sensor stop` turns them off.
-    stopped = stack.dagster("sensor", "stop", "report_automation")
-    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    # The scenario's sensors keep running: landing, drift, approvals, declarative automation,
+    # failure incidents, pool limits. The others are turned off as an operator would from the
+    # UI. Evidently's reports are for people (no gate reads them), and each costs a process
+    # and tens of seconds of CPU. Serving, live monitoring, late labels and backlogs have
+    # nothing to do here. Each tick of a sensor is a few new Postgres connections (the daemon
+    # and the code server do not pool them); on 2 cores the idle ticks would take CPU from
+    # the lifecycle under test.
+    stack.stop_sensors("report_automation", "serving_follows_champion", "serving_scaling",
+                       "live_performance_sensor", "labels_landing_sensor",
+                       "support_backlog_sensor")
     return stack

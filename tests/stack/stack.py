@@ -66,6 +66,20 @@ query Sensor($selector: SensorSelector!) {
   }
 }"""
 
+SENSOR_ID = """
+query SensorId($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) { __typename ... on Sensor { sensorState { id } } }
+}"""
+
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) {
+    __typename
+    ... on StopSensorMutationResult { instigationState { status } }
+    ... on PythonError { message }
+  }
+}"""
+
 REEXECUTE = """
 mutation Reexecute($params: ReexecutionParams!) {
   launchRunReexecution(reexecutionParams: $params) {
@@ -297,6 +311,16 @@ class Stack:
         assert result["__typename"] == "Sensor", result
         return [run_id for tick in result["sensorState"]["ticks"] for run_id in tick["runIds"]]
 
+    def stop_sensors(self, *names: str) -> None:
+        """Turn sensors off as an operator does from the UI's sensor page."""
+        for name in names:
+            selector = {"repositoryLocationName": "unified_ai", "repositoryName": "__repository__",
+                        "sensorName": name}
+            sensor = self.graphql(SENSOR_ID, {"selector": selector})["sensorOrError"]
+            assert sensor["__typename"] == "Sensor", sensor
+            stopped = self.graphql(STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
+            assert stopped.get("instigationState", {}).get("status") == "STOPPED", (name, stopped)
+
     def submit(self, job: str, tags: dict[str, str]) -> str:
         """A run submitted through the webserver, as the launchpad does (queued, then launched
         by the daemon's run queue)."""
@@ -347,13 +371,6 @@ class Stack:
                 self.sql("decisions", "SELECT payload FROM decision_log ORDER BY id")]
 
     # --- the CLI ----------------------------------------------------------------------------
-
-    def dagster(self, *args: str) -> subprocess.CompletedProcess:
-        """`dagster ARGS` as an operator runs it against the stack's instance and workspace."""
-        env = {"PATH": os.environ["PATH"], **self.env}
-        return subprocess.run([str(VENV_BIN / "dagster"), *args, "-w",
-                               str(ROOT / "deploy" / "stack" / "workspace.yaml")],
-                              env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
 
     def cli(self, *args: str, signed: bool = False) -> subprocess.CompletedProcess:
         """`unified-ai ARGS` in the stack's environment (signed: with the decider's key)."""
