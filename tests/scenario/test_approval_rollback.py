@@ -351,3 +351,55 @@ def test_rollback_job_is_refused_unless_a_listed_person_signed_it(human, instanc
     last = store.events(MODEL)[-1]
     assert (last["kind"], last["actor"], last["version"]) == ("refusal", "ops", "99")
     assert last["reason"].startswith("refused by the ledger: v99 is not a registered version")
+
+
+def test_a_rollback_live_traffic_cannot_follow_fails_saying_so_and_keeps_the_change(
+        human, instance, keys):
+    """Once `serving` is deployed, live traffic follows a champion change in the same run.
+    Here its Ray dashboard is gone (a port nobody listens on): the rollback is done and
+    recorded, and the run fails saying live traffic still gets the old version; the sensor
+    that redeploys serving then asks for a deployment."""
+    import socket
+
+    from unified_assets.assets.serving import build_serving_sensor
+    from unified_assets.serving.follow import served
+
+    settings, defs, result = human
+    version = result.output_for_node("approval").version
+    store = defs.resources["decisions"]
+    approve = {"token": _token(keys, "alice", "approve", version, "ok")}
+    first = defs.resolve_job_def("approve_or_reject").execute_in_process(
+        instance=instance, run_config=approve)
+    (promoted,) = first.asset_materializations_for_node("production_model")
+    assert "never deployed" in promoted.metadata["serving"].value  # nothing to move yet
+    other = "1" if version != "1" else "2"
+    store.append_event(model_name=MODEL, version=other, kind="decision", decision="approve",
+                       actor="policy", reason="approved for the test", details={})
+    ChampionLedger(store, defs.resources["mlflow_registry"]).promote(
+        MODEL, other, "policy", "second champion", evaluated_against=version)
+    with socket.socket() as probe:  # a free port, closed again: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        gone = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "serving", metadata={"champion_version": other, "ray_dashboard": dg.MetadataValue.url(gone)}))
+
+    run = defs.resolve_job_def("rollback_production").execute_in_process(
+        instance=instance, raise_on_error=False, run_config={"ops": {"production_model": {
+            "config": {"action": "rollback",
+                       "token": _token(keys, "ops", "rollback", "", "incident 7")}}}})
+    assert not run.success
+    (failure,) = [e for e in run.all_events if e.is_step_failure]
+    said = failure.step_failure_data.error.message
+    assert f"champion is v{version} (recorded)" in said and f"live traffic still on v{other}" in said
+    assert "deploy_serving" in said
+    # The change is kept: the alias moved, the ledger says done, production_model recorded it.
+    assert _champion(settings) == version
+    last = store.changes(MODEL)[-1]
+    assert (last["action"], last["to_version"], last["status"]) == ("rollback", version, "done")
+    record = instance.fetch_materializations(PRODUCTION, limit=1).records[0]
+    metadata = record.asset_materialization.metadata
+    assert metadata["action"].value == "rollback" and "still on" in metadata["serving"].value
+    # Serving still says the old version; its sensor asks for a redeployment.
+    assert served(instance).version == other
+    with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
+        assert isinstance(build_serving_sensor()(context), dg.RunRequest)

@@ -183,6 +183,7 @@ def test_a_failing_fraud_service_is_retried_then_escalated(world: ServingWorld,
 
 def test_promotion_then_rollback_moves_live_traffic(world: ServingWorld, customers: Customers):
     from unified_assets.assets.serving import build_serving_sensor
+    from unified_assets.serving.follow import follow_champion, observation, served
 
     question = {"customer_id": customers.decline, "message": "why was my payment declined"}
     seen: list[tuple[float, float, int, dict]] = []  # sent, answered, status, versions
@@ -209,6 +210,7 @@ def test_promotion_then_rollback_moves_live_traffic(world: ServingWorld, custome
 
     v1, v2 = _v(world, "sklearn"), _v(world, "torch")
     ledger = world.ledger()
+    deployed = len(world.deployments)
     thread = threading.Thread(target=traffic, daemon=True)
     thread.start()
     try:
@@ -221,9 +223,18 @@ def test_promotion_then_rollback_moves_live_traffic(world: ServingWorld, custome
         assert isinstance(sensor_says(), dg.SkipReason)
         answered_since(promoted)
         rolling_back = time.monotonic()
+        # The rollback as `production_model` runs it: the ledger's change, then live traffic
+        # follows in the same run (the running deployments reconfigured in place), recorded
+        # as an observation on `serving`; no redeployment, no sensor.
         ledger.rollback(MODEL, "alice", "tests: live regression")
-        world.deploy()
+        followed = follow_champion(world.instance, MODEL, world.versions["sklearn"])
         rolled_back = time.monotonic()
+        assert followed.status == "updated", followed
+        assert f"from v{world.versions['torch']} to v{world.versions['sklearn']}" in followed.message
+        world.instance.report_runless_asset_event(
+            observation(MODEL, world.versions["sklearn"], followed, "test"))
+        assert served(world.instance).version == world.versions["sklearn"]
+        assert isinstance(sensor_says(), dg.SkipReason)
         answered_since(rolled_back)
     finally:
         stop.set()
@@ -235,8 +246,8 @@ def test_promotion_then_rollback_moves_live_traffic(world: ServingWorld, custome
     after = [v for sent, _, _, v in seen if sent > rolled_back]
     assert during and all(v["fraud"] == v2 and v["explain"] == v2 for v in during), seen
     assert after and all(v["fraud"] == v1 and v["explain"] == v1 for v in after), seen
-    metadata = world.deployments[-1].asset_materializations_for_node("serving")[0].metadata
-    assert metadata["champion_version"].value == world.versions["sklearn"]
+    # No redeployment: a `serving` materialization for the promotion, none for the rollback.
+    assert len(world.deployments) == deployed + 1
 
 
 SCALED = "SupportIngress"

@@ -28,6 +28,8 @@ from unified_assets.services.rollback import (
     RollbackRequest,
     request_rollback,
 )
+from unified_assets.serving.follow import follow_champion
+from unified_assets.serving.follow import observation as serving_observation
 from unified_assets.values import ApprovalRecord, ChallengerChoice
 
 APPROVED_CHECK = "approved"
@@ -208,7 +210,9 @@ def approval_if_any(context: dg.InputContext) -> ApprovalRecord | None:
         "`unified-ai rollback`) moves it back. Every change is recorded with the previous "
         "champion, the evaluation and the data; nothing is deleted. When the approval is not "
         "(yet) given, it promotes nothing and is not materialized; a refused request fails "
-        "its run with the reason, a fault also files an incident."
+        "its run with the reason, a fault also files an incident. Once `serving` is deployed, "
+        "live traffic follows each change in the same run (the fraud model swapped in place in "
+        "the running Serve deployments); a run that cannot move it fails, saying so."
     ),
     output_required=False,
     automation_condition=GATED_CONDITION,
@@ -249,7 +253,12 @@ def production_model(
         raise refused(str(why)) from None
     champion = mlflow_registry.alias_version(model_name, CHAMPION_ALIAS)
     history = decisions.changes(model_name)
+    # Live traffic follows in this run: a rollback reverts what requests get in one step.
+    followed = follow_champion(context.instance, model_name, str(champion))
+    if followed.status == "updated":
+        context.log_event(serving_observation(model_name, str(champion), followed, context.run_id))
     yield dg.Output(record, metadata={
+        "serving": dg.MetadataValue.text(followed.message),
         **placement_metadata(context, CPU_LIGHT, policy.policy.placement),
         "champion_version": dg.MetadataValue.text(str(champion)),
         "action": dg.MetadataValue.text(record["action"]),
@@ -264,6 +273,12 @@ def production_model(
             ["seq", "action", "from", "to", "by", "reason"],
         ),
     })
+    if followed.status == "failed":  # recorded above; the run says live traffic did not move
+        raise dg.Failure(
+            description=f"{model_name}'s champion is v{champion} (recorded), but {followed.message}"
+                        ". The sensor serving_follows_champion redeploys it; the job "
+                        "deploy_serving does it now.",
+            metadata={"serving": dg.MetadataValue.text(followed.message)})
 
 
 def _evidence(instance: dg.DagsterInstance, registry: MlflowRegistry,

@@ -4,9 +4,11 @@ the sensor that records each scaling event on traffic (`serving_scaling`); and t
 person closes an escalated case with from the UI.
 
 `serving` is its own group rather than part of `deployment`: the lifecycle job selects the
-deployment group, and every lifecycle run (the demo, the tests) would then start Ray. The
-champion is followed instead by `serving_follows_champion`, which redeploys after every
-promotion or rollback once serving has been deployed (see its description)."""
+deployment group, and every lifecycle run (the demo, the tests) would then start Ray. Once
+serving has been deployed, `production_model` moves live traffic in the promotion's or the
+rollback's own run (serving/follow.py: the version swapped in the running deployments,
+recorded as an observation here); `serving_follows_champion` redeploys when that could not be
+done (see its description)."""
 
 import json
 from typing import Any
@@ -20,11 +22,10 @@ from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table
 from unified_assets.run_tags import started_because
 from unified_assets.services.refusals import refused
+from unified_assets.serving.follow import CHAMPION_VERSION, SERVING_KEY, served
 from unified_assets.serving.resource import ServingTarget
 
 SERVING_GROUP = "serving"
-SERVING_KEY = dg.AssetKey("serving")
-CHAMPION_VERSION = "champion_version"  # metadata key on `serving`: the version it serves
 MANUAL = started_because("manual")
 
 
@@ -119,8 +120,9 @@ class ServingConfig(dg.Config):
         "the customer's payments, explains the fraud model's score (GPU profile, CPU when the "
         "policy degrades it), checks fraud with the champion as its own service (HTTP, "
         "timeout, retries) and answers, retries or escalates to a case. Metadata: the version "
-        "served, replicas and where each part was placed and why. Redeployed after every "
-        "champion change by `serving_follows_champion`."
+        "served, replicas and where each part was placed and why. Every champion change "
+        "moves it in the change's own run (an observation here says so); "
+        "`serving_follows_champion` redeploys when that failed."
     ),
     **CPU_LIGHT.asset_kwargs(),
 )
@@ -248,24 +250,24 @@ def build_serving_sensor(job: Any = deploy_serving_job) -> dg.SensorDefinition:
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Once `serving` has been deployed, redeploys it whenever the champion "
-        "(the ledger's, after a promotion or a rollback) differs from the version it serves. "
-        "Until the first deployment it does nothing, so no Ray instance starts by itself.",
+        "(the ledger's) differs from the version it serves: the promotion or rollback run "
+        "moves live traffic itself, so this acts when that run could not (Ray's dashboard "
+        "down, a change made outside Dagster). Until the first deployment it does nothing, so "
+        "no Ray instance starts by itself.",
     )
     def serving_follows_champion(context: dg.SensorEvaluationContext, decisions: DecisionStore,
                                  dataset: DatasetResource):
         from unified_assets.services.champion import LedgerState
 
-        event = context.instance.get_latest_materialization_event(SERVING_KEY)
-        if event is None or event.asset_materialization is None:
+        current = served(context.instance)
+        if current is None:
             return dg.SkipReason("serving was never deployed: materialize `serving` (job "
                                  "deploy_serving) once, and it follows the champion from then on")
-        entry = event.asset_materialization.metadata.get(CHAMPION_VERSION)
-        served = str(entry.value) if entry is not None else None
         model = dataset.spec.name
         state = LedgerState(decisions.changes(model))
-        if state.champion is None or state.champion == served:
-            return dg.SkipReason(f"serving v{served}, the champion of {model}")
-        reason = f"champion of {model} is v{state.champion}, serving v{served}"
+        if state.champion is None or state.champion == current.version:
+            return dg.SkipReason(f"serving v{current.version}, the champion of {model}")
+        reason = f"champion of {model} is v{state.champion}, serving v{current.version}"
         return dg.RunRequest(run_key=f"serving:{model}:change-{state.last_seq}:v{state.champion}",
                              tags=started_because("champion-change", reason))
 
