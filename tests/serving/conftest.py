@@ -222,18 +222,14 @@ class Customers:
     store: Any
 
 
-@pytest.fixture(scope="module")
-def customers(world: ServingWorld) -> Customers:
+def calm_customers(model: Any, store: Any) -> tuple[int, int]:
+    """A refund customer and a decline customer (ids 1..199 of `store`) whose approved
+    payments `model` scores well below the escalation limit: their answers are not escalated
+    for risk, so each intent's own path is what a test sees."""
     import pandas as pd
 
-    from unified_assets.serving.customers import build_store
-    from unified_assets.serving.explain import load_fraud_model
     from unified_assets.serving.profiles import ServingRules
 
-    store = build_store()
-    spec = world.resources["dataset"].spec
-    model = load_fraud_model(MODEL, world.versions["sklearn"], world.settings.mlflow_tracking_uri,
-                             spec.numeric_features, spec.categorical_features)
     limit = ServingRules().escalate_risk
 
     def calm(customer: dict) -> bool:
@@ -249,5 +245,17 @@ def customers(world: ServingWorld) -> Customers:
         if decline is None and declined and not customer["refunds"] and calm(customer):
             decline = customer_id
         if refund and decline:
-            return Customers(refund, decline, store)
-    raise AssertionError("the store has no calm refund and decline customers in 1..199")
+            return refund, decline
+    raise AssertionError("no calm refund and decline customers in 1..199")
+
+
+@pytest.fixture(scope="module")
+def customers(world: ServingWorld) -> Customers:
+    from unified_assets.serving.customers import build_store
+    from unified_assets.serving.explain import load_fraud_model
+
+    store = build_store()
+    spec = world.resources["dataset"].spec
+    model = load_fraud_model(MODEL, world.versions["sklearn"], world.settings.mlflow_tracking_uri,
+                             spec.numeric_features, spec.categorical_features)
+    return Customers(*calm_customers(model, store), store)

@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
+from tests.serving.conftest import calm_customers
 from unified_assets.settings import Settings
 
 MODEL = "payments-risk"
@@ -71,32 +72,13 @@ def _champion(settings: Settings, resources: dict) -> str:
 
 def _calm_customers(settings: Settings, resources: dict, version: str) -> tuple[int, int]:
     """A refund customer and a decline customer whose approved payments score low."""
-    import pandas as pd
-
     from unified_assets.serving.customers import build_store
     from unified_assets.serving.explain import load_fraud_model
-    from unified_assets.serving.profiles import ServingRules
 
     spec = resources["dataset"].spec
     model = load_fraud_model(MODEL, version, settings.mlflow_tracking_uri,
                              spec.numeric_features, spec.categorical_features)
-    store, limit = build_store(), ServingRules().escalate_risk
-
-    def calm(customer: dict) -> bool:
-        approved = [p for p in customer["transactions"] if p["status"] == "approved"]
-        return not approved or max(model.score(pd.DataFrame(approved))) < limit * 0.8
-
-    refund = decline = None
-    for customer_id in range(1, 200):
-        customer = store.lookup(customer_id)
-        declined = any(p["status"] == "declined" for p in customer["transactions"])
-        if refund is None and customer["refunds"] and not declined and calm(customer):
-            refund = customer_id
-        if decline is None and declined and not customer["refunds"] and calm(customer):
-            decline = customer_id
-        if refund and decline:
-            return refund, decline
-    raise AssertionError("no calm refund and decline customers in 1..199")
+    return calm_customers(model, build_store())
 
 
 @pytest.fixture(scope="module")
