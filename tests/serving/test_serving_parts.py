@@ -17,7 +17,7 @@ from unified_assets.serving.decide import (
     decide,
     parse_request,
 )
-from unified_assets.serving.profiles import ServingRules, serving_placement
+from unified_assets.serving.profiles import MAX_ONGOING_REQUESTS, ServingRules, serving_placement
 from unified_assets.serving.routing import ESCALATE as PLAN_ESCALATE
 from unified_assets.serving.routing import TWIN, WAIT, LiveView, plan_request
 
@@ -98,6 +98,23 @@ def test_an_explainer_without_replicas_follows_its_rule(rule, action, says):
     assert "explainer: 0 of 1 replica(s) running" in explain.reason
     up = plan_request(DEPLOYED, LiveView(ALL_UP, {}, (HEAD, GPU_NODE)), _policy(rule))["explain"]
     assert (up.action, up.target) == ("call", "gpu")
+
+
+@pytest.mark.parametrize("rule, action, says", [
+    ("degrade_to_cpu", TWIN, "degraded to cpu"),
+    ("wait", WAIT, "waits by policy"),
+    ("fail_and_escalate", PLAN_ESCALATE, "fail_and_escalate"),
+])
+def test_a_saturated_explainer_follows_its_rule_as_if_gone(rule, action, says):
+    """As many explanations in flight as the running replicas take at once: the next one
+    would queue behind them, so the policy decides where it runs."""
+    two = LiveView({**ALL_UP, "Explainer": 2}, {"Explainer": 2}, (HEAD, GPU_NODE))
+    room = 2 * MAX_ONGOING_REQUESTS["Explainer"]
+    below = plan_request(DEPLOYED, two, _policy(rule), explain_in_flight=room - 1)["explain"]
+    assert (below.action, below.target) == ("call", "gpu"), below
+    full = plan_request(DEPLOYED, two, _policy(rule), explain_in_flight=room)["explain"]
+    assert full.action == action and says in full.reason, full
+    assert f"explainer saturated: {room} explanations in flight for 2 replica(s)" in full.reason
 
 
 def test_a_cpu_part_without_replicas_waits_within_the_budget():

@@ -224,6 +224,7 @@ class SupportIngress:
         self.twin: Any = None  # the fraud service's handle, made on first use
         self.http = httpx.AsyncClient()
         self.live = LiveView()
+        self.explaining = 0
         self.config: dict = {}
         self.store: Any = None
         self.served_by = ran_on()
@@ -331,7 +332,11 @@ class SupportIngress:
         """The explanation as placed; a failed GPU call falls back as the policy says."""
         if placement.action == TWIN:
             return await self._call(placement, lambda: self._twin_handle().explain.remote([payment]))
-        record = await self._call(placement, lambda: self.explainer.explain.remote([payment]))
+        self.explaining += 1  # this replica's explanations in flight (saturation, routing.py)
+        try:
+            record = await self._call(placement, lambda: self.explainer.explain.remote([payment]))
+        finally:
+            self.explaining -= 1
         if record["ok"] or placement.action not in (CALL, WAIT):
             return record
         # The replica failed or timed out although planned: plan again as if it were gone.
@@ -369,7 +374,8 @@ class SupportIngress:
                         message: str) -> JSONResponse:
         rules = self.rules
         plan_started = time.perf_counter()
-        plan = plan_request(self.deployed, self.live, self.placement)
+        plan = plan_request(self.deployed, self.live, self.placement,
+                            explain_in_flight=self.explaining)
         audit["plan_ms"] = round((time.perf_counter() - plan_started) * 1000, 3)
         if any(p.action != CALL for p in plan.values()) and time.time() - self.live.taken_at > FRESH_S:
             try:
@@ -378,7 +384,8 @@ class SupportIngress:
                 # The plan stands on the last state read; the request is not failed for it.
                 audit["live_state_error"] = f"{type(error).__name__}: {str(error)[:200]}"
             else:
-                plan = plan_request(self.deployed, self.live, self.placement)
+                plan = plan_request(self.deployed, self.live, self.placement,
+                                    explain_in_flight=self.explaining)
                 audit["replanned_on_fresh_state"] = True
         classified, retrieved = await asyncio.gather(
             self._call(plan["classify"], lambda: self.classifier.classify.remote(message)),

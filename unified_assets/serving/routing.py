@@ -3,7 +3,8 @@ and policy that place Dagster steps, with the live state of the replicas.
 
 The deployment placed each part's replicas (`deploy.place_parts`: the explainer on the GPU
 pool, or degraded to CPU when the cluster has none). Per request, a part with running
-replicas is called where they run; a part without any is judged by its profile's rule:
+replicas is called where they run; a part without any (or the explainer saturated: as many
+explanations in flight as its replicas take at once) is judged by its profile's rule:
 the GPU explainer degrades to its CPU twin (the fraud service's replica, which holds the
 same model), waits within the latency budget, or escalates; a CPU part waits or escalates.
 The live state is a snapshot the ingress refreshes in the background, so planning costs
@@ -18,7 +19,7 @@ from unified_assets.placement.decision import PlacementError, StepRequirement
 from unified_assets.placement.planner import decide_on_ray
 from unified_assets.placement.policy import PlacementPolicy
 from unified_assets.placement.snapshot import RayCapacity, RayNode
-from unified_assets.serving.profiles import PARTS, SERVE_GPU
+from unified_assets.serving.profiles import MAX_ONGOING_REQUESTS, PARTS, SERVE_GPU
 
 CALL, TWIN, WAIT, ESCALATE, SKIP = "call", "twin", "wait", "escalate", "skip"
 
@@ -68,13 +69,19 @@ def _replicas(live: LiveView, part: str) -> tuple[int, int]:
     return live.running.get(deployment, 0), live.target.get(deployment, 0)
 
 
-def _explain(deployed: dict, live: LiveView, placement: PlacementPolicy) -> PartPlacement:
+def _explain(deployed: dict, live: LiveView, placement: PlacementPolicy, in_flight: int
+             ) -> PartPlacement:
     running, target = _replicas(live, "explain")
     where = deployed.get("where", "?")
-    if running:
+    room = running * MAX_ONGOING_REQUESTS[PARTS["explain"][0]]
+    if running and in_flight < room:
         return PartPlacement("explain", deployed["target"], where,
                              f"{running} explainer replica(s) running ({deployed['reason']})")
-    note = f"explainer: 0 of {target} replica(s) running"
+    # Saturated (every replica takes as many requests as it can at once) counts as gone:
+    # the request would queue behind them, so the profile's rule decides, as when none runs.
+    note = (f"explainer saturated: {in_flight} explanations in flight for {running} "
+            f"replica(s) taking {room} at once" if running else
+            f"explainer: 0 of {target} replica(s) running")
     if deployed["target"] == "cpu":
         return PartPlacement("explain", "cpu", "fraud service replica", f"{note}; the CPU twin "
                              "on the fraud service holds the same model", TWIN, "degrade_to_cpu")
@@ -114,16 +121,18 @@ def _cpu_part(part: str, deployed: dict, live: LiveView, placement: PlacementPol
 
 
 def plan_request(deployed: dict[str, dict], live: LiveView, placement: PlacementPolicy,
-                 explain: bool = True) -> dict[str, PartPlacement]:
+                 explain: bool = True, explain_in_flight: int = 0) -> dict[str, PartPlacement]:
     """Per part of one request, where it runs and why. `deployed`: each part's placement at
-    deploy time (target, where, reason); `explain` False when the intent needs none."""
+    deploy time (target, where, reason); `explain` False when the intent needs none;
+    `explain_in_flight`: explanations this ingress awaits now (saturation)."""
     plan = {part: _cpu_part(part, deployed[part], live, placement)
             for part in ("classify", "retrieve")}
     running, _ = _replicas(live, "fraud")
     plan["fraud"] = PartPlacement("fraud", "cpu", "fraud service (HTTP)",
                                   f"separate service, {running} replica(s) running; called over "
                                   "HTTP with a timeout and retries")
-    plan["explain"] = (_explain(deployed["explain"], live, placement) if explain else
+    plan["explain"] = (_explain(deployed["explain"], live, placement, explain_in_flight)
+                       if explain else
                        PartPlacement("explain", "none", "-", "the intent needs no explanation",
                                      SKIP))
     return plan
