@@ -237,6 +237,31 @@ def test_each_intent_through_the_backlog_decides_as_online_and_bad_lines_are_ref
     assert len(list_cases(world.resources["decisions"])) == cases_before + 2
 
 
+def test_a_request_id_another_backlog_used_gets_its_own_case(world: World):
+    """Found by a new user: a fraud report whose own request_id an earlier backlog's line had
+    used was counted as that line's case (another customer's); no case held it."""
+    from unified_assets.serving.cases import list_cases
+
+    fraud = "someone used my card, I did not make this payment"
+    _lines(world.backlog_folder / "ids-a.jsonl",
+           [{"customer_id": world.refund, "message": fraud, "request_id": "shared-7"}])
+    _lines(world.backlog_folder / "ids-b.jsonl",
+           [{"customer_id": world.decline, "message": fraud, "request_id": "shared-7"}])
+    first, second = world.materialize("ids-a"), world.materialize("ids-b")
+    assert first.success and second.success
+    (a,) = first.output_for_node("backlog_decided")
+    (b,) = second.output_for_node("backlog_decided")
+    assert a["outcome"] == b["outcome"] == "escalate"
+    assert a["case_id"] == "case-shared-7" and b["case_id"] == "case-shared-7@ids-b"
+    cases = {c.case_id: c for c in list_cases(world.resources["decisions"])}
+    assert cases["case-shared-7"].customer_id == world.refund
+    assert cases["case-shared-7@ids-b"].customer_id == world.decline
+    # Each run again: the same two cases, none opened twice.
+    again = world.materialize("ids-b", only="backlog_decided")
+    assert again.output_for_node("backlog_decided")[0]["case_id"] == "case-shared-7@ids-b"
+    assert _metadata(again, "backlog_decided")["cases_already_open"] == 1
+
+
 def test_a_dropped_file_becomes_a_partition_and_a_run(tmp_path: Path, instance: dg.DagsterInstance):
     from unified_assets.assets.backlog import BACKLOGS, build_backlog_sensor
     from unified_assets.serving.resource import ServingTarget

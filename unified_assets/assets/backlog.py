@@ -76,6 +76,11 @@ def _fraud_model(backlog: dict) -> Any:
                             ref["categorical"])
 
 
+def _asked(case: Any) -> tuple[Any, Any]:
+    """Who asked what in a case: tells one request from another that used the same id."""
+    return case.customer_id, case.details.get("message")
+
+
 def _counts(values: dict[str, int], prefix: str) -> dict[str, Any]:
     return {f"{prefix}{k}": dg.MetadataValue.int(v) for k, v in values.items()}
 
@@ -375,12 +380,19 @@ def backlog_decided(context: dg.AssetExecutionContext, support_backlog: dict,
     for record in records:
         if record["outcome"] != backlog.ESCALATE:
             continue
-        case_id = case_id_for(record["request_id"])
-        if case_id in existing:  # this request was escalated by an earlier run
-            kept += 1
+        request_id = record["request_id"]
+        asked = (record["customer_id"], messages[request_id])
+        case_id = case_id_for(request_id)
+        if case_id in existing and _asked(existing[case_id]) != asked:
+            # A request id a person chose, already the case of another request (another
+            # backlog's line): this escalation gets its own case, never someone else's.
+            request_id = f"{request_id}@{support_backlog['partition']}"
+            case_id = case_id_for(request_id)
+        if case_id in existing and _asked(existing[case_id]) == asked:
+            kept += 1  # this request was escalated by an earlier run
         else:
             case_id = open_request_case(
-                decisions, request_id=record["request_id"], customer_id=record["customer_id"],
+                decisions, request_id=request_id, customer_id=record["customer_id"],
                 message=messages[record["request_id"]], intents=record["intents"],
                 reason=record["reason"], draft_answer=record["answer"],
                 model_versions=record["versions"],
