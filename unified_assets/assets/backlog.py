@@ -175,8 +175,9 @@ def backlog_classified(context: dg.AssetExecutionContext, support_backlog: dict,
     entry = (event.asset_materialization.metadata.get("model_version")
              if event is not None and event.asset_materialization is not None else None)
     if entry is None:
-        raise refused("no intent model: materialize `support_intent_model` first (job "
-                      "deploy_serving, or the lineage view)")
+        raise refused("no intent model: materialize `support_intent_model` first (the lineage "
+                      "view, or `dagster asset materialize --select support_intent_model`; "
+                      "no Ray needed)")
     model, label = load_intent_model(MODEL_NAME, str(entry.value), mlflow_registry.tracking_uri)
     classified = backlog.classify(model, support_backlog["requests"])
     rules = _rules(support_backlog)
