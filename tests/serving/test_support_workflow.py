@@ -275,9 +275,12 @@ def _tick(sensor: dg.SensorDefinition, instance: dg.DagsterInstance, resources: 
 
 
 def _observations(instance: dg.DagsterInstance) -> list[dict]:
+    """The scaling observations on `serving`, oldest first (not the champion swaps a
+    promotion or rollback records there: those carry `champion_version`)."""
     records = instance.fetch_observations(dg.AssetKey("serving"), limit=100).records
     return [{k: v.value for k, v in r.asset_observation.metadata.items()}
-            for r in sorted(records, key=lambda r: r.storage_id)]
+            for r in sorted(records, key=lambda r: r.storage_id)
+            if "champion_version" not in r.asset_observation.metadata]
 
 
 def _serve_state(world: ServingWorld) -> dict:
