@@ -91,6 +91,7 @@ mutation Reexecute($params: ReexecutionParams!) {
 }"""
 
 RUN_ERRORS = """
+fragment Err on PythonError { className message causes { className message } }
 query RunErrors($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
@@ -98,14 +99,15 @@ query RunErrors($runId: ID!) {
       eventConnection {
         events {
           __typename
-          ... on ExecutionStepFailureEvent { message error { message } }
-          ... on RunFailureEvent { message }
-          ... on EngineEvent { message error { message } }
+          ... on ExecutionStepFailureEvent { message error { ...Err } }
+          ... on RunFailureEvent { message error { ...Err } }
+          ... on EngineEvent { message error { ...Err } }
         }
       }
     }
   }
 }"""
+
 
 METADATA_VALUE = ("text", "mdStr", "intValue", "floatValue", "boolValue", "jsonString", "url")
 
@@ -277,10 +279,13 @@ class Stack:
         assert run["__typename"] == "Run", run
         out = []
         for event in run["eventConnection"]["events"]:
-            if event["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent") or (
-                    event.get("error")):
-                out.append(" ".join(filter(None, (event.get("message"),
-                                                  (event.get("error") or {}).get("message")))))
+            error = event.get("error") or {}
+            if event["__typename"] in ("ExecutionStepFailureEvent", "RunFailureEvent") or error:
+                # The run's own failure says only "an exception was thrown"; what the exception
+                # was, and what caused it, is in the error and its causes.
+                chain = [error, *error.get("causes", [])] if error else []
+                out.append(" ".join(filter(None, [event.get("message"), *(
+                    f"{e.get('className') or ''}: {e.get('message') or ''}" for e in chain)])))
         return out
 
     def reexecute(self, run_id: str) -> str:
