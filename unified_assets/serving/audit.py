@@ -53,6 +53,13 @@ def iter_records(path: str | Path, bad: list[BadLine] | None = None) -> Iterator
     """The records in file order, read line by line. A line that is not a JSON object is
     skipped, and named in `bad` (file, line number, why) when a list is given; blank lines
     are no records and no errors."""
+    for _, record in iter_numbered(path, bad):
+        yield record
+
+
+def iter_numbered(path: str | Path, bad: list[BadLine] | None = None
+                  ) -> Iterator[tuple[int, dict]]:
+    """(line number, record) in file order, as `iter_records` reads them."""
     target = Path(path)
     if not target.exists():
         return
@@ -72,7 +79,7 @@ def iter_records(path: str | Path, bad: list[BadLine] | None = None) -> Iterator
                     bad.append(BadLine(str(target), number, why,
                                        raw[:120].decode(errors="replace").rstrip()))
                 continue
-            yield record
+            yield number, record
 
 
 def read_records(path: str | Path, last: int | None = None,
@@ -115,11 +122,35 @@ def summarize(path: str | Path, start: datetime, end: datetime) -> dict:
     latencies: list[float] = []
     untimed: list[str] = []
     requests = with_fallback = 0
-    for number, record in enumerate(iter_records(path, bad), start=1):
+    # A line without a readable time (malformed, or a record without `at`) belongs to the day
+    # of the record before it, the audit being appended in time order (the first record's
+    # day before any): each day names only its own. With no timed record at all, every day
+    # names them.
+    every_bad: list[BadLine] = []
+    orphans: list[BadLine | str] = []
+    previous: datetime | None = None
+
+    def place(at: datetime | None, item: BadLine | str) -> None:
+        if at is None:
+            orphans.append(item)
+        elif start <= at < end:
+            (bad if isinstance(item, BadLine) else untimed).append(item)
+
+    seen = 0  # of every_bad, placed
+    for number, record in iter_numbered(path, every_bad):
+        for line in every_bad[seen:]:  # the malformed lines between the last record and this
+            place(previous, line)
+        seen = len(every_bad)
         at = record_time(record)
         if at is None:
-            untimed.append(str(record.get("request_id", f"record {number}")))
+            place(previous, f"{record['request_id']} (line {number})" if "request_id" in record
+                  else f"line {number}")
             continue
+        if previous is None:
+            for item in orphans:
+                place(at, item)
+            orphans.clear()
+        previous = at
         if not start <= at < end:
             continue
         requests += 1
@@ -140,6 +171,11 @@ def summarize(path: str | Path, start: datetime, end: datetime) -> dict:
             reasons[str(record.get("reason") or "no reason recorded")[:160]] += 1
         with contextlib.suppress(KeyError, TypeError, ValueError):
             latencies.append(float(record["latency_ms"]))
+    for line in every_bad[seen:]:
+        place(previous, line)
+    for item in orphans:  # no timed record in the whole file: no day to give them to
+        (bad if isinstance(item, BadLine) else untimed).append(item)
+    bad.sort(key=lambda b: b.line)
     decided = sum(outcomes[o] for o in DECIDED)
     latency = ({f"p{int(q * 100)}_latency_ms": round(percentile(latencies, q), 1)
                 for q in (0.5, 0.95, 0.99)} if latencies else {})
