@@ -217,8 +217,12 @@ def test_each_intent_through_the_backlog_decides_as_online_and_bad_lines_are_ref
             summary["outcome_rejected"]) == (3, 2, 5)
     assert summary["escalation_rate"] == pytest.approx(0.4)
     assert summary["cases_opened"] == 2
+    # `requests` means the same on both assets: the lines that were requests to decide.
+    assert (summary["lines"], summary["requests"]) == (10, 6)
     answers = [json.loads(line) for line in Path(summary["answers_file"]).read_text().splitlines()]
     assert [a["line"] for a in answers] == list(range(1, 11))
+    # A refused line keeps whose it was, when that could be read.
+    assert [answers[i - 1]["customer_id"] for i in (3, 5, 8, 9)] == [None, 42, 42, world.decline]
 
     # explain: the GPU part, placed by the planner; no CUDA here, so CPU, and it says why.
     explained = _metadata(result, "backlog_explained")
@@ -235,6 +239,15 @@ def test_each_intent_through_the_backlog_decides_as_online_and_bad_lines_are_ref
     assert again.success
     assert _metadata(again, "backlog_decided")["cases_already_open"] == 2
     assert len(list_cases(world.resources["decisions"])) == cases_before + 2
+
+
+def test_an_empty_backlog_is_decided_as_no_requests(world: World):
+    _lines(world.backlog_folder / "empty.jsonl", [b"", b"   "])
+    result = world.materialize("empty")
+    assert result.success
+    summary = _metadata(result, "backlog_decided")
+    assert (summary["lines"], summary["requests"], summary["cases_opened"]) == (0, 0, 0)
+    assert summary["summary"] == "empty.jsonl: no requests (no line to decide); 0 case(s) opened"
 
 
 def test_a_request_id_another_backlog_used_gets_its_own_case(world: World):
@@ -332,6 +345,8 @@ def test_request_audit_summarizes_a_day_and_names_a_malformed_line(tmp_path: Pat
     ]
     lines = [json.dumps(r) for r in records]
     lines.insert(4, '{"request_id": "torn", "at": "2026-11-30T04')  # line 5
+    lines.insert(11, '{"request_id": "torn too", "at": "2026-12-01')  # line 12, after 12-01's
+    lines.append(json.dumps({"outcome": "answer", "status": 200}))  # line 14: no time, no id
     audit = tmp_path / "serving" / "audit.jsonl"
     audit.parent.mkdir(parents=True)
     audit.write_text("\n".join(lines) + "\n")
@@ -353,12 +368,21 @@ def test_request_audit_summarizes_a_day_and_names_a_malformed_line(tmp_path: Pat
     assert got["malformed_lines"] == 1 and got["malformed"].startswith(f"{audit}:5: ")
     assert got["day_complete"] is True and "9 request(s)" in got["summary"]
     assert "1 malformed line(s)" in got["summary"]
+    # A line without a readable time is named by its line in the file, and belongs to the day
+    # of the record before it (the audit is appended in time order): each day names only its
+    # own, not every malformed line of the file again.
+    assert (got["records_without_time"], got["without_time"]) == (1, f"line {len(lines)}")
+    after = _audit_metadata(tmp_path, "2026-12-01")
+    assert (after["requests"], after["malformed_lines"], after["records_without_time"]) == (1, 1, 0)
+    assert after["malformed"].startswith(f"{audit}:12: ")
+    before = _audit_metadata(tmp_path, "2026-11-29")
+    assert (before["requests"], before["malformed_lines"]) == (1, 0)
 
     # read_records keeps its callers' behaviour (records only) and names bad lines on request.
     bad: list[BadLine] = []
-    assert len(read_records(audit)) == len(records)
+    assert len(read_records(audit)) == len(records) + 1
     assert len(read_records(audit, last=2, bad=bad)) == 2
-    assert [(b.line, b.path) for b in bad] == [(5, str(audit))]
+    assert [(b.line, b.path) for b in bad] == [(5, str(audit)), (12, str(audit))]
 
 
 def test_request_audit_of_an_empty_day_is_zero_requests(tmp_path: Path):

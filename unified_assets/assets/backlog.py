@@ -17,6 +17,7 @@ run of `run_support_backlog`; the schedule `request_audit_daily` summarizes yest
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -400,7 +401,7 @@ def backlog_decided(context: dg.AssetExecutionContext, support_backlog: dict,
                 extra={"backlog": support_backlog["file"], "line": record["line"]})
             opened += 1
         record["case_id"] = case_id
-    refused_lines = [{"request_id": None, "line": b["line"], "customer_id": None,
+    refused_lines = [{"request_id": None, "line": b["line"], "customer_id": b.get("customer_id"),
                       "outcome": backlog.REJECTED, "status": b["status"], "reason": b["error"],
                       "case_id": None} for b in support_backlog["refused"]]
     everything = sorted(records + refused_lines, key=lambda r: r["line"])
@@ -414,12 +415,14 @@ def backlog_decided(context: dg.AssetExecutionContext, support_backlog: dict,
     decided = sum(outcomes[o] for o in ("answer", "retry", "escalate"))
     rate = outcomes["escalate"] / decided if decided else None
     seen = sorted({f"{k}: {v}" for r in records for k, v in r["versions"].items()})
-    summary = (f"{len(everything)} line(s): " + ", ".join(f"{n} {o}" for o, n in
-                                                         sorted(outcomes.items()))
-               + f"; {opened} case(s) opened" + (f", {kept} already open" if kept else ""))
+    counted = (f"{len(everything)} line(s): " + ", ".join(
+        f"{n} {o}" for o, n in sorted(outcomes.items())) if everything
+        else f"{Path(support_backlog['file']).name}: no requests (no line to decide)")
+    summary = counted + f"; {opened} case(s) opened" + (f", {kept} already open" if kept else "")
     return dg.Output(everything, metadata={
         "summary": summary,
-        "requests": dg.MetadataValue.int(len(everything)),
+        "lines": dg.MetadataValue.int(len(everything)),
+        "requests": dg.MetadataValue.int(len(records)),
         **_counts({o: outcomes.get(o, 0) for o in ("answer", "retry", "escalate", "rejected")},
                   "outcome_"),
         **numbers({"escalation_rate": rate}),

@@ -71,6 +71,16 @@ def _own_id(body: bytes) -> tuple[str | None, bytes]:
     return request_id, json.dumps(payload).encode()
 
 
+def _whose(body: bytes) -> int | None:
+    """A refused line's customer, when it can be read (kept in the answers file)."""
+    try:
+        customer_id = json.loads(body).get("customer_id")
+    except (ValueError, AttributeError):
+        return None
+    return customer_id if isinstance(customer_id, int) and not isinstance(customer_id, bool) \
+        else None
+
+
 def read_backlog(path: Path, key: str, rules: ServingRules) -> tuple[list[dict], list[dict]]:
     """(requests, refused) of a backlog file. A request: request_id (its own, or
     `KEY-L<line>-<hash of the line>`), line, customer_id, message. A refused line: file,
@@ -96,7 +106,7 @@ def read_backlog(path: Path, key: str, rules: ServingRules) -> tuple[list[dict],
                                      f"{first_line[request_id]}")
             except BadRequest as bad:
                 refused.append({"file": str(path), "line": number, "status": bad.status,
-                                "error": str(bad)})
+                                "error": str(bad), "customer_id": _whose(body)})
                 continue
             first_line[request_id] = number
             requests.append({"request_id": request_id, "line": number,
