@@ -456,13 +456,13 @@ restart() {  # restart NAME: stop one component (as `down` would) and start it a
 }
 
 status() {
-  local name pid state up=0 where
+  local name pid state up=0 where down=""
   [ -d "$STATE/run" ] || { say "not set up ($STATE)"; return 3; }
   echo "production stack in $STATE"
   printf '%-10s %-8s %-6s %s\n' component pid alive where
   for name in "${COMPONENTS[@]}"; do
     pid=$(recorded_pid "$name")
-    if alive "$name"; then state=yes; up=$((up + 1)); else state=no; fi
+    if alive "$name"; then state=yes; up=$((up + 1)); else state=no; down="$down $name"; fi
     case $name in
       postgres) where="127.0.0.1:$(port_of postgres) (databases: ${DATABASES[*]})" ;;
       s3) where="http://127.0.0.1:$(port_of s3) bucket $BUCKET (moto: in memory, lost on down)" ;;
@@ -482,7 +482,10 @@ status() {
   echo "approve (signed by the local decider $DECIDER):"
   echo "  (set -a; . $STATE/env; set +a; UNIFIED_AI_SIGNING_KEY=$STATE/keys/$DECIDER.key \\"
   echo "   $VENV/bin/unified-ai approve VERSION --by $DECIDER --reason '...')"
-  [ "$up" = "${#COMPONENTS[@]}" ] || return 1
+  if [ -n "$down" ]; then
+    echo "down:$down; \`bash scripts/stack.sh up\` restarts them (the others keep running)"
+    return 1
+  fi
 }
 
 down() {

@@ -110,6 +110,9 @@ def test_first_training_waits_for_a_signed_cli_approval_then_promotes(stack: Sta
                        timeout=300, every=0.3)
     objects = stack.snapshot()
     stack.kill("s3")
+    partly = stack_sh("status", stack.script_env)
+    assert partly.returncode == 1, partly.stdout + partly.stderr
+    assert "down: s3; `bash scripts/stack.sh up` restarts them" in partly.stdout, partly.stdout
     stack.expected_failures.add(first.run_id)
     _finished(stack, first.run_id)
     restarted = stack_sh("up", stack.script_env)
