@@ -68,6 +68,57 @@ def test_a_fraud_service_that_stays_down_may_be_a_retry_by_rule():
     assert outcome.decision == RETRY
 
 
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_fraud_breaker_opens_after_failures_in_a_row_then_one_request_probes():
+    from unified_assets.serving.breaker import Breaker
+
+    clock = _Clock()
+    breaker = Breaker(failures=3, open_s=10, clock=clock)
+    for _ in range(2):
+        assert breaker.admit() is None
+        breaker.record(False, "HTTP 500")
+    assert breaker.admit() is None
+    breaker.record(True)  # a success in between: the run starts again
+    for _ in range(3):
+        assert breaker.admit() is None
+        breaker.record(False, "ReadTimeout")
+    assert breaker.admit() == pytest.approx(10)  # open: not called
+    assert "3 request(s) in a row" in breaker.why_open(10) and "ReadTimeout" in breaker.why_open(10)
+    clock.now += 10
+    assert breaker.admit() is None  # one probe
+    assert breaker.admit() == pytest.approx(1.0)  # the others wait for it
+    clock.now += 10
+    assert breaker.admit() is None  # a probe that never reported (cancelled) gives way
+    breaker.record(False, "HTTP 503")
+    assert breaker.admit() == pytest.approx(10)  # open again, from now
+    clock.now += 10
+    assert breaker.admit() is None
+    breaker.record(True)
+    assert breaker.admit() is None and breaker.failed == 0
+    never = Breaker(failures=0, open_s=10, clock=clock)
+    for _ in range(20):
+        never.record(False, "HTTP 500")
+    assert never.admit() is None
+
+
+def test_an_open_fraud_breaker_is_a_retry_unless_a_person_handles_the_intent_anyway():
+    # The default on_fraud_unavailable (escalate) is for a request that tried the service;
+    # one the breaker kept from it is asked to come back, not made a case.
+    open_check = FraudCheck(attempts=0, errors=("circuit open: ...",), open_for_s=7.2)
+    outcome = decide(_classified("refund_status"), CUSTOMER, open_check, None, None, RULES)
+    assert outcome.decision == RETRY and "circuit open" in outcome.reason
+    reported = decide(_classified("fraud_report"), CUSTOMER, open_check, None, None, RULES)
+    assert reported.decision == ESCALATE and "circuit open" in reported.reason
+    assert "escalate_intents" in reported.reason
+
+
 DEPLOYED = {"classify": {"target": "cpu", "where": "cpu", "reason": "cpu profile",
                          "rule": "profiles.cpu-light"},
             "retrieve": {"target": "cpu", "where": "cpu", "reason": "cpu profile",

@@ -175,6 +175,25 @@ def test_a_failing_fraud_service_is_retried_then_escalated(world: ServingWorld,
             assert (fraud["ok"], fraud["attempts"], len(fraud["errors"])) == (False, 3, 3)
             assert "fraud: 3 attempts" in answer["fallbacks"]
             assert "fraud" not in answer["model_versions"]
+        # The breaker: after 2 requests in a row failed their check, the replica stops calling
+        # the service; a request is a retry at once, not one more case.
+        world.deploy(fraud_url=base + "/fraud-faulty/fail", fraud_attempts=2,
+                     fraud_timeout_s=0.5, fraud_breaker_failures=2, fraud_breaker_open_s=120)
+        asked = [world.ask(question) for _ in range(2)]
+        while asked[-1][0] != 503 and len(asked) < 8:  # a replica per 2 failures, if scaled up
+            asked.append(world.ask(question))
+        *before, (status, kept) = asked
+        assert status == 503 and kept["decision"] == "retry", kept
+        assert all(a["decision"] == "escalate" and _part(a, "fraud")["attempts"] == 2
+                   for _, a in before), before
+        assert "circuit open: 2 request(s) in a row" in kept["reason"] and "HTTP 500" in kept["reason"]
+        assert kept["case_id"] is None and "fraud: breaker open" in kept["fallbacks"]
+        fraud = _part(kept, "fraud")
+        assert fraud["attempts"] == 0 and 0 < fraud["breaker_open_s"] <= 120
+        # A fraud report goes to a person either way.
+        status, reported = world.ask({"customer_id": customers.refund,
+                                      "message": "someone used my card, I did not make this payment"})
+        assert status == 200 and reported["decision"] == "escalate" and reported["case_id"]
     finally:
         world.deploy()
     status, answer = world.ask(question)

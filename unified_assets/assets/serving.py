@@ -98,6 +98,10 @@ class ServingConfig(dg.Config):
     escalate_risk: float = Field(default=0.6, ge=0, le=1)
     fraud_timeout_s: float = Field(default=2.0, gt=0)
     fraud_attempts: int = Field(default=3, ge=1)
+    fraud_breaker_failures: int = Field(
+        default=5, ge=0, description="Failed fraud checks in a row before a replica stops "
+        "calling the service for fraud_breaker_open_s (requests meanwhile: retry); 0: never.")
+    fraud_breaker_open_s: float = Field(default=10.0, gt=0)
     latency_budget_s: float = Field(default=2.0, ge=0)
     timeout_s: float = Field(default=600.0, gt=0, description="How long the deployment may take.")
 
@@ -106,7 +110,7 @@ class ServingConfig(dg.Config):
 
         return ServingRules(**self.model_dump(include={
             "min_intent_confidence", "escalate_risk", "fraud_timeout_s", "fraud_attempts",
-            "latency_budget_s"}))
+            "fraud_breaker_failures", "fraud_breaker_open_s", "latency_budget_s"}))
 
 
 @dg.asset(

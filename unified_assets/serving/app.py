@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import math
 import os
 import time
 import uuid
@@ -32,6 +33,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from unified_assets.serving.breaker import Breaker
 from unified_assets.serving.decide import (
     ESCALATE,
     RETRY,
@@ -238,6 +240,10 @@ class SupportIngress:
         from unified_assets.serving.profiles import serving_placement
 
         self.rules = ServingRules(**config["rules"])
+        # The fraud breaker starts closed when its limits or the service's URL change.
+        limits = (self.rules.fraud_breaker_failures, self.rules.fraud_breaker_open_s)
+        if (limits, config.get("fraud_url")) != getattr(self, "breaker_for", None):
+            self.breaker, self.breaker_for = Breaker(*limits), (limits, config.get("fraud_url"))
         # The policy's placement rules as the deployment read them; a hand-written config
         # (deploy/ray/rayservice.yaml) may leave them out: the shipped rules then apply.
         self.placement = (PlacementPolicy.model_validate(config["placement_policy"])
@@ -307,6 +313,12 @@ class SupportIngress:
         rules, url = self.rules, self.config["fraud_url"]
         started, errors, attempt = time.perf_counter(), [], 0
         body, ran = None, None
+        wait_s = self.breaker.admit()
+        if wait_s is not None:
+            why = self.breaker.why_open(wait_s)
+            return FraudCheck(attempts=0, errors=(why,), open_for_s=wait_s), {
+                "ok": False, "attempts": 0, "errors": [why], "url": url, "ran_on": None,
+                "breaker_open_s": round(wait_s, 1), "latency_ms": 0.0}
         for attempt in range(1, rules.fraud_attempts + 1):
             try:
                 response = await self.http.post(url, json={"rows": payments},
@@ -324,6 +336,7 @@ class SupportIngress:
             ran = body.get("ran_on")
         else:
             check = FraudCheck(attempts=attempt, errors=tuple(errors))
+        self.breaker.record(check.ok, errors[-1] if errors else "")
         record = {"ok": check.ok, "attempts": attempt, "errors": errors, "url": url,
                   "ran_on": ran, "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
         return check, record
@@ -466,6 +479,8 @@ class SupportIngress:
                      if p.get("fallback") not in (None, "none")]
         fallbacks += [f"fraud: {p['attempts']} attempts" for p in placements
                       if p["part"] == "fraud" and p.get("attempts", 1) > 1]
+        fallbacks += ["fraud: breaker open" for p in placements
+                      if p["part"] == "fraud" and p.get("breaker_open_s")]
         response = {"request_id": audit["request_id"], **{k: audit.get(k) for k in (
             "customer_id", "intent", "intents", "confidence")}, **body,
             "model_versions": versions or {}, "placements": placements, "fallbacks": fallbacks,
@@ -477,14 +492,16 @@ class SupportIngress:
             append_record(self.config["audit_path"], record)
         except OSError as error:  # the answer still goes out; the gap is visible in the answer
             response["audit_error"] = str(error)
-        headers = {"Retry-After": "5"} if status == 503 else None
+        retry_after = max((math.ceil(p["breaker_open_s"]) for p in (parts or {}).values()
+                           if p.get("breaker_open_s")), default=5)
+        headers = {"Retry-After": str(retry_after)} if status == 503 else None
         return JSONResponse(response, status_code=status, headers=headers)
 
 
 def _placement_view(name: str, record: dict) -> dict:
     """A part's record without its payload: where it ran, why, how long, how it ended."""
     keep = ("target", "where", "reason", "action", "fallback", "ok", "error", "latency_ms",
-            "ran_on", "attempts", "errors", "url")
+            "ran_on", "attempts", "errors", "url", "breaker_open_s")
     view = {"part": name, **{k: record[k] for k in keep if k in record}}
     result = record.get("result")
     if isinstance(result, dict) and "device" in result:

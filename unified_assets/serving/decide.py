@@ -64,6 +64,7 @@ class FraudCheck:
     version: str | None = None
     attempts: int = 0
     errors: tuple[str, ...] = ()
+    open_for_s: float | None = None  # not called: the breaker is open this long yet
 
     @property
     def ok(self) -> bool:
@@ -132,6 +133,14 @@ def decide(classified: dict, customer: dict, fraud: FraudCheck, explanation: str
     if confidence < rules.min_intent_confidence:
         return Outcome(ESCALATE, f"intent unclear: {classified['intent']} at {confidence:.2f} < "
                        f"min_intent_confidence {rules.min_intent_confidence}", answer)
+    if not fraud.ok and fraud.open_for_s is not None:
+        # Kept from a service known to be down: come back, unless a person handles it anyway.
+        why = f"fraud service {fraud.errors[-1] if fraud.errors else 'circuit open'}"
+        ruled = [i for i in intents if i in rules.escalate_intents]
+        if ruled:
+            return Outcome(ESCALATE, f"{why}; intent {ruled[0]} is handled by a person "
+                           "(escalate_intents)", answer)
+        return Outcome(RETRY, why, answer)
     if not fraud.ok:
         last = fraud.errors[-1] if fraud.errors else "no answer"
         why = f"fraud service unavailable after {fraud.attempts} attempt(s): {last}"

@@ -76,6 +76,14 @@ class ServingRules(BaseModel):
     fraud_timeout_s: float = Field(default=2.0, gt=0, description="Per HTTP attempt.")
     fraud_attempts: int = Field(default=3, ge=1, le=10, description="HTTP attempts in all.")
     fraud_backoff_s: float = Field(default=0.1, ge=0, description="Before the 2nd attempt; doubles.")
+    fraud_breaker_failures: int = Field(
+        default=5, ge=0,
+        description="Requests in a row whose fraud check failed (every attempt) before a "
+        "replica stops calling the service for `fraud_breaker_open_s`: meanwhile a request is "
+        "a retry (503), or a case when a person handles its intent anyway. 0: never.")
+    fraud_breaker_open_s: float = Field(
+        default=10.0, gt=0, description="How long the breaker stays open before one request "
+        "probes the service again.")
     part_timeout_s: float = Field(default=5.0, gt=0, description="classify, retrieve, explain.")
     latency_budget_s: float = Field(
         default=2.0, ge=0,
