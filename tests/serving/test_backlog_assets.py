@@ -166,7 +166,7 @@ def test_each_intent_through_the_backlog_decides_as_online_and_bad_lines_are_ref
         {"customer_id": 42, "message": "hi", "admin": True},       # line 5: unknown field
         good[3],
         {"customer_id": 999_999, "message": "where is my refund"},  # line 7: unknown customer
-        {"customer_id": 42, "message": "   "},                     # line 8: empty message
+        {"customer_id": "42", "message": "   "},                   # line 8: empty message
         {**good[1], "request_id": "fraud-1"},                      # line 9: id used on line 4
         good[4],
     ])

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unified_assets.serving.decide import ESCALATE, RETRY, BadRequest, FraudCheck, decide, explain_target
+from unified_assets.serving.decide import (
+    ESCALATE,
+    RETRY,
+    BadRequest,
+    FraudCheck,
+    customer_id_of,
+    decide,
+    explain_target,
+)
 from unified_assets.serving.profiles import ServingRules
 
 SUFFIX = ".jsonl"
@@ -74,11 +82,9 @@ def _own_id(body: bytes) -> tuple[str | None, bytes]:
 def _whose(body: bytes) -> int | None:
     """A refused line's customer, when it can be read (kept in the answers file)."""
     try:
-        customer_id = json.loads(body).get("customer_id")
+        return customer_id_of(json.loads(body).get("customer_id"))
     except (ValueError, AttributeError):
         return None
-    return customer_id if isinstance(customer_id, int) and not isinstance(customer_id, bool) \
-        else None
 
 
 def read_backlog(path: Path, key: str, rules: ServingRules) -> tuple[list[dict], list[dict]]:

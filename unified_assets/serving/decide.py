@@ -23,6 +23,15 @@ class BadRequest(ValueError):
         self.status = status
 
 
+def customer_id_of(value: object) -> int | None:
+    """A customer id as a request may give it (a positive integer, or its digits as text)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None
+    return value
+
+
 def parse_request(body: bytes, rules: ServingRules) -> tuple[int, str]:
     """(customer_id, message) from a `POST /support` body, or BadRequest saying what is wrong."""
     if len(body) > rules.max_body_bytes:
@@ -40,11 +49,10 @@ def parse_request(body: bytes, rules: ServingRules) -> tuple[int, str]:
     missing = [name for name in FIELDS if name not in payload]
     if missing:
         raise BadRequest(422, f"missing field(s) {', '.join(missing)}")
-    customer, message = payload["customer_id"], payload["message"]
-    if isinstance(customer, str) and customer.strip().isdigit():
-        customer = int(customer.strip())
-    if isinstance(customer, bool) or not isinstance(customer, int) or customer < 1:
-        raise BadRequest(422, f"customer_id must be a positive integer, not {customer!r}"[:200])
+    customer, message = customer_id_of(payload["customer_id"]), payload["message"]
+    if customer is None:
+        raise BadRequest(422, f"customer_id must be a positive integer, not "
+                         f"{payload['customer_id']!r}"[:200])
     if not isinstance(message, str):
         raise BadRequest(422, f"message must be text, not {type(message).__name__}")
     message = message.strip()
