@@ -1,6 +1,6 @@
 """Drift asks for a retrain, on evidence already in the catalog: the sensor reads the
-`batch_drift` materializations (the per-column decision declarative automation makes right
-after ingestion) and never recomputes drift. Its cursor is the last materialization read plus
+`batch_drift` materializations (the per-column decision each ingestion run records for its
+batches) and never recomputes drift. Its cursor is the last materialization read plus
 the drifted batches still awaiting their labels (judged again once they land: a retrain could
 not train on them before). Retrains coalesce: while a retrain is queued and not started, new
 evidence folds into it (its tags name every batch); otherwise one retrain is requested, and

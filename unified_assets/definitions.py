@@ -102,9 +102,13 @@ REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5"}
 # schedule and the CLI set their own trigger, which takes precedence over a job's tags.
 MANUAL = started_because("manual")
 
+# Drift is judged in the ingestion run itself: the evidence is in the catalog when the run
+# ends, with no automation tick (30 s) and no second run per landing between a batch and the
+# retrain it calls for.
 ingest_job = dg.define_asset_job(
-    "ingest_batch", selection=[landed_batch], partitions_def=BATCHES, tags=MANUAL,
-    description="Validate and curate one landed batch (one partition).",
+    "ingest_batch", selection=[landed_batch, batch_drift], partitions_def=BATCHES, tags=MANUAL,
+    description="Validate and curate landed batches (one partition or a range), then judge "
+    "each passing batch's drift against the champion.",
 )
 labels_job = dg.define_asset_job(
     "ingest_labels", selection=[batch_labels, live_performance], partitions_def=BATCHES,

@@ -211,7 +211,19 @@ def test_rejected_batch_looks_rejected_and_automation_skips_its_monitoring(landi
     good = instance.fetch_materializations(dg.AssetRecordsFilter(
         asset_key=landed_batch.key, asset_partitions=["batch-00000"]), limit=1).records[0]
     assert good.asset_materialization.metadata["verdict"].value.startswith("passed")
-    # Automation carries only the good batches on to drift monitoring: no "has no profile".
-    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
-    assert tick.get_requested_partitions(dg.AssetKey("batch_drift")) == {
+    # The same run judged drift for the good batches only: no "has no profile", no failure.
+    judged = instance.fetch_materializations(dg.AssetKey("batch_drift"), limit=10).records
+    assert {r.asset_materialization.partition for r in judged} == {
         "batch-00000", "batch-00001", "batch-00002"}
+    assert {r.run_id for r in judged} == {run.run_id}
+    # Automation asks for no monitoring: the good batches are judged, the rejected one never.
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.get_requested_partitions(dg.AssetKey("batch_drift")) == set()
+    # Launched by hand on the rejected batch, monitoring refuses in one line naming it.
+    by_hand = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("batch_drift")}).execute_in_process(
+        instance=instance, partition_key="batch-missing", raise_on_error=False)
+    assert not by_hand.success
+    (failure,) = [e for e in by_hand.all_events if e.is_step_failure]
+    assert "batch-missing have no profile: they failed their quality checks" in \
+        failure.event_specific_data.error.message

@@ -1,6 +1,6 @@
 """Scenario driven by sensor ticks: clean batches -> champion; more clean batches -> no
-retrain; drifted batches -> exactly one retrain naming them, only once `batch_drift` has
-judged them; a replayed tick -> nothing; batches drifting one tick apart -> one retrain in
+retrain; drifted batches -> exactly one retrain naming them, on the `batch_drift` decisions
+their ingestion run made; a replayed tick -> nothing; batches drifting one tick apart -> one retrain in
 flight and at most one pending that holds the later evidence."""
 
 import dagster as dg
@@ -35,12 +35,12 @@ def _tick(defs, instance, cursor=None):
     return sensor(context)
 
 
-def _judge(defs, instance, batches):
-    """What declarative automation does after ingestion: batch_drift for each new batch."""
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection={dg.AssetKey("batch_drift")})
-    for batch in batches:
-        assert job.execute_in_process(instance=instance, partition_key=batch).success
+def _runs_after(instance, action, *args) -> list[str]:
+    """The ids of the runs `action` started."""
+    before = {r.dagster_run.run_id for r in instance.get_run_records()}
+    action(*args, instance)
+    return [r.dagster_run.run_id for r in instance.get_run_records()
+            if r.dagster_run.run_id not in before]
 
 
 def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instance):
@@ -67,17 +67,15 @@ def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instanc
 
     write_batches(settings.landing_dir, batches=1, rows=2000, first_batch=3)
     ingest_landed(defs, instance)
-    _judge(defs, instance, ["batch-00003"])
+    # The ingestion run judged the batch against the champion: nothing is left to automation.
     quiet = _tick(defs, instance)
     assert quiet.run_requests == [] and "no retrain-ready drift" in quiet.skip_reason.skip_message
 
     drift = DriftSpec(start_batch=4, covariate_shift=3.0, label_shift=1.0)
     write_batches(settings.landing_dir, batches=2, rows=2000, first_batch=4, drift=drift)
-    ingest_landed(defs, instance)
-    # Evidence before action: ingested but not yet judged by batch_drift, nothing starts.
-    early = _tick(defs, instance, cursor=quiet.cursor)
-    assert isinstance(early, dg.SkipReason) and "no new batch_drift decision" in early.skip_message
-    _judge(defs, instance, ["batch-00004", "batch-00005"])
+    (ingestion,) = _runs_after(instance, ingest_landed, defs)
+    # Evidence before action, without a hop: the ingestion run itself judged the batches
+    # (batch_drift is a step of it), so the next tick retrains on evidence in the catalog.
     loud = _tick(defs, instance, cursor=quiet.cursor)
     (request,) = loud.run_requests
     assert request.tags["unified-ai/trigger"] == "drift"
@@ -90,6 +88,7 @@ def test_drift_triggers_exactly_one_retrain_naming_the_batches(settings, instanc
         dg.AssetKey("batch_drift"), limit=10).records}
     assert request.tags["unified-ai/evidence"] == ",".join(
         f"batch_drift[{b}]@{evidence[b][:8]}" for b in ("batch-00004", "batch-00005"))
+    assert {evidence["batch-00004"], evidence["batch-00005"]} == {ingestion}
     plan = decisions_from_tags(request.tags)
     assert plan["model_torch"].target == "cpu" and plan["model_torch"].fallback != "none"
 
@@ -104,15 +103,14 @@ def test_batch_drift_asset_shows_per_column_verdicts(champion):
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3,
                   drift=DriftSpec(start_batch=3, covariate_shift=3.0))
-    ingest_landed(defs, instance)
-    # Declarative automation carries the new batch on to its drift decision and report.
+    (ingestion,) = _runs_after(instance, ingest_landed, defs)
+    # The ingestion run judged the batch; declarative automation carries it on to the report
+    # only (it never judges a batch twice).
     tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
-    for asset in ("batch_drift", "drift_report"):
-        assert tick.get_requested_partitions(dg.AssetKey(asset)) == {"batch-00003"}, asset
-    job = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection={dg.AssetKey("batch_drift")})
-    job.execute_in_process(instance=instance, partition_key="batch-00003")
+    assert tick.get_requested_partitions(dg.AssetKey("batch_drift")) == set()
+    assert tick.get_requested_partitions(dg.AssetKey("drift_report")) == {"batch-00003"}
     record = instance.fetch_materializations(dg.AssetKey("batch_drift"), limit=1).records[0]
+    assert (record.run_id, record.asset_materialization.partition) == (ingestion, "batch-00003")
     metadata = record.asset_materialization.metadata
     assert metadata["dataset_drift"].value is True
     assert metadata["reference_batches"].value == ["batch-00000", "batch-00001", "batch-00002"]
@@ -183,8 +181,7 @@ def test_batches_drifting_one_tick_apart_coalesce_into_one_pending_retrain(champ
     cursor, names = None, [f"batch-0000{i}" for i in range(3, 7)]
     for index, batch in enumerate(names):
         write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3 + index, drift=drift)
-        ingest_landed(defs, instance)
-        _judge(defs, instance, [batch])
+        ingest_landed(defs, instance)  # judged in the same run
         result = _tick(defs, instance, cursor)
         cursor = result.cursor
         _submit(defs, instance, result)

@@ -8,7 +8,7 @@ from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
-from unified_assets.assets.data import LANDED_BATCH, PARTITIONS_PER_RUN, batch_passed, landed_batch
+from unified_assets.assets.data import LANDED_BATCH, PARTITIONS_PER_RUN, batch_record, landed_batch
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, placement_metadata
 from unified_assets.partitions import BATCHES
@@ -48,17 +48,18 @@ def batch_drift(
 ) -> Iterator[dg.AssetMaterialization | dg.MaterializeResult]:
     """Judges each batch of the run against one reference. A range run records one
     materialization per batch (assets after it in that run are skipped: automation requests
-    them on its next tick). A batch without a value (only possible when launched by hand
-    on a rejected batch) is left out and named in the run's one-line failure after the
-    others are recorded."""
+    them on its next tick). A batch its own ingestion run (this one) rejected is not
+    monitored, and that is no failure; one launched by hand on a batch rejected earlier is
+    named in the run's one-line failure after the others are recorded."""
     frames = landed_batch if isinstance(landed_batch, dict) else \
         ({context.partition_keys[0]: landed_batch} if landed_batch is not None else {})
     reference = champion_reference(values_io_manager, mlflow_registry, dataset.spec.name)
     where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
-    missing = []
+    missing, rejected_here = [], []
     for batch in context.partition_keys:
-        if batch not in frames or not batch_passed(context.instance, batch):
-            missing.append(batch)
+        record = batch_record(context.instance, batch)
+        if batch not in frames or record is None or not record.passed:
+            (rejected_here if record and record.run_id == context.run_id else missing).append(batch)
             continue
         metadata = _judge(reference, batch, frames[batch].attrs["profile"], policy,
                           values_io_manager) | where
@@ -69,6 +70,8 @@ def batch_drift(
         else:
             yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
                                           metadata=metadata)
+    if rejected_here:
+        context.log.info(f"not monitored, rejected by this run's checks: {', '.join(rejected_here)}")
     if missing:
         raise dg.Failure(f"batch(es) {', '.join(missing)} have no profile: they failed their "
                          "quality checks", allow_retries=False)
