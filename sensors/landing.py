@@ -13,7 +13,10 @@ tick says so.
 Throughput: a run costs seconds, a batch milliseconds, so first attempts of batches that are
 next to each other in the partition order (files landed together) are requested as one run
 over the partition range (at most `PARTITIONS_PER_RUN` each); the asset records each batch's
-materialization and checks on its own. Retries go one batch per run.
+materialization and checks on its own. A failed range run is retried as a range too (its
+neighbouring batches due for the same attempt, tagged with the first run's chunk so every
+attempt counts for each of them): an outage during a landing of 100 batches is one retry run,
+not 100.
 """
 
 from __future__ import annotations
@@ -136,6 +139,23 @@ def range_request(chunk: list[str], versions: dict[str, str], triggers: set[str]
               "unified-ai/batches": f"{chunk[0]} .. {chunk[-1]} ({len(chunk)} batches)"})
 
 
+def retry_request(chunk: str, attempt: int, keys: list[str], files: dict) -> dg.RunRequest:
+    """Attempt `attempt` of batches whose range run `chunk` failed. A lone batch gets its own
+    run (counted by its partition and version); neighbours share one range run tagged with
+    `chunk`, so each of its batches counts it as an attempt."""
+    if len(keys) == 1:
+        key, landed = keys[0], files[keys[0]]
+        return dg.RunRequest(
+            partition_key=key, run_key=f"ingest:{key}:{landed.version}:{attempt}",
+            tags={TRIGGER_TAG: "retry", FILE_TAG: landed.uri, VERSION_TAG: landed.version,
+                  ATTEMPT_TAG: str(attempt)})
+    return dg.RunRequest(
+        run_key=f"{chunk}:attempt-{attempt}:{keys[0]}..{keys[-1]}",
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1], CHUNK_TAG: chunk, TRIGGER_TAG: "retry",
+              ATTEMPT_TAG: str(attempt),
+              "unified-ai/batches": f"{keys[0]} .. {keys[-1]} ({len(keys)} batches)"})
+
+
 def build_landing_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_zone_sensor",
@@ -155,6 +175,7 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         known = set(known_order)
         requests, notes = [], []
         first_attempts: dict[str, str] = {}  # key -> trigger, requested together below
+        range_retries: dict[tuple[str, int], list[str]] = {}  # (chunk, attempt) -> keys
         for key, landed in files.items():
             if state.get(key) == [landed.version, DONE]:
                 continue
@@ -181,6 +202,9 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 if step.attempt == 1:
                     first_attempts[key] = trigger
                     continue
+                if chunk:  # failed in a range run: retried with its neighbours, below
+                    range_retries.setdefault((chunk, step.attempt), []).append(key)
+                    continue
                 run_key = f"ingest:{key}:{landed.version}:{step.attempt}"
                 requests.append(dg.RunRequest(
                     partition_key=key, run_key=run_key,
@@ -205,6 +229,11 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
             requests.append(request)
             for key in chunk_keys:
                 state[key] = [files[key].version, REQUESTED, request.run_key]
+        for (chunk, attempt), keys in sorted(range_retries.items()):
+            for retry_keys in contiguous_chunks(order, set(keys), PARTITIONS_PER_RUN):
+                requests.append(retry_request(chunk, attempt, retry_keys, files))
+                for key in retry_keys:
+                    state[key] = [files[key].version, REQUESTED, chunk]
         new = sorted(key for key in files if key not in known)  # in `order`'s order
         cursor = json.dumps(state, sort_keys=True)
         skip = "; ".join([f"no new or changed batch in {dataset.source_uri} ({len(files)} files)",

@@ -211,10 +211,11 @@ def test_an_ingestion_a_person_canceled_is_reported_not_retried(settings, instan
     assert "gave up on batch-00000" in message and "was canceled" in message
 
 
-def test_many_landed_batches_are_ingested_in_chunks_and_a_failed_chunk_is_retried_per_batch(
+def test_many_landed_batches_are_ingested_in_chunks_and_a_failed_chunk_is_retried_as_one(
         settings, instance, monkeypatch):
     """500 files are 5 runs, not 500; a chunk that fails without storing its batches is
-    retried one batch per run after the backoff, counting the chunk as attempt 1."""
+    retried after the backoff as one range run again (an outage is not one retry per batch),
+    each attempt counted for every batch of it, until the attempts run out."""
     import sensors.landing as landing
 
     monkeypatch.setattr(landing, "PARTITIONS_PER_RUN", 2)
@@ -238,22 +239,59 @@ def test_many_landed_batches_are_ingested_in_chunks_and_a_failed_chunk_is_retrie
     waiting = tick(defs, instance, first.cursor)
     assert "requested, waiting for its run to start" in skipped(waiting)
 
-    # It fails (an outage) without storing anything: after the backoff each batch is retried.
-    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
+    # It fails (an outage) without storing anything, twice: after the backoff the two batches
+    # are retried together, one range run per attempt.
     import unified_assets.assets.data as data
 
     def outage(*_args, **_kwargs):
         raise OSError("landing zone unreachable")
 
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
     monkeypatch.setattr(data, "validate_batch_file", outage)
     (failed,) = launch(defs, instance, dg.SensorResult(run_requests=first.run_requests[:1]))
     assert not failed.success
-    monkeypatch.undo()
+    cursor = waiting.cursor
+    for attempt in (2, 3):
+        retry = tick(defs, instance, cursor)
+        (request,) = retry.run_requests
+        assert (request.partition_key_range.start, request.partition_key_range.end,
+                request.tags["unified-ai/attempt"], request.tags["unified-ai/trigger"]) == (
+            "batch-00000", "batch-00001", str(attempt), "retry")
+        assert request.tags[landing.CHUNK_TAG] == first.run_requests[0].run_key
+        # Replayed: the same run key, distinct from every other attempt's.
+        assert [r.run_key for r in tick(defs, instance, cursor).run_requests] == [request.run_key]
+        assert request.run_key != first.run_requests[0].run_key
+        cursor = retry.cursor
+        if attempt == 2:
+            (again,) = launch(defs, instance, retry)
+            assert not again.success
+    monkeypatch.undo()  # the landing zone is back: attempt 3 ingests both
     monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
-    retry = tick(defs, instance, waiting.cursor)
-    assert [(r.partition_key, r.tags["unified-ai/attempt"]) for r in retry.run_requests] == [
-        ("batch-00000", "2"), ("batch-00001", "2")]
-    assert all(run.success for run in launch(defs, instance, retry))
+    (ok,) = launch(defs, instance, retry)
+    assert ok.success
     assert instance.get_materialized_partitions(dg.AssetKey("landed_batch")) == {
         f"batch-{i:05d}" for i in range(5)}
     assert "no new or changed batch" in skipped(tick(defs, instance, retry.cursor))
+
+
+def test_a_chunk_that_keeps_failing_is_given_up_after_the_attempts_for_every_batch(
+        settings, instance, monkeypatch):
+    import sensors.landing as landing
+    import unified_assets.assets.data as data
+
+    monkeypatch.setattr(landing, "RETRY_BACKOFF_SECONDS", 0.0)
+    monkeypatch.setattr(landing, "MAX_ATTEMPTS", 2)
+    write_batches(settings.landing_dir, batches=2, rows=30)
+    defs = build_definitions(settings)
+
+    def outage(*_args, **_kwargs):
+        raise OSError("landing zone unreachable")
+
+    monkeypatch.setattr(data, "validate_batch_file", outage)
+    result = tick(defs, instance)
+    for _ in range(2):
+        (run,) = launch(defs, instance, result)
+        assert not run.success
+        result = tick(defs, instance, result.cursor)
+    assert result.run_requests == []
+    assert instance.get_materialized_partitions(dg.AssetKey("landed_batch")) == set()
