@@ -67,8 +67,35 @@ def test_local_executor_limits_gpu_steps_to_the_gpu_slots(tmp_path):
         "tag_concurrency_limits"
     ]
     assert "forkserver" in config["start_method"]
-    for job in ("train_evaluate_promote", "ingest_batch", "rollback_production"):
+    for job in ("ingest_batch", "rollback_production", "approve_or_reject"):
         assert local.resolve_job_def(job).executor_def is local.executor, job
+
+
+def _executor_config(job: dg.JobDefinition) -> dict:
+    return job.executor_def.apply_config_mapping({}).value["config"]
+
+
+def test_the_training_runs_forkserver_imports_the_ml_libraries_once_for_all_its_steps(tmp_path):
+    """Found by bench/first_champion.py: every step of a training run imported MLflow, torch
+    and scikit-learn again (2-2.5 s each here). The training job's forkserver imports them
+    once, with the code location; the other jobs' steps never pay for them."""
+    local = build_definitions(Settings("local", tmp_path, None))
+    training = _executor_config(local.resolve_job_def("train_evaluate_promote"))
+    preload = training["start_method"]["forkserver"]["preload_modules"]
+    assert preload[0] == "unified_assets.definitions"
+    assert {"mlflow", "torch", "sklearn.ensemble"} <= set(preload)
+    # Otherwise the same executor: GPU slots and concurrency as every local run.
+    assert {k: v for k, v in training.items() if k != "start_method"} == {
+        k: v for k, v in _executor_config(local.resolve_job_def("ingest_batch")).items()
+        if k != "start_method"}
+    light = _executor_config(local.resolve_job_def("ingest_batch"))["start_method"]["forkserver"]
+    assert "torch" not in light.get("preload_modules", [])
+    dg.Definitions.validate_loadable(local)
+
+
+def test_other_deployments_train_on_their_own_executor(tmp_path):
+    ray = build_definitions(Settings("local", tmp_path, None, executor_override="ray"))
+    assert ray.resolve_job_def("train_evaluate_promote").executor_def is ray.executor
 
 
 def _signed_policy(folder):

@@ -10,7 +10,6 @@ import pytest
 
 from unified_assets.assets.data import LANDED_BATCH, landed_batch
 from unified_assets.assets.drift_report import drift_report
-from unified_assets.assets.monitoring import batch_drift
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed
 from unified_assets.ml.evidently_report import SAMPLE_ROWS, evidently_drift
@@ -92,12 +91,22 @@ def test_drift_report_next_to_the_profile_decision(settings, instance):
     write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=3)
     write_batches(settings.landing_dir, batches=1, rows=1500, first_batch=4,
                   drift=DriftSpec(start_batch=4, covariate_shift=3.0))
-    ingest_landed(defs, instance)
-    reports = {}
-    for batch in (CALM, DRIFTED):
-        result = _materialize(defs, instance, batch, [batch_drift, drift_report])
-        assert result.success
-        reports[batch] = _metadata(result)
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    ingest_landed(defs, instance)  # judged there (batch_drift)
+    # Batches landed together get their reports in one run (the reference is read once),
+    # one materialization each, as automation requests them (the asset's backfill policy).
+    tick = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=tick.cursor)
+    assert tick.get_requested_partitions(drift_report.key) == {CALM, DRIFTED}
+    assert drift_report.backfill_policy.max_partitions_per_run > 1
+    result = dg.materialize([landed_batch, drift_report], selection=[drift_report],
+                            instance=instance, resources={k: defs.resources[k] for k in RESOURCES},
+                            tags={"dagster/asset_partition_range_start": CALM,
+                                  "dagster/asset_partition_range_end": DRIFTED})
+    assert result.success
+    reports = {e.partition: {k: v.value for k, v in e.materialization.metadata.items()}
+               for e in result.get_asset_materialization_events()
+               if e.asset_key == drift_report.key}
+    assert set(reports) == {CALM, DRIFTED}
 
     loud, quiet = reports[DRIFTED], reports[CALM]
     content = _logged_report(settings, loud)

@@ -3,6 +3,7 @@ compact profiles in milliseconds; this reads rows and takes seconds, so it runs 
 asset after `batch_drift`, never inside a sensor tick."""
 
 import json
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -24,14 +25,22 @@ TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted (Evidently)"
 DRIFT_EXPERIMENT_SUFFIX = "drift"  # MLflow experiment `<experiment>-drift`: one run per report
 REPORT_HTML, SUMMARY_JSON = "drift_report.html", "drift_summary.json"
 LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `drifted_columns`
+# Reports per run when automation or a backfill asks for many batches: one process and one
+# read of the reference for all of them, not one run each (a landing of 500 batches queued
+# 500 report runs beside its ingestion). Evidently takes seconds per batch, so a run stays
+# minutes long and each report is recorded as soon as it is written.
+REPORTS_PER_RUN = 25
 
 
 @dg.asset(
     partitions_def=BATCHES,
     deps=[batch_drift],
-    # None for a batch without a value (rejected): the body names it.
+    # A frame (one batch) or partition -> frame (a range); a rejected batch has no value and
+    # is named by the body.
     ins={"landed_batch": dg.AssetIn(key=landed_batch.key,
                                     metadata={"allow_missing_partitions": True})},
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=REPORTS_PER_RUN),
+    output_required=False,  # one materialization per batch, yielded as it is written
     group_name="monitoring",
     kinds={"evidently", "mlflow"},
     tags={REPORT_TAG: "evidently"},
@@ -49,32 +58,62 @@ LISTED_COLUMNS = 10  # drifted columns named in the summary line; all are in `dr
 )
 def drift_report(
     context: dg.AssetExecutionContext,
-    landed_batch,  # the batch's curated rows (a DataFrame)
+    landed_batch,  # the batch's curated rows, or partition -> rows for a range
     dataset: DatasetResource,
     values_io_manager: dg.ResourceParam[ParquetIOManager],
     mlflow_registry: MlflowRegistry,
     policy: PolicyResource,
-) -> dg.MaterializeResult:
-    from unified_assets.ml.evidently_report import evidently_drift
-
-    batch = context.partition_key
-    if landed_batch is None or not batch_passed(context.instance, batch):
-        raise dg.Failure(f"batch {batch} has no curated data: it failed its quality checks")
+) -> Iterator[dg.AssetMaterialization | dg.MaterializeResult]:
+    """Each batch of the run against one reference (the champion's training batches, read
+    once). A batch without curated data (rejected) is named in the run's one-line failure
+    after the others are recorded."""
+    frames = landed_batch if isinstance(landed_batch, dict) else \
+        ({context.partition_keys[0]: landed_batch} if landed_batch is not None else {})
     spec = dataset.spec
     version = mlflow_registry.alias_version(spec.name)
-    if version is None:
-        return dg.MaterializeResult(metadata={"verdict": "no champion yet: nothing to compare"})
     batches = [b for b in mlflow_registry.training_batches(spec.name, version)
-               if values_io_manager.exists(LANDED_BATCH, b)]
-    if not batches:
-        return dg.MaterializeResult(metadata={
-            "verdict": f"champion v{version} names no curated training batch: nothing to compare"})
+               if values_io_manager.exists(LANDED_BATCH, b)] if version is not None else []
     columns = spec.numeric_features + spec.categorical_features
-    landed_batch.attrs.clear()  # its profile: batch_drift's input, not Evidently's
+    reference = _read_frames(values_io_manager, batches, columns) if batches else None
+    where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
+    missing = []
+    for batch in context.partition_keys:
+        if batch not in frames or not batch_passed(context.instance, batch):
+            missing.append(batch)
+            continue
+        if version is None:
+            metadata = {"verdict": "no champion yet: nothing to compare"}
+        elif reference is None:
+            metadata = {"verdict": f"champion v{version} names no curated training batch: "
+                                   "nothing to compare"}
+        else:
+            current = frames[batch][columns]
+            current.attrs = {}  # its profile: batch_drift's input, not Evidently's
+            metadata = _report(context, spec, batch, current, reference, version, batches,
+                               mlflow_registry, policy) | where
+        if context.has_partition_key:
+            yield dg.MaterializeResult(metadata=metadata)
+        else:
+            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
+                                          metadata=metadata)
+    if missing:
+        if len(missing) == 1:
+            why = f"batch {missing[0]} has no curated data: it failed its quality checks"
+        else:
+            why = (f"batches {', '.join(missing)} have no curated data: they failed their "
+                   "quality checks")
+        raise dg.Failure(why, allow_retries=False)
+
+
+def _report(context: dg.AssetExecutionContext, spec, batch: str, current, reference,
+            version: str, batches: list[str], mlflow_registry: MlflowRegistry,
+            policy: PolicyResource) -> dict:
+    """Evidently's report of one batch, logged to its MLflow run; the metadata linking it."""
+    from unified_assets.ml.evidently_report import evidently_drift
+
     drift = policy.policy.drift
     html, summary = evidently_drift(
-        _read_frames(values_io_manager, batches, columns), landed_batch[columns],
-        spec.numeric_features, spec.categorical_features,
+        reference, current, spec.numeric_features, spec.categorical_features,
         num_threshold=drift.num_threshold, cat_threshold=drift.cat_threshold,
         drift_share=drift.drift_share,
     )
@@ -91,13 +130,12 @@ def drift_report(
     )
     report = links[REPORT_HTML]
     context.log.info(f"drift report of {batch} against champion v{version}: {report.page}")
-    return dg.MaterializeResult(metadata={
+    return {
         "summary": dg.MetadataValue.text(drift_summary(summary)),
         "report": dg.MetadataValue.url(report.page),
         "report_file": dg.MetadataValue.url(report.file),
         "mlflow_run": dg.MetadataValue.url(report.run_page),
     } | _metadata(version, batches, summary, profile)
-        | placement_metadata(context, CPU_LIGHT, policy.policy.placement))
 
 
 def drift_summary(summary: dict) -> str:
