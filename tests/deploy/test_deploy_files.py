@@ -274,6 +274,8 @@ def test_local_instance_config_makes_an_instance(tmp_path: Path, monkeypatch: py
         assert type(instance.event_log_storage).__name__.startswith("Sqlite")
         assert instance.get_settings("telemetry") == {"enabled": False}
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        # A queued run starts within a second, as in production (Dagster's default: 5 s).
+        assert instance.run_coordinator.dequeue_interval_seconds == 1
         concurrency = instance.get_concurrency_config()
         assert concurrency.run_queue_config is not None
         assert concurrency.run_queue_config.max_concurrent_runs == 4
