@@ -4,7 +4,8 @@ side by side in one run; and the time from a GPU node's loss to the policy's out
 Setup (untimed): landed batches are generated once; for each side a fresh home gets a copy,
 the batches are ingested in process, and the code location is loaded. Timed: one
 `train_evaluate_promote` run through `execute_job` (a persistent sqlite instance), with
-  multiprocess: the local deployment's executor (definitions.LOCAL_EXECUTOR_CONFIG),
+  multiprocess: the local deployment's training executor (definitions.TRAINING_EXECUTOR_CONFIG:
+                steps forked from a server that imported MLflow, torch and sklearn once),
   ray:          the `ray` deployment's executor (placement/ray_executor.py), every step a
                 Ray job on a cluster started here (ray.cluster_utils: a CPU head, a worker
                 with one logical GPU in the `gpu` pool; no CUDA on this machine, so the torch
@@ -62,7 +63,11 @@ def lifecycle_job(side: str) -> Any:
     rebuild it from the same environment."""
     import dagster as dg
 
-    from unified_assets.definitions import LOCAL_EXECUTOR_CONFIG, build_definitions, lifecycle_job
+    from unified_assets.definitions import (
+        TRAINING_EXECUTOR_CONFIG,
+        build_definitions,
+        lifecycle_job,
+    )
     from unified_assets.settings import load_settings
 
     settings = load_settings()
@@ -74,7 +79,7 @@ def lifecycle_job(side: str) -> Any:
 
         executor = ray_executor_for(replace(settings, ray_address=os.environ.get(ADDRESS_ENV)))
     else:
-        executor = dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
+        executor = dg.multiprocess_executor.configured(TRAINING_EXECUTOR_CONFIG)
     job = dg.define_asset_job(JOB, selection=lifecycle_job.selection, tags=lifecycle_job.tags,
                               executor_def=executor)
     return dg.Definitions(assets=list(defs.assets), resources=defs.resources,
