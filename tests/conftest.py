@@ -50,6 +50,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "test command runs these too (`-m 'not slow'` for a quick pass)")
     # pytest-xdist's mark, also known without it (a plain run ignores it).
     config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
+    config.addinivalue_line("markers", "independent: a stack test that runs even after an earlier "
+                            "one on the same stack failed (tests/stack/conftest.py)")
 
 
 @pytest.fixture(scope="session")

@@ -71,3 +71,23 @@ def stack(stack_env: dict[str, str]) -> Stack:
                        "live_performance_sensor", "labels_landing_sensor",
                        "support_backlog_sensor")
     return stack
+
+
+# The lifecycle tests build on each other's outcome on one stack (a champion, its batches).
+# Once one fails, the ones after it fail at once, naming it, instead of waiting minutes for
+# outcomes that cannot come; tests marked `independent` (down) still run.
+_FAILED: dict[str, str] = {}
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> None:
+    if call.excinfo is not None and call.when in ("setup", "call") and \
+            "stack" in getattr(item, "fixturenames", ()):
+        _FAILED.setdefault(str(item.path), item.name)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    earlier = _FAILED.get(str(item.path))
+    if earlier and "stack" in getattr(item, "fixturenames", ()) and \
+            item.get_closest_marker("independent") is None:
+        pytest.fail(f"not run: {earlier} failed before it on this stack, and this test "
+                    "builds on its outcome", pytrace=False)

@@ -226,13 +226,13 @@ def test_drift_retrains_and_a_cli_rollback_moves_champion_back(stack: Stack):
     # fails it after start_timeout_seconds; deploy/README.md says so.)
     running = stack.poll("the drift retrain to run", lambda: next(
         (r for r in stack.runs("train_evaluate_promote") if r.status == "STARTED"
-         and r.tags.get("unified-ai/trigger") == "drift"), None), timeout=900)
+         and r.tags.get("unified-ai/trigger") == "drift"), None), timeout=420)
     daemon = stack.kill("daemon")
     assert _exits(daemon, within_s=15)
     restarted = stack_sh("up", stack.script_env)
     assert restarted.returncode == 0 and "restarted: daemon" in restarted.stdout, restarted.stdout
     (retrain,) = stack.wait_for("the drift retrain", lambda runs: _succeeded(
-        runs, "train_evaluate_promote", **{"unified-ai/trigger": "drift"}), timeout=900)
+        runs, "train_evaluate_promote", **{"unified-ai/trigger": "drift"}), timeout=420)
     assert retrain.run_id == running.run_id
     assert retrain.tags["unified-ai/drift-batches"] == drifted
     assert "batch_drift" in retrain.tags["unified-ai/evidence"]
@@ -328,6 +328,7 @@ def test_four_runs_at_once_through_the_run_queue_on_postgres(stack: Stack):
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
+@pytest.mark.independent  # of the tests before it: runs after a failure too
 def test_down_stops_exactly_what_up_started_and_is_safe_twice(stack: Stack):
     assert stack.processes(), "no process carries the stack's environment"
     postmaster = stack.pid("postgres")
