@@ -119,10 +119,21 @@ def gpu_node_down(ray_cluster: RayTestCluster) -> Iterator[str]:
         ray_cluster.add_gpu_node()
 
 
-def test_gpu_step_runs_on_the_gpu_node_cpu_steps_never_hold_one(
+def test_a_planned_gpu_step_runs_on_the_gpu_node_and_cpu_steps_never_hold_one(
         ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    result = run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")
+    """A run planned against Ray's capacity (as a sensor or the CLI launches it) carries its
+    plan to the launch: the GPU step asks Ray for the GPU and gets it on the GPU node; the
+    CPU steps around it never hold one."""
+    from unified_assets.placement.launch import launch_plan
+
+    monkeypatch.setenv(ray_defs.POLICY_ENV, "wait")
+    monkeypatch.setenv(ray_defs.HOLD_ENV, "0")
+    tags, _ = launch_plan(ray_defs.GPU_CHAIN["wait"](), ray_instance, ray_defs.policy_for("wait"),
+                          ray_address=ray_cluster.address)
+    assert "gpu: gpu_a" in tags["unified-ai/placement"]
+    result = dg.execute_job(dg.reconstructable(ray_defs.GPU_CHAIN["wait"]), instance=ray_instance,
+                            run_config=ray_cluster.run_config(), tags=tags, raise_on_error=False)
     assert result.success
     jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
 
@@ -132,7 +143,9 @@ def test_gpu_step_runs_on_the_gpu_node_cpu_steps_never_hold_one(
     assert json.loads(gpu_job.metadata[REQUEST_METADATA])["num_gpus"] == 1
     assert gpu["ray_node_pool"] == "gpu" and gpu["ray_gpu_ids"] == "0"
     assert gpu["ray_cuda_visible_devices"] == "0"
-    assert gpu["placement_target"] == "gpu" and "GPU free" in gpu["placement_reason"]
+    assert gpu["placement_target"] == "gpu"
+    assert gpu["placement_reason"].startswith("GPU free: ray pool gpu")  # the plan's reason
+    assert "at launch: GPU free" in gpu["placement_reason"]  # re-checked when launched
     assert gpu["ray_submission_id"] == gpu_job.submission_id
 
     for step in ("source", "after_gpu"):
@@ -142,25 +155,6 @@ def test_gpu_step_runs_on_the_gpu_node_cpu_steps_never_hold_one(
         assert meta["ray_gpu_ids"] == "none", step
         assert meta["ray_cuda_visible_devices"] in ("(unset)", ""), step
         assert meta["ray_node_pool"] != "gpu" and meta["placement_target"] == "cpu", step
-
-
-def test_a_run_planned_against_ray_capacity_carries_its_plan_to_the_launch(
-        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from unified_assets.placement.launch import launch_plan
-
-    monkeypatch.setenv(ray_defs.POLICY_ENV, "wait")
-    job = ray_defs.GPU_CHAIN["wait"]()
-    tags, _ = launch_plan(job, ray_instance, ray_defs.policy_for("wait"),
-                          ray_address=ray_cluster.address)
-    assert "gpu: gpu_a" in tags["unified-ai/placement"]
-    result = dg.execute_job(dg.reconstructable(ray_defs.GPU_CHAIN["wait"]), instance=ray_instance,
-                            run_config=ray_cluster.run_config(), tags=tags, raise_on_error=False)
-    assert result.success
-    gpu = only(materializations(ray_instance, result.run_id), "gpu_a")
-    assert gpu["placement_reason"].startswith("GPU free: ray pool gpu")  # the plan's reason
-    assert "at launch: GPU free" in gpu["placement_reason"]  # re-checked when launched
-    assert gpu["ray_node_id"] == ray_cluster.gpu_node_id and gpu["ray_gpu_ids"] == "0"
 
 
 def test_one_gpu_two_gpu_steps_never_run_at_once(
