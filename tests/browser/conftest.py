@@ -6,6 +6,7 @@ runs it)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -92,6 +93,44 @@ def start_run_command(env: dict[str, str], log: Path) -> Iterator[DagsterUI]:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+SENSORS = """
+query Sensors($repo: RepositorySelector!) {
+  sensorsOrError(repositorySelector: $repo) {
+    __typename
+    ... on Sensors { results { name sensorState { id status } } }
+  }
+}"""
+STOP_SENSOR = """
+mutation Stop($id: String!) {
+  stopSensor(id: $id) { __typename ... on StopSensorMutationResult { instigationState { status } } }
+}"""
+
+
+def graphql(ui: DagsterUI, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(f"{ui.url}/graphql", json.dumps(
+        {"query": query, "variables": variables}).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        data = json.load(response)
+    assert not data.get("errors"), data["errors"]
+    return data["data"]
+
+
+def stop_sensors(ui: DagsterUI) -> list[str]:
+    """Every running sensor turned off, as an operator does on the UI's sensor page. The
+    browser tests launch their runs themselves; ticking sensors (and the report runs they
+    would start after each in-process training) only take the two cores from them."""
+    repo = {"repositoryLocationName": "unified_ai", "repositoryName": "__repository__"}
+    found = graphql(ui, SENSORS, {"repo": repo})["sensorsOrError"]
+    assert found["__typename"] == "Sensors", found
+    stopped = []
+    for sensor in found["results"]:
+        if sensor["sensorState"]["status"] == "RUNNING":
+            result = graphql(ui, STOP_SENSOR, {"id": sensor["sensorState"]["id"]})["stopSensor"]
+            assert result["instigationState"]["status"] == "STOPPED", (sensor["name"], result)
+            stopped.append(sensor["name"])
+    return stopped
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

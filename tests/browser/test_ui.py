@@ -18,7 +18,7 @@ import dagster as dg
 import pytest
 
 from resources.mlflow_registry import MlflowRegistry
-from tests.browser.conftest import ROOT, start_run_command, state_env, wait_until
+from tests.browser.conftest import ROOT, start_run_command, state_env, stop_sensors, wait_until
 from tests.policies import write_policy
 from unified_assets.definitions import build_definitions
 from unified_assets.lifecycle import ingest_landed, train_evaluate_promote, write_quality_reports
@@ -83,7 +83,9 @@ def _prepare(tmp_path_factory, mlflow_db_template):
 @pytest.fixture(scope="module")
 def ui(state, tmp_path_factory):
     settings, env, _, _ = state
-    yield from start_run_command(env, tmp_path_factory.mktemp("logs") / "dev.log")
+    for ui in start_run_command(env, tmp_path_factory.mktemp("logs") / "dev.log"):
+        assert "lifecycle_automation" in stop_sensors(ui)
+        yield ui
 
 
 def _open(page, url: str) -> None:
