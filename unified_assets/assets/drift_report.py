@@ -16,7 +16,7 @@ from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.quality_report import REPORT_TAG
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, placement_metadata, rounded
-from unified_assets.partitions import BATCHES
+from unified_assets.partitions import BATCHES, partition_result, values_by_partition
 
 TABLE_COLUMNS = ["column", "method", "score", "threshold", "drifted (Evidently)",
                  "drifted (profile decision)"]
@@ -67,8 +67,7 @@ def drift_report(
     """Each batch of the run against one reference (the champion's training batches, read
     once). A batch without curated data (rejected) is named in the run's one-line failure
     after the others are recorded."""
-    frames = landed_batch if isinstance(landed_batch, dict) else \
-        ({context.partition_keys[0]: landed_batch} if landed_batch is not None else {})
+    frames = values_by_partition(context, landed_batch)
     spec = dataset.spec
     version = mlflow_registry.alias_version(spec.name)
     batches = [b for b in mlflow_registry.training_batches(spec.name, version)
@@ -91,11 +90,7 @@ def drift_report(
             current.attrs = {}  # its profile: batch_drift's input, not Evidently's
             metadata = _report(context, spec, batch, current, reference, version, batches,
                                mlflow_registry, policy) | where
-        if context.has_partition_key:
-            yield dg.MaterializeResult(metadata=metadata)
-        else:
-            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
-                                          metadata=metadata)
+        yield partition_result(context, batch, metadata)
     if missing:
         if len(missing) == 1:
             why = f"batch {missing[0]} has no curated data: it failed its quality checks"

@@ -11,7 +11,7 @@ from resources.policy import PolicyResource
 from unified_assets.assets.data import LANDED_BATCH, PARTITIONS_PER_RUN, batch_record, landed_batch
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, placement_metadata
-from unified_assets.partitions import BATCHES
+from unified_assets.partitions import BATCHES, partition_result, values_by_partition
 
 
 @dg.asset(
@@ -51,8 +51,7 @@ def batch_drift(
     them on its next tick). A batch its own ingestion run (this one) rejected is not
     monitored, and that is no failure; one launched by hand on a batch rejected earlier is
     named in the run's one-line failure after the others are recorded."""
-    frames = landed_batch if isinstance(landed_batch, dict) else \
-        ({context.partition_keys[0]: landed_batch} if landed_batch is not None else {})
+    frames = values_by_partition(context, landed_batch)
     reference = champion_reference(values_io_manager, mlflow_registry, dataset.spec.name)
     where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
     missing, rejected_here = [], []
@@ -63,13 +62,7 @@ def batch_drift(
             continue
         metadata = _judge(reference, batch, frames[batch].attrs["profile"], policy,
                           values_io_manager) | where
-        if context.has_partition_key:
-            # One batch: the asset's own output, so assets after it in the same run
-            # (drift_report, materialized together from the UI) run too.
-            yield dg.MaterializeResult(metadata=metadata)
-        else:
-            yield dg.AssetMaterialization(asset_key=context.asset_key, partition=batch,
-                                          metadata=metadata)
+        yield partition_result(context, batch, metadata)
     if rejected_here:
         context.log.info(f"not monitored, rejected by this run's checks: {', '.join(rejected_here)}")
     if missing:
