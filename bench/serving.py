@@ -688,6 +688,10 @@ def main() -> None:
     parser.add_argument("--train-rows", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout per request")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--plain-serve", action="store_true",
+                        help="Ray nodes without the product's SERVE_NODE_ENV (Serve's defaults)")
+    parser.add_argument("--latency-only", action="store_true",
+                        help="stop after the one-request-at-a-time comparison (direct_ratio)")
     args = parser.parse_args()
     phases = QUICK if args.quick else FULL
     # Stopped (SIGTERM): unwind, so the finally below stops this run's Ray.
@@ -701,6 +705,13 @@ def main() -> None:
                  "UNIFIED_AI_DECISIONS_URL"):
         os.environ.pop(name, None)
     sys.path.insert(0, str(PROJECT_ROOT))
+    from unified_assets.serving.deploy import SERVE_NODE_ENV
+
+    for name, value in SERVE_NODE_ENV.items():  # the nodes inherit this environment
+        if args.plain_serve:
+            os.environ.pop(name, None)
+        else:
+            os.environ.setdefault(name, value)
 
     import dagster as dg
     from mlflow import MlflowClient
@@ -712,6 +723,8 @@ def main() -> None:
 
     command = "python bench/serving.py " + " ".join(sys.argv[1:])
     print(machine(), f"load={os.getloadavg()[0]:.2f}", flush=True)
+    print("serve node env: " + json.dumps({k: os.environ.get(k) for k in SERVE_NODE_ENV}),
+          flush=True)
     print(f"command: {command.strip()}", flush=True)
     began = time.perf_counter()
     scratch = Path(tempfile.mkdtemp(prefix="uai-sb-"))
@@ -800,6 +813,9 @@ def main() -> None:
                   f"{plan_share:.3%}, audit {statistics.median(audit_ms) / served_p50:.3%}",
                   flush=True)
 
+            if args.latency_only:
+                print(f"direct_ratio={direct_ratio:.3f} plan_share={plan_share:.5f}")
+                return
             # capacity at rest and at the policy's most replicas; the rate; the load runs
             capacity = {"fixed": measure_capacity(world, pairs, phases, "fixed replicas (1 each)")}
             most = max_replicas(base)

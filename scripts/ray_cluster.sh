@@ -19,6 +19,9 @@ VENV_BIN=$(pwd)/.venv/bin
 # Each step's Ray job runs `dagster api execute_step` with the environment of the node it lands
 # on, which is the environment `ray start` ran in: the venv must be first on PATH.
 export PATH="$VENV_BIN:$PATH" RAY_USAGE_STATS_ENABLED=0
+# Serve's throughput mode on both nodes, as the RayService's pods run (deploy/ray/rayservice.yaml,
+# unified_assets/serving/deploy.py SERVE_NODE_ENV); a value already set wins.
+export RAY_SERVE_THROUGHPUT_OPTIMIZED=${RAY_SERVE_THROUGHPUT_OPTIMIZED:-1}
 GCS_PORT=${RAY_GCS_PORT:-6390}
 DASHBOARD_PORT=${RAY_DASHBOARD_PORT:-8265}
 TEMP_DIR=${RAY_TEMP_DIR:-/tmp/unified-ai-ray}

@@ -163,6 +163,11 @@ def world(tmp_path_factory: pytest.TempPathFactory, mlflow_db_template: Path
     os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled",
                        "PYTHONPATH": os.pathsep.join(filter(None, (
                            str(REPO), os.environ.get("PYTHONPATH"))))})
+    # The nodes run as the product's do (Serve's throughput mode, deploy.SERVE_NODE_ENV).
+    from unified_assets.serving.deploy import SERVE_NODE_ENV
+
+    for name, value in SERVE_NODE_ENV.items():
+        os.environ.setdefault(name, value)
     Path("/tmp/ray").mkdir(exist_ok=True)
     temp_dir = tempfile.mkdtemp(prefix="uai-srv-")
     home = tmp_path_factory.mktemp("serving") / "home"

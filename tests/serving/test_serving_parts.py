@@ -287,3 +287,32 @@ def test_the_rayservice_manifest_deploys_what_serving_deploys():
     assert shipped["http_options"]["port"] == ours["http_options"]["port"]
     gpu_pool = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["rayStartParams"]["labels"]
     assert gpu_pool == "unified-ai/pool=gpu"
+
+
+def test_every_serving_node_runs_serve_in_the_products_mode():
+    """Serve's throughput mode (deploy.SERVE_NODE_ENV) is set wherever serving nodes start:
+    each RayService pod, scripts/ray_cluster.sh and the on-demand local instance."""
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from unified_assets.serving import deploy
+
+    root = Path(__file__).parents[2]
+    assert deploy.SERVE_NODE_ENV == {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+    cluster = yaml.safe_load((root / "deploy/ray/rayservice.yaml").read_text())["spec"][
+        "rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        for container in pod["template"]["spec"]["containers"]:
+            env = {item["name"]: item.get("value") for item in container.get("env") or []}
+            assert {k: env.get(k) for k in deploy.SERVE_NODE_ENV} == deploy.SERVE_NODE_ENV, \
+                container["name"]
+    script = (root / "scripts/ray_cluster.sh").read_text()
+    for name, value in deploy.SERVE_NODE_ENV.items():
+        assert re.search(rf"^export {name}=\$\{{{name}:-{value}\}}$", script, re.M), name
+    local = deploy.local_ray_env({"PATH": "/bin"})
+    assert local["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and local["PATH"] == "/bin"
+    assert deploy.local_ray_env({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})[
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"  # the user's choice wins
