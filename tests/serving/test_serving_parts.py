@@ -284,6 +284,12 @@ def test_the_rayservice_manifest_deploys_what_serving_deploys():
             for d in app["deployments"]}) for app in config["applications"]}
 
     assert shape(shipped) == shape(ours)
+    # The ingress's rules are written out in full, each at the shipped value.
+    (ingress,) = [d for app in shipped["applications"] for d in app["deployments"]
+                  if d["name"] == "SupportIngress"]
+    written = ingress["user_config"]["rules"]
+    assert set(written) == set(ServingRules.model_fields), set(ServingRules.model_fields) ^ set(written)
+    assert ServingRules(**written) == ServingRules()
     assert shipped["http_options"]["port"] == ours["http_options"]["port"]
     gpu_pool = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["rayStartParams"]["labels"]
     assert gpu_pool == "unified-ai/pool=gpu"

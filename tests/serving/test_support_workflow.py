@@ -159,8 +159,8 @@ def test_cases_from_the_cli_and_the_ui_job(world: ServingWorld, customers: Custo
     assert other.case_id in {c.case_id for c in list_cases(world.resources["decisions"], "resolved")}
 
 
-def test_a_failing_fraud_service_is_retried_then_escalated(world: ServingWorld,
-                                                           customers: Customers):
+def test_a_failing_fraud_service_is_retried_then_escalated_and_overload_is_shed(
+        world: ServingWorld, customers: Customers):
     base = f"http://127.0.0.1:{world.http_port}"
     question = {"customer_id": customers.refund, "message": "where is my refund"}
     try:
@@ -194,10 +194,66 @@ def test_a_failing_fraud_service_is_retried_then_escalated(world: ServingWorld,
         status, reported = world.ask({"customer_id": customers.refund,
                                       "message": "someone used my card, I did not make this payment"})
         assert status == 200 and reported["decision"] == "escalate" and reported["case_id"]
+        # Overload is answered, not queued (`max_in_flight`).
+        world.deploy(fraud_url=base + "/fraud-faulty/slow", fraud_attempts=1, fraud_timeout_s=3,
+                     fraud_breaker_failures=0, max_in_flight=1, replicas={"ingress": 1})
+        _shed_burst(world, question, len(list_cases(world.resources["decisions"])))
     finally:
         world.deploy()
     status, answer = world.ask(question)
     assert answer["decision"] == "answer" and _part(answer, "fraud")["attempts"] == 1
+
+
+def _ask_with_headers(world: ServingWorld, body: dict) -> tuple[int, dict, dict]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(world.url, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            headers, status, text = response.headers, response.status, response.read()
+    except urllib.error.HTTPError as error:
+        headers, status, text = error.headers, error.code, error.read()
+    return status, {k.lower(): v for k, v in headers.items()}, json.loads(text or b"{}")
+
+
+def _shed_burst(world: ServingWorld, question: dict, cases_before: int) -> None:
+    """Four requests at once to one ingress replica working on at most one (`max_in_flight`),
+    the admitted one held by a fraud service that does not answer: the others are a 503 with
+    Retry-After before any work, audited as `shed`, no case; answered while the admitted one
+    still runs."""
+    done: list[tuple[int, dict, dict]] = []
+    threads = [threading.Thread(target=lambda: done.append(_ask_with_headers(world, question)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(done) == 4
+
+    def overloaded(body: dict) -> bool:
+        return body.get("reason", "").startswith("overloaded")
+
+    shed = [(h, b) for _, h, b in done if overloaded(b)]
+    admitted = [(status, b) for status, _, b in done if not overloaded(b)]
+    assert shed and admitted, done
+    for headers, body in shed:
+        assert body["decision"] == "retry" and body.get("case_id") is None, body
+        assert "limit (max_in_flight)" in body["reason"] and headers.get("retry-after") == "1"
+        assert body["placements"] == [] and body["model_versions"] == {}
+    for status, body in admitted:  # ran the workflow: the fraud check timed out, a case
+        assert status == 200 and body["decision"] == "escalate", body
+        assert "fraud service unavailable" in body["reason"] and body["case_id"]
+    # Shed before any work: every shed request was answered before the first admitted one.
+    first_admitted = min(i for i, (*_, b) in enumerate(done) if not overloaded(b))
+    assert all(i < first_admitted for i, (*_, b) in enumerate(done) if overloaded(b)), [
+        b.get("decision") for *_, b in done]
+    records = {r["request_id"]: r for r in read_records(world.audit_path, last=20)}
+    for _, body in shed:
+        assert (records[body["request_id"]]["outcome"], records[body["request_id"]]["status"]
+                ) == ("shed", 503)
+    assert len(list_cases(world.resources["decisions"])) == cases_before + len(admitted)
 
 
 def test_promotion_then_rollback_moves_live_traffic(world: ServingWorld, customers: Customers):

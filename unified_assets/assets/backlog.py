@@ -540,7 +540,7 @@ def request_audit(context: dg.AssetExecutionContext,
         "requests": dg.MetadataValue.int(requests),
         "decided": dg.MetadataValue.int(found["decided"]),
         **_counts({o: outcomes.get(o, 0) for o in
-                   ("answer", "escalate", "retry", "rejected", "error")}, "outcome_"),
+                   ("answer", "escalate", "retry", "shed", "rejected", "error")}, "outcome_"),
         "outcomes": markdown_table([{"outcome": o, "requests": n} for o, n in outcomes.items()],
                                    ["outcome", "requests"]),
         "statuses": markdown_table([{"status": s, "requests": n}

@@ -103,6 +103,8 @@ class ServingConfig(dg.Config):
         "calling the service for fraud_breaker_open_s (requests meanwhile: retry); 0: never.")
     fraud_breaker_open_s: float = Field(default=10.0, gt=0)
     latency_budget_s: float = Field(default=2.0, ge=0)
+    max_in_flight: int = Field(default=16, ge=1, description="Requests one ingress replica "
+                               "works on at once; more are answered at once with 503 (shed).")
     timeout_s: float = Field(default=600.0, gt=0, description="How long the deployment may take.")
 
     def rules(self):
@@ -110,7 +112,8 @@ class ServingConfig(dg.Config):
 
         return ServingRules(**self.model_dump(include={
             "min_intent_confidence", "escalate_risk", "fraud_timeout_s", "fraud_attempts",
-            "fraud_breaker_failures", "fraud_breaker_open_s", "latency_budget_s"}))
+            "fraud_breaker_failures", "fraud_breaker_open_s", "latency_budget_s",
+            "max_in_flight"}))
 
 
 @dg.asset(

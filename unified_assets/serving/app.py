@@ -227,6 +227,7 @@ class SupportIngress:
         self.http = httpx.AsyncClient()
         self.live = LiveView()
         self.explaining = 0
+        self.in_flight = 0  # requests this replica works on now (`max_in_flight`)
         self.config: dict = {}
         self.store: Any = None
         self.served_by = ran_on()
@@ -371,17 +372,28 @@ class SupportIngress:
         started = time.perf_counter()
         request_id = uuid.uuid4().hex[:16]
         audit: dict = {"request_id": request_id, "at": datetime.now(UTC).isoformat()}
+        if self.in_flight >= self.rules.max_in_flight:
+            # Shed before any work: a request queued behind the limit would be answered late
+            # (or time out at the client) and slow every request admitted before it.
+            return self._finish(audit, started, 503, {
+                "decision": RETRY, "reason": f"overloaded: this replica is working on "
+                f"{self.in_flight} requests, its limit (max_in_flight); try again shortly"},
+                "shed", retry_after=1)
+        self.in_flight += 1
         try:
-            customer_id, message = parse_request(await request.body(), self.rules)
-        except BadRequest as bad:
-            return self._finish(audit, started, bad.status, {"error": str(bad)}, "rejected")
-        audit |= {"customer_id": customer_id, "message_chars": len(message)}
-        try:
-            return await self._workflow(audit, started, customer_id, message)
-        except Exception as error:  # noqa: BLE001 - the replica stays up; the request fails
-            return self._finish(audit, started, 500,
-                                {"error": f"internal error: {type(error).__name__}: {error}"},
-                                "error")
+            try:
+                customer_id, message = parse_request(await request.body(), self.rules)
+            except BadRequest as bad:
+                return self._finish(audit, started, bad.status, {"error": str(bad)}, "rejected")
+            audit |= {"customer_id": customer_id, "message_chars": len(message)}
+            try:
+                return await self._workflow(audit, started, customer_id, message)
+            except Exception as error:  # noqa: BLE001 - the replica stays up; the request fails
+                return self._finish(audit, started, 500,
+                                    {"error": f"internal error: {type(error).__name__}: {error}"},
+                                    "error")
+        finally:
+            self.in_flight -= 1
 
     async def _workflow(self, audit: dict, started: float, customer_id: int,
                         message: str) -> JSONResponse:
@@ -469,7 +481,8 @@ class SupportIngress:
                                  draft_answer=outcome.answer, model_versions=versions)
 
     def _finish(self, audit: dict, started: float, status: int, body: dict, outcome: str,
-                parts: dict | None = None, versions: dict | None = None) -> JSONResponse:
+                parts: dict | None = None, versions: dict | None = None,
+                retry_after: int | None = None) -> JSONResponse:
         """The response and its audit record: the same facts, written once."""
         from unified_assets.serving.audit import append_record
 
@@ -492,8 +505,9 @@ class SupportIngress:
             append_record(self.config["audit_path"], record)
         except OSError as error:  # the answer still goes out; the gap is visible in the answer
             response["audit_error"] = str(error)
-        retry_after = max((math.ceil(p["breaker_open_s"]) for p in (parts or {}).values()
-                           if p.get("breaker_open_s")), default=5)
+        retry_after = retry_after or max((math.ceil(p["breaker_open_s"]) for p in
+                                          (parts or {}).values() if p.get("breaker_open_s")),
+                                         default=5)
         headers = {"Retry-After": str(retry_after)} if status == 503 else None
         return JSONResponse(response, status_code=status, headers=headers)
 

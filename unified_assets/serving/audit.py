@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-# Outcomes of a decided request (the others: `rejected`, a 4xx, and `error`, a 500).
+# Outcomes of a decided request (the others: `rejected`, a 4xx; `shed`, a 503 for a replica
+# at its `max_in_flight`, before any work; and `error`, a 500).
 DECIDED = ("answer", "retry", "escalate")
 
 

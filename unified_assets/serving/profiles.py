@@ -89,6 +89,12 @@ class ServingRules(BaseModel):
         default=2.0, ge=0,
         description="How long a request may wait for a part without replicas (`wait` rules) "
         "before it is answered with retry.")
+    max_in_flight: int = Field(
+        default=16, ge=1,
+        description="Requests one ingress replica works on at once. One more is answered at "
+        "once with 503 and Retry-After (`shed` in the audit), not queued: under overload the "
+        "service answers what it can in time and says so for the rest, instead of answering "
+        "everything late (bench/RESULTS.md, the serving spike).")
     max_message_chars: int = Field(default=1000, ge=10)
     max_body_bytes: int = Field(default=16_384, ge=256)
     recent_transactions: int = Field(default=8, ge=1, le=50)
