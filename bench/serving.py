@@ -27,7 +27,8 @@ Measured, in one run:
            backlog is counted, not hidden): warm-up, steady, then 5x the rate (the spike);
            `spike_ratio` = p99 of the answers (HTTP 200) to requests sent from 60 s after the
            spike's start to its end / the same of the steady phase (a request a replica sheds
-           at its `max_in_flight`, a quick 503, is counted in `!200`, not in the p99). Twice: autoscaling on (the shipped policy's
+           at its `max_in_flight`, a quick 503, is counted in `!200`, not in the p99).
+           Twice: autoscaling on (the shipped policy's
            `serving.autoscaling` bounds and targets, with a bench-local policy's short delays:
            AUTOSCALE_DELAYS) and off (`serving` config `replicas`: one of each part).
            The rate (or --rate) comes from two capacities measured first (closed loop,

@@ -343,21 +343,23 @@ def test_request_audit_summarizes_a_day_and_names_a_malformed_line(tmp_path: Pat
         _record("2026-12-01T00:00:00+00:00", "escalate", 5000),  # the day after
         _record("2026-12-01T00:30:00+01:00", "error", 90, status=500),  # 2026-11-30 23:30 UTC
     ]
+    records.append(_record(day + "05:30:00+00:00", "shed", 1, status=503, versions={}))  # no work
     lines = [json.dumps(r) for r in records]
     lines.insert(4, '{"request_id": "torn", "at": "2026-11-30T04')  # line 5
     lines.insert(11, '{"request_id": "torn too", "at": "2026-12-01')  # line 12, after 12-01's
-    lines.append(json.dumps({"outcome": "answer", "status": 200}))  # line 14: no time, no id
+    lines.append(json.dumps({"outcome": "answer", "status": 200}))  # line 15: no time, no id
     audit = tmp_path / "serving" / "audit.jsonl"
     audit.parent.mkdir(parents=True)
     audit.write_text("\n".join(lines) + "\n")
 
     got = _audit_metadata(tmp_path, "2026-11-30")
-    assert got["requests"] == 9 and got["decided"] == 7
+    assert got["requests"] == 10 and got["decided"] == 7  # a shed request was not decided
     assert (got["outcome_answer"], got["outcome_escalate"], got["outcome_retry"],
-            got["outcome_rejected"], got["outcome_error"]) == (4, 2, 1, 1, 1)
+            got["outcome_shed"], got["outcome_rejected"], got["outcome_error"]) == (
+        4, 2, 1, 1, 1, 1)
     assert got["escalation_rate"] == pytest.approx(2 / 7, abs=1e-4)
-    # nearest rank over 10, 20, ..., 90 ms: p50 the 5th, p95 and p99 the 9th
-    assert (got["p50_latency_ms"], got["p95_latency_ms"], got["p99_latency_ms"]) == (50, 90, 90)
+    # nearest rank over 1, 10, 20, ..., 90 ms: p50 the 5th, p95 and p99 the 10th
+    assert (got["p50_latency_ms"], got["p95_latency_ms"], got["p99_latency_ms"]) == (40, 90, 90)
     assert got["requests_with_fallback"] == 3
     assert (got["fallback_explain"], got["fallback_fraud"], got["fallback_classify"]) == (2, 2, 0)
     assert "| explain | degrade_to_cpu | 2 |" in got["fallbacks"]
@@ -365,8 +367,9 @@ def test_request_audit_summarizes_a_day_and_names_a_malformed_line(tmp_path: Pat
     assert "| intent | support-intent v1 | 8 |" in got["model_versions"]
     assert "| intent | support-intent v2 | 1 |" in got["model_versions"]
     assert "| 422 | 1 |" in got["statuses"] and "| 200 | 6 |" in got["statuses"]
+    assert "| 503 | 2 |" in got["statuses"]
     assert got["malformed_lines"] == 1 and got["malformed"].startswith(f"{audit}:5: ")
-    assert got["day_complete"] is True and "9 request(s)" in got["summary"]
+    assert got["day_complete"] is True and "10 request(s)" in got["summary"]
     assert "1 malformed line(s)" in got["summary"]
     # A line without a readable time is named by its line in the file, and belongs to the day
     # of the record before it (the audit is appended in time order): each day names only its
