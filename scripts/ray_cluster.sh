@@ -10,7 +10,8 @@
 # folder, and stopped with its descendants (`ray stop` would stop every Ray on the machine).
 # Ports: RAY_GCS_PORT (6390), RAY_DASHBOARD_PORT (8265), RAY_GPU_NODE_AGENT_PORT (52375: two
 # nodes on one IP need two dashboard agents, or the job logs of the GPU node cannot be read),
-# RAY_CLIENT_PORT (10001). State and logs under RAY_TEMP_DIR (/tmp/unified-ai-ray). Two
+# RAY_CLIENT_PORT (10001). RAY_NODE_WAIT_S (300): how long a node may take to join on a busy
+# host. State and logs under RAY_TEMP_DIR (/tmp/unified-ai-ray). Two
 # clusters on one machine need other ports and another RAY_TEMP_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -60,7 +61,7 @@ wait_nodes() {  # wait_nodes N NAME: until the dashboard reports N live nodes; f
   "$VENV_BIN/python" - "$ADDRESS" "$1" "$RUN" "$2" "$(node_pid "$2")" <<'EOF'
 import json, os, sys, time, urllib.request
 address, wanted, run, name, pid = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
-deadline = time.monotonic() + 180
+deadline = time.monotonic() + float(os.environ.get("RAY_NODE_WAIT_S", "300"))
 while time.monotonic() < deadline:
     try:
         os.kill(int(pid), 0)
@@ -75,7 +76,7 @@ while time.monotonic() < deadline:
     except OSError:
         pass
     time.sleep(1)
-sys.exit(f"the Ray cluster did not reach {wanted} live node(s) in 180 s; logs in {run}/*.log")
+sys.exit(f"the Ray cluster did not reach {wanted} live node(s) in time (RAY_NODE_WAIT_S); logs in {run}/*.log")
 EOF
 }
 
@@ -121,16 +122,16 @@ with urllib.request.urlopen(sys.argv[1] + "/api/v0/nodes?limit=100", timeout=5) 
     print(",".join(n["node_id"] for n in json.load(r)["data"]["result"]["result"]))' "$ADDRESS")
     start_gpu_node
     "$VENV_BIN/python" - "$ADDRESS" "$before" "$RUN" <<'EOF'
-import json, sys, time, urllib.request
+import json, os, sys, time, urllib.request
 address, before, run = sys.argv[1], set(sys.argv[2].split(",")), sys.argv[3]
-deadline = time.monotonic() + 180
+deadline = time.monotonic() + float(os.environ.get("RAY_NODE_WAIT_S", "300"))
 while time.monotonic() < deadline:
     with urllib.request.urlopen(f"{address}/api/v0/nodes?limit=100", timeout=5) as r:
         nodes = json.load(r)["data"]["result"]["result"]
     if any(n["state"] == "ALIVE" and n["node_id"] not in before for n in nodes):
         sys.exit(0)
     time.sleep(1)
-sys.exit(f"the GPU node did not join in 180 s; log in {run}/gpu.log")
+sys.exit(f"the GPU node did not join in time (RAY_NODE_WAIT_S); log in {run}/gpu.log")
 EOF
     echo "GPU node up again"
     ;;

@@ -62,7 +62,7 @@ def script_env() -> Iterator[dict[str, str]]:
 
 def script(env: dict[str, str], command: str) -> str:
     done = subprocess.run(["bash", str(SCRIPT), command], env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=700)
     assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
     return done.stdout
 
