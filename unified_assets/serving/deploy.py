@@ -52,7 +52,7 @@ AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"  # Ray's token auth: sent as a bearer token wh
 # The environment of every Ray node that serves (local, scripts/ray_cluster.sh, the RayService's
 # pods): Serve's documented throughput mode (gRPC between replicas, user code and router on the
 # replica's own loop, no per-request log to stderr, direct ingress). On two cores it halves
-# each handle hop (10-17 ms -> 6-9 ms), and the served p50 went from a median 1.56x to 1.43x
+# each handle hop (10-17 ms -> 6-9 ms), and the served p50 went from a median 1.56x to 1.44x
 # the five parts in one process (bench/RESULTS.md). A value set by the user wins.
 SERVE_NODE_ENV: dict[str, str] = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
