@@ -201,14 +201,17 @@ class Stack:
         from unified_assets.ml.generator import batch_name, generate_batch
 
         client, prefix = self.s3(), self.env["UNIFIED_AI_LANDING_URI"].split("/", 3)[3]
-        names = []
+        bodies = {}
         for index in indexes:
             buffer = io.BytesIO()
             generate_batch(index, rows, drift=drift).to_parquet(buffer, index=False)
-            client.put_object(Bucket=self.bucket, Key=f"{prefix}/{batch_name(index)}.parquet",
-                              Body=buffer.getvalue())
-            names.append(batch_name(index))
-        return names
+            bodies[batch_name(index)] = buffer.getvalue()
+        # Generated first, uploaded back to back: files an upstream job lands together arrive
+        # within milliseconds, so one landing-sensor tick sees them all (a tick between two
+        # slow generations would split the landing into two ingestions and two retrains).
+        for name, body in bodies.items():
+            client.put_object(Bucket=self.bucket, Key=f"{prefix}/{name}.parquet", Body=body)
+        return list(bodies)
 
     def snapshot(self) -> dict[str, bytes]:
         """Every object in the bucket (moto keeps them only in memory)."""

@@ -31,6 +31,10 @@ from tests.stack.stack import COMPONENTS, MODEL, Run, Stack, stack_sh
 from unified_assets.ml.generator import DriftSpec
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("stack")]
+# Each lifecycle test is several daemon-launched runs with a fault and a restart in between:
+# 6-8 minutes on a busy 2-core host (CI measured 506 s and once passed 600 s), so they get
+# twice the suite's per-test limit. Every wait inside has its own, shorter, deadline.
+LIFECYCLE_TIMEOUT = pytest.mark.timeout(1200)
 
 ROWS = 1500  # per batch, as the local scenario's first champion
 FIRST = range(4)  # the first landing: four clean batches
@@ -101,6 +105,7 @@ def _finished(stack: Stack, run_id: str, status: str = "FAILURE", timeout: float
         (r for r in stack.runs() if r.run_id == run_id and r.status == status), None), timeout)
 
 
+@LIFECYCLE_TIMEOUT
 def test_first_training_waits_for_a_signed_cli_approval_then_promotes(stack: Stack):
     batches = stack.land(FIRST, ROWS)
     # The landing sensor (in the daemon) turns the files into partitions and ingests them.
@@ -214,6 +219,7 @@ def test_first_training_waits_for_a_signed_cli_approval_then_promotes(stack: Sta
     assert audit.returncode == 0, audit.stdout + audit.stderr
 
 
+@LIFECYCLE_TIMEOUT
 def test_drift_retrains_and_a_cli_rollback_moves_champion_back(stack: Stack):
     first = stack.alias("champion")
     assert first is not None
