@@ -17,6 +17,7 @@ from sensors.labels import build_labels_sensor
 from sensors.landing import build_landing_sensor
 from sensors.live import build_live_sensor
 from sensors.retrain import RETRAIN_TAG
+from unified_assets import instance_sqlite
 from unified_assets.assets.backlog import (
     BACKLOG_ASSETS,
     build_backlog_sensor,
@@ -60,6 +61,10 @@ from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from unified_assets.run_tags import TRIGGER_TAG, started_because
 from unified_assets.serving.resource import ServingTarget
 from unified_assets.settings import Settings, load_settings, policy_choice
+
+# Every process that loads the code location commits to a local (SQLite) instance without a
+# WAL checkpoint and fsync per event (unified_assets/instance_sqlite.py).
+instance_sqlite.install()
 
 GPU_SLOTS = 1
 # Locally every step is a process; GPU-profile steps never exceed the GPU slots.
