@@ -54,6 +54,9 @@ from typing import Any
 BENCH_DIR = Path(__file__).resolve().parent
 PROJECT_ROOT = BENCH_DIR.parent
 SIDES = ("plain", "dagster")
+# `--compare-untuned`: a third worker per repeat, the Dagster side with the local instance's
+# SQLite tuning off (UNIFIED_AI_SQLITE_TUNING=off, unified_assets/instance_sqlite.py).
+UNTUNED = "dagster_untuned"
 
 # Imported by both workers before the timer, so import cost is outside both figures.
 WARM_MODULES = [
@@ -139,7 +142,7 @@ def worker(side: str, home: Path, out: Path, threads: int) -> None:
     record: dict[str, Any] = {"side": side, "import_s": import_seconds,
                               "mlflow_init_s": warm_mlflow(settings)}
     instance = None
-    if side == "dagster":
+    if side in ("dagster", UNTUNED):
         started = time.perf_counter()
         (home / "dagster").mkdir()
         instance = dg.DagsterInstance.local_temp(tempdir=str(home / "dagster"))
@@ -167,9 +170,10 @@ def worker(side: str, home: Path, out: Path, threads: int) -> None:
     out.write_text(json.dumps(record))
 
 
-def worker_env(home: Path, threads: int) -> dict[str, str]:
+def worker_env(home: Path, threads: int, side: str = "dagster") -> dict[str, str]:
     """Environment of a worker: its own home, no outer deployment/Dagster/MLflow settings."""
-    env = os.environ | {"UNIFIED_AI_HOME": str(home)}
+    env = os.environ | {"UNIFIED_AI_HOME": str(home),
+                        "UNIFIED_AI_SQLITE_TUNING": "off" if side == UNTUNED else "on"}
     if threads:
         env |= {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                 "MKL_NUM_THREADS")}
@@ -185,7 +189,7 @@ def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads:
     home = scratch / f"{side}-{index}"
     shutil.copytree(landing_cache, home / "landing")
     out = home / "result.json"
-    env = worker_env(home, threads)
+    env = worker_env(home, threads, side)
     with open(home / "worker.log", "w") as log:
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--home", str(home),
@@ -244,7 +248,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="OpenMP/BLAS/torch threads per worker; 0 = library defaults (default 1)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch homes and logs")
-    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    parser.add_argument("--compare-untuned", action="store_true",
+                        help="also run the Dagster side with the SQLite tuning off, each repeat")
+    parser.add_argument("--worker", choices=(*SIDES, UNTUNED), help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -258,9 +264,10 @@ def main() -> None:
     try:
         landing_cache = scratch / "landing-cache"
         write_batches(landing_cache, args.batches, args.rows, seed=args.seed)
-        results: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
+        sides = (*SIDES, UNTUNED) if args.compare_untuned else SIDES
+        results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for index in range(args.repeats):
-            for side in SIDES:
+            for side in sides:
                 record = run_side(side, landing_cache, scratch, index, args.threads)
                 results[side].append(record)
                 print(f"  run {index + 1}/{args.repeats} {side:<7} {record['seconds']:7.2f} s",
@@ -286,6 +293,12 @@ def main() -> None:
     print(f"ratio of fastest runs {fastest['dagster'] / fastest['plain']:.3f} "
           f"({fastest['dagster']:.2f} / {fastest['plain']:.2f} s); "
           f"ratio of median own CPU {cpu['dagster'] / cpu['plain']:.3f}")
+    if results.get(UNTUNED):
+        each = [r["seconds"] for r in results[UNTUNED]]
+        untuned = statistics.median(each)
+        print(f"median dagster with the SQLite tuning off {untuned:.2f} s "
+              f"({', '.join(f'{x:.2f}' for x in each)}); overhead_ratio_untuned="
+              f"{untuned / plain:.3f} sqlite_tuning_speedup={untuned / dagster:.3f}")
     print(f"overhead_ratio={dagster / plain:.3f}")
 
 

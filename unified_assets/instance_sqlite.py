@@ -15,7 +15,8 @@ instance's own files only (`history/runs.db`, `history/runs/*.db`, `schedules/sc
   connection's close is not the last one and does not checkpoint. SQLite still checkpoints
   on its own every 1000 pages of log.
 
-Nothing else (MLflow's, the decision store's SQLite files) is touched. No library offers
+Nothing else (MLflow's, the decision store's SQLite files) is touched. `UNIFIED_AI_SQLITE_TUNING=off`
+turns both off (Dagster's own behaviour), e.g. to compare (bench/instance_sqlite.py). No library offers
 this for Dagster's storage; SQLAlchemy's `connect` event is the documented hook.
 """
 
@@ -30,6 +31,7 @@ from collections import OrderedDict
 
 # The instance's layout under its base directory (DAGSTER_HOME or a temporary instance).
 INSTANCE_FILES = re.compile(r"[/\\](?:history[/\\]runs(?:[/\\][^/\\]+)?|schedules[/\\]schedules)\.db$")
+TUNING_ENV = "UNIFIED_AI_SQLITE_TUNING"
 KEEP_OPEN = 16  # files with an idle connection held, newest used first; run shards rotate out
 
 _kept: OrderedDict[str, tuple[sqlite3.Connection, int]] = OrderedDict()  # path -> (conn, inode)
@@ -96,7 +98,7 @@ def _forget_in_child() -> None:
 def install() -> None:
     """Once per process: every SQLAlchemy connection goes through `tune_connection`."""
     global _installed
-    if _installed:
+    if _installed or os.environ.get(TUNING_ENV, "on").lower() in ("off", "0", "false", "no"):
         return
     from sqlalchemy import event
     from sqlalchemy.engine import Engine

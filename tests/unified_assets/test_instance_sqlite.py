@@ -6,6 +6,7 @@ process is SIGKILLed or forks."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -192,3 +193,30 @@ def test_a_forked_child_holds_its_own_files_and_its_parent_reads_them(tmp_path: 
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
         assert set(held) <= set(instance_sqlite.kept_files())  # the parent's own, untouched
         assert dg.materialize([tiny], instance=instance).success
+
+
+UNTUNED = textwrap.dedent("""
+    import sys
+    import dagster as dg
+    from sqlalchemy import create_engine, text
+    import unified_assets.definitions  # install() reads UNIFIED_AI_SQLITE_TUNING
+    from unified_assets import instance_sqlite
+
+    @dg.asset
+    def one() -> int:
+        return 1
+
+    instance = dg.DagsterInstance.local_temp(tempdir=sys.argv[1])
+    assert dg.materialize([one], instance=instance).success
+    engine = create_engine(f"sqlite:///{sys.argv[1]}/history/runs.db")
+    with engine.connect() as connection:
+        print(connection.execute(text("PRAGMA synchronous")).scalar(), instance_sqlite.kept_files())
+""")
+
+
+def test_the_tuning_can_be_turned_off(tmp_path: Path):
+    env = {**os.environ, instance_sqlite.TUNING_ENV: "off"}
+    done = subprocess.run([sys.executable, "-c", UNTUNED, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["2", "[]"]  # FULL, as Dagster leaves it; nothing held
