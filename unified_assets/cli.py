@@ -569,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     for decision in ("approve", "reject"):
         decide = commands.add_parser(decision, help=f"{decision} a challenger version (signed "
                                      "with the key in $UNIFIED_AI_SIGNING_KEY)")
-        decide.add_argument("version")
+        decide.add_argument("version", type=model_version,
+                            help="version, as `history` shows it (3 or v3)")
         decide.add_argument("--by", required=True, help="who decides (allowed by the policy)")
         decide.add_argument("--reason", required=True)
         decide.add_argument("--key", default=None, help=key_help)
@@ -577,7 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rollback = commands.add_parser("rollback", help="move `champion` back, with an incident "
                                    "(signed like approvals)")
-    rollback.add_argument("--to", default=None, help="version (default: previous good champion)")
+    rollback.add_argument("--to", default=None, type=model_version,
+                          help="version, 3 or v3 (default: previous good champion)")
     rollback.add_argument("--by", required=True, help="who asks (listed in rollback.by)")
     rollback.add_argument("--reason", required=True)
     rollback.add_argument("--key", default=None, help=key_help)
@@ -598,9 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
     for action in ("approve", "reject", "rollback"):
         signed = sign_actions.add_parser(action, help=f"sign a {action}")
         if action == "rollback":
-            signed.add_argument("--to", default=None, help="version (default: previous champion)")
+            signed.add_argument("--to", default=None, type=model_version,
+                                help="version, 3 or v3 (default: previous champion)")
         else:
-            signed.add_argument("version")
+            signed.add_argument("version", type=model_version)
         signed.add_argument("--by", required=True)
         signed.add_argument("--reason", required=True)
         signed.add_argument("--key", default=None, help=key_help)
@@ -681,13 +684,30 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"unified-ai {args.command}: --{name} must be at least 1", file=sys.stderr)
             return 2
-    from unified_assets.candidates import CandidateError
-
     try:
         return args.run(args)
-    except CandidateError as error:  # a setting that names no usable candidate: one line
+    except configuration_errors() as error:  # a setting, file or spec that cannot be used
         print(f"unified-ai {args.command}: {error}", file=sys.stderr)
         return 2
+
+
+def model_version(text: str) -> str:
+    """A model version as the registry names it (`3`), also written as `history` and the UI
+    show it (`v3`)."""
+    text = text.strip()
+    return text[1:] if len(text) > 1 and text[0] in "vV" and text[1:].isdigit() else text
+
+
+def configuration_errors() -> tuple[type[Exception], ...]:
+    """Errors that name a setting, a file or a field the user can fix: one line each, no
+    traceback (the message says what and where)."""
+    from unified_assets.candidates import CandidateError
+    from unified_assets.ml.dataset_spec import DatasetSpecError
+    from unified_assets.placement.cluster_file import ClusterFileError
+    from unified_assets.placement.policy import PolicyError
+    from unified_assets.settings import SettingsError
+
+    return (CandidateError, DatasetSpecError, ClusterFileError, PolicyError, SettingsError)
 
 
 if __name__ == "__main__":

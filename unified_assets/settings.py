@@ -110,23 +110,27 @@ class Settings:
         return (self.home / "mlartifacts").as_uri()
 
 
+class SettingsError(ValueError):
+    """A setting (environment variable) with a value that cannot be used: names it."""
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Settings from the environment; an unknown deployment name is an error, not a default."""
     env = os.environ if environ is None else environ
     deployment = env.get(DEPLOYMENT_ENV, "local").strip() or "local"
     if deployment not in DEPLOYMENTS:
-        raise ValueError(
+        raise SettingsError(
             f"{DEPLOYMENT_ENV}={deployment!r} is not a deployment; choose one of {DEPLOYMENTS}"
         )
     executor = (env.get(EXECUTOR_ENV) or "").strip() or None
     if executor is not None and executor not in EXECUTOR_OVERRIDES:
-        raise ValueError(
+        raise SettingsError(
             f"{EXECUTOR_ENV}={executor!r} is not an executor to override with; choose one of "
             f"{EXECUTOR_OVERRIDES} or leave it unset (the deployment's own executor)")
     home = Path(env.get(HOME_ENV) or Path.cwd() / ".unified_ai").resolve()
     landing_uri = env.get(LANDING_URI_ENV) or None
     if landing_uri is not None and not landing_uri.startswith("s3://"):
-        raise ValueError(f"{LANDING_URI_ENV}={landing_uri!r} must be an s3://bucket/prefix URI "
+        raise SettingsError(f"{LANDING_URI_ENV}={landing_uri!r} must be an s3://bucket/prefix URI "
                          "(a local landing folder comes from the dataset spec)")
     return Settings(
         deployment=deployment, home=home, dataset_spec=env.get(DATASET_SPEC_ENV) or None,
@@ -153,7 +157,7 @@ def ingest_retry_backoff_s(environ: dict[str, str] | None = None) -> float:
     except ValueError:
         value = -1.0
     if not value >= 0 or value == float("inf"):
-        raise ValueError(f"{INGEST_RETRY_BACKOFF_ENV}={raw!r} must be a number of seconds >= 0")
+        raise SettingsError(f"{INGEST_RETRY_BACKOFF_ENV}={raw!r} must be a number of seconds >= 0")
     return value
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from resources.decision_store import DecisionStore
 from tests.policies import write_policy
-from unified_assets.cli import main
+from unified_assets.cli import build_parser, main
 from unified_assets.services.identity import SIGNING_KEY_ENV, read_token, verify
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -331,3 +331,36 @@ def test_a_wrong_candidate_entry_is_one_line_in_the_cli(tmp_path):
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert "UNIFIED_AI_CANDIDATES" in line and "'nope'" in line and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("command", "variable", "value", "says"), [
+    ("pending", "UNIFIED_AI_DATASET_SPEC", "{tmp}/nope.yaml", "{tmp}/nope.yaml: dataset spec file not found"),
+    ("pending", "UNIFIED_AI_POLICY", "{tmp}/nope-policy.yaml", "{tmp}/nope-policy.yaml"),
+    ("history", "UNIFIED_AI_DEPLOYMENT", "lcoal", "UNIFIED_AI_DEPLOYMENT='lcoal' is not a deployment"),
+    ("plan", "UNIFIED_AI_EXECUTOR", "celery", "UNIFIED_AI_EXECUTOR='celery' is not an executor"),
+    ("pending", "UNIFIED_AI_LANDING_URI", "/data/landing", "must be an s3://bucket/prefix URI"),
+])
+def test_a_setting_that_cannot_be_used_is_one_line_naming_it(
+        home, tmp_path, command, variable, value, says):
+    """A new user's typo in a setting: the command says which and stops, no traceback."""
+    env = {**os.environ, variable: value.format(tmp=tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "unified_assets.cli", command], env=env,
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert err.startswith(f"unified-ai {command}: ") and "\n" not in err, err
+    assert says.format(tmp=tmp_path) in err
+
+
+def test_a_version_is_accepted_as_history_prints_it(home, capsys):
+    """`history` and the UI say v3; the commands take v3 as 3 (and still refuse an unknown
+    one by its number)."""
+    assert main(["approve", "v7", "--by", "alice", "--reason", "ok"]) != 0
+    err = capsys.readouterr().err
+    assert "version 7 is not a registered version" in err, err
+    parser = build_parser()
+    assert parser.parse_args(["rollback", "--to", "V7", "--by", "a", "--reason", "r"]).to == "7"
+    assert parser.parse_args(["sign", "approve", "v12", "--by", "a", "--reason", "r"]).version \
+        == "12"
+    assert parser.parse_args(["approve", "7", "--by", "a", "--reason", "r"]).version == "7"
+    assert parser.parse_args(["approve", "vx", "--by", "a", "--reason", "r"]).version == "vx"
