@@ -20,7 +20,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   if [ "$extras" = dev ]; then
     .venv/bin/python -m pip install --quiet -e ".[dev]"
   else
-    .venv/bin/python -m pip install --quiet -e .
+    # The run command's install: with the `ray` extra, so serving (Ray Serve) and the Ray
+    # deployment work as the README shows; the code location imports Ray only when used.
+    .venv/bin/python -m pip install --quiet -e ".[ray]"
   fi
   touch "$stamp"
 fi

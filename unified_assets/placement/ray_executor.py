@@ -361,7 +361,10 @@ def ray_executor_def(policy: PlacementPolicy | None = None,
 def ray_executor_for(settings: Settings,
                      policy: PlacementPolicy | None = None) -> dg.ExecutorDefinition:
     """The executor of the `ray` deployment: RAY_ADDRESS, the policy the code location uses."""
+    from unified_assets.extras import require
     from unified_assets.settings import policy_choice
+
+    require("dagster_ray", "ray", "Running steps on Ray (the `ray` executor)")
 
     config: dict[str, Any] = {"address": dashboard_address(settings.ray_address),
                               "max_concurrent": 8}

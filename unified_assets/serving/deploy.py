@@ -327,6 +327,7 @@ def ensure_local_ray(home: Path, num_cpus: int | None = None) -> str:
     """The dashboard URL of this home's local Ray instance, started now if it is not running
     (`ray start --head` on 127.0.0.1; it outlives the step, so the service keeps serving).
     A machine with CUDA devices labels its node as the GPU pool, so the explainer gets one."""
+    from unified_assets.extras import require
     from unified_assets.placement.probe import probe_cuda
 
     state_file = home / "serving" / "ray.json"
@@ -334,6 +335,7 @@ def ensure_local_ray(home: Path, num_cpus: int | None = None) -> str:
         state = json.loads(state_file.read_text())
         if _answers(state["dashboard"]):
             return str(state["dashboard"])
+    require("ray", "ray", "Serving on a local Ray instance (no RAY_ADDRESS set)")
     gcs, port = _free_port(), _free_port()
     digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:8]
     # Short: Ray's socket paths under the temp dir are limited to ~100 characters.
