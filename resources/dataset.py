@@ -90,19 +90,25 @@ class DatasetResource(dg.ConfigurableResource):
 
     def batch_files(self) -> dict[str, LandedFile]:
         """Complete batch files by partition key, in name order."""
+        return self._list(self.source_uri)[0]
+
+    def scan_batches(self) -> tuple[dict[str, LandedFile], list[str]]:
+        """`batch_files`, and the names of the other complete files in the landing zone (not
+        matching the spec's `source.glob`): never ingested, so the landing sensor says so."""
         return self._list(self.source_uri)
 
     def label_files(self) -> dict[str, LandedFile]:
         """Complete late-label files by the partition key of the batch they label."""
-        return self._list(self.labels_uri)
+        return self._list(self.labels_uri)[0]
 
-    def _list(self, folder_uri: str) -> dict[str, LandedFile]:
+    def _list(self, folder_uri: str) -> tuple[dict[str, LandedFile], list[str]]:
         folder = Path(folder_uri)
         if not folder.is_dir():
-            return {}
-        files = sorted(p for p in folder.glob(self.spec.source.glob)
-                       if p.is_file() and is_complete(p.name))
-        return self._index((p.name, str(p), _version(p)) for p in files)
+            return {}, []
+        complete = sorted(p for p in folder.iterdir() if p.is_file() and is_complete(p.name))
+        files = [p for p in complete if fnmatch.fnmatchcase(p.name, self.spec.source.glob)]
+        unmatched = [p.name for p in complete if p not in files]
+        return self._index((p.name, str(p), _version(p)) for p in files), unmatched
 
     def _index(self, listed) -> dict[str, LandedFile]:
         """Files by partition key, in key order; two names with one key would lose a file, so
@@ -168,18 +174,22 @@ class S3DatasetResource(DatasetResource):
     def labels_uri(self) -> str:
         return f"{self.source_uri}/labels"
 
-    def _list(self, folder_uri: str) -> dict[str, LandedFile]:
+    def _list(self, folder_uri: str) -> tuple[dict[str, LandedFile], list[str]]:
         bucket, prefix = split_s3_uri(folder_uri)
         prefix = f"{prefix}/" if prefix else ""
         client = self.s3.get_client()
-        listed = []
+        listed, unmatched = [], []
         for page in client.get_paginator("list_objects_v2").paginate(
                 Bucket=bucket, Prefix=prefix, Delimiter="/"):
             for item in page.get("Contents", []):
                 name = item["Key"][len(prefix):]
-                if is_complete(name) and fnmatch.fnmatchcase(name, self.spec.source.glob):
+                if not is_complete(name) or not name:
+                    continue
+                if fnmatch.fnmatchcase(name, self.spec.source.glob):
                     listed.append((name, f"s3://{bucket}/{item['Key']}", item["ETag"].strip('"')))
-        return self._index(listed)
+                else:
+                    unmatched.append(name)
+        return self._index(listed), sorted(unmatched)
 
     def fetch(self, landed: LandedFile) -> Path:
         """Download once per object version into the cache. The download is pinned to the

@@ -156,6 +156,14 @@ def retry_request(chunk: str, attempt: int, keys: list[str], files: dict) -> dg.
               "unified-ai/batches": f"{keys[0]} .. {keys[-1]} ({len(keys)} batches)"})
 
 
+def not_matching(names: list[str], pattern: str) -> str:
+    """The note for files in the landing zone that are never ingested (e.g. a CSV beside
+    Parquet batches): silence would read as "nothing landed"."""
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return (f"{len(names)} file(s) not ingested: their names do not match the dataset spec's "
+            f"source pattern {pattern!r} ({shown})")
+
+
 def build_landing_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_zone_sensor",
@@ -169,11 +177,11 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         context: dg.SensorEvaluationContext, dataset: DatasetResource
     ) -> dg.SensorResult | dg.SkipReason:
         instance, now = context.instance, time.time()
-        files = dataset.batch_files()
+        files, unmatched = dataset.scan_batches()
         state = {k: v for k, v in load_cursor(context.cursor).items() if k in files}
         known_order = list(instance.get_dynamic_partitions(BATCHES.name))  # as added
         known = set(known_order)
-        requests, notes = [], []
+        requests, notes = [], [not_matching(unmatched, dataset.spec.source.glob)] if unmatched else []
         first_attempts: dict[str, str] = {}  # key -> trigger, requested together below
         range_retries: dict[tuple[str, int], list[str]] = {}  # (chunk, attempt) -> keys
         for key, landed in files.items():
@@ -238,6 +246,8 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
         cursor = json.dumps(state, sort_keys=True)
         skip = "; ".join([f"no new or changed batch in {dataset.source_uri} ({len(files)} files)",
                           *notes])
+        if requests and unmatched:
+            context.log.warning(notes[0])
         if not requests and not new and cursor == (context.cursor or "{}"):
             return dg.SkipReason(skip)
         return dg.SensorResult(

@@ -66,9 +66,13 @@ def test_sensor_lists_complete_objects_only_and_ingestion_reads_them(settings, i
     _put(s3, f"landing/.{batch_name(1)}.parquet.partial", generate_batch(1, 600))
     _put(s3, f"landing/labels/{batch_name(0)}.parquet", generate_batch(0, 600)[["transaction_id"]])
     _put(s3, f"elsewhere/{batch_name(2)}.parquet", generate_batch(2, 600))
+    s3.put_object(Bucket=BUCKET, Key="landing/export.csv", Body=b"a,b\n1,2\n")
     defs = build_definitions(_s3_settings(settings))
     dataset = defs.resources["dataset"]
     assert isinstance(dataset, S3DatasetResource)
+    # Named for the landing sensor's note; the labels prefix and a partial upload are not.
+    with dg.build_resources({"dataset": dataset}) as resources:
+        assert resources.dataset.scan_batches()[1] == ["export.csv"]
 
     sensor = defs.resolve_sensor_def("landing_zone_sensor")
     with dg.build_sensor_context(instance=instance, definitions=defs,

@@ -295,3 +295,23 @@ def test_a_chunk_that_keeps_failing_is_given_up_after_the_attempts_for_every_bat
         result = tick(defs, instance, result.cursor)
     assert result.run_requests == []
     assert instance.get_materialized_partitions(dg.AssetKey("landed_batch")) == set()
+
+
+def test_a_file_the_spec_does_not_match_is_named_not_silently_skipped(settings, instance):
+    """Found: a CSV dropped beside the Parquet batches was ignored with no word ("no new or
+    changed batch ... (13 files)")."""
+    write_batches(settings.landing_dir, batches=1, rows=50)
+    generate_batch(20, 50).to_csv(settings.landing_dir / "batch-00020.csv", index=False)
+    (settings.landing_dir / "notes.txt").write_text("not a batch")
+    defs = build_definitions(settings)
+    note = ("2 file(s) not ingested: their names do not match the dataset spec's source "
+            "pattern '*.parquet' (batch-00020.csv, notes.txt)")
+
+    first = tick(defs, instance)
+    assert requested_keys(first) == ["batch-00000"]  # the batch is ingested as before
+    launch(defs, instance, first)
+    quiet = tick(defs, instance, cursor=first.cursor)
+    assert note in skipped(quiet), skipped(quiet)
+    assert "no new or changed batch" in skipped(quiet)
+    assert instance.get_dynamic_partitions(BATCHES.name) == ["batch-00000"]
+    assert (settings.landing_dir / "batch-00020.csv").exists()  # left where it was
