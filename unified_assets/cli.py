@@ -617,9 +617,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True)
     audit.add_parser("verify", help="verify the hash chain of the whole decision log"
                      ).set_defaults(run=_audit_verify)
-    incidents = commands.add_parser("incidents", help="run failures, rollbacks, live regressions")
+    incidents = commands.add_parser("incidents", help="run failures, rollbacks, refusals, "
+                                    "live regressions, registry faults")
     incidents.add_argument("--kind", default=None,
-                           help="run_failure | rollback | live_regression | escalation")
+                           help="run_failure | rollback | refusal | live_regression | escalation "
+                           "| registry_fault | champion_missing | champion_unusable | alias_drift "
+                           "| audit_failure")
     incidents.add_argument("--last", type=int, default=20, help="how many of the newest (0: all)")
     incidents.set_defaults(run=_incidents)
 

@@ -364,3 +364,13 @@ def test_a_version_is_accepted_as_history_prints_it(home, capsys):
         == "12"
     assert parser.parse_args(["approve", "7", "--by", "a", "--reason", "r"]).version == "7"
     assert parser.parse_args(["approve", "vx", "--by", "a", "--reason", "r"]).version == "vx"
+
+
+def test_every_refusal_the_cli_reports_is_listed_by_incidents(home, capsys):
+    """Found: `approve` printed "refused (recorded)" but `incidents --kind refusal` did not
+    list it (only refused rollbacks were incidents)."""
+    assert main(["approve", "99", "--by", "mallory", "--reason", "ship it"]) != 0
+    assert "refused (recorded)" in capsys.readouterr().err
+    assert main(["incidents", "--kind", "refusal"]) == 0
+    listed = capsys.readouterr().out
+    assert "refusal" in listed and "by mallory: approve refused:" in listed, listed

@@ -79,7 +79,9 @@ def test_a_group_is_never_an_identity_anywhere(store, keys, require_signature):
         authorize_rollback(store, policy, model=MODEL, by="group:ml-leads", reason="bad",
                            to_version=None, expected_from=None, token=None, source="cli")
     assert [r["actor"] for r in _refusals(store)] == ["group:ml-leads"] * 2
-    assert [i["actor"] for i in store.incidents("refusal")] == ["group:ml-leads"]
+    # Each refusal is an incident too, where people look for them (`incidents --kind refusal`).
+    assert [(i["actor"], i["reason"].split(":")[0]) for i in store.incidents("refusal")] == [
+        ("group:ml-leads", "approve refused"), ("group:ml-leads", "rollback refused")]
 
 
 def test_an_unsigned_decision_is_refused_and_recorded_when_signatures_are_required(store, keys):

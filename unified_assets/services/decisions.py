@@ -100,6 +100,17 @@ def authenticate(store: DecisionStore, policy: Policy, *, model: str, action: st
     return {"signed": False}
 
 
+def record_refusal(store: DecisionStore, *, model_name: str, version: str, decision: str,
+                   actor: str, reason: str, details: dict) -> None:
+    """A refused decision or rollback: in the decision log beside the decisions, and an
+    incident (`unified-ai incidents --kind refusal`), where people look for attempts to
+    change what is served without the authority or the evidence to."""
+    store.append_event(model_name=model_name, version=version, kind=REFUSAL, decision=decision,
+                       actor=actor, reason=reason, details=details)
+    store.record_incident(kind=REFUSAL, model_name=model_name, actor=actor,
+                          reason=f"{decision} refused: {reason}", details=details)
+
+
 def record_decision(store: DecisionStore, registry, policy: Policy, model_name: str, version: str,
                     decision: str, person: str, reason: str, source: str,
                     token: str | None = None) -> dict:
@@ -118,10 +129,9 @@ def record_decision(store: DecisionStore, registry, policy: Policy, model_name: 
         check_decision(state, version, person, policy.approval,
                        known_version=registry.version_exists(model_name, version))
     except ApprovalRefused as refused:
-        store.append_event(model_name=model_name, version=version, kind=REFUSAL,
-                           decision=decision, actor=person, reason=str(refused),
-                           details={"source": source, "given_reason": reason,
-                                    "token": _shown(token)})
+        record_refusal(store, model_name=model_name, version=version, decision=decision,
+                       actor=person, reason=str(refused),
+                       details={"source": source, "given_reason": reason, "token": _shown(token)})
         raise
     event_id = store.append_event(model_name=model_name, version=version, kind="decision",
                                   decision=decision, actor=person, reason=reason,
@@ -195,10 +205,8 @@ def authorize_rollback(store: DecisionStore, policy: Policy, *, model: str, by: 
     except ApprovalRefused as refused:
         details = {"source": source, "given_reason": reason, "rollback_to": to_version,
                    "expected_from": expected_from, "token": _shown(token)}
-        store.append_event(model_name=model, version=to_version or "", kind=REFUSAL,
-                           decision=ROLLBACK, actor=by, reason=str(refused), details=details)
-        store.record_incident(kind=REFUSAL, model_name=model, actor=by,
-                              reason=f"rollback refused: {refused}", details=details)
+        record_refusal(store, model_name=model, version=to_version or "", decision=ROLLBACK,
+                       actor=by, reason=str(refused), details=details)
         raise
     store.append_event(model_name=model, version=to_version or "", kind=ROLLBACK,
                        decision=ROLLBACK, actor=by, reason=reason,

@@ -13,11 +13,11 @@ from unified_assets.policy import Policy
 from unified_assets.services.approvals import ApprovalRefused
 from unified_assets.services.champion import ChampionError, ChampionLedger, LedgerFault
 from unified_assets.services.decisions import (
-    REFUSAL,
     ROLLBACK,
     ROLLBACK_FIELDS,
     authorize_rollback,
     fill_from_token,
+    record_refusal,
 )
 from unified_assets.services.refusals import Refused
 
@@ -73,10 +73,10 @@ def request_rollback(decisions: DecisionStore, ledger: ChampionLedger, policy: P
     except ChampionError as error:
         # The request was authorized (recorded above); what the ledger refused is recorded
         # beside it, so the log never shows an authorized rollback as if it happened.
-        decisions.append_event(model_name=model_name, version=given["rollback_to"] or "",
-                               kind=REFUSAL, decision=ROLLBACK, actor=given["by"],
-                               reason=f"refused by the ledger: {error}",
-                               details={"source": request.source})
+        record_refusal(decisions, model_name=model_name, version=given["rollback_to"] or "",
+                       decision=ROLLBACK, actor=given["by"],
+                       reason=f"refused by the ledger: {error}",
+                       details={"source": request.source})
         raise Refused(str(error)) from None
     return {"model_name": model_name, **result}
 
