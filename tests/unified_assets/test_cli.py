@@ -184,6 +184,10 @@ def test_k8s_manifests_are_named_by_step_and_a_recorded_cluster_gives_the_gpu_re
     assert main(["plan", "--cluster", str(cluster), "--rows", "50000"]) == 0
     out = capsys.readouterr().out
     assert "model_torch" in out and "gpu" in out.split("model_torch", 1)[1].splitlines()[0]
+    # The capacity line is the file's nodes (found: "host recorded cluster ...: 1 cpu").
+    (capacity,) = [line for line in out.splitlines() if line.startswith("capacity:")]
+    assert capacity.startswith(f"capacity: recorded cluster {cluster}; k8s: 3 nodes"), capacity
+    assert " cpu, load " not in capacity
     assert main(["k8s-manifests", "--out", str(tmp_path / "m"), "--cluster", str(cluster),
                  "--rows", "50000"]) == 0
     files = {p.name for p in (tmp_path / "m").iterdir()}

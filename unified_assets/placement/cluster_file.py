@@ -73,4 +73,4 @@ def load_cluster_file(path: str | Path) -> CapacitySnapshot:
                           gpus_requested=n.gpus_in_use, accelerator=n.accelerator,
                           schedulable=n.schedulable) for n in cluster.nodes)
     return CapacitySnapshot(host=HostCapacity(hostname=f"recorded cluster {path.name}"),
-                            kubernetes=K8sCapacity(nodes))
+                            kubernetes=K8sCapacity(nodes), recorded_from=str(path))

@@ -155,6 +155,9 @@ class CapacitySnapshot:
     kubernetes: K8sCapacity | None = None
     taken_at: float = field(default_factory=time.time)
     ray: RayCapacity | None = None
+    # Set for a snapshot read from a file (`plan --cluster`): its capacity is the file's
+    # nodes, and no figure of this host describes it.
+    recorded_from: str = ""
 
     def largest_gpu_unit(self) -> int:
         """Most GPUs on one host or node anywhere in the snapshot."""
@@ -165,8 +168,9 @@ class CapacitySnapshot:
 
     def summary(self) -> str:
         host = self.host
-        parts = [f"host {host.hostname}: {host.cpu_count} cpu, load {host.load_avg[0]:.2f}, "
-                 f"{host.gpu_count} cuda" + (f" ({host.cuda_note})" if host.cuda_note else "")]
+        parts = [f"recorded cluster {self.recorded_from}"] if self.recorded_from else [
+            f"host {host.hostname}: {host.cpu_count} cpu, load {host.load_avg[0]:.2f}, "
+            f"{host.gpu_count} cuda" + (f" ({host.cuda_note})" if host.cuda_note else "")]
         if self.instance is not None:
             pools = ", ".join(
                 f"{p.name} {p.claimed}/{'-' if p.limit is None else p.limit}"
