@@ -4,8 +4,9 @@ the code location (the code server, run workers, step processes, tests and bench
 Dagster's SQLite storage opens a new connection for every write and closes it after
 (`SqliteEventLogStorage._connect`: a fresh engine with `NullPool`). The files are in WAL
 mode, and when the last connection to a WAL database closes, SQLite checkpoints the log and
-fsyncs: about 10 ms per event on this machine's disk, which made Dagster's event log most of a
-local run's orchestration overhead (bench/RESULTS.md, "SQLite commits"). Two settings, on the
+fsyncs: 0.8 ms per event on this machine's disk when it is quiet, about 10 ms when other
+processes keep it busy (bench/instance_sqlite.py; bench/RESULTS.md, "SQLite commits"). Two
+settings, on the
 instance's own files only (`history/runs.db`, `history/runs/*.db`, `schedules/schedules.db`):
 
 - `synchronous=NORMAL`, SQLite's recommended setting for WAL: a commit survives a crash of
