@@ -6,8 +6,8 @@ Dagster's SQLite storage opens a new connection for every write and closes it af
 mode, and when the last connection to a WAL database closes, SQLite checkpoints the log and
 fsyncs: 0.8 ms per event on this machine's disk when it is quiet, about 10 ms when other
 processes keep it busy (bench/instance_sqlite.py; bench/RESULTS.md, "SQLite commits"). Two
-settings, on the
-instance's own files only (`history/runs.db`, `history/runs/*.db`, `schedules/schedules.db`):
+settings, on the instance's own files only (`history/runs.db`, `history/runs/*.db`,
+`schedules/schedules.db`):
 
 - `synchronous=NORMAL`, SQLite's recommended setting for WAL: a commit survives a crash of
   the process; after a power loss the last commits may be rolled back, never corrupted.
@@ -16,9 +16,10 @@ instance's own files only (`history/runs.db`, `history/runs/*.db`, `schedules/sc
   connection's close is not the last one and does not checkpoint. SQLite still checkpoints
   on its own every 1000 pages of log.
 
-Nothing else (MLflow's, the decision store's SQLite files) is touched. `UNIFIED_AI_SQLITE_TUNING=off`
-turns both off (Dagster's own behaviour), e.g. to compare (bench/instance_sqlite.py). No library offers
-this for Dagster's storage; SQLAlchemy's `connect` event is the documented hook.
+Nothing else (MLflow's, the decision store's SQLite files) is touched.
+`UNIFIED_AI_SQLITE_TUNING=off` turns both off (Dagster's own behaviour), e.g. to compare.
+No library offers this for Dagster's storage; SQLAlchemy's `connect` event is the
+documented hook.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ import threading
 from collections import OrderedDict
 
 # The instance's layout under its base directory (DAGSTER_HOME or a temporary instance).
-INSTANCE_FILES = re.compile(r"[/\\](?:history[/\\]runs(?:[/\\][^/\\]+)?|schedules[/\\]schedules)\.db$")
+INSTANCE_FILES = re.compile(
+    r"[/\\](?:history[/\\]runs(?:[/\\][^/\\]+)?|schedules[/\\]schedules)\.db$")
 TUNING_ENV = "UNIFIED_AI_SQLITE_TUNING"
 KEEP_OPEN = 16  # files with an idle connection held, newest used first; run shards rotate out
 
