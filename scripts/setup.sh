@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 extras=${1:-}
-stamp=.venv/.installed-${extras:-base}
+# The run command's stamp names its extra: a checkout installed before the `ray` extra was
+# part of it installs once more.
+stamp=.venv/.installed-${extras:-base-ray}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

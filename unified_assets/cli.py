@@ -705,12 +705,14 @@ def configuration_errors() -> tuple[type[Exception], ...]:
     """Errors that name a setting, a file or a field the user can fix: one line each, no
     traceback (the message says what and where)."""
     from unified_assets.candidates import CandidateError
+    from unified_assets.extras import MissingExtra
     from unified_assets.ml.dataset_spec import DatasetSpecError
     from unified_assets.placement.cluster_file import ClusterFileError
     from unified_assets.placement.policy import PolicyError
     from unified_assets.settings import SettingsError
 
-    return (CandidateError, DatasetSpecError, ClusterFileError, PolicyError, SettingsError)
+    return (CandidateError, DatasetSpecError, ClusterFileError, PolicyError, SettingsError,
+            MissingExtra)
 
 
 if __name__ == "__main__":

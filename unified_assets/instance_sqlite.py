@@ -5,20 +5,23 @@ Dagster's SQLite storage opens a new connection for every write and closes it af
 (`SqliteEventLogStorage._connect`: a fresh engine with `NullPool`). The files are in WAL
 mode, and when the last connection to a WAL database closes, SQLite checkpoints the log and
 fsyncs: 0.8 ms per event on this machine's disk when it is quiet, about 10 ms when other
-processes keep it busy (bench/instance_sqlite.py; bench/RESULTS.md, "SQLite commits"). Two
-settings, on the instance's own files only (`history/runs.db`, `history/runs/*.db`,
-`schedules/schedules.db`):
+processes keep it busy (bench/instance_sqlite.py; bench/RESULTS.md, "SQLite commits"). On the
+instance's own files only:
 
-- `synchronous=NORMAL`, SQLite's recommended setting for WAL: a commit survives a crash of
-  the process; after a power loss the last commits may be rolled back, never corrupted.
-  Production keeps its instance in Postgres (deploy/stack), where this module does nothing.
-- one idle connection per file kept open by this process (at most `KEEP_OPEN`), so a
-  connection's close is not the last one and does not checkpoint. SQLite still checkpoints
-  on its own every 1000 pages of log.
+- `synchronous=NORMAL` on all of them (`history/runs.db`, `history/runs/*.db`,
+  `schedules/schedules.db`), SQLite's recommended setting for WAL: a commit survives a crash
+  of the process; after a power loss the last commits may be rolled back, never corrupted.
+- one idle connection held per process on the shared files (`history/runs.db`,
+  `history/runs/index.db`, `schedules/schedules.db`), so a close there is not the last one
+  and does not checkpoint (SQLite still does every 1000 pages of log). Never on a run's own
+  log (`history/runs/<run id>.db`): the UI follows a live run by watching that file change,
+  which the checkpoint on close does. Held connections are closed before the process forks
+  (SQLite's locks do not survive a fork), and a failure here never fails Dagster's write.
 
-Nothing else (MLflow's, the decision store's SQLite files) is touched.
-`UNIFIED_AI_SQLITE_TUNING=off` turns both off (Dagster's own behaviour), e.g. to compare.
-No library offers this for Dagster's storage; SQLAlchemy's `connect` event is the
+Production keeps its instance in Postgres (deploy/stack), where this does nothing; MLflow's
+and the decision store's SQLite files are never touched; the daemon and the webserver, which
+do not load the code location, commit as Dagster does. `UNIFIED_AI_SQLITE_TUNING=off` turns
+it off. No library offers this for Dagster's storage; SQLAlchemy's `connect` event is the
 documented hook.
 """
 
@@ -30,16 +33,19 @@ import re
 import sqlite3
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 # The instance's layout under its base directory (DAGSTER_HOME or a temporary instance).
 INSTANCE_FILES = re.compile(
     r"[/\\](?:history[/\\]runs(?:[/\\][^/\\]+)?|schedules[/\\]schedules)\.db$")
+SHARED_FILES = re.compile(
+    r"[/\\](?:history[/\\]runs(?:[/\\]index)?|schedules[/\\]schedules)\.db$")
 TUNING_ENV = "UNIFIED_AI_SQLITE_TUNING"
-KEEP_OPEN = 16  # files with an idle connection held, newest used first; run shards rotate out
+KEEP_OPEN = 16  # shared files held (3 per instance), newest used first
 
 _kept: OrderedDict[str, tuple[sqlite3.Connection, int]] = OrderedDict()  # path -> (conn, inode)
 _lock = threading.Lock()
-_inherited: list[object] = []
+_inherited: list[object] = []  # a child's copies of connections opened during the fork
 _installed = False
 
 
@@ -66,7 +72,9 @@ def _keep_open(path: str) -> None:
                 _kept.move_to_end(path)
                 return
             _close(_kept.pop(path)[0])  # replaced under the same name: hold the new file
-        keeper = sqlite3.connect(path, check_same_thread=False)
+        # mode=rw: a file deleted since the stat is not created again, empty.
+        keeper = sqlite3.connect(f"{Path(path).as_uri()}?mode=rw", uri=True, timeout=30,
+                                 check_same_thread=False)
         # A read maps the WAL index: from then on this connection counts as open to SQLite.
         keeper.execute("SELECT count(*) FROM sqlite_master").fetchone()
         _kept[path] = (keeper, inode)
@@ -75,24 +83,36 @@ def _keep_open(path: str) -> None:
 
 
 def tune_connection(connection: object) -> bool:
-    """Applies both settings to a new DBAPI connection when it is to one of the instance's
-    WAL files. Returns whether it did."""
+    """Applies the settings to a new DBAPI connection when it is to one of the instance's WAL
+    files. Returns whether it did; a failure leaves the connection as Dagster made it."""
     if not isinstance(connection, sqlite3.Connection):
         return False
-    path = _database_file(connection)
-    if not INSTANCE_FILES.search(path):
+    try:
+        path = _database_file(connection)
+        if not INSTANCE_FILES.search(path):
+            return False
+        if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            return False  # a file Dagster has not initialised yet: its next connection is
+        connection.execute("PRAGMA synchronous=NORMAL")
+        if SHARED_FILES.search(path):
+            _keep_open(path)
+    except (sqlite3.Error, OSError):
         return False
-    if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-        return False  # a file Dagster has not initialised yet: its next connection is tuned
-    connection.execute("PRAGMA synchronous=NORMAL")
-    _keep_open(path)
     return True
 
 
-def _forget_in_child() -> None:
-    """A forked child never uses or closes its parent's connections (SQLite forbids both:
-    a close would drop this process's locks on the file): they stay referenced, unused, and
-    the child keeps its own."""
+def release_all() -> None:
+    """Closes every held connection. Before a fork (`install`): none is open across it (a
+    child would inherit SQLite's lock state for the file and could lose a commit); the
+    process opens them again on use."""
+    with _lock:
+        while _kept:
+            _close(_kept.popitem()[1][0])
+
+
+def _reset_in_child() -> None:
+    """In a child: a fresh lock, and any connection another thread opened between
+    `release_all` and the fork kept referenced, never used or closed."""
     global _kept, _lock
     _inherited.append(_kept)
     _kept, _lock = OrderedDict(), threading.Lock()
@@ -107,7 +127,7 @@ def install() -> None:
     from sqlalchemy.engine import Engine
 
     event.listen(Engine, "connect", lambda connection, _record: tune_connection(connection))
-    os.register_at_fork(after_in_child=_forget_in_child)
+    os.register_at_fork(before=release_all, after_in_child=_reset_in_child)
     _installed = True
 
 

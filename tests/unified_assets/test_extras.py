@@ -58,3 +58,15 @@ def test_the_run_commands_install_brings_the_ray_extra():
     """`bash scripts/dev.sh` (the README's run command) installs what serving needs."""
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     assert """pip install --quiet -e ".[ray]\"""" in setup
+
+
+def test_the_cli_says_it_in_one_line(tmp_path, without, monkeypatch, capsys):
+    from unified_assets.cli import main
+
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(tmp_path))
+    monkeypatch.setenv("UNIFIED_AI_DEPLOYMENT", "ray")
+    without("dagster_ray")
+    assert main(["pending"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("unified-ai pending: ") and "\n" not in err, err
+    assert "install the project's `ray` extra" in err

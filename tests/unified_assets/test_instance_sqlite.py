@@ -48,22 +48,28 @@ def _wal_mode(path: Path) -> None:
         connection.execute("CREATE TABLE IF NOT EXISTS t (x TEXT)")
 
 
-def test_a_runs_files_are_tuned_and_a_close_no_longer_checkpoints(tmp_path: Path):
+def test_a_runs_files_are_tuned_and_only_its_own_log_checkpoints_on_close(tmp_path: Path):
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         result = dg.materialize([tiny], instance=instance)
         assert result.success
-        files = {
-            "runs": tmp_path / "history" / "runs.db",
-            "index": tmp_path / "history" / "runs" / "index.db",
-            "run shard": tmp_path / "history" / "runs" / f"{result.run_id}.db",
-        }
+        shared = {"runs": tmp_path / "history" / "runs.db",
+                  "index": tmp_path / "history" / "runs" / "index.db"}
+        shard = tmp_path / "history" / "runs" / f"{result.run_id}.db"
         kept = instance_sqlite.kept_files()
-        for name, path in files.items():
+        for name, path in shared.items():
             assert str(path) in kept, (name, kept)
             assert _synchronous(path) == "NORMAL", name
             # Dagster closed its connections; this process's idle one kept the log: no
             # checkpoint (and fsync) on every close.
             assert Path(f"{path}-wal").exists(), name
+        # The run's own log is written through on each close: the UI follows a live run by
+        # watching that file (found: with a connection held, a live run page stayed still).
+        assert str(shard) not in kept
+        assert _synchronous(shard) == "NORMAL"
+        before = shard.stat().st_mtime_ns
+        instance.report_engine_event("one more event", instance.get_run_by_id(result.run_id))
+        assert shard.stat().st_mtime_ns > before
+        assert not Path(f"{shard}-wal").exists()
         events = instance.get_records_for_run(result.run_id).records
         assert any(e.event_log_entry.dagster_event_type == dg.DagsterEventType.RUN_SUCCESS
                    for e in events)
@@ -86,15 +92,15 @@ def test_other_sqlite_files_are_left_as_they_are(tmp_path: Path):
 
 
 def test_at_most_keep_open_files_are_held_newest_first(tmp_path: Path):
-    shards = [tmp_path / "history" / "runs" / f"run-{i:02d}.db"
-              for i in range(instance_sqlite.KEEP_OPEN + 4)]
-    shards[0].parent.mkdir(parents=True)
-    for shard in shards:
-        _wal_mode(shard)
-        assert _synchronous(shard) == "NORMAL"
+    indexes = [tmp_path / f"instance-{i:02d}" / "history" / "runs" / "index.db"
+               for i in range(instance_sqlite.KEEP_OPEN + 4)]
+    for index in indexes:
+        index.parent.mkdir(parents=True)
+        _wal_mode(index)
+        assert _synchronous(index) == "NORMAL"
     kept = instance_sqlite.kept_files()
     assert len(kept) == instance_sqlite.KEEP_OPEN
-    assert kept == [str(s) for s in shards[-instance_sqlite.KEEP_OPEN:]]
+    assert kept == [str(s) for s in indexes[-instance_sqlite.KEEP_OPEN:]]
 
 
 def _rows(path: Path) -> int:
@@ -115,7 +121,7 @@ def test_a_folder_restored_under_the_same_name_keeps_its_log(tmp_path: Path):
     same path. Its copied log holds commits not yet in the database file; the last close of
     the connection held to the deleted file must not checkpoint or delete the new file's log
     (SQLite sees the file moved and leaves both alone)."""
-    shard = tmp_path / "work" / "history" / "runs" / "run.db"
+    shard = tmp_path / "work" / "history" / "runs" / "index.db"
     shard.parent.mkdir(parents=True)
     _wal_mode(shard)
     _write(shard, 5)
@@ -126,10 +132,10 @@ def test_a_folder_restored_under_the_same_name_keeps_its_log(tmp_path: Path):
     shutil.rmtree(tmp_path / "work")
     shutil.copytree(saved, tmp_path / "work")
     # Other files push the stale connection out before the restored file is used again.
-    others = [tmp_path / "others" / "history" / "runs" / f"{i}.db"
+    others = [tmp_path / f"other-{i}" / "schedules" / "schedules.db"
               for i in range(instance_sqlite.KEEP_OPEN)]
-    others[0].parent.mkdir(parents=True)
     for other in others:
+        other.parent.mkdir(parents=True)
         _wal_mode(other)
         _synchronous(other)
     assert str(shard) not in instance_sqlite.kept_files()
@@ -179,8 +185,7 @@ def _child(temp_dir: str, queue) -> None:
 def test_a_forked_child_holds_its_own_files_and_its_parent_reads_them(tmp_path: Path):
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         assert dg.materialize([tiny], instance=instance).success
-        held = instance_sqlite.kept_files()
-        assert held
+        assert instance_sqlite.kept_files()
         context = multiprocessing.get_context("fork")
         queue = context.Queue()
         child = context.Process(target=_child, args=(str(tmp_path), queue))
@@ -188,11 +193,49 @@ def test_a_forked_child_holds_its_own_files_and_its_parent_reads_them(tmp_path: 
         inherited, run_id, child_kept = queue.get(timeout=120)
         child.join(timeout=60)
         assert child.exitcode == 0
-        assert inherited == []  # the parent's connections are never used in the child
-        assert str(tmp_path / "history" / "runs" / f"{run_id}.db") in child_kept
+        assert inherited == []  # closed before the fork: nothing is open across it
+        assert str(tmp_path / "history" / "runs" / "index.db") in child_kept
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.SUCCESS
-        assert set(held) <= set(instance_sqlite.kept_files())  # the parent's own, untouched
         assert dg.materialize([tiny], instance=instance).success
+        assert str(tmp_path / "history" / "runs" / "index.db") in instance_sqlite.kept_files()
+
+
+def _commit_twice(path: str, first_done, go_on, done) -> None:
+    connection = sqlite3.connect(path)
+    connection.execute("INSERT INTO t VALUES ('child 1')")
+    connection.commit()
+    first_done.set()
+    go_on.wait(60)
+    connection.execute("INSERT INTO t VALUES ('child 2')")
+    connection.commit()
+    done.set()
+
+
+def test_a_commit_in_a_forked_child_survives_its_parent_letting_go(tmp_path: Path):
+    """Found in review: a connection held across a fork gave the child SQLite's lock state
+    for the file; once the parent let go, a third process's close deleted the log the child
+    still wrote to, and the child's next commit was lost."""
+    index = tmp_path / "history" / "runs" / "index.db"
+    index.parent.mkdir(parents=True)
+    _wal_mode(index)
+    assert _synchronous(index) == "NORMAL" and str(index) in instance_sqlite.kept_files()
+    context = multiprocessing.get_context("fork")
+    first_done, go_on, done = context.Event(), context.Event(), context.Event()
+    child = context.Process(target=_commit_twice, args=(str(index), first_done, go_on, done))
+    child.start()
+    assert first_done.wait(60)
+    instance_sqlite.release_all()  # the parent lets go (eviction, exit)
+    third = subprocess.run([sys.executable, "-c", "import sqlite3, sys; "
+                            "sqlite3.connect(sys.argv[1]).execute('SELECT count(*) FROM t').fetchall()",
+                            str(index)], timeout=60)
+    assert third.returncode == 0
+    go_on.set()
+    assert done.wait(60)
+    child.join(timeout=60)
+    counted = subprocess.run([sys.executable, "-c", "import sqlite3, sys; print(sqlite3.connect("
+                              "sys.argv[1]).execute('SELECT count(*) FROM t').fetchone()[0])",
+                              str(index)], capture_output=True, text=True, timeout=60)
+    assert counted.stdout.strip() == "2"
 
 
 UNTUNED = textwrap.dedent("""
