@@ -107,6 +107,23 @@ stop_processes() {  # TERM each named component's group and descendants together
   say "stopped$stopped"
 }
 
+sweep_stack_processes() {  # last, once every server is down: a run or step started while
+  # Dagster went down, in a group of its own, still carries the stack's environment
+  # (write_env): KILL it too. This script's own group (its pipelines, its caller) is skipped.
+  local mark="UNIFIED_AI_STACK_DIR=$STATE" own pid pgid pids
+  own=$(ps -o pgid= -p $$ | tr -d ' ')
+  for _ in 1 2 3 4 5 6; do
+    pids=""
+    while read -r pid pgid; do
+      [ "$pgid" != "$own" ] || continue
+      { tr '\0' '\n' < "/proc/$pid/environ"; } 2>/dev/null | grep -qxF "$mark" && pids="$pids $pid"
+    done < <(ps -eo pid=,pgid=)
+    [ -n "$pids" ] || return 0
+    kill -KILL $pids 2>/dev/null || true
+    sleep 0.5
+  done
+}
+
 log_tail() { tail -n 40 "$STATE/logs/$1.log" 2>/dev/null | sed "s/^/  $1| /" >&2 || true; }
 
 wait_for() {  # wait_for NAME CHECK...: until CHECK succeeds; the log tail if it never does
@@ -504,6 +521,7 @@ down() {
   stop_processes webserver daemon grpc
   stop_processes mlflow s3
   [ ! -f "$(pg_data)/PG_VERSION" ] || pg_stop
+  sweep_stack_processes
   say "down (state kept in $STATE; S3 contents are gone with moto)"
 }
 
