@@ -64,6 +64,7 @@ def lifecycle_job(side: str) -> Any:
     import dagster as dg
 
     from unified_assets.definitions import (
+        RAY_PRELOAD,
         TRAINING_EXECUTOR_CONFIG,
         build_definitions,
         lifecycle_job,
@@ -77,7 +78,8 @@ def lifecycle_job(side: str) -> Any:
 
         from unified_assets.placement.ray_executor import ray_executor_for
 
-        executor = ray_executor_for(replace(settings, ray_address=os.environ.get(ADDRESS_ENV)))
+        executor = ray_executor_for(replace(settings, ray_address=os.environ.get(ADDRESS_ENV)),
+                                    preload=RAY_PRELOAD)
     else:
         executor = dg.multiprocess_executor.configured(TRAINING_EXECUTOR_CONFIG)
     job = dg.define_asset_job(JOB, selection=lifecycle_job.selection, tags=lifecycle_job.tags,

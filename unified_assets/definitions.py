@@ -87,6 +87,9 @@ TRAINING_PRELOAD = [
     "sklearn.preprocessing", "torch", "unified_assets.ml.sklearn_model",
     "unified_assets.ml.torch_model", "unified_assets.ml.metrics",
 ]
+# On Ray, each node's warm step server (placement/ray_warm.py) imports these libraries once;
+# the code location itself is imported by each step, with its own settings.
+RAY_PRELOAD = tuple(m for m in TRAINING_PRELOAD if not m.startswith("unified_assets"))
 TRAINING_EXECUTOR_CONFIG = {
     **LOCAL_EXECUTOR_CONFIG, "start_method": {"forkserver": {"preload_modules": TRAINING_PRELOAD}},
 }
@@ -239,7 +242,7 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition:
         from unified_assets.placement.ray_executor import ray_executor_for
 
         # Every step a Ray job on RAY_ADDRESS, asking Ray for what its placement decided.
-        return ray_executor_for(settings)
+        return ray_executor_for(settings, preload=RAY_PRELOAD)
     return dg.multiprocess_executor.configured(LOCAL_EXECUTOR_CONFIG)
 
 

@@ -5,6 +5,7 @@ and node records, and what each step recorded from inside its Ray job. No wall-c
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -65,11 +66,14 @@ def ray_jobs(cluster: RayTestCluster, run_id: str | None = None) -> dict[str, li
 
 
 def wait_for_job(cluster: RayTestCluster, op: str, status: str | None,
-                 besides: str | None = None) -> Any:
-    """The newest Ray job of `op` in `status` (None: any), other than submission `besides`."""
+                 besides: Any = None) -> Any:
+    """The newest Ray job of `op` in `status` (None: any); with `besides` (a job), another
+    job of the same run than that one."""
     deadline = time.monotonic() + PATIENCE_S
+    run_id = (besides.metadata or {}).get("dagster/run-id") if besides is not None else None
+    other = besides.submission_id if besides is not None else None
     while time.monotonic() < deadline:
-        jobs = [j for j in ray_jobs(cluster).get(op, []) if j.submission_id != besides
+        jobs = [j for j in ray_jobs(cluster, run_id).get(op, []) if j.submission_id != other
                 and (status is None or str(j.status.value) == status)]
         if jobs:
             return jobs[-1]
@@ -232,13 +236,13 @@ def test_gpu_node_lost_while_its_step_runs(
     try:
         if policy == "wait":
             # The relaunch is queued on the GPU pool, not run on CPU, until a GPU node is back.
-            relaunch = wait_for_job(ray_cluster, "gpu_a", "PENDING")
+            relaunch = wait_for_job(ray_cluster, "gpu_a", "PENDING", besides=first)
             assert relaunch.submission_id != first.submission_id
             assert fetch_ray_capacity(ray_cluster.address).pending_gpus >= 1
         elif policy == "degrade_to_cpu":
             # The GPU node comes back only after the relaunch was placed: placed while a GPU
             # node is live, it would rightly go to the GPU again.
-            wait_for_job(ray_cluster, "gpu_a", None, besides=first.submission_id)
+            wait_for_job(ray_cluster, "gpu_a", None, besides=first)
     finally:
         back = ray_cluster.add_gpu_node()
     result = run.join()
@@ -375,3 +379,70 @@ def test_plan_on_the_ray_deployment_plans_against_the_ray_cluster(
     rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert " gpu " in rows["model_torch"] and "ray pool gpu" in rows["model_torch"]
     assert " cpu " in rows["model_sklearn"]
+
+
+def _warm_pid(cluster: RayTestCluster, job: Any) -> int | None:
+    """The pid of the warm process a step's Ray job runs in, from the job's own log."""
+    from ray.job_submission import JobSubmissionClient
+
+    log = JobSubmissionClient(cluster.address).get_job_logs(job.submission_id)
+    match = re.search(r"step runs in process (\d+), forked from warm server", log)
+    return int(match.group(1)) if match else None
+
+
+def test_steps_run_warm_with_their_own_gpu_ids_and_each_in_its_own_process(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a machine's first step started its warm server, each step's Ray job forks its
+    step from it: still one Ray job per step holding the step's request, the GPU ids Ray gave
+    that job (and only that job) reach the step, and every step is its own process."""
+    run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")  # warms
+    result = run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")
+    assert result.success
+    jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
+    pids = set()
+    for step in ("source", "gpu_a", "after_gpu"):
+        meta = only(metas, step)
+        assert meta["ray_step_process"].startswith("forked from warm server"), (step, meta)
+        assert meta["step_pid"] == str(_warm_pid(ray_cluster, jobs[step][-1])), step
+        pids.add(meta["step_pid"])
+    assert len(pids) == 3
+    gpu = only(metas, "gpu_a")
+    assert gpu["ray_gpu_ids"] == gpu["ray_cuda_visible_devices"] == "0"
+    assert jobs["gpu_a"][-1].driver_node_id == ray_cluster.gpu_node_id == gpu["ray_node_id"]
+    for step in ("source", "after_gpu"):  # the GPU id did not leak into a CPU step's process
+        assert only(metas, step)["ray_gpu_ids"] == "none", step
+
+
+def test_stopping_a_warm_steps_ray_job_ends_the_step(
+        ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The step runs in a process outside the Ray job's process tree; stopping the job (as
+    Ray does when a run is terminated) still ends it, and the run says so."""
+    import os
+
+    from ray.job_submission import JobSubmissionClient
+
+    run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")  # warms
+    run = Background(lambda: run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance,
+                                     monkeypatch, "wait", hold_s=120))
+    held = wait_for_job(ray_cluster, "gpu_a", "RUNNING")
+    deadline = time.monotonic() + PATIENCE_S
+    while (pid := _warm_pid(ray_cluster, held)) is None:
+        assert time.monotonic() < deadline, "the GPU step never started warm"
+        time.sleep(POLL_S)
+    JobSubmissionClient(ray_cluster.address).stop_job(held.submission_id)
+    result = run.join()
+    assert not result.success
+    failures = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_FAILURE, "gpu_a")
+    assert f"Ray job {held.submission_id} for step gpu_a was stopped" in \
+        failures[-1].step_failure_data.error.message
+    deadline = time.monotonic() + PATIENCE_S
+    while True:  # ended by the server once its client went away (SIGTERM, then SIGKILL)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, f"warm step process {pid} outlived its stopped job"
+        time.sleep(POLL_S)
+    assert "gpu_a" not in materializations(ray_instance, result.run_id)

@@ -21,12 +21,18 @@ a retried or failed step produced no output.
 A step that runs out of memory (see `ray_step.exit_on_oom`, or killed by the OOM killer) is
 retried once on the larger profile the policy names (`on_oom_profile`), and says so.
 
+Each job's entrypoint is `ray_warm`'s client: the step runs in a process forked from a server
+on its node that imported Dagster and the `preload` libraries once (the first step on a node
+starts that server and runs in a fresh interpreter itself); `UNIFIED_AI_RAY_WARM=off` runs
+every step in a fresh interpreter.
+
 `ray` and `dagster_ray` are imported inside functions: the code location loads without them."""
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -47,6 +53,9 @@ DEFAULT_DASHBOARD = "http://127.0.0.1:8265"
 # the step as it did here (home, policy, dataset spec, candidates; Dagster's home). Named one
 # by one, never by prefix: secrets live under UNIFIED_AI_ names too (settings.STEP_SETTINGS_ENV).
 FORWARDED_ENV = (*STEP_SETTINGS_ENV, "DAGSTER_HOME")
+# Ray declares a node dead after its health checks (5 x 3 s by default): a job killed as its
+# node goes away reads as a kill until then (see `unsettled_kill`).
+KILL_SETTLE_SECONDS = 20.0
 HEALTH_CHECK_SECONDS = 2  # dagster-ray's 20 s default made a lost node count for 20 s more
 SLEEP_SECONDS = 0.2
 # Ray job errors meaning the node running the job went away (job supervisor or driver gone).
@@ -74,6 +83,24 @@ def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return out
 
 
+def warm_entrypoint(command: list[str] | tuple[str, ...],
+                    python: str = sys.executable) -> str:
+    """The Ray job's entrypoint for a step command: `ray_warm`'s client in front of it, which
+    runs it warm or else execs it unchanged. Dagster's `dagster api execute_step` form (its
+    default entry point) becomes `<python> -m dagster api execute_step` of this install, which
+    the forwarded PATH resolves `dagster` to anyway."""
+    import shlex
+
+    from unified_assets.placement import ray_warm
+
+    command = list(command)
+    if command[:3] == ["dagster", "api", "execute_step"]:
+        command = [python, "-m", *command]
+    if not ray_warm.is_dagster_step(command):
+        return shlex.join(command)
+    return shlex.join([command[0], os.path.abspath(ray_warm.__file__), *command])
+
+
 def _handler_class() -> type:
     """The step handler class, built on first use so `dagster_ray` is imported only then."""
     from dagster._core.definitions.metadata import MetadataValue
@@ -98,9 +125,11 @@ def _handler_class() -> type:
         ENV_PROFILE_FROM,
         ENV_REQUEST,
         ENV_SUBMISSION_ID,
+        OOM_EXIT_CODE,
         OOM_EXIT_CODES,
         request_json,
     )
+    from unified_assets.placement.ray_warm import PRELOAD_ENV
     from unified_assets.placement.serialize import (
         decision_from_tags,
         decision_metadata,
@@ -112,17 +141,20 @@ def _handler_class() -> type:
 
         def __init__(self, client: Any, address: str, policy: PlacementPolicy,
                      env_vars: list[str] | None = None,
-                     runtime_env: dict[str, Any] | None = None) -> None:
+                     runtime_env: dict[str, Any] | None = None,
+                     preload: tuple[str, ...] = ()) -> None:
             # dagster-ray's executor-level num_cpus/num_gpus/memory/resources would override
             # every step's request: left unset, the decision is the request.
             super().__init__(client=client, env_vars=env_vars, runtime_env=runtime_env,
                              num_cpus=None, num_gpus=None, memory=None, resources=None)
             self.address = address
             self.policy = policy
+            self.preload = preload  # what each node's warm server imports (ray_warm)
             self.launched: dict[str, Decision] = {}  # step key -> decision of its last launch
             self.notes: dict[str, str] = {}  # step key -> why it is relaunched (node lost, OOM)
             self.upsized: dict[str, str] = {}  # step key -> larger profile after an OOM
             self.refused: set[str] = set()  # steps failed before launch: no Ray job to check
+            self.kills_seen: dict[str, float] = {}  # submission id -> when its kill was seen
 
         @property
         def name(self) -> str:
@@ -183,6 +215,8 @@ def _handler_class() -> type:
                    **resolve_env_vars_list(self.env_vars),
                    ENV_SUBMISSION_ID: submission_id, ENV_DASHBOARD: self.address,
                    ENV_REQUEST: request_json(request)}
+            if self.preload:
+                env[PRELOAD_ENV] = ",".join(self.preload)
             metadata: dict[str, Any] = {"Ray Submission ID": MetadataValue.text(submission_id),
                                         "ray_request": MetadataValue.text(request_json(request))}
             if decision is not None:
@@ -200,7 +234,7 @@ def _handler_class() -> type:
                 message=f'Executing step "{step_key}" in Ray job {submission_id}{where}.',
                 metadata=metadata)
             self.client.submit_job(
-                entrypoint=" ".join(args.get_command_args(skip_serialized_namedtuple=True)),
+                entrypoint=warm_entrypoint(args.get_command_args(skip_serialized_namedtuple=True)),
                 submission_id=submission_id,
                 metadata={"dagster/job": run.job_name, "dagster/op": step_key,
                           "dagster/run-id": args.run_id, REQUEST_METADATA: request_json(request)},
@@ -248,9 +282,11 @@ def _handler_class() -> type:
             if job.message:
                 reason += f": {job.message}"
             decision = self.launched.get(step_key)
-            if decision is not None and self.out_of_memory(job):
-                return self.retry_larger(ctx, step_key, decision, job, reason)
             lost = self.node_loss(job)
+            if lost is None and decision is not None and self.out_of_memory(job):
+                if self.unsettled_kill(job):
+                    return CheckStepHealthResult.healthy()  # Ray will say if its node is lost
+                return self.retry_larger(ctx, step_key, decision, job, reason)
             if lost is None or decision is None:
                 return CheckStepHealthResult.unhealthy(reason=reason)
             rule = self.policy.profiles.get(decision.profile.name)
@@ -267,6 +303,16 @@ def _handler_class() -> type:
                     "relaunched, placed again on the cluster as it is now", [], "RayNodeLost"),
                     seconds_to_wait=None))
             return CheckStepHealthResult.healthy()
+
+        def unsettled_kill(self, job: Any) -> bool:
+            """A step killed (-9 / 137) with no word of memory is the kernel's OOM killer, or
+            its node going away: Ray kills the job's processes as it loses the node, and
+            declares the node dead only after its health checks. Until `KILL_SETTLE_SECONDS`
+            after the kill was first seen, the node may still be declared lost."""
+            if job.driver_exit_code == OOM_EXIT_CODE or "memory" in (job.message or "").lower():
+                return False
+            first = self.kills_seen.setdefault(job.submission_id, time.monotonic())
+            return time.monotonic() - first < KILL_SETTLE_SECONDS
 
         @staticmethod
         def out_of_memory(job: Any) -> bool:
@@ -303,18 +349,22 @@ def _handler_class() -> type:
 
 def placed_ray_step_handler(address: str, policy: PlacementPolicy = DEFAULT_POLICY,
                             env_vars: list[str] | None = None,
-                            runtime_env: dict[str, Any] | None = None) -> Any:
+                            runtime_env: dict[str, Any] | None = None,
+                            preload: tuple[str, ...] = ()) -> Any:
     """A `PlacedRayStepHandler` submitting to the dashboard at `address`."""
     from ray.job_submission import JobSubmissionClient
 
     address = dashboard_address(address)
-    return _handler_class()(JobSubmissionClient(address), address, policy, env_vars, runtime_env)
+    return _handler_class()(JobSubmissionClient(address), address, policy, env_vars, runtime_env,
+                            tuple(preload))
 
 
 def ray_executor_def(policy: PlacementPolicy | None = None,
-                     default_address: str | None = None) -> dg.ExecutorDefinition:
+                     default_address: str | None = None,
+                     preload: tuple[str, ...] = ()) -> dg.ExecutorDefinition:
     """The `ray` executor: each step a Ray job placed by `policy` (default: the policy file's
-    placement section, read when the run starts)."""
+    placement section, read when the run starts); `preload`: libraries each node's warm step
+    server imports once (`ray_warm`), never the code location itself."""
     from dagster._core.definitions.executor_definition import (
         multiple_process_executor_requirements,
     )
@@ -347,7 +397,8 @@ def ray_executor_def(policy: PlacementPolicy | None = None,
             from unified_assets.policy import load_policy
 
             placement = load_policy(config.get("policy_path")).placement
-        handler = placed_ray_step_handler(config["address"], placement, config.get("env_vars"))
+        handler = placed_ray_step_handler(config["address"], placement, config.get("env_vars"),
+                                          preload=preload)
         return StepDelegatingExecutor(
             handler, retries=RetryMode.from_config(config["retries"]),
             max_concurrent=config.get("max_concurrent"),
@@ -358,9 +409,10 @@ def ray_executor_def(policy: PlacementPolicy | None = None,
     return _ray
 
 
-def ray_executor_for(settings: Settings,
-                     policy: PlacementPolicy | None = None) -> dg.ExecutorDefinition:
-    """The executor of the `ray` deployment: RAY_ADDRESS, the policy the code location uses."""
+def ray_executor_for(settings: Settings, policy: PlacementPolicy | None = None,
+                     preload: tuple[str, ...] = ()) -> dg.ExecutorDefinition:
+    """The executor of the `ray` deployment: RAY_ADDRESS, the policy the code location uses,
+    the libraries its steps import (`preload`, for the warm step servers)."""
     from unified_assets.extras import require
     from unified_assets.settings import policy_choice
 
@@ -371,4 +423,4 @@ def ray_executor_for(settings: Settings,
     path, _ = policy_choice(settings)
     if path and policy is None:
         config["policy_path"] = str(path)
-    return ray_executor_def(policy).configured(config, name="ray")
+    return ray_executor_def(policy, preload=preload).configured(config, name="ray")

@@ -143,7 +143,10 @@ def ray_evidence(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     submission_id = env.get(ENV_SUBMISSION_ID, "")
     node_id, pool = _job_and_node(env.get(ENV_DASHBOARD, ""), submission_id)
     ids = gpu_ids(env)
+    server = env.get("UNIFIED_AI_RAY_WARM_SERVER")  # ray_warm.SERVER_ENV
     return {
+        "ray_step_process": (f"forked from warm server {server} (libraries preloaded)"
+                             if server else "fresh interpreter"),
         "ray_node_id": node_id,
         "ray_node_pool": pool,
         "ray_gpu_ids": ",".join(ids) if ids else NO_GPU,
