@@ -17,6 +17,7 @@ from dagster._core.execution.job_execution_result import JobExecutionResult
 
 from tests.ray import ray_defs
 from tests.ray.conftest import RayTestCluster
+from unified_assets.placement import ray_warm
 from unified_assets.placement.ray_capacity import REQUEST_METADATA, fetch_ray_capacity
 from unified_assets.placement.ray_step import OOM_EXIT_CODE
 
@@ -390,13 +391,27 @@ def _warm_pid(cluster: RayTestCluster, job: Any) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _warm_up(cluster: RayTestCluster, instance: dg.DagsterInstance,
+             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the chain once, so its steps' warm servers start, and wait until every server
+    started since then listens (its start marker is removed once it does)."""
+    started = time.time()
+    run_job(ray_defs.GPU_CHAIN["wait"], cluster, instance, monkeypatch, "wait")
+    folder = ray_warm.socket_dir()
+    deadline = time.monotonic() + PATIENCE_S
+    while starting := [m.name for m in folder.glob("*.spawned")
+                       if m.stat().st_mtime >= started - 1]:
+        assert time.monotonic() < deadline, f"warm servers never listened: {starting}"
+        time.sleep(POLL_S)
+
+
 def test_steps_run_warm_with_their_own_gpu_ids_and_each_in_its_own_process(
         ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """After a machine's first step started its warm server, each step's Ray job forks its
     step from it: still one Ray job per step holding the step's request, the GPU ids Ray gave
     that job (and only that job) reach the step, and every step is its own process."""
-    run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")  # warms
+    _warm_up(ray_cluster, ray_instance, monkeypatch)
     result = run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")
     assert result.success
     jobs, metas = ray_jobs(ray_cluster, result.run_id), materializations(ray_instance, result.run_id)
@@ -413,6 +428,15 @@ def test_steps_run_warm_with_their_own_gpu_ids_and_each_in_its_own_process(
     for step in ("source", "after_gpu"):  # the GPU id did not leak into a CPU step's process
         assert only(metas, step)["ray_gpu_ids"] == "none", step
 
+    # The switch, set where Dagster runs, reaches the jobs: every step in a fresh interpreter.
+    monkeypatch.setenv(ray_warm.SWITCH_ENV, "off")
+    cold = run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")
+    assert cold.success
+    cold_metas = materializations(ray_instance, cold.run_id)
+    assert set(cold_metas) == {"source", "gpu_a", "after_gpu"}
+    for step in cold_metas:
+        assert only(cold_metas, step)["ray_step_process"] == "fresh interpreter", step
+
 
 def test_stopping_a_warm_steps_ray_job_ends_the_step(
         ray_cluster: RayTestCluster, ray_instance: dg.DagsterInstance,
@@ -423,7 +447,7 @@ def test_stopping_a_warm_steps_ray_job_ends_the_step(
 
     from ray.job_submission import JobSubmissionClient
 
-    run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance, monkeypatch, "wait")  # warms
+    _warm_up(ray_cluster, ray_instance, monkeypatch)
     run = Background(lambda: run_job(ray_defs.GPU_CHAIN["wait"], ray_cluster, ray_instance,
                                      monkeypatch, "wait", hold_s=120))
     held = wait_for_job(ray_cluster, "gpu_a", "RUNNING")

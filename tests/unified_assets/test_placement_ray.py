@@ -234,3 +234,29 @@ def test_out_of_memory_is_recognised_and_only_ends_the_process_on_ray() -> None:
     assert not is_out_of_memory(ValueError("no"))
     with pytest.raises(MemoryError), exit_on_oom():  # not on Ray: the error propagates
         raise MemoryError("host")
+
+
+def test_a_kill_is_out_of_memory_only_on_ray_s_word_not_any_mention_of_memory() -> None:
+    """A step killed (137) whose job message merely mentions memory (a shared-memory path in
+    the last log lines) may still be its node going away: it waits for Ray to settle; Ray
+    naming memory exhaustion, or the step's own out-of-memory exit, does not."""
+    from types import SimpleNamespace
+
+    from unified_assets.placement.ray_executor import _handler_class
+    from unified_assets.placement.ray_step import OOM_EXIT_CODE
+
+    handler_class = _handler_class()
+    handler = handler_class.__new__(handler_class)
+    handler.kills_seen = {}
+
+    def job(code: int, message: str, error_type: str | None = None) -> SimpleNamespace:
+        return SimpleNamespace(submission_id=f"j-{code}-{message}", driver_exit_code=code,
+                               message=message, error_type=error_type)
+
+    mentions = job(137, "Job entrypoint command failed with exit code 137, last available "
+                        "logs: wrote /dev/shm/torch_memory_pool")
+    assert handler.unsettled_kill(mentions) and handler.out_of_memory(mentions)
+    assert not handler.unsettled_kill(job(137, "Task was killed due to the node running "
+                                               "low on memory. out of memory"))
+    assert not handler.unsettled_kill(job(-9, "", "OutOfMemoryError"))
+    assert not handler.unsettled_kill(job(OOM_EXIT_CODE, "exit code 75"))

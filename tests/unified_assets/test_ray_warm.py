@@ -4,8 +4,13 @@ where it ran on a real Ray cluster is asserted in tests/ray."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,19 +26,71 @@ STEP = [sys.executable, "-m", "dagster", "api", "execute_step"]
 WARM = str(Path(ray_warm.__file__).resolve())
 
 
+# Preloaded by the test servers: wraps Dagster's `api execute_step` so that a step forked
+# from the server does what UNIFIED_AI_TEST_PROBE says (a per-step setting, not in the key).
+PROBE = """
+import atexit, json, os, signal, subprocess, sys, time
+import dagster._cli.api as api
+
+LOADED = True
+_original = api.execute_step_command.callback
+
+
+def _probe(*args, **kwargs):
+    action = os.environ.get("UNIFIED_AI_TEST_PROBE", "")
+    if not action:
+        return _original(*args, **kwargs)
+    out = os.environ["UNIFIED_AI_TEST_PROBE_OUT"]
+    if action == "signal":
+        os.kill(os.getpid(), signal.SIGUSR1)
+    if action == "exit-message":
+        raise SystemExit("the probe says no")
+    if action == "report":
+        import numpy
+        fds = {}
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                fds[name] = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                pass
+        with open("/proc/self/oom_score_adj") as score:
+            oom = int(score.read())
+        atexit.register(lambda: open(out + ".atexit", "w").write("ran"))
+        with open(out, "w") as f:
+            json.dump({"path0": sys.path[0], "cwd": os.getcwd(), "fds": fds, "oom": oom,
+                       "sigint_default": signal.getsignal(signal.SIGINT)
+                       is signal.default_int_handler,
+                       "draw": int(numpy.random.randint(0, 2**31))}, f)
+        return
+    grandchild = subprocess.Popen(["sleep", "600"])
+    if action == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with open(out, "w") as f:
+        json.dump({"pid": os.getpid(), "grandchild": grandchild.pid}, f)
+    time.sleep(600)
+
+
+api.execute_step_command.callback = _probe
+"""
+
+
 @pytest.fixture
 def sockets() -> Iterator[Path]:
     """A short folder for the sockets (a socket path is limited to 107 bytes), not created:
-    the client creates it 0700."""
+    the client creates it 0700. Its servers are ended afterwards."""
     parent = Path(tempfile.mkdtemp(prefix="uaiw-", dir="/tmp"))
     yield parent / "s"
+    for log in (parent / "s").glob("*.log"):
+        for pid in re.findall(r"warm server (\d+) for", log.read_text()):
+            with contextlib.suppress(OSError):
+                os.kill(int(pid), signal.SIGKILL)
     shutil.rmtree(parent, ignore_errors=True)
 
 
 def _env(tmp_path: Path, sockets: Path, **extra: str) -> dict[str, str]:
     lib = tmp_path / "lib"
     lib.mkdir(exist_ok=True)
-    (lib / "uai_warm_probe.py").write_text("LOADED = True\n")
+    (lib / "uai_warm_probe.py").write_text(PROBE)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
     env.update({ray_warm.DIR_ENV: str(sockets), "PYTHONPATH": str(lib), "RAY_ADDRESS": "",
                 ray_warm.PRELOAD_ENV: "uai_warm_probe", ray_warm.IDLE_ENV: "30", **extra})
@@ -55,6 +112,38 @@ def _wait_for(predicate, what: str, patience_s: float = 90) -> None:  # type: ig
 def _socket(env: dict[str, str], cwd: Path) -> Path:
     key = ray_warm.server_key(STEP, env, str(cwd))
     return Path(env[ray_warm.DIR_ENV]) / f"{key}.sock"
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _ppid(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _warm_server(tmp_path: Path, sockets: Path) -> tuple[dict[str, str], int]:
+    """A listening server for this test's environment, and its pid."""
+    env = _env(tmp_path, sockets)
+    _client(env, tmp_path)
+    sock = _socket(env, tmp_path)
+    _wait_for(sock.exists, "the warm server listens")
+    pid = re.findall(r"warm server (\d+) for", sock.with_suffix(".log").read_text())[-1]
+    return env, int(pid)
+
+
+def _start_probe(env: dict[str, str], cwd: Path, action: str,
+                 out: Path) -> tuple[subprocess.Popen[str], dict]:
+    """A client whose warm step does `action` (PROBE); the step's pids once it runs."""
+    client = subprocess.Popen(
+        [sys.executable, WARM, *STEP], cwd=cwd, text=True, stderr=subprocess.PIPE,
+        env={**env, "UNIFIED_AI_TEST_PROBE": action, "UNIFIED_AI_TEST_PROBE_OUT": str(out)})
+    _wait_for(lambda: out.exists() and out.read_text().endswith("}"), "the step runs")
+    return client, json.loads(out.read_text())
 
 
 def test_the_key_ignores_per_step_settings_but_not_what_libraries_read() -> None:
@@ -142,3 +231,131 @@ def test_off_switch_runs_every_step_in_a_fresh_interpreter(tmp_path: Path,
         result = _client(env, tmp_path)
         assert "warm server" not in result.stderr and result.returncode == 1
     assert not sockets.exists()
+
+
+def test_the_server_is_detached_from_the_job_that_started_it(
+        tmp_path: Path, sockets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray stops a job by killing its entrypoint and every descendant: the server a job
+    started must not be one, or stopping the first step's job ends every later warm step."""
+    for name, value in _env(tmp_path, sockets).items():
+        monkeypatch.setenv(name, value)
+    folder = ray_warm.socket_dir()
+    key = ray_warm.server_key(STEP, os.environ, os.getcwd())
+    ray_warm._spawn_server(key, STEP, folder)
+    sock = folder / f"{key}.sock"
+    _wait_for(sock.exists, "the warm server listens")
+    server = int(re.findall(r"warm server (\d+) for", sock.with_suffix(".log").read_text())[-1])
+    assert _ppid(server) != os.getpid()
+    assert not (folder / f"{key}.spawned").exists()  # it started: no back-off for the next
+
+
+def test_a_server_that_failed_to_start_is_not_started_again_at_once(
+        tmp_path: Path, sockets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ray_warm.DIR_ENV, str(sockets))
+    folder = ray_warm.socket_dir()
+    broken = ["/nonexistent/python", *STEP[1:]]
+    with pytest.raises(FileNotFoundError):  # it tries once...
+        ray_warm._spawn_server("k1", broken, folder)
+    ray_warm._spawn_server("k1", broken, folder)  # ...and not again within the back-off
+    (folder / "k1.spawned").touch()
+    os.utime(folder / "k1.spawned", (0, time.time() - ray_warm.SPAWN_BACKOFF_S - 1))
+    with pytest.raises(FileNotFoundError):
+        ray_warm._spawn_server("k1", broken, folder)
+
+
+def test_a_socket_folder_too_long_for_a_socket_path_is_refused_with_the_fix(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ray_warm.DIR_ENV, str(tmp_path / ("x" * 90)))
+    with pytest.raises(ray_warm.WarmUnavailable, match=ray_warm.DIR_ENV):
+        ray_warm.socket_dir()
+
+
+def test_stopping_the_job_terminates_the_step_and_what_it_started(
+        tmp_path: Path, sockets: Path) -> None:
+    env, _ = _warm_server(tmp_path, sockets)
+    client, step = _start_probe(env, tmp_path, "group", tmp_path / "step.json")
+    client.send_signal(signal.SIGTERM)  # as Ray's job supervisor stops a job
+    assert client.wait(timeout=30) == 128 + signal.SIGTERM, client.stderr.read()
+    _wait_for(lambda: not _alive(step["pid"]) and not _alive(step["grandchild"]),
+              "the step and its child end", 10)
+
+
+def test_a_step_that_ignores_the_stop_is_killed_after_rays_grace(
+        tmp_path: Path, sockets: Path) -> None:
+    env, _ = _warm_server(tmp_path, sockets)
+    client, step = _start_probe(env, tmp_path, "ignore-term", tmp_path / "step.json")
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(timeout=30) == 128 + signal.SIGKILL  # after GRACE_S, as Ray would
+    assert not _alive(step["pid"])
+
+
+def test_a_vanished_client_kills_the_step_at_once_and_the_server_serves_on(
+        tmp_path: Path, sockets: Path) -> None:
+    env, _ = _warm_server(tmp_path, sockets)
+    client, step = _start_probe(env, tmp_path, "ignore-term", tmp_path / "step.json")
+    client.kill()  # the job's processes killed, or its node lost
+    client.wait()
+    # Sooner than a stop's grace would allow, were the kill treated as a stop.
+    _wait_for(lambda: not _alive(step["pid"]) and not _alive(step["grandchild"]),
+              "the step and its child are killed", ray_warm.GRACE_S)
+    assert "forked from warm server" in _client(env, tmp_path).stderr
+
+
+def test_a_server_dying_mid_step_reads_as_a_kill_and_ends_the_step(
+        tmp_path: Path, sockets: Path) -> None:
+    env, server = _warm_server(tmp_path, sockets)
+    client, step = _start_probe(env, tmp_path, "sleep", tmp_path / "step.json")
+    os.kill(server, signal.SIGKILL)
+    assert client.wait(timeout=30) == 128 + signal.SIGKILL  # retryable, not a step failure
+    _wait_for(lambda: not _alive(step["pid"]), "the orphaned step exits", 10)
+
+
+def test_exit_codes_read_as_from_a_fresh_interpreter(tmp_path: Path, sockets: Path) -> None:
+    env, _ = _warm_server(tmp_path, sockets)
+    probe = {**env, "UNIFIED_AI_TEST_PROBE_OUT": str(tmp_path / "unused")}
+    killed = _client({**probe, "UNIFIED_AI_TEST_PROBE": "signal"}, tmp_path)
+    assert killed.returncode == 128 + signal.SIGUSR1
+    refused = _client({**probe, "UNIFIED_AI_TEST_PROBE": "exit-message"}, tmp_path)
+    assert refused.returncode == 1 and "the probe says no" in refused.stderr
+
+
+def test_a_warm_step_process_looks_like_a_fresh_interpreter(tmp_path: Path,
+                                                            sockets: Path) -> None:
+    env, server = _warm_server(tmp_path, sockets)
+    draws = []
+    for n in range(2):
+        out = tmp_path / f"report{n}.json"
+        done = _client({**env, "UNIFIED_AI_TEST_PROBE": "report",
+                        "UNIFIED_AI_TEST_PROBE_OUT": str(out)}, tmp_path)
+        assert done.returncode == 0 and "forked from warm server" in done.stderr, done.stderr
+        report = json.loads(out.read_text())
+        draws.append(report["draw"])
+        assert report["path0"] == str(tmp_path) == report["cwd"]  # as `python -m` has it
+        assert report["sigint_default"]  # Ctrl-C raises KeyboardInterrupt
+        server_oom = int(Path(f"/proc/{server}/oom_score_adj").read_text())
+        assert report["oom"] > server_oom or report["oom"] == 1000  # killed before the server
+        assert not [fd for fd, target in report["fds"].items()
+                    if int(fd) > 2 and target.startswith("socket:")], report["fds"]
+        assert (tmp_path / f"report{n}.json.atexit").read_text() == "ran"  # exit handlers ran
+    assert draws[0] != draws[1]  # numpy reseeded per step, not the server's state copied
+
+
+def test_a_client_that_leaves_before_the_reply_does_not_end_the_server(
+        tmp_path: Path, sockets: Path) -> None:
+    env, server = _warm_server(tmp_path, sockets)
+    for _ in range(5):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(_socket(env, tmp_path)))
+            ray_warm.send_message(sock, {"key": ray_warm.server_key(STEP, env, str(tmp_path)),
+                                         "argv": STEP, "cwd": str(tmp_path), "env": env},
+                                  fds=(0, 1, 2))
+    assert _alive(server)
+    assert "forked from warm server" in _client(env, tmp_path).stderr
+
+
+def test_the_cluster_address_is_read_as_ray_gives_it() -> None:
+    assert ray_warm.cluster_address("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert ray_warm.cluster_address("[::1]:6379") == ("::1", 6379)
+    assert ray_warm.cluster_address("ray://head:10001") == ("head", 10001)
+    assert ray_warm.cluster_address("auto") is None
+    assert ray_warm.cluster_address("") is None

@@ -129,7 +129,7 @@ def _handler_class() -> type:
         OOM_EXIT_CODES,
         request_json,
     )
-    from unified_assets.placement.ray_warm import PRELOAD_ENV
+    from unified_assets.placement.ray_warm import LAUNCH_SETTINGS_ENV, PRELOAD_ENV
     from unified_assets.placement.serialize import (
         decision_from_tags,
         decision_metadata,
@@ -217,6 +217,8 @@ def _handler_class() -> type:
                    ENV_REQUEST: request_json(request)}
             if self.preload:
                 env[PRELOAD_ENV] = ",".join(self.preload)
+            # UNIFIED_AI_RAY_WARM=off where Dagster runs turns warm steps off on the cluster.
+            env.update({k: os.environ[k] for k in LAUNCH_SETTINGS_ENV if k in os.environ})
             metadata: dict[str, Any] = {"Ray Submission ID": MetadataValue.text(submission_id),
                                         "ray_request": MetadataValue.text(request_json(request))}
             if decision is not None:
@@ -309,7 +311,7 @@ def _handler_class() -> type:
             its node going away: Ray kills the job's processes as it loses the node, and
             declares the node dead only after its health checks. Until `KILL_SETTLE_SECONDS`
             after the kill was first seen, the node may still be declared lost."""
-            if job.driver_exit_code == OOM_EXIT_CODE or "memory" in (job.message or "").lower():
+            if job.driver_exit_code == OOM_EXIT_CODE or self.says_out_of_memory(job):
                 return False
             first = self.kills_seen.setdefault(job.submission_id, time.monotonic())
             return time.monotonic() - first < KILL_SETTLE_SECONDS
@@ -318,9 +320,14 @@ def _handler_class() -> type:
         def out_of_memory(job: Any) -> bool:
             """The job's step ran out of memory: it exited with `OOM_EXIT_CODE` (ray_step's
             `exit_on_oom`) or was killed (-9 / 137: the kernel's OOM killer)."""
+            return job.driver_exit_code in OOM_EXIT_CODES or \
+                PlacedRayStepHandler.says_out_of_memory(job)
+
+        @staticmethod
+        def says_out_of_memory(job: Any) -> bool:
+            """Ray's message or error type for the job names memory exhaustion."""
             text = f"{job.message or ''} {job.error_type or ''}".lower()
-            return job.driver_exit_code in OOM_EXIT_CODES or "out of memory" in text \
-                or "outofmemory" in text
+            return "out of memory" in text or "outofmemory" in text
 
         def retry_larger(self, ctx: StepHandlerContext, step_key: str, decision: Decision,
                          job: Any, reason: str) -> CheckStepHealthResult:

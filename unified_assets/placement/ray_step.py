@@ -18,6 +18,7 @@ from functools import lru_cache
 
 from unified_assets.compute import POOL_LABEL
 from unified_assets.placement.decision import Decision, PlacementError, StepRequirement
+from unified_assets.placement.ray_warm import SERVER_ENV
 from unified_assets.placement.serialize import decision_from_tag_value
 
 ENV_DECISION = "UNIFIED_AI_RAY_DECISION"  # the launch decision (serialize's tag value)
@@ -55,7 +56,8 @@ def _job_ended(environ: Mapping[str, str]) -> str | None:
 
 def watch_supervisor(interval: float = WATCH_SECONDS) -> None:
     """Exit this step process once its Ray job is over without it: its parent (the job
-    supervisor's shell) is gone, or Ray recorded the job as FAILED or STOPPED. Ray kills a
+    supervisor's shell, or for a warm step the warm server) is gone, or Ray recorded the job
+    as FAILED or STOPPED. Ray kills a
     job's processes when its supervisor dies, but only while the supervisor's node lives, and
     not if the node dies while the supervisor starts the entrypoint: the step then ran on,
     orphaned, and could write a materialization after Dagster had failed or retried the step."""
@@ -143,7 +145,7 @@ def ray_evidence(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     submission_id = env.get(ENV_SUBMISSION_ID, "")
     node_id, pool = _job_and_node(env.get(ENV_DASHBOARD, ""), submission_id)
     ids = gpu_ids(env)
-    server = env.get("UNIFIED_AI_RAY_WARM_SERVER")  # ray_warm.SERVER_ENV
+    server = env.get(SERVER_ENV)
     return {
         "ray_step_process": (f"forked from warm server {server} (libraries preloaded)"
                              if server else "fresh interpreter"),

@@ -21,8 +21,10 @@ requests from the same Python, working directory and environment (minus the per-
 per-run variables in `PER_STEP_ENV`); before each fork it re-checks the files of every module
 it loaded and refuses (the client then runs cold and the next job starts a new server) once
 one changed. Its socket lives in a folder only this user can open. It exits when idle
-(`IDLE_ENV`, 30 minutes) or when the Ray cluster it served is gone. Any failure on this path
-runs the step the old way, in a fresh interpreter; `UNIFIED_AI_RAY_WARM=off` always does.
+(`IDLE_ENV`, 30 minutes), or once its running steps end after the Ray cluster it served stopped
+answering. Any failure on this path runs the step the old way, in a fresh interpreter;
+`UNIFIED_AI_RAY_WARM=off` always does. The server is detached (double fork): stopping the job
+that happened to start it must not end it.
 
 Only the standard library is imported here at module level: the client must start fast."""
 
@@ -45,13 +47,15 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
+from typing import IO, NoReturn
 
 SWITCH_ENV = "UNIFIED_AI_RAY_WARM"  # "off": every step in a fresh interpreter
 PRELOAD_ENV = "UNIFIED_AI_RAY_PRELOAD"  # comma-separated modules the server imports
 IDLE_ENV = "UNIFIED_AI_RAY_WARM_IDLE_S"
 DIR_ENV = "UNIFIED_AI_RAY_WARM_DIR"  # where the sockets live (default /tmp/unified-ai-ray-warm-UID)
 SERVER_ENV = "UNIFIED_AI_RAY_WARM_SERVER"  # set in a warm step: the server's pid
+# The settings above a user sets where Dagster runs: the step handler passes them to each job.
+LAUNCH_SETTINGS_ENV = (SWITCH_ENV, DIR_ENV, IDLE_ENV)
 DEFAULT_IDLE_S = 1800.0  # a run every half hour stays warm; ~0.5 GB held meanwhile
 # What every Dagster step process imports before the step's own code: the CLI, the instance's
 # storage (SQLite here, Postgres in production; alembic checks the schema), execution. A
@@ -77,12 +81,26 @@ BASE_PRELOAD = (
 PER_STEP_ENV = frozenset({"RAY_JOB_CONFIG_JSON_ENV_VAR", "CUDA_VISIBLE_DEVICES", "DAGSTER_HOME",
                           "DAGSTER_RUN_JOB_NAME", "DAGSTER_RUN_STEP_KEY",
                           "DAGSTER_COMPRESSED_EXECUTE_STEP_ARGS", "DAGSTER_EXECUTE_STEP_ARGS",
-                          "_", "OLDPWD"})
+                          "_", "OLDPWD",
+                          # Ray's other accelerators' ids per job; read when a device is
+                          # opened, never on import
+                          "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
+                          "NEURON_RT_VISIBLE_CORES", "TPU_VISIBLE_CHIPS",
+                          "ONEAPI_DEVICE_SELECTOR", "ASCEND_RT_VISIBLE_DEVICES",
+                          "HABANA_VISIBLE_MODULES"})
 PER_STEP_PREFIXES = ("UNIFIED_AI_",)
 HEADER = struct.Struct("!I")
-GRACE_S = 10.0  # after a stop request: SIGTERM, then SIGKILL this much later
+# After a stop request: SIGTERM, then SIGKILL this much later; Ray's job supervisor waits as
+# long (RAY_JOB_STOP_WAIT_TIME_S, default 3 s) before it SIGKILLs a job's processes.
+GRACE_S = float(os.environ.get("RAY_JOB_STOP_WAIT_TIME_S") or 3)
 TERMINATE = b"T"  # client -> server: Ray is stopping the job; signal the step as Ray would
 CLUSTER_CHECK_S = 10.0
+CLUSTER_MISSES = 3  # checks in a row the cluster must fail before the server steps aside
+ACCEPT_DEADLINE_S = 3.0  # a client has this long to send its request: one cannot stall all
+SPAWN_BACKOFF_S = 60.0  # a server that failed to start is not started again sooner
+KILLED = 137  # 128 + SIGKILL: what a step killed with its job or node exits with
+SOCKET_NAME_MAX = 107  # bytes in an AF_UNIX path on Linux
+TMP_NAME_LEN = 20 + 1 + 7 + 4  # "<key>.<pid>.tmp": the longest name bound in the folder
 
 
 class WarmUnavailable(Exception):
@@ -105,7 +123,8 @@ def key_env(environ: Mapping[str, str]) -> dict[str, str]:
 
 def server_key(argv: Sequence[str], environ: Mapping[str, str], cwd: str) -> str:
     """Requests with the same Python, folder and (library-relevant) environment share one."""
-    blob = json.dumps([os.path.realpath(argv[0]), cwd, sorted(key_env(environ).items())])
+    # abspath, not realpath: two virtualenvs link the same interpreter, with other packages.
+    blob = json.dumps([os.path.abspath(argv[0]), cwd, sorted(key_env(environ).items())])
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -120,6 +139,9 @@ def socket_dir() -> Path:
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() \
             or stat.S_IMODE(info.st_mode) & 0o077:
         raise WarmUnavailable(f"{path} is not a folder only this user can open")
+    if len(os.fsencode(path)) + 1 + TMP_NAME_LEN > SOCKET_NAME_MAX:
+        raise WarmUnavailable(f"{path} is too long for a socket path ({SOCKET_NAME_MAX} bytes); "
+                              f"set {DIR_ENV} to a shorter folder")
     return path
 
 
@@ -135,9 +157,19 @@ def send_message(sock: socket.socket, message: Mapping[str, object],
     sock.sendall(frame)
 
 
-def _read_exact(sock: socket.socket, size: int, start: bytes = b"") -> bytes:
+def _until(sock: socket.socket, deadline: float | None) -> None:
+    if deadline is not None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the peer was too slow to send its message")
+        sock.settimeout(left)
+
+
+def _read_exact(sock: socket.socket, size: int, start: bytes = b"",
+                deadline: float | None = None) -> bytes:
     buf = bytearray(start)
     while len(buf) < size:
+        _until(sock, deadline)
         chunk = sock.recv(size - len(buf))
         if not chunk:
             raise ConnectionError("connection closed mid-message")
@@ -145,18 +177,28 @@ def _read_exact(sock: socket.socket, size: int, start: bytes = b"") -> bytes:
     return bytes(buf)
 
 
-def recv_message(sock: socket.socket, max_fds: int = 0) -> tuple[dict, list[int]]:
+def recv_message(sock: socket.socket, max_fds: int = 0,
+                 deadline: float | None = None) -> tuple[dict, list[int]]:
+    """One message; with `deadline` (monotonic), all of it by then or TimeoutError."""
     fds: list[int] = []
     if max_fds:
+        _until(sock, deadline)
         first, fds, _, _ = socket.recv_fds(sock, 65536, max_fds)
         if not first:
+            for fd in fds:
+                os.close(fd)
             raise ConnectionError("connection closed")
     else:
         first = b""
-    head = _read_exact(sock, HEADER.size, first[:HEADER.size])
-    (size,) = HEADER.unpack(head)
-    body = _read_exact(sock, size, first[HEADER.size:])
-    return json.loads(body), fds
+    try:
+        head = _read_exact(sock, HEADER.size, first[:HEADER.size], deadline)
+        (size,) = HEADER.unpack(head)
+        body = _read_exact(sock, size, first[HEADER.size:], deadline)
+        return json.loads(body), fds
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
 
 
 # --- the client: the Ray job's entrypoint.
@@ -167,15 +209,40 @@ def _run_cold(argv: Sequence[str], why: str) -> NoReturn:
 
 
 def _spawn_server(key: str, argv: Sequence[str], folder: Path) -> None:
-    """Start a server for `key` in its own session (Ray's cleanup of this job's process group
-    must not end it); its preload comes from PRELOAD_ENV. Output goes to a log beside it."""
+    """Start a server for `key`, unless one is starting or serving (its lock is held) or one
+    failed to start in the last `SPAWN_BACKOFF_S` (`<key>.spawned` stays until a server
+    listens). The server detaches at once (`server_main`); its preload comes from
+    PRELOAD_ENV and its output goes to a log beside its socket."""
+    if _server_lock_held(folder, key):
+        return
+    marker = folder / f"{key}.spawned"
+    with contextlib.suppress(OSError):
+        if time.time() - marker.stat().st_mtime < SPAWN_BACKOFF_S:
+            return
+    marker.touch()
     env = key_env(os.environ)  # no run's or step's settings: the server never reads them
     env.update({k: os.environ[k] for k in (PRELOAD_ENV, DIR_ENV, IDLE_ENV) if k in os.environ})
-    log = open(folder / f"{key}.log", "ab")  # noqa: SIM115 - handed to the child
-    subprocess.Popen([argv[0], os.path.abspath(__file__), "--serve", key], env=env,
-                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
-                     stderr=subprocess.STDOUT, close_fds=True)
-    log.close()
+    with open(folder / f"{key}.log", "ab") as log:
+        starter = subprocess.Popen([argv[0], os.path.abspath(__file__), "--serve", key],
+                                   env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                   stdout=log, stderr=subprocess.STDOUT, close_fds=True)
+    starter.wait(timeout=30)  # it forks the server and exits at once
+
+
+@dataclass
+class _StopRequest:
+    """A stop signal may come before the server answered: remembered, then acted on."""
+    requested: bool = False
+    sock: socket.socket | None = None
+
+    def request(self) -> None:
+        self.requested = True
+        self.forward()
+
+    def forward(self) -> None:
+        if self.requested and self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(TERMINATE)
 
 
 def client_main(argv: Sequence[str]) -> int:
@@ -188,6 +255,10 @@ def client_main(argv: Sequence[str]) -> int:
         folder = socket_dir()
     except (OSError, WarmUnavailable) as error:
         _run_cold(argv, f"warm servers unavailable: {error}")
+    stop = _StopRequest()
+    # Before connecting: a stop that comes while the request is under way is not lost.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, lambda *_: stop.request())
     key = server_key(argv, os.environ, os.getcwd())
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -197,15 +268,20 @@ def client_main(argv: Sequence[str]) -> int:
         reply, _ = recv_message(sock)
     except (OSError, ConnectionError, ValueError):
         sock.close()
-        with contextlib.suppress(OSError):
-            if not _server_lock_held(folder, key):
-                _spawn_server(key, argv, folder)
-        _run_cold(argv, "no warm server yet on this machine; one is starting for the next steps")
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _spawn_server(key, argv, folder)
+        reply = {"refused": "no warm server yet on this machine; one is starting for the next "
+                            "steps"}
     if "pid" not in reply:
         sock.close()
-        _run_cold(argv, f"warm server refused: {reply.get('refused', reply)}")
+        if stop.requested:
+            return 128 + signal.SIGTERM  # stopped before the step started
+        why = reply.get("refused", reply)
+        _run_cold(argv, why if str(why).startswith("no warm") else f"warm server refused: {why}")
     print(f"unified-ai: step runs in process {reply['pid']}, forked from warm server "
           f"{reply['server']} (libraries preloaded)", file=sys.stderr, flush=True)
+    stop.sock = sock
+    stop.forward()
     return _await_exit(sock)
 
 
@@ -220,29 +296,17 @@ def _server_lock_held(folder: Path, key: str) -> bool:
 
 
 def _await_exit(sock: socket.socket) -> int:
-    """Wait for the step's exit code. A stop signal (Ray stopping the job) asks the server to
-    SIGTERM the step, as Ray would have signalled it; this process's parent going away (the
-    job's node lost) ends the step at once, as Ray's `kill -9` of the job's processes would.
-    Either way the server still reports how the step ended."""
-    stopping = threading.Event()
-
-    def stop(graceful: bool) -> None:
-        if not stopping.is_set():
-            stopping.set()
-            with contextlib.suppress(OSError):
-                if graceful:
-                    sock.sendall(TERMINATE)
-                sock.shutdown(socket.SHUT_WR)
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, lambda *_: stop(graceful=True))
+    """Wait for the step's exit code. A stop signal (Ray stopping the job) has asked the
+    server to SIGTERM the step, as Ray would have signalled it (and to SIGKILL it after
+    `GRACE_S`, or at once when this client dies). This process's parent going away (the
+    job's node lost) ends the client, and so the step, at once, as Ray's `kill -9` would.
+    A server gone mid-step (it kills its steps when it dies) reads as a kill: 137."""
     parent = os.getppid()
 
     def watch_parent() -> None:
-        while not stopping.is_set():
+        while os.getppid() == parent:
             time.sleep(1.0)
-            if os.getppid() != parent:
-                stop(graceful=False)
+        os._exit(KILLED)
 
     threading.Thread(target=watch_parent, daemon=True).start()
     try:
@@ -250,7 +314,7 @@ def _await_exit(sock: socket.socket) -> int:
     except (OSError, ConnectionError, ValueError):
         print("unified-ai: the warm server went away before the step ended", file=sys.stderr,
               flush=True)
-        return 1
+        return KILLED
     code = int(reply.get("exit", 1))
     return code if code >= 0 else 128 - code  # killed by signal N: 128 + N, as a shell says
 
@@ -259,41 +323,50 @@ def _await_exit(sock: socket.socket) -> int:
 
 @dataclass
 class _Child:
+    """A running step. `conn` is watched until its client closes it; `kill_at`: when to
+    SIGKILL the step's group (set by a stop request, or at once when the client is gone)."""
     conn: socket.socket
     kill_at: float | None = None
+    client_gone: bool = False
+
+
+def _file_identity(info: os.stat_result) -> tuple[int, ...]:
+    # ctime and inode too: a file replaced by one of the same size and mtime still differs.
+    return (info.st_ino, info.st_mtime_ns, info.st_ctime_ns, info.st_size)
 
 
 @dataclass
 class _Server:
     key: str
     folder: Path
+    lock: IO[str]  # flock held while this server may serve its key
     listener: socket.socket | None = None
     socket_inode: int = 0  # of our socket's file: unlink it only while it is still ours
-    files: dict[str, tuple[int, int]] = field(default_factory=dict)
+    files: dict[str, tuple[int, ...]] = field(default_factory=dict)
     children: dict[int, _Child] = field(default_factory=dict)
     idle_s: float = DEFAULT_IDLE_S
     last_active: float = field(default_factory=time.monotonic)
-    stale: str | None = None
+    stale: str | None = None  # why no new step is served any more
+    unsafe: str | None = None  # why forking this server is unsafe: every request refused
+    cluster_misses: int = 0
 
     def changed_file(self) -> str | None:
         for path, seen in self.files.items():
             try:
-                info = os.stat(path)
+                if _file_identity(os.stat(path)) != seen:
+                    return path
             except OSError:
-                return path
-            if (info.st_mtime_ns, info.st_size) != seen:
                 return path
         return None
 
 
-def _loaded_files() -> dict[str, tuple[int, int]]:
+def _loaded_files() -> dict[str, tuple[int, ...]]:
     out = {}
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
         if path:
             with contextlib.suppress(OSError):
-                info = os.stat(path)
-                out[path] = (info.st_mtime_ns, info.st_size)
+                out[path] = _file_identity(os.stat(path))
     return out
 
 
@@ -312,34 +385,60 @@ def _preload(modules: Sequence[str]) -> list[str]:
     return failed
 
 
+def cluster_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of RAY_ADDRESS as Ray gives a job ("host:port", "[v6]:port", with or
+    without a scheme), or None when it names no reachable endpoint ("auto", "", local)."""
+    rest = address.strip().split("://", 1)[-1]
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    return host.strip("[]"), int(port)
+
+
 def _cluster_alive() -> bool:
-    """The Ray cluster (RAY_ADDRESS, the GCS host:port Ray gives a job) still answers."""
-    address = os.environ.get("RAY_ADDRESS", "")
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    """The Ray cluster (RAY_ADDRESS, the GCS address Ray gives a job) still accepts a
+    connection; True when there is no address to check."""
+    target = cluster_address(os.environ.get("RAY_ADDRESS", ""))
+    if target is None:
         return True
     try:
-        with socket.create_connection((host, int(port)), timeout=3):
+        with socket.create_connection(target, timeout=3):
             return True
     except OSError:
         return False
 
 
+def _detach() -> None:
+    """Fork; the parent (the process the client started, a child of the client's Ray job)
+    exits at once and the server carries on in the child, a child of nobody's job: Ray's
+    stop of a job kills its entrypoint and the entrypoint's descendants."""
+    if os.fork():
+        os._exit(0)
+
+
 def server_main(key: str) -> int:
     folder = socket_dir()
+    _detach()
     lock = open(folder / f"{key}.lock", "a")  # noqa: SIM115 - held for the server's life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return 0  # another server for this key is starting or serving
+    # Run as a script, sys.path[0] is this file's folder: not on a step's path, so not here.
+    if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
+            os.path.abspath(__file__)):
+        del sys.path[0]
     preload = [*BASE_PRELOAD, *filter(None, os.environ.get(PRELOAD_ENV, "").split(","))]
     started = time.monotonic()
     failed = _preload(preload)
-    server = _Server(key=key, folder=folder, files=_loaded_files(),
+    server = _Server(key=key, folder=folder, lock=lock, files=_loaded_files(),
                      idle_s=float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)))
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads:  # a fork copies only the forking thread; locks the others held stay held
+        server.unsafe = f"a preloaded library started threads {threads}; forking is unsafe"
     print(f"warm server {os.getpid()} for {key}: preloaded {len(preload)} modules in "
-          f"{time.monotonic() - started:.1f} s" + (f"; skipped {failed}" if failed else ""),
-          flush=True)
+          f"{time.monotonic() - started:.1f} s" + (f"; skipped {failed}" if failed else "")
+          + (f"; {server.unsafe}: refusing every step" if server.unsafe else ""), flush=True)
     path = folder / f"{key}.sock"
     tmp = folder / f"{key}.{os.getpid()}.tmp"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -349,10 +448,15 @@ def server_main(key: str) -> int:
     server.socket_inode = os.stat(tmp).st_ino
     os.replace(tmp, path)  # clients see the socket only once the preload is done
     server.listener = listener
+    with contextlib.suppress(OSError):
+        (folder / f"{key}.spawned").unlink()  # started: no back-off for the next one
     try:
-        _serve(server, lock)
+        _serve(server)
     finally:
         _stop_listening(server, path)
+        for pid in server.children:  # nobody is left to report their exit to
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
     return 0
 
 
@@ -365,44 +469,47 @@ def _stop_listening(server: _Server, path: Path) -> None:
         server.listener = None
 
 
-def _serve(server: _Server, lock: object) -> None:
+def _serve(server: _Server) -> None:
     next_cluster_check = time.monotonic() + CLUSTER_CHECK_S
     path = server.folder / f"{server.key}.sock"
     while True:
         # A client already gone stays readable (EOF): not watched again, or this would spin.
-        watched = [c.conn for c in server.children.values() if c.kill_at is None]
+        watched = [c.conn for c in server.children.values() if not c.client_gone]
         if server.listener is not None:
             watched.append(server.listener)
         readable, _, _ = select.select(watched, [], [], 0.5)
         for sock in readable:
-            if sock is server.listener:
-                _accept(server, lock)
-            else:
-                _client_gone(server, sock)
+            try:
+                if sock is server.listener:
+                    _accept(server)
+                else:
+                    _client_spoke(server, sock)
+            except Exception:  # one bad connection must not end the server and its steps
+                import traceback
+
+                traceback.print_exc()
         _reap(server)
         now = time.monotonic()
         for pid, child in server.children.items():
             if child.kill_at is not None and now >= child.kill_at:
                 with contextlib.suppress(OSError):
                     os.killpg(pid, signal.SIGKILL)
+        if now >= next_cluster_check:
+            next_cluster_check = now + CLUSTER_CHECK_S
+            server.cluster_misses = 0 if _cluster_alive() else server.cluster_misses + 1
+            if server.cluster_misses >= CLUSTER_MISSES and not server.stale:
+                # Its running steps end with their jobs (their clients die with the cluster).
+                server.stale = "the Ray cluster stopped answering"
         if server.stale and server.listener is not None:
             print(f"warm server {os.getpid()}: {server.stale}; not serving again", flush=True)
             _stop_listening(server, path)
-            fcntl.flock(lock, fcntl.LOCK_UN)  # a new server may start at once
-        if now >= next_cluster_check:
-            next_cluster_check = now + CLUSTER_CHECK_S
-            if not _cluster_alive():
-                print(f"warm server {os.getpid()}: the Ray cluster is gone; exiting", flush=True)
-                for pid in server.children:
-                    with contextlib.suppress(OSError):
-                        os.killpg(pid, signal.SIGKILL)
-                return
+            fcntl.flock(server.lock, fcntl.LOCK_UN)  # a new server may start at once
         if not server.children and (server.listener is None
                                     or now - server.last_active > server.idle_s):
             return
 
 
-def _accept(server: _Server, lock: object) -> None:
+def _accept(server: _Server) -> None:
     assert server.listener is not None
     conn, _ = server.listener.accept()
     server.last_active = time.monotonic()
@@ -412,27 +519,34 @@ def _accept(server: _Server, lock: object) -> None:
         _, peer_uid, _ = struct.unpack("3i", creds)
         if peer_uid != os.getuid():  # the folder is 0700 already; a second lock on the door
             raise WarmUnavailable(f"a connection from uid {peer_uid}")
-        conn.settimeout(10)
-        request, fds = recv_message(conn, max_fds=3)
+        request, fds = recv_message(conn, max_fds=3,
+                                    deadline=time.monotonic() + ACCEPT_DEADLINE_S)
         conn.settimeout(None)
         refused = _refusal(server, request, fds)
         if refused:
             send_message(conn, {"refused": refused})
             raise WarmUnavailable(refused)
+    except (OSError, ConnectionError, ValueError, WarmUnavailable):
+        conn.close()
+        for fd in fds:
+            os.close(fd)
+        return
+    try:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _child(server, request, fds, conn, lock)
+            _child(server, request, fds, conn)
         with contextlib.suppress(OSError):  # as the child does: no window without a group
             os.setpgid(pid, pid)
-        server.children[pid] = _Child(conn)
-        send_message(conn, {"pid": pid, "server": os.getpid()})
-    except (OSError, ConnectionError, ValueError, WarmUnavailable):
-        conn.close()
     finally:
         for fd in fds:
             os.close(fd)
+    child = server.children[pid] = _Child(conn)
+    try:
+        send_message(conn, {"pid": pid, "server": os.getpid()})
+    except OSError:  # the client is gone already: so is its job; kept until reaped
+        _kill_now(pid, child)
 
 
 def _refusal(server: _Server, request: dict, fds: list[int]) -> str | None:
@@ -441,6 +555,8 @@ def _refusal(server: _Server, request: dict, fds: list[int]) -> str | None:
         return "malformed request"
     if server_key(argv, request.get("env") or {}, request.get("cwd") or "") != server.key:
         return "another Python, folder or environment than this server's"
+    if server.unsafe:
+        return server.unsafe
     changed = server.changed_file()
     if changed:
         server.stale = f"{changed} changed since it was preloaded"
@@ -448,27 +564,38 @@ def _refusal(server: _Server, request: dict, fds: list[int]) -> str | None:
     return None
 
 
-def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket,
-           lock: object) -> None:
+def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket) -> NoReturn:
     """In the forked step process: the client's stdio, folder and environment, then Dagster's
-    `api execute_step`, and exit with its code. Never returns."""
+    `api execute_step`, and exit with its code after the interpreter's own shutdown steps.
+    Never returns."""
+    import atexit
+
     code = 1
     try:
         os.setpgid(0, 0)  # the server ends the step's whole group when its client goes away
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        atexit._clear()  # the server's exit handlers are not the step's to run
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         if server.listener is not None:
             server.listener.close()
         for child in server.children.values():
             child.conn.close()
         conn.close()
-        lock.close()  # type: ignore[attr-defined]
+        server.lock.close()  # the server's lock is not held by its steps
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)  # duplicated onto 0-2; no other copy leaks into the step
+        _raise_oom_score()
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[SERVER_ENV] = str(os.getppid())
+        if not os.environ.get("PYTHONSAFEPATH"):
+            sys.path.insert(0, request["cwd"])  # as `python -m dagster` has it
+        _reseed()
         _exit_with_server(os.getppid())
         from dagster._cli import main as dagster_main
 
@@ -477,16 +604,54 @@ def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket,
             dagster_main()
             code = 0
         except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+            code = _exit_code(done)
     except BaseException:
         import traceback
 
         traceback.print_exc()
-    finally:
+    _shutdown()
+    os._exit(code)
+
+
+def _exit_code(done: SystemExit) -> int:
+    """As the interpreter reads a SystemExit: None is 0, an int itself, anything else is
+    printed to stderr and exits 1."""
+    if done.code is None:
+        return 0
+    if isinstance(done.code, int):
+        return done.code
+    print(done.code, file=sys.stderr)
+    return 1
+
+
+def _shutdown() -> None:
+    """What the interpreter does on exit, for the step's part: wait for its non-daemon
+    threads, run the exit handlers it registered, flush logging and stdio."""
+    import atexit
+    import logging
+
+    for step in (threading._shutdown, atexit._run_exitfuncs, logging.shutdown,  # type: ignore[attr-defined]
+                 sys.stdout.flush, sys.stderr.flush):
+        with contextlib.suppress(BaseException):
+            step()
+
+
+def _raise_oom_score() -> None:
+    """Under memory pressure the kernel should kill a step, not the server all steps share."""
+    with contextlib.suppress(OSError, ValueError), \
+            open("/proc/self/oom_score_adj", "r+") as score:
+        current = int(score.read().strip() or 0)
+        score.seek(0)
+        score.write(str(min(1000, current + 200)))
+
+
+def _reseed() -> None:
+    """Every fork copies the server's random state; a fresh interpreter seeds its own.
+    (Python's `random` reseeds after fork by itself.)"""
+    numpy_random = sys.modules.get("numpy.random")
+    if numpy_random is not None:
         with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(code)
+            numpy_random.seed()
 
 
 def _exit_with_server(server_pid: int) -> None:
@@ -494,25 +659,35 @@ def _exit_with_server(server_pid: int) -> None:
     def watch() -> None:
         while os.getppid() == server_pid:
             time.sleep(1.0)
-        os._exit(137)
+        os._exit(KILLED)
 
     threading.Thread(target=watch, name="warm-server-watch", daemon=True).start()
 
 
-def _client_gone(server: _Server, conn: socket.socket) -> None:
-    """The client asked to stop the step (`TERMINATE`: SIGTERM, SIGKILL after GRACE_S), or
+def _kill_now(pid: int, child: _Child) -> None:
+    child.client_gone = True
+    child.kill_at = time.monotonic()
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _client_spoke(server: _Server, conn: socket.socket) -> None:
+    """The client asked to stop the step (`TERMINATE`: SIGTERM, then SIGKILL after GRACE_S or
+    as soon as the client is gone, as Ray's supervisor kills it after the same wait), or
     vanished (killed with its job, or its node lost): SIGKILL at once, as Ray kills a job's
     processes, so the step writes nothing more (a lost node's step is retried elsewhere)."""
     for pid, child in server.children.items():
-        if child.conn is conn and child.kill_at is None:
+        if child.conn is conn:
             try:
                 data = conn.recv(16)
             except OSError:
                 data = b""
-            graceful = TERMINATE in data
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-            child.kill_at = time.monotonic() + (GRACE_S if graceful else 0.0)
+            if not data:
+                _kill_now(pid, child)
+            elif TERMINATE in data and child.kill_at is None:
+                with contextlib.suppress(OSError):
+                    os.killpg(pid, signal.SIGTERM)
+                child.kill_at = time.monotonic() + GRACE_S
             return
 
 
@@ -527,6 +702,9 @@ def _reap(server: _Server) -> None:
         child = server.children.pop(pid, None)
         if child is None:
             continue
+        # What the step started in its group ends with it, as when Ray ends a job.
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)
         server.last_active = time.monotonic()
         with contextlib.suppress(OSError):
             send_message(child.conn, {"exit": os.waitstatus_to_exitcode(status)})
