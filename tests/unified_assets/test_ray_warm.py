@@ -230,6 +230,8 @@ def test_off_switch_runs_every_step_in_a_fresh_interpreter(tmp_path: Path,
     for _ in range(2):
         result = _client(env, tmp_path)
         assert "warm server" not in result.stderr and result.returncode == 1
+        # The job's log says which process ran the step, with the switch that chose it.
+        assert "fresh interpreter (UNIFIED_AI_RAY_WARM=off)" in result.stderr
     assert not sockets.exists()
 
 

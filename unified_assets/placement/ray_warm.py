@@ -56,7 +56,7 @@ DIR_ENV = "UNIFIED_AI_RAY_WARM_DIR"  # where the sockets live (default /tmp/unif
 SERVER_ENV = "UNIFIED_AI_RAY_WARM_SERVER"  # set in a warm step: the server's pid
 # The settings above a user sets where Dagster runs: the step handler passes them to each job.
 LAUNCH_SETTINGS_ENV = (SWITCH_ENV, DIR_ENV, IDLE_ENV)
-DEFAULT_IDLE_S = 1800.0  # a run every half hour stays warm; ~0.5 GB held meanwhile
+DEFAULT_IDLE_S = 1800.0  # a run every half hour stays warm; ~0.6 GB held meanwhile
 # What every Dagster step process imports before the step's own code: the CLI, the instance's
 # storage (SQLite here, Postgres in production; alembic checks the schema), execution. A
 # module missing from this install is skipped. Found by listing what warm steps imported
@@ -248,7 +248,7 @@ class _StopRequest:
 def client_main(argv: Sequence[str]) -> int:
     """Run the step `argv` in a warm process, or else exec it here."""
     if not enabled(os.environ):
-        os.execv(argv[0], list(argv))
+        _run_cold(argv, f"{SWITCH_ENV}={os.environ[SWITCH_ENV]}")
     if not is_dagster_step(argv):
         _run_cold(argv, "not a Dagster step command")
     try:
