@@ -251,6 +251,18 @@ def test_the_server_is_detached_from_the_job_that_started_it(
     assert not (folder / f"{key}.spawned").exists()  # it started: no back-off for the next
 
 
+def test_an_idle_server_exits_and_its_log_says_why(tmp_path: Path, sockets: Path) -> None:
+    """It holds ~0.6 GB: it goes once idle, leaving its log, and the next step starts anew."""
+    env = {**_env(tmp_path, sockets), ray_warm.IDLE_ENV: "1"}
+    _client(env, tmp_path)
+    sock = _socket(env, tmp_path)
+    _wait_for(sock.exists, "the warm server listens")
+    pid = int(re.findall(r"warm server (\d+) for", sock.with_suffix(".log").read_text())[-1])
+    _wait_for(lambda: not _alive(pid), "the idle server exits")
+    assert f"warm server {pid}: exiting (idle for 1 s)" in sock.with_suffix(".log").read_text()
+    assert "no warm server yet" in _client(env, tmp_path).stderr
+
+
 def test_a_server_that_failed_to_start_is_not_started_again_at_once(
         tmp_path: Path, sockets: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ray_warm.DIR_ENV, str(sockets))

@@ -506,6 +506,8 @@ def _serve(server: _Server) -> None:
             fcntl.flock(server.lock, fcntl.LOCK_UN)  # a new server may start at once
         if not server.children and (server.listener is None
                                     or now - server.last_active > server.idle_s):
+            why = server.stale or f"idle for {server.idle_s:.0f} s"
+            print(f"warm server {os.getpid()}: exiting ({why})", flush=True)
             return
 
 
