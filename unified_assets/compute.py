@@ -166,11 +166,22 @@ CPU_LIGHT = ComputeProfile(name="cpu-light", device="cpu", cpu="500m", memory="1
                            pool_name="light-pool")
 CPU_TRAINING = ComputeProfile(name="cpu-training", device="cpu", cpu="2", memory="4Gi")
 GPU_TRAINING = ComputeProfile(name="gpu-training", device="gpu", cpu="2", memory="8Gi", gpus=1)
-PROFILES: dict[str, ComputeProfile] = {p.name: p for p in (CPU_LIGHT, CPU_TRAINING, GPU_TRAINING)}
+# Evidently's reports keep a core busy for seconds each and no gate reads them: their own pool,
+# so they never take the slots (or the cores) ingestion, judgement and decisions wait on.
+CPU_REPORT = ComputeProfile(name="cpu-report", device="cpu", cpu="1", memory="2Gi",
+                            pool_name="report-pool")
+PROFILES: dict[str, ComputeProfile] = {
+    p.name: p for p in (CPU_LIGHT, CPU_TRAINING, GPU_TRAINING, CPU_REPORT)}
 POOLS: tuple[str, ...] = tuple(sorted({p.pool for p in PROFILES.values()}))
 # Kubernetes: every step is its own pod and the cluster schedules CPU, so the CPU pools only
 # bound how many pods one code location asks for at once; GPUs come from the cluster and policy.
-K8S_CPU_POOL_SLOTS = {CPU_LIGHT.pool: 16, CPU_TRAINING.pool: 8}
+K8S_CPU_POOL_SLOTS = {CPU_LIGHT.pool: 16, CPU_TRAINING.pool: 8, CPU_REPORT.pool: 4}
+
+
+def report_slots(cpus: int) -> int:
+    """Reports at once on `cpus` cores: a core each, one core always left to the lifecycle's
+    own steps (at least one report slot)."""
+    return max(1, CPU_REPORT.slots_on(cpus) - 1)
 
 
 def pool_slots(cpus: int, gpus: int) -> dict[str, int]:
@@ -180,7 +191,8 @@ def pool_slots(cpus: int, gpus: int) -> dict[str, int]:
     not wait forever for a device that does not exist."""
     return {CPU_LIGHT.pool: CPU_LIGHT.slots_on(cpus),
             CPU_TRAINING.pool: CPU_TRAINING.slots_on(cpus),
-            GPU_TRAINING.pool: max(1, gpus)}
+            GPU_TRAINING.pool: max(1, gpus),
+            CPU_REPORT.pool: report_slots(cpus)}
 
 
 def ray_pool_slots(cpu_node_cpus: float, gpus: float) -> dict[str, int]:
@@ -190,7 +202,8 @@ def ray_pool_slots(cpu_node_cpus: float, gpus: float) -> dict[str, int]:
     cpus = max(1, math.floor(cpu_node_cpus))
     return {CPU_LIGHT.pool: CPU_LIGHT.slots_on(cpus),
             CPU_TRAINING.pool: CPU_TRAINING.slots_on(cpus),
-            GPU_TRAINING.pool: max(1, math.floor(gpus))}
+            GPU_TRAINING.pool: max(1, math.floor(gpus)),
+            CPU_REPORT.pool: report_slots(cpus)}
 
 
 def cluster_pool_slots(gpus_allocatable: int, scalable_gpus: int) -> dict[str, int]:

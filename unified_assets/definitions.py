@@ -58,7 +58,7 @@ from unified_assets.candidates import Candidate, resolve_candidates
 from unified_assets.compute import COMPUTE_TAG
 from unified_assets.partitions import BATCHES
 from unified_assets.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from unified_assets.run_tags import TRIGGER_TAG, started_because
+from unified_assets.run_tags import REPORT_QUEUE, RUN_QUEUE_TAG, TRIGGER_TAG, started_because
 from unified_assets.serving.resource import ServingTarget
 from unified_assets.settings import Settings, load_settings, policy_choice
 
@@ -117,8 +117,10 @@ AUTOMATION_RUN_TAGS = started_because("automation",
 # cost seconds to tens of seconds each: their runs come from their own automation sensor at a
 # lower run priority, so every batch is judged (batch_drift) and every promotion decided
 # before the queue turns to the reports. No gate reads them; no lifecycle job waits for them.
+# Their steps take report-pool slots (a core each, one core left to the lifecycle) and their
+# runs count against the instance's `unified-ai/queue: reports` limit, below its run slots.
 REPORT_ASSETS = dg.AssetSelection.tag(REPORT_TAG, "evidently")
-REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5"}
+REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5", RUN_QUEUE_TAG: REPORT_QUEUE}
 
 # A run a person launches (the UI's launchpad, `dagster job launch`) says so; every sensor,
 # schedule and the CLI set their own trigger, which takes precedence over a job's tags.
@@ -258,8 +260,8 @@ def build_pool_limits_sensor(kubernetes: bool, ray_address: str | None = None
         name="pool_limits",
         minimum_interval_seconds=300,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Sets the light-pool, cpu-pool and gpu-pool slots from this machine's cores "
-        "and GPUs (Kubernetes: the cluster's GPUs and the policy's scalable node pools; Ray: "
+        description="Sets the light-pool, cpu-pool, gpu-pool and report-pool slots from this "
+        "machine's cores and GPUs (Kubernetes: the cluster's GPUs and the policy's scalable node pools; Ray: "
         "the Ray cluster's CPU nodes and GPU pool).",
     )
     def pool_limits(context: dg.SensorEvaluationContext, policy: PolicyResource):

@@ -5,6 +5,10 @@ started"). The tag names live here only; `started_because` builds the pair."""
 TRIGGER_TAG = "unified-ai/trigger"
 REASON_TAG = "unified-ai/reason"
 SOURCE_TAG = "unified-ai/source"  # who asked for a rollback (cli, sensor:live-performance)
+# Which run queue limit a run counts against (the instance's tag_concurrency_limits): report
+# runs are capped below the run slots, so reports waiting for a core never hold them all.
+RUN_QUEUE_TAG = "unified-ai/queue"
+REPORT_QUEUE = "reports"
 # Dagster keeps tag values short in the UI's run list; longer reasons are cut, not refused.
 MAX_REASON = 1000
 

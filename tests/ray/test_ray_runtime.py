@@ -355,7 +355,7 @@ def test_pool_limits_come_from_the_ray_cluster_not_this_host(
         assert f"(from the Ray cluster at {ray_cluster.address})" in first.skip_reason.skip_message
         limits = {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()
                   if not p.from_default}
-        assert limits == {"light-pool": 8, "cpu-pool": 2, "gpu-pool": 1}
+        assert limits == {"light-pool": 8, "cpu-pool": 2, "gpu-pool": 1, "report-pool": 3}
         skipped = tick(f"http://127.0.0.1:{free_port()}")
         assert "did not answer" in skipped.skip_message
         assert {p.name: p.limit for p in instance.event_log_storage.get_pool_limits()

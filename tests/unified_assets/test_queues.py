@@ -2,14 +2,25 @@
 ahead of training, and every run (automation included) saying why it started."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import pytest
+import yaml
 
 import unified_assets.placement.probe as probe
-from unified_assets.compute import CPU_LIGHT, CPU_TRAINING, GPU_TRAINING, pool_slots
+from unified_assets.compute import (
+    CPU_LIGHT,
+    CPU_REPORT,
+    CPU_TRAINING,
+    GPU_TRAINING,
+    cluster_pool_slots,
+    pool_slots,
+    ray_pool_slots,
+)
 from unified_assets.definitions import build_definitions
 from unified_assets.placement.snapshot import CudaDevice
+from unified_assets.run_tags import REPORT_QUEUE, RUN_QUEUE_TAG
 
 
 def _pool(defs: dg.Definitions, asset: str) -> str | None:
@@ -18,10 +29,15 @@ def _pool(defs: dg.Definitions, asset: str) -> str | None:
 
 def test_each_kind_of_work_has_its_own_pool(settings):
     defs = build_definitions(settings)
-    assert {CPU_LIGHT.pool, CPU_TRAINING.pool, GPU_TRAINING.pool} == \
-        {"light-pool", "cpu-pool", "gpu-pool"}
-    for light in ("landed_batch", "batch_drift", "drift_report", "approval", "production_model"):
+    assert {CPU_LIGHT.pool, CPU_TRAINING.pool, GPU_TRAINING.pool, CPU_REPORT.pool} == \
+        {"light-pool", "cpu-pool", "gpu-pool", "report-pool"}
+    for light in ("landed_batch", "batch_drift", "approval", "production_model"):
         assert _pool(defs, light) == "light-pool", light
+    # Evidently's reports keep a core busy for seconds each: not light work, and never in the
+    # pool that ingestion, judgement and decisions wait on.
+    for report in ("drift_report", "quality_report_sklearn", "quality_report_torch"):
+        assert _pool(defs, report) == "report-pool", report
+        assert defs.resolve_assets_def(report).op.tags["unified-ai/profile"] == "cpu-report"
     assert _pool(defs, "model_sklearn") == "cpu-pool"
     assert _pool(defs, "model_torch") == "gpu-pool"
 
@@ -29,9 +45,14 @@ def test_each_kind_of_work_has_its_own_pool(settings):
 def test_slots_follow_the_machine():
     # Light steps ask for half a core, CPU training for two, GPU training for one device;
     # without a GPU the GPU pool keeps one slot for its CPU fallback.
-    assert pool_slots(2, 0) == {"light-pool": 4, "cpu-pool": 1, "gpu-pool": 1}
-    assert pool_slots(16, 2) == {"light-pool": 32, "cpu-pool": 8, "gpu-pool": 2}
+    # Reports take a core each and leave one to the lifecycle (at least one report slot).
+    assert pool_slots(2, 0) == {"light-pool": 4, "cpu-pool": 1, "gpu-pool": 1, "report-pool": 1}
+    assert pool_slots(16, 2) == {"light-pool": 32, "cpu-pool": 8, "gpu-pool": 2,
+                                 "report-pool": 15}
     assert pool_slots(1, 0)["cpu-pool"] == 1
+    assert pool_slots(1, 0)["report-pool"] == 1
+    assert ray_pool_slots(4.0, 1.0)["report-pool"] == 3
+    assert set(cluster_pool_slots(0, 0)) == set(pool_slots(2, 0))
 
 
 def _limits(instance: dg.DagsterInstance) -> dict[str, int]:
@@ -56,16 +77,17 @@ def test_pool_limits_sensor_sizes_the_instance_pools_and_respects_an_operator(
         settings, instance, eight_cores_two_gpus):
     defs = build_definitions(settings)
     first = _pool_tick(defs, instance)
-    assert _limits(instance) == {"light-pool": 16, "cpu-pool": 4, "gpu-pool": 2}
+    derived = {"light-pool": 16, "cpu-pool": 4, "gpu-pool": 2, "report-pool": 7}
+    assert _limits(instance) == derived
     # The cursor holds the limits the sensor set (and so owns); no run is ever requested.
-    assert json.loads(first.cursor) == {"light-pool": 16, "cpu-pool": 4, "gpu-pool": 2}
+    assert json.loads(first.cursor) == derived
     assert not first.run_requests
     # An operator lowers the GPU pool by hand: the next tick keeps it and says so.
     instance.event_log_storage.set_concurrency_slots("gpu-pool", 1)
     second = _pool_tick(defs, instance, first.cursor)
     assert _limits(instance)["gpu-pool"] == 1
     # Kept as the operator set it: no longer the sensor's own, the other pools still are.
-    assert json.loads(second.cursor) == {"light-pool": 16, "cpu-pool": 4}
+    assert json.loads(second.cursor) == {"light-pool": 16, "cpu-pool": 4, "report-pool": 7}
     # Pools reset (a fresh instance, a deleted limit): set again.
     instance.event_log_storage.delete_concurrency_limit("cpu-pool")
     _pool_tick(defs, instance, second.cursor)
@@ -97,3 +119,37 @@ def test_automation_runs_carry_a_trigger_tag(settings):
     # request; the schedule and the automation sensor set it here).
     for schedule in defs.schedules or []:
         assert schedule.tags["unified-ai/trigger"] == "schedule"
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _report_run_limits() -> dict[str, tuple[int, int]]:
+    """Per instance config we ship: (report runs allowed at once, runs allowed at once)."""
+    out = {}
+    for name in ("deploy/local/dagster.yaml", "deploy/stack/dagster.yaml", "deploy/dagster.yaml"):
+        runs = yaml.safe_load((ROOT / name).read_text())["concurrency"]["runs"]
+        out[name] = (_tag_limit(runs.get("tag_concurrency_limits", [])),
+                     runs["max_concurrent_runs"])
+    coordinator = yaml.safe_load((ROOT / "deploy/helm/values.yaml").read_text())[
+        "dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    out["deploy/helm/values.yaml"] = (_tag_limit(coordinator.get("tagConcurrencyLimits", [])),
+                                      coordinator["maxConcurrentRuns"])
+    return out
+
+
+def _tag_limit(limits: list[dict]) -> int | None:
+    return next((limit["limit"] for limit in limits
+                 if limit["key"] == RUN_QUEUE_TAG and limit.get("value") == REPORT_QUEUE), None)
+
+
+def test_report_runs_never_hold_every_run_slot(settings):
+    """A report run waiting for a report-pool slot still holds a run slot: without a cap, a
+    landing of many batches fills the run queue's slots with reports and the next ingestion,
+    retrain or rollback waits behind them."""
+    defs = build_definitions(settings)
+    assert defs.resolve_sensor_def("report_automation").run_tags[RUN_QUEUE_TAG] == REPORT_QUEUE
+    assert RUN_QUEUE_TAG not in defs.resolve_sensor_def("lifecycle_automation").run_tags
+    for name, (reports, runs) in _report_run_limits().items():
+        assert reports is not None, f"{name}: no run limit for {RUN_QUEUE_TAG}={REPORT_QUEUE}"
+        assert 1 <= reports < runs, name

@@ -14,7 +14,7 @@ from resources.policy import PolicyResource
 from unified_assets.assets.data import LANDED_BATCH, batch_passed, landed_batch
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.quality_report import REPORT_TAG
-from unified_assets.compute import CPU_LIGHT
+from unified_assets.compute import CPU_REPORT
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, placement_metadata, rounded
 from unified_assets.partitions import BATCHES, partition_result, values_by_partition
 
@@ -54,7 +54,7 @@ REPORTS_PER_RUN = 25
         "agreement."
     ),
     automation_condition=dg.AutomationCondition.eager(),
-    **CPU_LIGHT.asset_kwargs(),
+    **CPU_REPORT.asset_kwargs(),
 )
 def drift_report(
     context: dg.AssetExecutionContext,
@@ -74,7 +74,7 @@ def drift_report(
                if values_io_manager.exists(LANDED_BATCH, b)] if version is not None else []
     columns = spec.numeric_features + spec.categorical_features
     reference = _read_frames(values_io_manager, batches, columns) if batches else None
-    where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
+    where = placement_metadata(context, CPU_REPORT, policy.policy.placement)
     missing = []
     for batch in context.partition_keys:
         if batch not in frames or not batch_passed(context.instance, batch):

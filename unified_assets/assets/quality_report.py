@@ -13,7 +13,7 @@ import dagster as dg
 from resources.mlflow_registry import MlflowRegistry
 from resources.policy import PolicyResource
 from unified_assets.candidates import Candidate
-from unified_assets.compute import CPU_LIGHT
+from unified_assets.compute import CPU_REPORT
 from unified_assets.metadata import OWNERS, placement_metadata
 from unified_assets.ml.training_data import TrainingSet
 from unified_assets.values import EvaluationReport
@@ -54,7 +54,7 @@ def build_quality_report_asset(candidate: Candidate) -> dg.AssetsDefinition:
             "does not wait for it (report automation builds it after each evaluation)."
         ),
         automation_condition=dg.AutomationCondition.eager(),
-        **CPU_LIGHT.asset_kwargs(),
+        **CPU_REPORT.asset_kwargs(),
     )
     def _quality_report(
         context: dg.AssetExecutionContext,
@@ -63,7 +63,7 @@ def build_quality_report_asset(candidate: Candidate) -> dg.AssetsDefinition:
         mlflow_registry: MlflowRegistry,
         policy: PolicyResource,
     ) -> dg.MaterializeResult:
-        placement = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
+        placement = placement_metadata(context, CPU_REPORT, policy.policy.placement)
         if evaluation.error or evaluation.version is None:
             return dg.MaterializeResult(metadata={
                 "summary": dg.MetadataValue.text(

@@ -4,7 +4,7 @@ one policy file (`unified_assets.policy.load_policy`), whose errors name each of
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -64,12 +64,29 @@ class ScalableNodePool(_Strict):
     accelerator: str | None = None
 
 
+# Profile -> the profile whose rule it follows when the policy names none for it.
+FOLLOWS = {"cpu-report": "cpu-light"}
+
+
 class PlacementPolicy(_Strict):
     profiles: dict[str, ProfileRule]
     scalable_node_pools: dict[str, ScalableNodePool] = Field(
         default_factory=dict,
         description="Node pools that can add GPU nodes: an empty or full pool then means wait "
                     "for the autoscaler rather than unavailable.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _followers_take_their_rule(cls, data: Any) -> Any:
+        """A profile added after a policy was written (FOLLOWS) is placed by the rule of the
+        profile it follows until the policy names its own: no step fails for want of a rule."""
+        profiles = data.get("profiles") if isinstance(data, dict) else None
+        if isinstance(profiles, dict):
+            followers = {name: profiles[source] for name, source in FOLLOWS.items()
+                         if name not in profiles and source in profiles}
+            if followers:
+                data = {**data, "profiles": {**profiles, **followers}}
+        return data
 
     @model_validator(mode="after")
     def _larger_profiles_known(self) -> PlacementPolicy:
@@ -85,6 +102,7 @@ class PlacementPolicy(_Strict):
 DEFAULT_POLICY = PlacementPolicy(
     profiles={
         "cpu-light": ProfileRule(targets=("cpu",), on_unavailable="wait"),
+        "cpu-report": ProfileRule(targets=("cpu",), on_unavailable="wait"),
         "cpu-training": ProfileRule(targets=("cpu",), on_unavailable="wait"),
         "gpu-training": ProfileRule(
             targets=("gpu", "cpu"),

@@ -77,3 +77,15 @@ def test_default_policy_matches_the_profiles():
 def test_policy_is_immutable():
     with pytest.raises(Exception, match="frozen"):
         DEFAULT_POLICY.profiles["gpu-training"].on_unavailable = "wait"
+
+
+def test_reports_follow_the_light_rule_unless_the_policy_names_their_own():
+    """cpu-report came after policies were written: one without a rule for it places reports
+    as it places light steps, rather than failing every report step."""
+    light = {"targets": ["cpu"], "on_unavailable": "wait", "on_oom_profile": "cpu-training"}
+    written = {"cpu-light": light, "cpu-training": {"targets": ["cpu"]}}
+    policy = placement_policy({"profiles": written})
+    assert policy.profiles["cpu-report"] == policy.profiles["cpu-light"]
+    own = placement_policy({"profiles": {**written, "cpu-report": {"targets": ["cpu"]}}})
+    assert own.profiles["cpu-report"].on_oom_profile is None
+    assert "cpu-report" in shipped_policy()["placement"]["profiles"]
