@@ -164,9 +164,9 @@ def test_only_a_dagster_step_command_is_ever_served() -> None:
     assert not ray_warm.is_dagster_step([sys.executable, "-m", "dagster", "api", "execute_run"])
 
 
-def test_a_socket_folder_others_can_open_is_refused(tmp_path: Path,
+def test_a_socket_folder_others_can_open_is_refused(sockets: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = tmp_path / "sockets"
+    folder = sockets  # short: under pytest-xdist, tmp_path is too long for a socket path
     monkeypatch.setenv(ray_warm.DIR_ENV, str(folder))
     folder.mkdir(mode=0o755)
     folder.chmod(0o755)
@@ -175,7 +175,7 @@ def test_a_socket_folder_others_can_open_is_refused(tmp_path: Path,
     folder.chmod(0o700)
     assert ray_warm.socket_dir() == folder
     folder.rmdir()
-    folder.symlink_to(tmp_path, target_is_directory=True)  # a link to a folder is not one
+    folder.symlink_to(folder.parent, target_is_directory=True)  # a link to a folder is not one
     with pytest.raises(ray_warm.WarmUnavailable):
         ray_warm.socket_dir()
 
