@@ -14,6 +14,7 @@ from typing import Any
 import dagster as dg
 import pytest
 from dagster._core.execution.job_execution_result import JobExecutionResult
+from dagster._core.execution.plan.objects import ErrorSource
 
 from tests.ray import ray_defs
 from tests.ray.conftest import RayTestCluster
@@ -459,8 +460,11 @@ def test_stopping_a_warm_steps_ray_job_ends_the_step(
     result = run.join()
     assert not result.success
     failures = step_events(ray_instance, result.run_id, dg.DagsterEventType.STEP_FAILURE, "gpu_a")
-    assert f"Ray job {held.submission_id} for step gpu_a was stopped" in \
-        failures[-1].step_failure_data.error.message
+    # Ray marks the job STOPPED only once its entrypoint exited, so which says it first is a
+    # race: the step, interrupted by the stop signal Ray sent, or the handler seeing STOPPED.
+    said = failures[-1].step_failure_data
+    assert said.error_source == ErrorSource.INTERRUPT or \
+        f"Ray job {held.submission_id} for step gpu_a was stopped" in said.error.message, said
     deadline = time.monotonic() + PATIENCE_S
     while True:  # ended by the server once its client went away (SIGTERM, then SIGKILL)
         try:
