@@ -17,7 +17,7 @@ from unified_assets.serving.decide import (
     decide,
     parse_request,
 )
-from unified_assets.serving.profiles import MAX_ONGOING_REQUESTS, ServingRules, serving_placement
+from unified_assets.serving.profiles import MAX_ONGOING_REQUESTS, ServingRules
 from unified_assets.serving.routing import ESCALATE as PLAN_ESCALATE
 from unified_assets.serving.routing import TWIN, WAIT, LiveView, plan_request
 
@@ -133,8 +133,9 @@ ALL_UP = {"Classifier": 1, "Retriever": 1, "Explainer": 1, "FraudModel": 1, "Sup
 def _policy(on_unavailable: str) -> PlacementPolicy:
     rule = ProfileRule(targets=("gpu", "cpu") if on_unavailable == "degrade_to_cpu" else ("gpu",),
                        on_unavailable=on_unavailable)
-    return serving_placement(DEFAULT_POLICY.model_copy(update={"profiles": {
-        **DEFAULT_POLICY.profiles, "gpu-training": rule}}))
+    written = DEFAULT_POLICY.model_dump(exclude={"profiles": {"serve-cpu", "serve-gpu"}})
+    return PlacementPolicy.model_validate({**written, "profiles": {**written["profiles"],
+                                                                   "gpu-training": rule}})
 
 
 @pytest.mark.parametrize("rule, action, says", [

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 Target = Literal["gpu", "cpu"]
 OnUnavailable = Literal["degrade_to_cpu", "wait", "fail_and_escalate"]
@@ -64,8 +64,10 @@ class ScalableNodePool(_Strict):
     accelerator: str | None = None
 
 
-# Profile -> the profile whose rule it follows when the policy names none for it.
-FOLLOWS = {"cpu-report": "cpu-light"}
+# Profile -> the profile whose rule it follows when the policy names none for it: profiles
+# added after a policy was written (reports; the serving replicas of request time) are placed
+# by the rule of the work they are like, so no step or replica fails for want of a rule.
+FOLLOWS = {"cpu-report": "cpu-light", "serve-cpu": "cpu-light", "serve-gpu": "gpu-training"}
 
 
 class PlacementPolicy(_Strict):
@@ -74,19 +76,27 @@ class PlacementPolicy(_Strict):
         default_factory=dict,
         description="Node pools that can add GPU nodes: an empty or full pool then means wait "
                     "for the autoscaler rather than unavailable.")
+    _followed: dict[str, str] = PrivateAttr(default_factory=dict)  # filled from FOLLOWS
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _followers_take_their_rule(cls, data: Any) -> Any:
-        """A profile added after a policy was written (FOLLOWS) is placed by the rule of the
-        profile it follows until the policy names its own: no step fails for want of a rule."""
+    def _followers_take_their_rule(cls, data: Any, handler: Any) -> PlacementPolicy:
+        """Fill in the rule of each FOLLOWS profile the policy does not name, from the profile
+        it follows, and remember it, so placement reasons point at the key that decided."""
         profiles = data.get("profiles") if isinstance(data, dict) else None
-        if isinstance(profiles, dict):
-            followers = {name: profiles[source] for name, source in FOLLOWS.items()
-                         if name not in profiles and source in profiles}
-            if followers:
-                data = {**data, "profiles": {**profiles, **followers}}
-        return data
+        followed = {} if not isinstance(profiles, dict) else {
+            name: source for name, source in FOLLOWS.items()
+            if name not in profiles and source in profiles}
+        if followed:
+            data = {**data, "profiles": {**profiles, **{n: profiles[s] for n, s in followed.items()}}}
+        policy = handler(data)
+        if followed:
+            policy._followed = followed
+        return policy
+
+    def rule_key(self, profile: str) -> str:
+        """The key of the policy as written whose rule places `profile`."""
+        return f"profiles.{self._followed.get(profile, profile)}"
 
     @model_validator(mode="after")
     def _larger_profiles_known(self) -> PlacementPolicy:

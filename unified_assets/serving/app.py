@@ -238,7 +238,6 @@ class SupportIngress:
 
     def reconfigure(self, config: dict) -> None:
         from unified_assets.placement.policy import DEFAULT_POLICY, PlacementPolicy
-        from unified_assets.serving.profiles import serving_placement
 
         self.rules = ServingRules(**config["rules"])
         # The fraud breaker starts closed when its limits or the service's URL change.
@@ -248,7 +247,7 @@ class SupportIngress:
         # The policy's placement rules as the deployment read them; a hand-written config
         # (deploy/ray/rayservice.yaml) may leave them out: the shipped rules then apply.
         self.placement = (PlacementPolicy.model_validate(config["placement_policy"])
-                          if config.get("placement_policy") else serving_placement(DEFAULT_POLICY))
+                          if config.get("placement_policy") else DEFAULT_POLICY)
         self.deployed: dict[str, dict] = config["placements"]
         if config.get("decisions_url") != self.config.get("decisions_url"):
             self.store = None

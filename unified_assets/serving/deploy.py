@@ -39,8 +39,6 @@ from unified_assets.serving.profiles import (
     PARTS,
     SUPPORT_APP,
     ServingRules,
-    rule_source,
-    serving_placement,
 )
 
 APPLICATIONS_PATH = "/api/serve/applications/"
@@ -123,10 +121,10 @@ class ServingPlan:
 # placement -------------------------------------------------------------------------------
 
 
-def place_parts(capacity: RayCapacity, written: PlacementPolicy) -> dict[str, Decision]:
+def place_parts(capacity: RayCapacity, placement: PlacementPolicy) -> dict[str, Decision]:
     """Each part's deploy-time placement by the planner: CPU parts on CPU; the explainer on
     the GPU pool when a node there has a GPU free, else as the profile's rule says."""
-    snapshot, placement = CapacitySnapshot(ray=capacity), serving_placement(written)
+    snapshot = CapacitySnapshot(ray=capacity)
     return {part: decide(StepRequirement(part, profile), snapshot, placement)
             for part, (_, profile, _) in PARTS.items()}
 
@@ -160,13 +158,12 @@ def placement_record(decision: Decision, rule: str) -> dict:
 
 
 def serve_config(plan: ServingPlan, decisions: dict[str, Decision], capacity: RayCapacity,
-                 written: PlacementPolicy, extra_apps: tuple[dict, ...] = ()) -> dict:
-    """The Serve config (REST API / RayService `serveConfigV2`) of both applications;
-    `written` is the policy's placement section as written (rules per profile)."""
-    placement = serving_placement(written)
+                 placement: PlacementPolicy, extra_apps: tuple[dict, ...] = ()) -> dict:
+    """The Serve config (REST API / RayService `serveConfigV2`) of both applications, with
+    the policy's placement rules (serving's own, or those they follow)."""
     store = dict(plan.store)
     fraud = {**plan.fraud_model.as_dict(), "numeric": plan.numeric, "categorical": plan.categorical}
-    placements = {part: placement_record(d, rule_source(written, d.profile.name))
+    placements = {part: placement_record(d, placement.rule_key(d.profile.name))
                   for part, d in decisions.items()}
     user_configs = {
         "ingress": {"rules": plan.rules.model_dump(mode="json"), "fraud_url": plan.resolved_fraud_url,

@@ -3,8 +3,8 @@ is decided by. Plain data: the code location, the deployer and the replicas all 
 
 The policy file's `placement.profiles` may hold rules for `serve-cpu` and `serve-gpu`; when
 it does not, they follow the rules of `cpu-light` and `gpu-training` (the same promise: CPU
-work waits for a slot, the GPU part degrades to CPU, waits or escalates as the policy says),
-so the shipped policy places serving without a new section."""
+work waits for a slot, the GPU part degrades to CPU, waits or escalates as the policy says;
+`placement.policy.FOLLOWS`), so the shipped policy places serving without a new section."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from unified_assets.compute import ComputeProfile
-from unified_assets.placement.policy import PlacementPolicy
 
 # Replicas answer requests: small and latency-bound, unlike the batch profiles of training.
 SERVE_CPU = ComputeProfile(name="serve-cpu", device="cpu", cpu="250m", memory="512Mi",
@@ -21,8 +20,6 @@ SERVE_CPU = ComputeProfile(name="serve-cpu", device="cpu", cpu="250m", memory="5
 SERVE_GPU = ComputeProfile(name="serve-gpu", device="gpu", cpu="500m", memory="1Gi", gpus=1,
                            latency="interactive")
 SERVE_PROFILES = {p.name: p for p in (SERVE_CPU, SERVE_GPU)}
-# Whose placement rule a serving profile follows when the policy names none for it.
-RULE_OF = {SERVE_CPU.name: "cpu-light", SERVE_GPU.name: "gpu-training"}
 
 # The parts of one request: Serve deployment name, compute profile, Serve application.
 SUPPORT_APP, FRAUD_APP = "support", "fraud"
@@ -37,23 +34,6 @@ PARTS: dict[str, tuple[str, ComputeProfile, str]] = {
 # the policy's autoscaling targets must stay below them (unified_assets/policy.py).
 MAX_ONGOING_REQUESTS: dict[str, int] = {"SupportIngress": 64, "Classifier": 16,
                                         "Retriever": 32, "Explainer": 8, "FraudModel": 32}
-
-
-def serving_placement(placement: PlacementPolicy) -> PlacementPolicy:
-    """The policy's placement rules with `serve-cpu` and `serve-gpu` filled in from the rules
-    they follow when the policy has none of their own."""
-    profiles = dict(placement.profiles)
-    for name, source in RULE_OF.items():
-        if name not in profiles and source in profiles:
-            profiles[name] = profiles[source]
-    return placement.model_copy(update={"profiles": profiles})
-
-
-def rule_source(placement: PlacementPolicy, profile: str) -> str:
-    """Which key of the policy as written a serving profile's rule comes from (pass the
-    policy before `serving_placement`), for the placement reasons."""
-    own = profile in placement.profiles
-    return f"profiles.{profile}" if own else f"profiles.{RULE_OF.get(profile, profile)}"
 
 
 class ServingRules(BaseModel):

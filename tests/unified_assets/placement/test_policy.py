@@ -64,8 +64,11 @@ def test_policy_from_yaml(tmp_path):
 
 
 def test_default_policy_matches_the_profiles():
-    assert set(DEFAULT_POLICY.profiles) == set(PROFILES)
-    for name, profile in PROFILES.items():
+    from unified_assets.serving.profiles import SERVE_PROFILES
+
+    # Every batch profile has its rule; the request-time replicas follow one (FOLLOWS).
+    assert set(DEFAULT_POLICY.profiles) == set(PROFILES) | set(SERVE_PROFILES)
+    for name, profile in {**PROFILES, **SERVE_PROFILES}.items():
         rule = DEFAULT_POLICY.profiles[name]
         assert profile.device in rule.targets, name
     gpu = DEFAULT_POLICY.profiles["gpu-training"]
@@ -79,13 +82,25 @@ def test_policy_is_immutable():
         DEFAULT_POLICY.profiles["gpu-training"].on_unavailable = "wait"
 
 
-def test_reports_follow_the_light_rule_unless_the_policy_names_their_own():
-    """cpu-report came after policies were written: one without a rule for it places reports
-    as it places light steps, rather than failing every report step."""
-    light = {"targets": ["cpu"], "on_unavailable": "wait", "on_oom_profile": "cpu-training"}
-    written = {"cpu-light": light, "cpu-training": {"targets": ["cpu"]}}
-    policy = placement_policy({"profiles": written})
-    assert policy.profiles["cpu-report"] == policy.profiles["cpu-light"]
-    own = placement_policy({"profiles": {**written, "cpu-report": {"targets": ["cpu"]}}})
-    assert own.profiles["cpu-report"].on_oom_profile is None
+@pytest.mark.parametrize("follower, source", [
+    ("cpu-report", "cpu-light"), ("serve-cpu", "cpu-light"), ("serve-gpu", "gpu-training")])
+def test_later_profiles_follow_a_rule_unless_the_policy_names_their_own(follower, source):
+    """cpu-report (reports) and serve-cpu / serve-gpu (request-time replicas) came after
+    policies were written: one without a rule for them places them as it places the work they
+    are like, rather than failing every such step, and the reason names the key that decided."""
+    rules = {"cpu-light": {"targets": ["cpu"], "on_unavailable": "wait",
+                           "on_oom_profile": "cpu-training"},
+             "cpu-training": {"targets": ["cpu"]},
+             "gpu-training": {"targets": ["gpu"], "on_unavailable": "fail_and_escalate"}}
+    policy = placement_policy({"profiles": rules})
+    assert policy.profiles[follower] == policy.profiles[source]
+    assert policy.rule_key(follower) == f"profiles.{source}"
+    assert policy.model_copy().rule_key(follower) == f"profiles.{source}"
+    own = placement_policy({"profiles": {**rules, follower: {"targets": ["cpu"]}}})
+    assert own.profiles[follower] != own.profiles[source]
+    assert own.rule_key(follower) == f"profiles.{follower}"
+    assert own.rule_key(source) == f"profiles.{source}"
+
+
+def test_the_shipped_policy_names_the_report_rule():
     assert "cpu-report" in shipped_policy()["placement"]["profiles"]
