@@ -151,9 +151,34 @@ def under_dagster(home: Path, staging: Path, names: list[str], timeout: float) -
             out["runs"] = {job: len(instance.get_run_records(dg.RunsFilter(
                 job_name=job, created_after=since), limit=5000)) for job in
                 ("ingest_batch", "__ASSET_JOB")}
+            out["timeline"] = timeline(instance, since)
     finally:
         stop_group(process)
     return out
+
+
+def timeline(instance, since: datetime.datetime) -> list[str]:
+    """Where the window went: each run created in it, seconds from the clock's start to its
+    creation, start and end, and its steps' durations (from Dagster's own step stats)."""
+    import dagster as dg
+
+    zero = since.timestamp()
+    lines = []
+    for record in sorted(instance.get_run_records(dg.RunsFilter(created_after=since),
+                                                  limit=5000),
+                         key=lambda r: r.create_timestamp.timestamp()):
+        run = record.dagster_run
+        at = [f"{t - zero:6.1f}" if t else "     -" for t in
+              (record.create_timestamp.timestamp(), record.start_time, record.end_time)]
+        steps = ", ".join(f"{s.step_key} {s.end_time - s.start_time:.1f}s"
+                          for s in instance.get_run_step_stats(run.run_id)
+                          if s.start_time and s.end_time)
+        what = run.tags.get("dagster/asset_partition_range_start", "")
+        if what:
+            what += ".." + run.tags.get("dagster/asset_partition_range_end", "")
+        lines.append(f"  {run.job_name:<14} {what:<28} created {at[0]} started {at[1]} "
+                     f"ended {at[2]} {run.status.value:<8} {steps}")
+    return lines
 
 
 def plain(home: Path, names: list[str], seeded: Path) -> float:
@@ -199,6 +224,8 @@ def main() -> None:
     print(f"champion and idle after {run['champion_and_idle_s']:.1f}s; {len(names)} batches x "
           f"{args.rows} rows judged under Dagster in {run['dagster_s']:.1f}s "
           f"(runs: {run['runs']}); plain loop {plain_s:.1f}s")
+    print("runs in the window (seconds from the clock's start):")
+    print("\n".join(run["timeline"]))
     print(f"landing_ratio={ratio:.2f} batches_per_min={per_min:.1f}")
 
 
