@@ -35,6 +35,11 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 GENESIS = "0" * 64
+# Every kind of incident the project records (`record_incident` refuses any other, so the CLI's
+# `incidents --kind` choices are the whole list).
+INCIDENT_KINDS = ("run_failure", "rollback", "refusal", "live_regression", "escalation",
+                  "registry_fault", "champion_missing", "champion_unusable", "alias_drift",
+                  "audit_failure")
 LOCK_TIMEOUT_S = 60.0
 # record kinds in the log
 EVENT, CHANGE, OUTCOME, INCIDENT = "event", "change", "outcome", "incident"
@@ -302,6 +307,8 @@ class DecisionStore(dg.ConfigurableResource):
 
     def record_incident(self, *, kind: str, model_name: str | None, actor: str | None,
                         reason: str | None, details: dict | None = None) -> int:
+        if kind not in INCIDENT_KINDS:
+            raise ValueError(f"{kind!r} is not an incident kind ({', '.join(INCIDENT_KINDS)})")
         row_id, _ = self._append(INCIDENT, dict(kind=kind, actor=actor, reason=reason,
                                                 created_at=_iso(_now()), details=details or {}),
                                  model_name=model_name)

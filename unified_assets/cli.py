@@ -250,6 +250,21 @@ def _keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys_show(args: argparse.Namespace) -> int:
+    from unified_assets.services.identity import IdentityError, load_private_key, public_key_text
+
+    path = Path(args.out).expanduser() / f"{args.name}.key"
+    try:
+        public = public_key_text(load_private_key(path))
+    except IdentityError as error:
+        print(f"no key shown: {error}", file=sys.stderr)
+        return 1
+    print(f"private key: {path}")
+    print("its line under `approval: keys:` in the policy:")
+    print(f'    {args.name}: "{public}"')
+    return 0
+
+
 def _sign(args: argparse.Namespace) -> int:
     from unified_assets.services.identity import SIGNING_KEY_ENV, IdentityError, sign
 
@@ -461,7 +476,9 @@ def _render_answer(answer: dict) -> str:
         ran = part.get("ran_on") or {}
         where = f"node {ran['node']}" + (f" gpu {','.join(ran['gpu_ids'])}" if ran.get("gpu_ids")
                                           else "") if ran else part.get("where", "-")
-        device = f" {part['device']}" if part.get("device") else ""
+        # The device the part's torch code used, where it is not just its target again.
+        device = f" (torch on {part['device']})" if part.get("device") not in (
+            None, "", part.get("target")) else ""
         state = "ok" if part.get("ok") else f"FAILED {part.get('error', '')}"
         lines.append(f"  {part['part']:9s} {part.get('target', '-'):4s} {where}{device}  "
                      f"{part.get('latency_ms', 0):.0f} ms  {state}  ({part.get('reason', '')})")
@@ -469,6 +486,18 @@ def _render_answer(answer: dict) -> str:
         lines.append(f"fallbacks: {'; '.join(answer['fallbacks'])}")
     lines.append(f"request {answer['request_id']} in {answer['latency_ms']:.0f} ms")
     return "\n".join(lines)
+
+
+def _serving_stop(args: argparse.Namespace) -> int:
+    from unified_assets.serving.deploy import stop_local_ray
+    from unified_assets.settings import load_settings
+
+    home = load_settings().home
+    if stop_local_ray(home):
+        print(f"stopped the local Ray instance of {home} (serving ends with it)")
+    else:
+        print(f"no local Ray instance recorded for {home}: nothing to stop")
+    return 0
 
 
 def _cases(args: argparse.Namespace) -> int:
@@ -520,6 +549,7 @@ decide and audit:
 serve:
   unified-ai ask "where is my refund?" --customer 42   the deployed support workflow
   unified-ai cases | cases resolve ID --by NAME --answer TEXT
+  unified-ai serving stop                 the local Ray instance `serving` started
 `unified-ai COMMAND --help` for a command's options."""
 
 
@@ -594,6 +624,11 @@ def build_parser() -> argparse.ArgumentParser:
     new_key.add_argument("--out", default=str(Path("~/.unified-ai/keys")),
                          help="folder for NAME.key (default: ~/.unified-ai/keys)")
     new_key.set_defaults(run=_keys_new)
+    show_key = keys.add_parser("show", help="print the policy line of an existing key again")
+    show_key.add_argument("name", help="the person, as the policy names them")
+    show_key.add_argument("--out", default=str(Path("~/.unified-ai/keys")),
+                          help="folder of NAME.key (default: ~/.unified-ai/keys)")
+    show_key.set_defaults(run=_keys_show)
 
     sign = commands.add_parser("sign", help="print a signed decision to paste in the UI launchpad")
     sign_actions = sign.add_subparsers(dest="action", required=True)
@@ -617,12 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="audit_command", required=True)
     audit.add_parser("verify", help="verify the hash chain of the whole decision log"
                      ).set_defaults(run=_audit_verify)
+    from resources.decision_store import INCIDENT_KINDS
+
     incidents = commands.add_parser("incidents", help="run failures, rollbacks, refusals, "
                                     "live regressions, registry faults")
-    incidents.add_argument("--kind", default=None,
-                           help="run_failure | rollback | refusal | live_regression | escalation "
-                           "| registry_fault | champion_missing | champion_unusable | alias_drift "
-                           "| audit_failure")
+    incidents.add_argument("--kind", default=None, choices=INCIDENT_KINDS,
+                           metavar="{" + ",".join(INCIDENT_KINDS) + "}")
     incidents.add_argument("--last", type=int, default=20, help="how many of the newest (0: all)")
     incidents.set_defaults(run=_incidents)
 
@@ -652,6 +687,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=60.0)
     ask.add_argument("--json", action="store_true", help="print the whole JSON answer")
     ask.set_defaults(run=_ask)
+    serving = commands.add_parser("serving", help="the local Ray instance `serving` started"
+                                  ).add_subparsers(dest="serving_command", required=True)
+    serving.add_parser("stop", help="stop the local Ray instance this home's `serving` started "
+                       "(its process group only)").set_defaults(run=_serving_stop)
     cases = commands.add_parser("cases", help="escalated support requests (open ones by default)")
     cases.add_argument("--all", action="store_true", help="resolved cases too")
     cases.set_defaults(run=_cases)
@@ -691,6 +730,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except configuration_errors() as error:  # a setting, file or spec that cannot be used
         print(f"unified-ai {args.command}: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.filename is None:
+            raise  # not a path the user gave (a network error says more with its trace)
+        # A path the user gave that cannot be used (--out naming a file, a folder without
+        # permission): one line naming it, as `mkdir` says it, and nothing written.
+        print(f"unified-ai {args.command}: cannot use {error.filename}: "
+              f"{error.strerror or error}", file=sys.stderr)
         return 2
 
 

@@ -323,3 +323,21 @@ def test_every_serving_node_runs_serve_in_the_products_mode():
     assert local["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "1" and local["PATH"] == "/bin"
     assert deploy.local_ray_env({"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0"})[
         "RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"  # the user's choice wins
+
+
+@pytest.mark.parametrize(("feature", "value", "shows"), [
+    ("amount", 18.98, "$18.98"), ("avg_amount_30d", 18.92, "$18.92"),
+    ("account_age_days", 331, "331 days"), ("device_trust_score", 0.91, "0.91"),
+    ("merchant_category", "grocery", "grocery"), ("distance_from_home_km", 3.0, "3 km"),
+])
+def test_an_explanation_states_the_value_not_a_judgement_the_model_did_not_make(
+        feature, value, shows):
+    """Found: "the account is young (331 days)" and "it differed from your usual spending
+    ($18.92 on average)" about an $18.98 payment. An attribution says a feature raised the
+    score against the reference, not that its value is young, high or unusual."""
+    from unified_assets.serving.explain import reason
+
+    said = reason(feature, value, {"amount": 18.98, "avg_amount_30d": 18.92})
+    assert shows in said, said
+    for judgement in ("young", "high", "low", "differed", "usual", "more fraud"):
+        assert judgement not in said, said

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,93 @@ def test_every_refusal_the_cli_reports_is_listed_by_incidents(home, capsys):
     assert main(["incidents", "--kind", "refusal"]) == 0
     listed = capsys.readouterr().out
     assert "refusal" in listed and "by mallory: approve refused:" in listed, listed
+
+
+@pytest.mark.parametrize(("argv", "names"), [
+    (["generate", "--out", "{file}", "--batches", "1"], "{file}"),
+    (["k8s-manifests", "--out", "{file}"], "{file}"),
+    (["byo-example", "--out", "{file}"], "{file}"),
+    (["keys", "new", "bob", "--out", "{file}"], "{file}"),
+    (["generate", "--out", "/proc/nope", "--batches", "1"], "/proc/nope"),
+])
+def test_an_output_path_that_cannot_be_used_is_one_line_naming_it(home, tmp_path, argv, names):
+    """Found: `generate --out README.md` (a file, not a folder) and `--out /proc/nope` ended
+    in FileExistsError / FileNotFoundError tracebacks; every other bad input was one line."""
+    taken = tmp_path / "README.md"
+    taken.write_text("a file the user has\n")
+    argv = [a.format(file=taken) for a in argv]
+    done = subprocess.run([sys.executable, "-m", "unified_assets.cli", *argv],
+                          env=os.environ, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert err.startswith(f"unified-ai {argv[0]}: ") and "\n" not in err, err
+    assert names.format(file=taken) in err and "Traceback" not in err
+    assert taken.read_text() == "a file the user has\n"  # nothing of the user's lost
+
+
+def test_incidents_refuses_a_kind_that_does_not_exist(home, capsys):
+    """Found: `incidents --kind bogus` answered "no incidents recorded of kind bogus", rc 0,
+    as if it had looked."""
+    from resources.decision_store import INCIDENT_KINDS
+
+    with pytest.raises(SystemExit) as exited:
+        main(["incidents", "--kind", "bogus"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "bogus" in err and "live_regression" in err, err
+    for kind in INCIDENT_KINDS:
+        assert main(["incidents", "--kind", kind]) == 0
+    with pytest.raises(ValueError, match="not an incident kind"):
+        _store(home).record_incident(kind="typo", model_name=None, actor="x", reason="y")
+
+
+def test_keys_show_prints_the_policy_line_of_an_existing_key(home, tmp_path, capsys):
+    """Found: a lost policy line could not be printed again (`keys new` rightly refuses to
+    overwrite the key)."""
+    _, public = _new_key(tmp_path, capsys)
+    assert main(["keys", "new", "alice", "--out", str(tmp_path / "keys")]) == 1
+    assert "keys show alice" in capsys.readouterr().err
+    assert main(["keys", "show", "alice", "--out", str(tmp_path / "keys")]) == 0
+    assert f'alice: "{public}"' in capsys.readouterr().out
+    assert main(["keys", "show", "bob", "--out", str(tmp_path / "keys")]) == 1
+    assert "bob.key: file not found" in capsys.readouterr().err
+
+
+def test_ask_names_the_device_only_where_it_adds_something():
+    """Found: `explain   cpu  node 63f6fef2 cpu  47 ms` (the target, then the same device)."""
+    from unified_assets.cli import _render_answer
+
+    def part(target, device):
+        return {"part": "explain", "target": target, "device": device, "ok": True,
+                "latency_ms": 47, "ran_on": {"node": "63f6fef2"}, "reason": "r"}
+
+    answer = {"decision": "answer", "reason": "r", "answer": "a", "request_id": "q",
+              "latency_ms": 50, "placements": [part("cpu", "cpu"), part("gpu", "cuda"),
+                                               part("gpu", "cpu")]}
+    lines = [x for x in _render_answer(answer).splitlines() if x.strip().startswith("explain")]
+    assert "cpu" not in lines[0].split("node")[1], lines[0]
+    assert "(torch on cuda)" in lines[1] and "(torch on cpu)" in lines[2], lines
+
+
+def test_serving_stop_ends_the_local_ray_group_even_a_process_that_ignores_sigterm(home):
+    """Found: the README's stop line (`kill -- -PGID`) sent SIGTERM only; Ray's gcs_server
+    logged "Stopping GCS server" and lived on for minutes. `unified-ai serving stop` ends the
+    whole group (SIGTERM, then SIGKILL after a grace) and forgets it."""
+    import json
+    import signal
+
+    stubborn = subprocess.Popen(["bash", "-c", "trap '' TERM; while true; do sleep 0.2; done"],
+                                start_new_session=True)
+    try:
+        time.sleep(0.5)  # the trap is set
+        state = home / "serving" / "ray.json"
+        state.parent.mkdir(parents=True)
+        state.write_text(json.dumps({"dashboard": "http://127.0.0.1:9", "gcs": "127.0.0.1:9",
+                                     "temp_dir": str(home / "ray-temp"), "pgid": stubborn.pid}))
+        assert main(["serving", "stop"]) == 0
+        assert stubborn.wait(timeout=30) == -signal.SIGKILL
+        assert not state.exists()
+        assert main(["serving", "stop"]) == 0  # nothing left: says so, no error
+    finally:
+        if stubborn.poll() is None:
+            os.killpg(stubborn.pid, signal.SIGKILL)

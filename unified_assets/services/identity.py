@@ -89,8 +89,9 @@ def write_key_pair(name: str, out_dir: str | Path) -> tuple[Path, str]:
         # O_EXCL: an existing key is never replaced (its public half may be in the policy).
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        raise IdentityError(f"{path} already exists; choose another --out or remove it "
-                            "yourself") from None
+        raise IdentityError(f"{path} already exists (`unified-ai keys show {name}` prints its "
+                            "policy line again); choose another --out or remove it yourself"
+                            ) from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     os.chmod(path, 0o600)  # whatever the umask

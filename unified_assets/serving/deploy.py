@@ -14,6 +14,7 @@ and keeps serving after the step ends. Plain HTTP (urllib) only."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,7 @@ IMPORT_PATHS = {SUPPORT_APP: "unified_assets.serving.app:support_app",
                 FRAUD_APP: "unified_assets.serving.app:fraud_app"}
 ROUTES = {SUPPORT_APP: "/support", FRAUD_APP: "/fraud"}
 RUNNING_STATUSES = {"HEALTHY", "UPSCALING", "DOWNSCALING"}  # a deployment's, as Serve says
+STOP_GRACE_S = 10.0  # after SIGTERM, before what is left of a local Ray instance is killed
 AUTH_TOKEN_ENV = "RAY_AUTH_TOKEN"  # Ray's token auth: sent as a bearer token when set
 # The environment of every Ray node that serves (local, scripts/ray_cluster.sh, the RayService's
 # pods): Serve's documented throughput mode (gRPC between replicas, user code and router on the
@@ -376,12 +378,16 @@ def stop_local_ray(home: Path) -> bool:
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
-    try:
-        os.killpg(int(state["pgid"]), signal.SIGTERM)
-        time.sleep(2)
-        os.killpg(int(state["pgid"]), signal.SIGKILL)
-    except (ProcessLookupError, KeyError):
-        pass
+    with contextlib.suppress(ProcessLookupError, KeyError):
+        pgid = int(state["pgid"])
+        os.killpg(pgid, signal.SIGTERM)
+        # Ray's daemons exit on SIGTERM, mostly: gcs_server has been seen to say it stops
+        # and live on for minutes. What is left after the grace is killed.
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline:
+            os.killpg(pgid, 0)  # ProcessLookupError once the whole group is gone
+            time.sleep(0.2)
+        os.killpg(pgid, signal.SIGKILL)
     state_file.unlink()
     shutil.rmtree(state.get("temp_dir", ""), ignore_errors=True)
     return True

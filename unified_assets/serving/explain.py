@@ -169,24 +169,26 @@ def _money(value: float) -> str:
 
 
 def reason(feature: str, value: Any, payment: dict) -> str:
-    """One contributing feature, in words (payments features by name; others generically)."""
+    """One feature that raised the score, in words: its value, stated plainly. An attribution
+    says the feature pushed this score up against the reference payment, not that the value
+    is high, young or unusual, so no phrase claims that."""
     avg = payment.get("avg_amount_30d")
     phrases = {
-        "amount": lambda v: f"the amount ({_money(v)}) was high for you" + (
-            f" (your 30-day average is {_money(avg)})" if avg else ""),
-        "avg_amount_30d": lambda v: f"it differed from your usual spending ({_money(v)} on average)",
-        "account_age_days": lambda v: f"the account is young ({int(v)} days)",
-        "txn_count_24h": lambda v: f"{int(v)} other payment(s) were made in the 24 hours before",
-        "distance_from_home_km": lambda v: f"it was made {v:,.0f} km from home",
-        "hour_of_day": lambda v: f"it was made at {int(v):02d}:00",
+        "amount": lambda v: f"the amount ({_money(v)}" + (
+            f"; your 30-day average is {_money(avg)})" if avg else ")"),
+        "avg_amount_30d": lambda v: f"your 30-day average spending ({_money(v)})",
+        "account_age_days": lambda v: f"the account's age ({int(v)} days)",
+        "txn_count_24h": lambda v: f"{int(v)} other payment(s) in the 24 hours before",
+        "distance_from_home_km": lambda v: f"the distance from home ({v:,.0f} km)",
+        "hour_of_day": lambda v: f"the time of day ({int(v):02d}:00)",
         "is_international": lambda v: "it was an international payment" if v else
         "it was a domestic payment",
         "card_present": lambda v: "the card was not present" if not v else "the card was present",
-        "device_trust_score": lambda v: f"the device had a low trust score ({v:.2f})",
-        "merchant_category": lambda v: f"{v} merchants see more fraud",
-        "channel": lambda v: f"it was paid through the {v} channel",
-        "region": lambda v: f"it was in region {v}",
-        "customer_tier": lambda v: f"your card tier is {v}",
+        "device_trust_score": lambda v: f"the device's trust score ({v:.2f})",
+        "merchant_category": lambda v: f"the merchant category ({v})",
+        "channel": lambda v: f"the payment channel ({v})",
+        "region": lambda v: f"the region ({v})",
+        "customer_tier": lambda v: f"your card tier ({v})",
     }
     phrase = phrases.get(feature)
     try:
