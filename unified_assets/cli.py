@@ -493,10 +493,10 @@ def _serving_stop(args: argparse.Namespace) -> int:
     from unified_assets.settings import load_settings
 
     home = load_settings().home
-    if stop_local_ray(home):
-        print(f"stopped the local Ray instance of {home} (serving ends with it)")
-    else:
-        print(f"no local Ray instance recorded for {home}: nothing to stop")
+    print({"stopped": f"stopped the local Ray instance of {home} (serving ends with it)",
+           "gone": f"the local Ray instance of {home} was not running any more; its record "
+                   "is removed"}.get(stop_local_ray(home) or "",
+                                     f"no local Ray instance recorded for {home}: nothing to stop"))
     return 0
 
 

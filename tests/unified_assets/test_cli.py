@@ -447,25 +447,36 @@ def test_ask_names_the_device_only_where_it_adds_something():
     assert "(torch on cuda)" in lines[1] and "(torch on cpu)" in lines[2], lines
 
 
-def test_serving_stop_ends_the_local_ray_group_even_a_process_that_ignores_sigterm(home):
+def test_serving_stop_ends_the_local_ray_group_even_a_process_that_ignores_sigterm(home, capsys):
     """Found: the README's stop line (`kill -- -PGID`) sent SIGTERM only; Ray's gcs_server
     logged "Stopping GCS server" and lived on for minutes. `unified-ai serving stop` ends the
     whole group (SIGTERM, then SIGKILL after a grace) and forgets it."""
     import json
     import signal
 
-    stubborn = subprocess.Popen(["bash", "-c", "trap '' TERM; while true; do sleep 0.2; done"],
-                                start_new_session=True)
+    temp_dir = home / "ray-temp"  # Ray's daemons name it on their command lines
+    loop = f"trap '' TERM; while true; do sleep 0.2; done # --temp-dir={temp_dir}"
+    stubborn = subprocess.Popen(["bash", "-c", loop], start_new_session=True)
+    other = subprocess.Popen(["bash", "-c", "while true; do sleep 0.2; done"],
+                             start_new_session=True)
     try:
         time.sleep(0.5)  # the trap is set
         state = home / "serving" / "ray.json"
         state.parent.mkdir(parents=True)
+        # A stale record whose group id now belongs to something else: nothing is signalled.
         state.write_text(json.dumps({"dashboard": "http://127.0.0.1:9", "gcs": "127.0.0.1:9",
-                                     "temp_dir": str(home / "ray-temp"), "pgid": stubborn.pid}))
+                                     "temp_dir": str(temp_dir), "pgid": other.pid}))
         assert main(["serving", "stop"]) == 0
+        assert "was not running any more" in capsys.readouterr().out
+        assert other.poll() is None and not state.exists()
+        state.write_text(json.dumps({"dashboard": "http://127.0.0.1:9", "gcs": "127.0.0.1:9",
+                                     "temp_dir": str(temp_dir), "pgid": stubborn.pid}))
+        assert main(["serving", "stop"]) == 0
+        assert "stopped the local Ray instance" in capsys.readouterr().out
         assert stubborn.wait(timeout=30) == -signal.SIGKILL
         assert not state.exists()
         assert main(["serving", "stop"]) == 0  # nothing left: says so, no error
     finally:
-        if stubborn.poll() is None:
-            os.killpg(stubborn.pid, signal.SIGKILL)
+        for process in (stubborn, other):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)

@@ -369,17 +369,41 @@ def ensure_local_ray(home: Path, num_cpus: int | None = None) -> str:
     return dashboard
 
 
-def stop_local_ray(home: Path) -> bool:
+def _ray_group(pgid: int, temp_dir: str) -> bool:
+    """Process group `pgid` is still this home's Ray instance: one of its processes names the
+    instance's temp dir on its command line (Ray's daemons do), so a group id reused by
+    something else since is never signalled. Without /proc, the record is trusted."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) == pgid and \
+                    temp_dir.encode() in (entry / "cmdline").read_bytes():
+                return True
+        except OSError:  # ended while we looked, or not ours to read
+            continue
+    return False
+
+
+def stop_local_ray(home: Path) -> str | bool:
     """Stop the local Ray instance `ensure_local_ray` started for this home (its process
-    group only); False when there is none."""
+    group only) and forget it: "stopped", or "gone" when it was not running any more; False
+    when none is recorded."""
     import signal
 
     state_file = home / "serving" / "ray.json"
     if not state_file.exists():
         return False
     state = json.loads(state_file.read_text())
+    outcome = "gone"
     with contextlib.suppress(ProcessLookupError, KeyError):
         pgid = int(state["pgid"])
+        if not _ray_group(pgid, str(state["temp_dir"])):
+            raise ProcessLookupError  # gone (a stale record, e.g. after a reboot): kill nothing
+        outcome = "stopped"
         os.killpg(pgid, signal.SIGTERM)
         # Ray's daemons exit on SIGTERM, mostly: gcs_server has been seen to say it stops
         # and live on for minutes. What is left after the grace is killed.
@@ -390,4 +414,4 @@ def stop_local_ray(home: Path) -> bool:
         os.killpg(pgid, signal.SIGKILL)
     state_file.unlink()
     shutil.rmtree(state.get("temp_dir", ""), ignore_errors=True)
-    return True
+    return outcome
