@@ -176,7 +176,8 @@ def timeline(instance, since: datetime.datetime) -> list[str]:
         what = run.tags.get("dagster/asset_partition_range_start", "")
         if what:
             what += ".." + run.tags.get("dagster/asset_partition_range_end", "")
-        lines.append(f"  {run.job_name:<14} {what:<28} created {at[0]} started {at[1]} "
+        assets = ",".join(sorted(k.to_user_string() for k in run.asset_selection or ()))
+        lines.append(f"  {run.job_name:<14} {assets:<24} {what:<28} created {at[0]} started {at[1]} "
                      f"ended {at[2]} {run.status.value:<8} {steps}")
     return lines
 
