@@ -373,3 +373,47 @@ def test_the_cluster_address_is_read_as_ray_gives_it() -> None:
     assert ray_warm.cluster_address("ray://head:10001") == ("head", 10001)
     assert ray_warm.cluster_address("auto") is None
     assert ray_warm.cluster_address("") is None
+
+
+def test_a_request_already_received_is_read_even_when_the_server_was_slow_to_get_to_it() -> None:
+    """Failed in the clean-clone CI under load: the server accepted a client, was not
+    scheduled again until past its 3 s read deadline, and then dropped a request that had
+    been waiting whole in its socket; the client ran cold saying "no warm server yet". The
+    deadline is for a slow peer, not a slow server: only an empty socket times out."""
+    server, client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with server, client:
+        ray_warm.send_message(client, {"key": "k"}, fds=(0,))
+        message, fds = ray_warm.recv_message(server, max_fds=3, deadline=time.monotonic() - 5)
+        for fd in fds:
+            os.close(fd)
+        assert message == {"key": "k"} and len(fds) == 1
+        with pytest.raises(OSError):  # nothing sent, deadline passed: a slow peer
+            ray_warm.recv_message(server, max_fds=3, deadline=time.monotonic() - 5)
+
+
+def test_a_server_that_hangs_up_without_an_answer_is_not_called_missing(
+        tmp_path: Path, sockets: Path) -> None:
+    """The step runs cold either way; the job's log says which happened (the same CI failure
+    read "no warm server yet" while a server was listening)."""
+    import threading
+
+    env = _env(tmp_path, sockets, **{ray_warm.SWITCH_ENV: "on"})
+    sockets.mkdir(mode=0o700)
+    path = _socket(env, tmp_path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = listener.accept()
+        conn.close()
+
+    answering = threading.Thread(target=hang_up, daemon=True)
+    answering.start()
+    try:
+        result = _client(env, tmp_path)
+    finally:
+        answering.join(timeout=10)
+        listener.close()
+    assert "fresh interpreter (the warm server did not answer (" in result.stderr, result.stderr
+    assert "no warm server yet" not in result.stderr and result.returncode == 1

@@ -158,11 +158,11 @@ def send_message(sock: socket.socket, message: Mapping[str, object],
 
 
 def _until(sock: socket.socket, deadline: float | None) -> None:
+    """The next read waits until `deadline` at most. Past it, what already waits in the socket
+    is still read (a server starved of CPU is not a slow peer); only an empty socket fails
+    (BlockingIOError)."""
     if deadline is not None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the peer was too slow to send its message")
-        sock.settimeout(left)
+        sock.settimeout(max(deadline - time.monotonic(), 0.0))
 
 
 def _read_exact(sock: socket.socket, size: int, start: bytes = b"",
@@ -261,23 +261,27 @@ def client_main(argv: Sequence[str]) -> int:
         signal.signal(signum, lambda *_: stop.request())
     key = server_key(argv, os.environ, os.getcwd())
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connected = False
     try:
         sock.connect(str(folder / f"{key}.sock"))
+        connected = True
         send_message(sock, {"key": key, "argv": list(argv), "cwd": os.getcwd(),
                             "env": dict(os.environ)}, fds=(0, 1, 2))
         reply, _ = recv_message(sock)
-    except (OSError, ConnectionError, ValueError):
+    except (OSError, ConnectionError, ValueError) as error:
         sock.close()
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            _spawn_server(key, argv, folder)
-        reply = {"refused": "no warm server yet on this machine; one is starting for the next "
-                            "steps"}
+            _spawn_server(key, argv, folder)  # none starts while one holds the key's lock
+        reply = {"refused": f"the warm server did not answer ({type(error).__name__}: {error})"
+                 if connected else
+                 "no warm server yet on this machine; one is starting for the next steps"}
     if "pid" not in reply:
         sock.close()
         if stop.requested:
             return 128 + signal.SIGTERM  # stopped before the step started
-        why = reply.get("refused", reply)
-        _run_cold(argv, why if str(why).startswith("no warm") else f"warm server refused: {why}")
+        why = str(reply.get("refused", reply))
+        _run_cold(argv, why if why.startswith(("no warm", "the warm server did not"))
+                  else f"warm server refused: {why}")
     print(f"unified-ai: step runs in process {reply['pid']}, forked from warm server "
           f"{reply['server']} (libraries preloaded)", file=sys.stderr, flush=True)
     stop.sock = sock
