@@ -7,7 +7,8 @@
 # `gpu-down` kills the GPU node and everything running on it at once, as losing the machine
 # would (its steps' processes included); `gpu-up` starts it again. `down` stops this cluster
 # only: each node is a `ray start --block` in its own process group, recorded under the state
-# folder, and stopped with its descendants (`ray stop` would stop every Ray on the machine).
+# folder, and stopped with its descendants, then any Ray process still naming this cluster's
+# temp dir (`ray stop` would stop every Ray on the machine).
 # Ports: RAY_GCS_PORT (6390), RAY_DASHBOARD_PORT (8265), RAY_GPU_NODE_AGENT_PORT (52375: two
 # nodes on one IP need two dashboard agents, or the job logs of the GPU node cannot be read),
 # RAY_CLIENT_PORT (10001). RAY_NODE_WAIT_S (300): how long a node may take to join on a busy
@@ -54,6 +55,25 @@ stop_node() {  # stop_node NAME SIGNAL: the node's `ray start --block`, its proc
     kill -KILL -- "-$pid" $pids 2>/dev/null || true
   fi
   rm -f "$RUN/$1.pid"
+}
+
+cluster_pids() {  # live Ray processes whose command line names this cluster's temp dir (the
+  # path travels in the environment, so neither ps nor awk matches itself)
+  ps -eo pid=,stat=,args= | D="$TEMP_DIR" awk 'index($0, ENVIRON["D"]) && index($0, "/ray/") && $2 !~ /^Z/ {print $1}'
+}
+
+sweep() {  # what the nodes left behind (a worker that changed its group or outlived its
+  # parent): TERM, then KILL, and wait until none is left, so `down` returns with the cluster gone
+  local pids
+  pids=$(cluster_pids)
+  [ -n "$pids" ] || return 0
+  # shellcheck disable=SC2086
+  kill -TERM $pids 2>/dev/null || true
+  for _ in $(seq 1 20); do [ -n "$(cluster_pids)" ] || return 0; sleep 0.5; done
+  # shellcheck disable=SC2046
+  kill -KILL $(cluster_pids) 2>/dev/null || true
+  for _ in $(seq 1 20); do [ -n "$(cluster_pids)" ] || return 0; sleep 0.5; done
+  echo "still running after SIGKILL: $(cluster_pids)" >&2
 }
 
 wait_nodes() {  # wait_nodes N NAME: until the dashboard reports N live nodes; fails with the
@@ -144,6 +164,7 @@ EOF
   down)
     stop_node gpu TERM
     stop_node head TERM
+    sweep
     echo "Ray cluster stopped (this cluster's processes only)"
     ;;
   status)
