@@ -261,7 +261,7 @@ def client_main(argv: Sequence[str]) -> int:
         signal.signal(signum, lambda *_: stop.request())
     key = server_key(argv, os.environ, os.getcwd())
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    connected = False
+    connected, reply, no_answer = False, {}, None
     try:
         sock.connect(str(folder / f"{key}.sock"))
         connected = True
@@ -269,19 +269,16 @@ def client_main(argv: Sequence[str]) -> int:
                             "env": dict(os.environ)}, fds=(0, 1, 2))
         reply, _ = recv_message(sock)
     except (OSError, ConnectionError, ValueError) as error:
-        sock.close()
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             _spawn_server(key, argv, folder)  # none starts while one holds the key's lock
-        reply = {"refused": f"the warm server did not answer ({type(error).__name__}: {error})"
-                 if connected else
-                 "no warm server yet on this machine; one is starting for the next steps"}
+        no_answer = (f"the warm server did not answer ({type(error).__name__}: {error})"
+                     if connected else
+                     "no warm server yet on this machine; one is starting for the next steps")
     if "pid" not in reply:
         sock.close()
         if stop.requested:
             return 128 + signal.SIGTERM  # stopped before the step started
-        why = str(reply.get("refused", reply))
-        _run_cold(argv, why if why.startswith(("no warm", "the warm server did not"))
-                  else f"warm server refused: {why}")
+        _run_cold(argv, no_answer or f"warm server refused: {reply.get('refused', reply)}")
     print(f"unified-ai: step runs in process {reply['pid']}, forked from warm server "
           f"{reply['server']} (libraries preloaded)", file=sys.stderr, flush=True)
     stop.sock = sock
