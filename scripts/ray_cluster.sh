@@ -58,8 +58,9 @@ stop_node() {  # stop_node NAME SIGNAL: the node's `ray start --block`, its proc
 }
 
 cluster_pids() {  # live Ray processes whose command line names this cluster's temp dir (the
-  # path travels in the environment, so neither ps nor awk matches itself)
-  ps -eo pid=,stat=,args= | D="$TEMP_DIR" awk 'index($0, ENVIRON["D"]) && index($0, "/ray/") && $2 !~ /^Z/ {print $1}'
+  # path travels in the environment, so neither ps nor awk matches itself; -ww: whole lines
+  # whatever COLUMNS says)
+  ps -ww -eo pid=,stat=,args= | D="$TEMP_DIR" awk 'index($0, ENVIRON["D"]) && index($0, "/ray/") && $2 !~ /^Z/ {print $1}'
 }
 
 sweep() {  # what the nodes left behind (a worker that changed its group or outlived its

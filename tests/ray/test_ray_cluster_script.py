@@ -97,7 +97,8 @@ def test_up_gpu_down_gpu_up_down_touch_only_this_cluster(script_env: dict[str, s
                            f'--logs-dir={temp}/session_x/logs" sleep 300'], start_new_session=True)
         reader = subprocess.Popen(["bash", "-c", f'exec -a "tail -f {temp}/unified-ai/head.log" '
                                                  'sleep 300'], start_new_session=True)
-        script(script_env, "down")
+        # A narrow COLUMNS (as a CI shell may have) cut `ps` lines before the temp dir.
+        script({**script_env, "COLUMNS": "60"}, "down")
         assert gone(head_pid)
         assert leftover.wait(timeout=5) is not None
         assert processes_mentioning(temp) == [reader.pid]
