@@ -107,7 +107,8 @@ class DatasetResource(dg.ConfigurableResource):
             return {}, []
         complete = sorted(p for p in folder.iterdir() if p.is_file() and is_complete(p.name))
         files = [p for p in complete if fnmatch.fnmatchcase(p.name, self.spec.source.glob)]
-        unmatched = [p.name for p in complete if p not in files]
+        matched = set(files)
+        unmatched = [p.name for p in complete if p not in matched]
         return self._index((p.name, str(p), _version(p)) for p in files), unmatched
 
     def _index(self, listed) -> dict[str, LandedFile]:
@@ -138,6 +139,22 @@ class DatasetResource(dg.ConfigurableResource):
     def batch(self, key: str) -> LandedFile:
         """Partition `key`'s batch file as listed now (uri and version)."""
         return self._find(self.batch_files(), key, self.source_uri, "batch")
+
+    def batches(self, keys: list[str]) -> dict[str, LandedFile]:
+        """The batch files of many partitions from one listing (a run over a range lists
+        once: a listing stats every file, or is billed LIST requests on S3). Take each
+        file's version with `current` just before reading it."""
+        files = self.batch_files()
+        return {key: self._find(files, key, self.source_uri, "batch") for key in keys}
+
+    def current(self, landed: LandedFile) -> LandedFile:
+        """The listed file with its version as of now: a file re-landed since the listing
+        is read and recorded as its new version."""
+        path = Path(landed.uri)
+        if not path.is_file():
+            raise dg.Failure(f"batch {landed.key!r} has no file in {self.source_uri}: "
+                             f"{landed.uri} was removed after the landing zone was listed")
+        return LandedFile(landed.key, landed.uri, _version(path))
 
     def labels(self, key: str) -> LandedFile:
         """Partition `key`'s late labels file as listed now (uri and version)."""
@@ -219,6 +236,11 @@ class S3DatasetResource(DatasetResource):
             finally:
                 partial.unlink(missing_ok=True)
         return target
+
+    def current(self, landed: LandedFile) -> LandedFile:
+        """The listed object version: `fetch` reads exactly it, or fails when the object
+        was replaced since (it is then ingested again as its new version)."""
+        return landed
 
     def check_unchanged(self, landed: LandedFile) -> None:
         """Nothing to check: `fetch` read exactly the listed object version."""

@@ -21,3 +21,30 @@ def partition_result(context: dg.AssetExecutionContext, partition: str, metadata
         return dg.MaterializeResult(metadata=metadata)
     return dg.AssetMaterialization(asset_key=context.asset_key, partition=partition,
                                    metadata=metadata)
+
+
+READ_CHUNK = 500  # partitions per query (well under SQLite's bound-parameter limit)
+
+
+def latest_materializations(instance: dg.DagsterInstance, asset_key: dg.AssetKey,
+                            partitions: list[str]) -> dict[str, dg.EventLogRecord]:
+    """Each partition's latest materialization (absent: never materialized), read for many
+    partitions at once: one query per chunk instead of one per partition. A partition whose
+    latest record the chunk's query did not reach (others of the chunk materialized more
+    often since) is read on its own."""
+    wanted = list(dict.fromkeys(partitions))
+    found: dict[str, dg.EventLogRecord] = {}
+    for start in range(0, len(wanted), READ_CHUNK):
+        chunk = wanted[start:start + READ_CHUNK]
+        for record in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=chunk),
+                limit=len(chunk)).records:
+            found.setdefault(record.asset_materialization.partition, record)
+    for partition in wanted:
+        if partition not in found:
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]),
+                limit=1).records
+            if records:
+                found[partition] = records[0]
+    return found

@@ -89,6 +89,20 @@ def test_sensor_lists_complete_objects_only_and_ingestion_reads_them(settings, i
     assert curated["row_id"].tolist() == generate_batch(0, 600)["transaction_id"].tolist()
 
 
+def test_a_range_run_lists_the_prefix_once(settings, instance, s3, monkeypatch):
+    """LIST requests are billed: one listing per run, not one per batch."""
+    for index in range(4):
+        _put(s3, f"landing/{batch_name(index)}.parquet", generate_batch(index, 200))
+    defs = build_definitions(_s3_settings(settings))
+    listings = []
+    original = S3DatasetResource._list
+    monkeypatch.setattr(S3DatasetResource, "_list",
+                        lambda self, uri: listings.append(uri) or original(self, uri))
+    summary = ingest_landed(defs, instance)  # lists once itself, then one run over the range
+    assert summary.batches_ingested == [batch_name(i) for i in range(4)]
+    assert listings == [f"s3://{BUCKET}/landing"] * 2
+
+
 def test_late_labels_land_in_the_s3_labels_prefix(settings, instance, s3):
     late = generate_batch(3, 500)
     _put(s3, f"landing/{batch_name(3)}.parquet", late.drop(columns=["is_fraud"]))

@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from resources.dataset import DatasetResource
+from resources.dataset import DatasetResource, LandedFile
 from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, markdown_table, placement_metadata, rounded
 from unified_assets.ml.batch_validation import CHECK_NAMES, BatchReport, curated, validate_batch_file
 from unified_assets.ml.dataset_spec import DatasetSpec
-from unified_assets.partitions import BATCHES
+from unified_assets.partitions import BATCHES, latest_materializations
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -48,11 +48,17 @@ class BatchRecord:
 
 def batch_record(instance: dg.DagsterInstance, batch: str) -> BatchRecord | None:
     """The batch's latest ingestion, or None when it was never ingested."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=LANDED_BATCH, asset_partitions=[batch]), limit=1).records
-    if not records:
-        return None
-    metadata = records[0].asset_materialization.metadata
+    return batch_records(instance, [batch]).get(batch)
+
+
+def batch_records(instance: dg.DagsterInstance, batches: list[str]) -> dict[str, BatchRecord]:
+    """`batch_record` of many batches, read together (absent: never ingested)."""
+    return {batch: _batch_record(batch, record) for batch, record in
+            latest_materializations(instance, LANDED_BATCH, batches).items()}
+
+
+def _batch_record(batch: str, record: dg.EventLogRecord) -> BatchRecord:
+    metadata = record.asset_materialization.metadata
 
     def value(key: str, default=None):
         return metadata[key].value if key in metadata else default
@@ -60,7 +66,7 @@ def batch_record(instance: dg.DagsterInstance, batch: str) -> BatchRecord | None
     return BatchRecord(
         batch=batch, passed=bool(value("passed_quality_checks", False)),
         labelled=bool(value("labelled", True)), version=value("source_version"),
-        findings=dict(value("findings", {}) or {}), run_id=records[0].run_id)
+        findings=dict(value("findings", {}) or {}), run_id=record.run_id)
 
 
 def batch_passed(instance: dg.DagsterInstance, batch: str) -> bool:
@@ -134,16 +140,17 @@ def landed_batch(
     layout = _known_layout(context.instance, values_io_manager)
     curated_rows: dict[str, pd.DataFrame] = {}
     reports: dict[str, tuple[BatchReport, str, str]] = {}
+    listed = dataset.batches(context.partition_keys)  # one listing for the run's batches
     for batch in context.partition_keys:
-        report, path, version, frame = _ingest_one(context, dataset, batch, layout, where)
+        report, path, version, frame = _ingest_one(
+            context, dataset, dataset.current(listed[batch]), layout,
+            where, _location(values_io_manager, batch))
         reports[batch] = (report, path, version)
         if frame is None:
             rejected.append(batch)
             continue
         layout = layout or frame.attrs["profile"]  # the first valid batch fixes the layout
         curated_rows[batch] = frame
-        context.add_asset_metadata(
-            {"value": _location(values_io_manager, batch)}, partition_key=batch)
     # One output for every batch of the run: the IO manager stores each passing batch's rows
     # and removes the value an earlier, passing version of a now rejected batch left.
     yield dg.Output(curated_rows)
@@ -188,12 +195,14 @@ def _known_layout(instance: dg.DagsterInstance, values: ParquetIOManager) -> dic
     return None
 
 
-def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource, batch: str,
-                layout: dict | None, where: dict) -> "tuple[BatchReport, str, str, pd.DataFrame | None]":
-    """Validate, curate and profile one batch; record its metadata on its partition. Returns
-    the report, the file read, its version and the curated rows (None when rejected)."""
-    spec = dataset.spec
-    landed = dataset.batch(batch)
+def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource,
+                landed: LandedFile, layout: dict | None, where: dict,
+                value: dg.MetadataValue) -> "tuple[BatchReport, str, str, pd.DataFrame | None]":
+    """Validate, curate and profile one batch; record its metadata on its partition (with
+    where its `value` is stored when it passed), in one call: each call resolves the run's
+    partition range again. Returns the report, the file read, its version and the curated
+    rows (None when rejected)."""
+    spec, batch = dataset.spec, landed.key
     path = dataset.fetch(landed)
     report = validate_batch_file(path, spec)
     dataset.check_unchanged(landed)
@@ -220,7 +229,7 @@ def _ingest_one(context: dg.AssetExecutionContext, dataset: DatasetResource, bat
     frame = None
     if report.passed:
         frame, described = _curate(report, spec, batch, layout)
-        metadata |= described
+        metadata |= described | {"value": value}
     context.add_asset_metadata(metadata, partition_key=batch)
     return report, str(path), landed.version, frame
 
@@ -235,9 +244,9 @@ def _check_evaluations(context: dg.AssetExecutionContext,
     )
 
     key = context.asset_key
+    latest = latest_materializations(context.instance, key, list(reports))
     for batch, (report, path, version) in reports.items():
-        (stored,) = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[batch]), limit=1).records
+        stored = latest[batch]
         target = AssetCheckEvaluationTargetMaterializationData(
             run_id=stored.run_id, storage_id=stored.storage_id, timestamp=stored.timestamp)
         for name, problems in report.findings.items():

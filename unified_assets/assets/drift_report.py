@@ -11,7 +11,7 @@ from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
-from unified_assets.assets.data import LANDED_BATCH, batch_passed, landed_batch
+from unified_assets.assets.data import LANDED_BATCH, batch_records, landed_batch
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.assets.quality_report import REPORT_TAG
 from unified_assets.compute import CPU_REPORT
@@ -76,8 +76,9 @@ def drift_report(
     reference = _read_frames(values_io_manager, batches, columns) if batches else None
     where = placement_metadata(context, CPU_REPORT, policy.policy.placement)
     missing = []
+    records = batch_records(context.instance, context.partition_keys)
     for batch in context.partition_keys:
-        if batch not in frames or not batch_passed(context.instance, batch):
+        if batch not in frames or batch not in records or not records[batch].passed:
             missing.append(batch)
             continue
         if version is None:

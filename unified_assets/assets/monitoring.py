@@ -8,7 +8,7 @@ from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry
 from resources.parquet_io import ParquetIOManager
 from resources.policy import PolicyResource
-from unified_assets.assets.data import LANDED_BATCH, PARTITIONS_PER_RUN, batch_record, landed_batch
+from unified_assets.assets.data import LANDED_BATCH, PARTITIONS_PER_RUN, batch_records, landed_batch
 from unified_assets.compute import CPU_LIGHT
 from unified_assets.metadata import OWNERS, placement_metadata
 from unified_assets.partitions import BATCHES, partition_result, values_by_partition
@@ -55,8 +55,9 @@ def batch_drift(
     reference = champion_reference(values_io_manager, mlflow_registry, dataset.spec.name)
     where = placement_metadata(context, CPU_LIGHT, policy.policy.placement)
     missing, rejected_here = [], []
+    records = batch_records(context.instance, context.partition_keys)
     for batch in context.partition_keys:
-        record = batch_record(context.instance, batch)
+        record = records.get(batch)
         if batch not in frames or record is None or not record.passed:
             (rejected_here if record and record.run_id == context.run_id else missing).append(batch)
             continue

@@ -6,7 +6,7 @@ from pydantic import Field
 
 from resources.dataset import DatasetResource
 from resources.parquet_io import ParquetIOManager
-from unified_assets.assets.data import batch_record, landed_batch
+from unified_assets.assets.data import batch_records, landed_batch
 from unified_assets.assets.labels import awaiting_labels, batch_labels, labelled_frame
 from unified_assets.assets.monitoring import batch_drift
 from unified_assets.compute import CPU_LIGHT
@@ -83,8 +83,8 @@ def training_set(
     ordered = context.instance.get_dynamic_partitions(BATCHES.name)
     instance = context.instance
     materialized = set(instance.get_materialized_partitions(landed_batch.key))
-    records = {b: r for b in ordered if b in materialized
-               and (r := batch_record(instance, b)) is not None}
+    found = batch_records(instance, [b for b in ordered if b in materialized])
+    records = {b: found[b] for b in ordered if b in found}
     reports = {b: {"passed": r.passed, "findings": r.findings} for b, r in records.items()}
     awaiting = frozenset(b for b, r in records.items()
                          if r.passed and awaiting_labels(instance, b, r))
