@@ -9,7 +9,8 @@ sklearn, evidently, pandas, pyarrow, the code location and the plain baseline) a
 its own fresh MLflow sqlite DB (schema migrations) by creating the registry's
 `MlflowClient` and calling `search_experiments` and `search_registered_models`. The
 Dagster side also creates its fresh `DagsterInstance.local_temp()` before the timer
-(its creation time is reported apart). Timed:
+(its creation time is reported apart), with the local instance's event log
+(deploy/local/dagster.yaml `event_log_storage`), as `dagster dev` runs it. Timed:
 
   dagster: `unified_assets.lifecycle.run_lifecycle(settings, instance)`
   plain:   `bench/plain_lifecycle.run_plain_lifecycle(settings)`
@@ -29,7 +30,7 @@ host was saturated: the worker then waits for a CPU after every blocking call (e
 SQLite fsync), and wall - own CPU is that waiting.
 
 Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3]
-       [--threads 1] [--keep]
+       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log]
 The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
 """
 
@@ -57,6 +58,11 @@ SIDES = ("plain", "dagster")
 # `--compare-untuned`: a third worker per repeat, the Dagster side with the local instance's
 # SQLite tuning off (UNIFIED_AI_SQLITE_TUNING=off, unified_assets/instance_sqlite.py).
 UNTUNED = "dagster_untuned"
+# `--compare-stock-log`: a worker per repeat whose instance uses Dagster's own SQLite event
+# log instead of the local instance's (deploy/local/dagster.yaml `event_log_storage`,
+# unified_assets/instance_event_log.py).
+STOCK_LOG = "dagster_stock_log"
+DAGSTER_SIDES = ("dagster", UNTUNED, STOCK_LOG)
 
 # Imported by both workers before the timer, so import cost is outside both figures.
 WARM_MODULES = [
@@ -142,9 +148,16 @@ def worker(side: str, home: Path, out: Path, threads: int) -> None:
     record: dict[str, Any] = {"side": side, "import_s": import_seconds,
                               "mlflow_init_s": warm_mlflow(settings)}
     instance = None
-    if side in ("dagster", UNTUNED):
+    if side in DAGSTER_SIDES:
         started = time.perf_counter()
         (home / "dagster").mkdir()
+        if side != STOCK_LOG:  # the local instance's event log, as `dagster dev` runs it
+            import yaml
+
+            local = yaml.safe_load((PROJECT_ROOT / "deploy/local/dagster.yaml").read_text())
+            (home / "dagster" / "dagster.yaml").write_text(
+                yaml.safe_dump({"event_log_storage": local["event_log_storage"]}))
+            os.environ["DAGSTER_HOME"] = str(home / "dagster")
         instance = dg.DagsterInstance.local_temp(tempdir=str(home / "dagster"))
         record["instance_init_s"] = time.perf_counter() - started
     gc.collect()
@@ -250,7 +263,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch homes and logs")
     parser.add_argument("--compare-untuned", action="store_true",
                         help="also run the Dagster side with the SQLite tuning off, each repeat")
-    parser.add_argument("--worker", choices=(*SIDES, UNTUNED), help=argparse.SUPPRESS)
+    parser.add_argument("--compare-stock-log", action="store_true",
+                        help="also run the Dagster side on Dagster's own SQLite event log")
+    parser.add_argument("--worker", choices=(*SIDES, UNTUNED, STOCK_LOG), help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -264,7 +279,8 @@ def main() -> None:
     try:
         landing_cache = scratch / "landing-cache"
         write_batches(landing_cache, args.batches, args.rows, seed=args.seed)
-        sides = (*SIDES, UNTUNED) if args.compare_untuned else SIDES
+        sides = (*SIDES, *((UNTUNED,) if args.compare_untuned else ()),
+                 *((STOCK_LOG,) if args.compare_stock_log else ()))
         results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for index in range(args.repeats):
             for side in sides:
@@ -293,6 +309,12 @@ def main() -> None:
     print(f"ratio of fastest runs {fastest['dagster'] / fastest['plain']:.3f} "
           f"({fastest['dagster']:.2f} / {fastest['plain']:.2f} s); "
           f"ratio of median own CPU {cpu['dagster'] / cpu['plain']:.3f}")
+    if results.get(STOCK_LOG):
+        each = [r["seconds"] for r in results[STOCK_LOG]]
+        stock = statistics.median(each)
+        print(f"median dagster on Dagster's own event log {stock:.2f} s "
+              f"({', '.join(f'{x:.2f}' for x in each)}); overhead_ratio_stock_log="
+              f"{stock / plain:.3f} event_log_speedup={stock / dagster:.3f}")
     if results.get(UNTUNED):
         each = [r["seconds"] for r in results[UNTUNED]]
         untuned = statistics.median(each)

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from tests.instances import LOCAL_EVENT_LOG
 from tests.states import States
 from unified_assets.settings import Settings
 
@@ -75,7 +76,9 @@ def settings(tmp_path: Path, mlflow_db_template: Path) -> Settings:
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as test_instance:
+    # The event log `dagster dev` uses (deploy/local/dagster.yaml), so the suite's runs go
+    # through it.
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG) as test_instance:
         yield test_instance
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import dagster as dg
 
+from tests.instances import LOCAL_EVENT_LOG
 from unified_assets.settings import Settings
 
 Build = Callable[[Settings, dg.DagsterInstance, Path, Any], tuple[Settings, Any]]
@@ -71,7 +72,8 @@ class States:
             shutil.copy(self.mlflow_db, home / "mlflow.db")
             settings, prior = Settings(deployment="local", home=home, dataset_spec=None), None
         (self.work / "dagster").mkdir(exist_ok=True)
-        with dg.instance_for_test(temp_dir=str(self.work / "dagster")) as instance:
+        with dg.instance_for_test(temp_dir=str(self.work / "dagster"),
+                                 overrides=LOCAL_EVENT_LOG) as instance:
             settings, value = recipe.build(settings, instance, self.work, prior)
         shutil.copytree(self.work, self._saved(recipe.name), symlinks=True)
         self.built[recipe.name] = (settings, value)
@@ -82,7 +84,8 @@ class States:
             self._build(recipe)
         settings, value = self.built[recipe.name]
         self._restore(recipe.name)
-        with dg.instance_for_test(temp_dir=str(self.work / "dagster")) as instance:
+        with dg.instance_for_test(temp_dir=str(self.work / "dagster"),
+                                 overrides=LOCAL_EVENT_LOG) as instance:
             yield State(settings, instance, value)
 
 

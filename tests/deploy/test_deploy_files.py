@@ -271,7 +271,8 @@ def test_local_instance_config_makes_an_instance(tmp_path: Path, monkeypatch: py
     try:
         assert Path(instance.root_directory).resolve() == home.resolve()
         assert type(instance.run_storage).__name__.startswith("Sqlite")
-        assert type(instance.event_log_storage).__name__.startswith("Sqlite")
+        # Dagster's SQLite event log keeping its engines (unified_assets/instance_event_log.py).
+        assert type(instance.event_log_storage).__name__ == "ReusingSqliteEventLogStorage"
         assert instance.get_settings("telemetry") == {"enabled": False}
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         # A queued run starts within a second, as in production (Dagster's default: 5 s).

@@ -1,0 +1,204 @@
+"""The local instance's event log (unified_assets/instance_event_log.py) on real Dagster
+instances: it keeps one index connection instead of a new engine per read and write, writes
+what Dagster's own storage writes, follows a live run for the UI, and loses nothing when its
+files are replaced, when threads share it or when the process forks."""
+
+import multiprocessing
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from tests.instances import LOCAL_EVENT_LOG
+from unified_assets.instance_event_log import ReusingSqliteEventLogStorage
+
+PARTS = dg.StaticPartitionsDefinition([f"p{i}" for i in range(6)])
+
+
+@dg.asset(partitions_def=PARTS, check_specs=[
+    dg.AssetCheckSpec(name, asset="checked", partitions_def=PARTS) for name in ("a", "b")])
+def checked(context: dg.AssetExecutionContext):
+    for key in context.partition_keys:
+        context.add_asset_metadata({"key": key}, partition_key=key)
+    yield dg.Output(None)
+    for key in context.partition_keys:
+        for name in ("a", "b"):
+            yield dg.AssetCheckEvaluation(asset_key=context.asset_key, check_name=name,
+                                          passed=name == "a", partition=key)
+    for output_name in context.assets_def.check_specs_by_output_name:
+        yield dg.Output(None, output_name=output_name)
+
+
+class NoValues(dg.IOManager):
+    """Stores nothing: the tests are about the events a run writes."""
+
+    def handle_output(self, context, obj) -> None:
+        return None
+
+    def load_input(self, context) -> None:
+        return None
+
+
+def materialize(instance: dg.DagsterInstance, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize([checked], instance=instance, resources={"io_manager": NoValues()},
+                          **kwargs)
+
+
+@pytest.fixture
+def index_connects():
+    """New DBAPI connections to any index.db in this process, counted."""
+    counted: list[int] = [0]
+
+    def on_connect(dbapi_connection, _record):
+        path = dbapi_connection.execute("PRAGMA database_list").fetchone()[2]
+        if path.endswith("index.db"):
+            counted[0] += 1
+
+    event.listen(Engine, "connect", on_connect)
+    yield counted
+    event.remove(Engine, "connect", on_connect)
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    return folder
+
+
+def _range_run(instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return materialize(instance, tags={
+        "dagster/asset_partition_range_start": "p0", "dagster/asset_partition_range_end": "p5"})
+
+
+def _written(instance: dg.DagsterInstance, run_id: str) -> list[tuple]:
+    """What a run recorded, without ids and times."""
+    return [(r.event_log_entry.dagster_event_type, r.event_log_entry.step_key)
+            for r in instance.get_records_for_run(run_id, limit=10_000).records]
+
+
+def test_the_local_instance_uses_it(tmp_path: Path):
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        assert isinstance(instance.event_log_storage, ReusingSqliteEventLogStorage)
+        run_id = materialize(instance, partition_key="p1").run_id
+        # Where Dagster's default storage keeps it: switching keeps every run's history.
+        assert (tmp_path / "history" / "runs" / "index.db").is_file()
+        assert (tmp_path / "history" / "runs" / f"{run_id}.db").is_file()
+
+
+def test_a_range_run_keeps_one_index_connection_and_writes_what_dagster_writes(
+        tmp_path: Path, index_connects):
+    with dg.instance_for_test(temp_dir=str(_made(tmp_path / "default"))) as instance:
+        index_connects[0] = 0
+        default_run = _range_run(instance)
+        default_connects = index_connects[0]
+        default_written = _written(instance, default_run.run_id)
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(_made(tmp_path / "reusing"))) \
+            as instance:
+        index_connects[0] = 0
+        run = _range_run(instance)
+        assert run.success
+        assert index_connects[0] <= 1, index_connects[0]
+        assert default_connects > 50  # Dagster's own storage: a new connection each time
+        assert _written(instance, run.run_id) == default_written
+        records = instance.fetch_materializations(checked.key, limit=100).records
+        assert sorted(r.partition_key for r in records) == [f"p{i}" for i in range(6)]
+        assert records[0].asset_materialization.metadata["key"].value == records[0].partition_key
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(checked.key, "b")])
+        assert check[dg.AssetCheckKey(checked.key, "b")].status.value == "FAILED"
+
+
+def test_a_live_run_is_followed_by_another_process_watching_it(tmp_path: Path):
+    """The Dagster UI follows a live run by watching its log file change (watchdog): a run's
+    own log is still closed after each write, so a watcher sees each event as it lands."""
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        run_id = materialize(instance, partition_key="p0").run_id
+        before = len(instance.get_records_for_run(run_id, limit=10_000).records)
+        watcher = ReusingSqliteEventLogStorage(str(tmp_path / "history" / "runs"))
+        seen: list = []
+        watcher.watch(run_id, None, lambda entry, cursor: seen.append(entry))
+        try:
+            instance.report_engine_event("still going", instance.get_run_by_id(run_id))
+            deadline = time.monotonic() + 30
+            while len(seen) < before + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert any(getattr(e, "message", "") == "still going" for e in seen), len(seen)
+        finally:
+            watcher.end_watch(run_id, seen.append)
+            watcher.dispose()
+
+
+def test_an_index_file_replaced_under_its_name_is_used_not_the_old_one(tmp_path: Path):
+    """The suite's saved states and a reset home: the folder is deleted and another put back
+    at the same path while the process keeps its storage."""
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(_made(tmp_path / "work"))) \
+            as instance:
+        assert materialize(instance, partition_key="p0").success
+        saved = tmp_path / "saved"
+        shutil.copytree(tmp_path / "work", saved)
+        assert materialize(instance, partition_key="p1").success
+        shutil.rmtree(tmp_path / "work" / "history")
+        shutil.copytree(saved / "history", tmp_path / "work" / "history")
+        assert materialize(instance, partition_key="p2").success
+        partitions = {r.partition_key for r in
+                      instance.fetch_materializations(checked.key, limit=100).records}
+        assert partitions == {"p0", "p2"}  # the restored file, and the write after it
+    fresh = ReusingSqliteEventLogStorage(str(tmp_path / "work" / "history" / "runs"))
+    try:
+        assert {r.partition_key for r in fresh.fetch_materializations(
+            checked.key, limit=100).records} == {"p0", "p2"}
+    finally:
+        fresh.dispose()
+
+
+def test_threads_sharing_it_lose_no_write(tmp_path: Path):
+    """The daemon and the webserver read and write from several threads through one
+    storage: the kept connection is taken by one at a time, and every write lands."""
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        errors: list[BaseException] = []
+
+        def report(thread: int) -> None:
+            try:
+                for index in range(25):
+                    instance.report_runless_asset_event(dg.AssetMaterialization(
+                        "reported", partition=f"{thread}-{index}"))
+                    instance.fetch_materializations(dg.AssetKey("reported"), limit=1)
+            except BaseException as error:  # noqa: BLE001 - reported by the test below
+                errors.append(error)
+
+        threads = [threading.Thread(target=report, args=(i,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=300)
+        assert not errors, errors
+        records = instance.fetch_materializations(dg.AssetKey("reported"), limit=1000).records
+        assert len({r.partition_key for r in records}) == 100
+
+
+def _child(temp_dir: str, queue) -> None:
+    instance = dg.DagsterInstance.get()  # DAGSTER_HOME is the parent's test instance
+    run_id = materialize(instance, partition_key="p4").run_id
+    queue.put(run_id)
+
+
+def test_a_forked_child_writes_through_its_own_connections(tmp_path: Path):
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        assert os.environ["DAGSTER_HOME"] == str(tmp_path)
+        assert materialize(instance, partition_key="p3").success
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_child, args=(str(tmp_path), queue))
+        child.start()
+        child_run = queue.get(timeout=120)
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        assert instance.get_run_by_id(child_run).status == dg.DagsterRunStatus.SUCCESS
+        assert materialize(instance, partition_key="p5").success
+        assert {r.partition_key for r in instance.fetch_materializations(
+            checked.key, limit=100).records} == {"p3", "p4", "p5"}

@@ -1,0 +1,162 @@
+"""The local instance's event log: Dagster's SQLite event log, reusing its engines.
+
+`SqliteEventLogStorage._connect` builds a new SQLAlchemy engine for every read and write and
+disposes it after (`NullPool`). A run over 100 batches makes about 3,700 such connections
+to the shared `index.db` alone (five check results, two materializations and their reads per
+batch), and each costs an engine, a connect, PRAGMAs and a close: on this machine more than
+the batch's own work (bench/RESULTS.md, "Where a landing's time goes"). This subclass keeps
+one engine per file:
+
+- `index.db` (shared by every run): a pooled connection, reused. Nobody watches that file.
+- a run's own log (`<run id>.db`): the engine is kept but every connection is still closed
+  after its write (`NullPool`), because the Dagster UI follows a live run by watching that
+  file change, which the close's checkpoint does.
+
+Everything else (schema, migrations, what is written and when, locking through
+`_db_lock`) is Dagster's. An engine is replaced when its file was deleted or replaced
+(`wipe`, a reset home), and no pooled connection crosses a fork. Configured in
+deploy/local/dagster.yaml as the instance's `event_log_storage`; the rest of the local
+instance is Dagster's default SQLite storage. Subclassing is the documented way to configure
+a storage (`module`/`class` in dagster.yaml); no library offers this.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from dagster._config import StringSource
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.sql import create_engine
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._serdes import ConfigurableClassData
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool, QueuePool
+
+RUN_ENGINES_KEPT = 8  # engines of run logs kept (a process writes one or two runs at a time)
+
+_storages: weakref.WeakSet[ReusingSqliteEventLogStorage] = weakref.WeakSet()
+_inherited: list[object] = []  # a child's copies of the parent's engines: never used or closed
+
+
+class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
+    """Dagster's SQLite event log with one engine per file, kept (see the module)."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self._engines: OrderedDict[str, tuple[Engine, int]] = OrderedDict()
+        self._engines_lock = threading.RLock()
+        self._tables: set[str] = set()  # tables seen in index.db (migrations only add tables)
+        super().__init__(base_dir, inst_data=inst_data)
+        _storages.add(self)
+
+    @classmethod
+    def config_type(cls) -> dict:
+        # The instance's directory (DAGSTER_HOME): its event logs live where Dagster's
+        # default storage keeps them, so switching storage keeps every run's history.
+        return {"instance_dir": StringSource}
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+    ) -> ReusingSqliteEventLogStorage:
+        base_dir = os.path.join(config_value["instance_dir"], "history", "runs", "")
+        return cls(base_dir, inst_data=inst_data)
+
+    def _engine(self, shard: str) -> Engine:
+        """The shard's engine, created (and the file initialised) on first use or when the
+        file was deleted or replaced since."""
+        with self._engines_lock:
+            return self._kept_or_new_engine(shard)
+
+    def _kept_or_new_engine(self, shard: str) -> Engine:
+        path = self.path_for_shard(shard)
+        inode = _inode(path)
+        kept = self._engines.get(shard)
+        if kept is not None and inode is not None and kept[1] == inode:
+            self._engines.move_to_end(shard)
+            return kept[0]
+        if kept is not None:  # deleted or replaced under its name: start on the new file
+            self._engines.pop(shard)[0].dispose()
+            self._initialized_dbs.discard(shard)
+        pooled = shard == INDEX_SHARD_NAME
+        engine = create_engine(
+            self.conn_string_for_shard(shard),
+            **({"poolclass": QueuePool, "pool_size": 1, "max_overflow": 2} if pooled
+               else {"poolclass": NullPool}),
+            # Pooled connections move between the threads that take `_db_lock`.
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
+        )
+        if shard not in self._initialized_dbs or inode is None:
+            self._initdb(engine)
+            self._initialized_dbs.add(shard)
+        self._engines[shard] = (engine, _inode(path) or 0)
+        runs = [name for name in self._engines if name != INDEX_SHARD_NAME]
+        for name in runs[:-RUN_ENGINES_KEPT]:
+            self._engines.pop(name)[0].dispose()
+        return engine
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:  # type: ignore[override]
+        with self._db_lock:
+            engine = self._engine(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        """Dagster asks before most index writes and reads (5 times per batch for the check
+        results alone), each time on a new engine; here on the kept one, and a table once
+        seen is remembered."""
+        if table_name in self._tables:
+            return True
+        engine = self._engine(INDEX_SHARD_NAME)
+        with engine.connect() as conn:
+            found = bool(engine.dialect.has_table(conn, table_name))
+        if found:
+            self._tables.add(table_name)
+        return found
+
+    def close_connections(self) -> None:
+        """Closes the pooled connections now (before a fork, on dispose); engines reconnect
+        on their next use."""
+        with self._engines_lock:
+            for engine, _ in self._engines.values():
+                engine.dispose()
+
+    def forget_in_child(self) -> None:
+        """In a forked child: the parent's engines (and any connection a thread had checked
+        out during the fork) are kept referenced, never used or closed; new ones are made."""
+        _inherited.append(self._engines)
+        self._engines, self._engines_lock = OrderedDict(), threading.RLock()
+
+    def dispose(self) -> None:
+        super().dispose()
+        self.close_connections()
+        self._engines.clear()
+
+
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _before_fork() -> None:
+    for storage in list(_storages):
+        storage.close_connections()
+
+
+def _in_child() -> None:
+    for storage in list(_storages):
+        storage.forget_in_child()
+
+
+os.register_at_fork(before=_before_fork, after_in_child=_in_child)
