@@ -17,7 +17,8 @@ Everything else (schema, migrations, what is written and when, locking through
 (`wipe`, a reset home), and no pooled connection crosses a fork. Configured in
 deploy/local/dagster.yaml as the instance's `event_log_storage`; the rest of the local
 instance is Dagster's default SQLite storage. Subclassing is the documented way to configure
-a storage (`module`/`class` in dagster.yaml); no library offers this.
+a storage (`module`/`class` in dagster.yaml); no library offers this. Without a `base_dir`
+it uses the instance's own folder, found when the instance registers itself.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from dagster._config import StringSource
+from dagster._config import Field, StringSource
+from dagster._core.instance import DagsterInstance
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -50,25 +52,37 @@ _inherited: list[object] = []  # a child's copies of the parent's engines: never
 class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's SQLite event log with one engine per file, kept (see the module)."""
 
-    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+    def __init__(self, base_dir: str | None = None,
+                 inst_data: ConfigurableClassData | None = None):
+        """`base_dir` None: the instance's own event log folder, known once the instance
+        registers itself (before any read or write)."""
         self._engines: OrderedDict[str, tuple[Engine, int]] = OrderedDict()
         self._engines_lock = threading.RLock()
         self._tables: set[str] = set()  # tables seen in index.db (migrations only add tables)
-        super().__init__(base_dir, inst_data=inst_data)
+        self._inst_data = inst_data
+        self._instance_weakref = None
+        if base_dir is not None:
+            super().__init__(base_dir, inst_data=inst_data)
         _storages.add(self)
 
     @classmethod
     def config_type(cls) -> dict:
-        # The instance's directory (DAGSTER_HOME): its event logs live where Dagster's
-        # default storage keeps them, so switching storage keeps every run's history.
-        return {"instance_dir": StringSource}
+        return {"base_dir": Field(StringSource, is_required=False)}
 
     @classmethod
     def from_config_value(  # type: ignore[override]
         cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
     ) -> ReusingSqliteEventLogStorage:
-        base_dir = os.path.join(config_value["instance_dir"], "history", "runs", "")
-        return cls(base_dir, inst_data=inst_data)
+        return cls(config_value.get("base_dir"), inst_data=inst_data)
+
+    def register_instance(self, instance: DagsterInstance) -> None:
+        if not hasattr(self, "_base_dir"):
+            # Where Dagster's default storage keeps the instance's event logs (the instance
+            # folder, e.g. DAGSTER_HOME): switching storage keeps every run's history, and
+            # any way of opening the instance finds the same files.
+            super().__init__(os.path.join(instance.root_directory, "history", "runs", ""),
+                             inst_data=self._inst_data)
+        super().register_instance(instance)
 
     def _engine(self, shard: str) -> Engine:
         """The shard's engine, created (and the file initialised) on first use or when the

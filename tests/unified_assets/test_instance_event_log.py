@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from tests.instances import LOCAL_EVENT_LOG
+from tests.instances import LOCAL_EVENT_LOG, LOCAL_INSTANCE
 from unified_assets.instance_event_log import ReusingSqliteEventLogStorage
 
 PARTS = dg.StaticPartitionsDefinition([f"p{i}" for i in range(6)])
@@ -202,3 +202,20 @@ def test_a_forked_child_writes_through_its_own_connections(tmp_path: Path):
         assert materialize(instance, partition_key="p5").success
         assert {r.partition_key for r in instance.fetch_materializations(
             checked.key, limit=100).records} == {"p3", "p4", "p5"}
+
+
+def test_any_way_of_opening_the_instance_finds_its_own_event_log(tmp_path: Path, monkeypatch):
+    """Found by the landing benchmark: `DagsterInstance.from_config(folder)` with DAGSTER_HOME
+    unset (or naming another instance) must read the folder's own event log."""
+    for name in ("one", "other"):
+        (tmp_path / name).mkdir()
+        shutil.copy(LOCAL_INSTANCE, tmp_path / name / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "other"))
+    with dg.DagsterInstance.from_config(str(tmp_path / "one")) as instance:
+        run_id = materialize(instance, partition_key="p0").run_id
+    assert (tmp_path / "one" / "history" / "runs" / f"{run_id}.db").is_file()
+    assert not (tmp_path / "other" / "history").exists()
+    monkeypatch.delenv("DAGSTER_HOME")
+    with dg.DagsterInstance.from_config(str(tmp_path / "one")) as instance:
+        assert isinstance(instance.event_log_storage, ReusingSqliteEventLogStorage)
+        assert instance.get_records_for_run(run_id, limit=5).records
