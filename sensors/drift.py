@@ -93,7 +93,9 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="drift_retrain_sensor",
         job=job,
-        minimum_interval_seconds=10,  # cheap: reads batch_drift records
+        # Cheap (reads batch_drift records since its cursor); the first training and a
+        # retrain start at most this long after their evidence is recorded.
+        minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Requests train -> evaluate -> gated promotion when batch_drift finds drift "
         "(one retrain in flight, later evidence folded into the one queued), and the first "

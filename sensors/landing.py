@@ -168,7 +168,9 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_zone_sensor",
         job=job,
-        minimum_interval_seconds=15,
+        # A landed batch waits for the next tick; a tick is one listing of the landing zone
+        # (on S3 one LIST request per 1,000 objects) and reads only files not seen before.
+        minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a partition per new complete batch file and requests its ingestion; "
         "ingests a changed file again as a new version and retries failed ingestions.",

@@ -5,12 +5,13 @@ disposes it after (`NullPool`). A run over 100 batches makes about 3,700 such co
 to the shared `index.db` alone (five check results, two materializations and their reads per
 batch), and each costs an engine, a connect, PRAGMAs and a close: on this machine more than
 the batch's own work (bench/RESULTS.md, "Where a landing's time goes"). This subclass keeps
-one engine per file:
+one engine per file (`index.db`, shared by every run, and the latest runs' own logs), each
+with a pooled connection, reused.
 
-- `index.db` (shared by every run): a pooled connection, reused. Nobody watches that file.
-- a run's own log (`<run id>.db`): the engine is kept but every connection is still closed
-  after its write (`NullPool`), because the Dagster UI follows a live run by watching that
-  file change, which the close's checkpoint does.
+The Dagster UI follows a live run by watching its log file change (`watch`). Dagster's
+storage closes its connection after every write, and that last close checkpoints the WAL
+into the file, which is what the UI saw change. Here a write stays in the file's `-wal`
+until SQLite checkpoints it, so `watch` here follows both files.
 
 Everything else (schema, migrations, what is written and when, locking through
 `_db_lock`) is Dagster's. An engine is replaced when its file was deleted or replaced
@@ -32,16 +33,20 @@ from contextlib import contextmanager
 from typing import Any
 
 from dagster._config import Field, StringSource
+from dagster._core.event_api import EventHandlerFn
 from dagster._core.instance import DagsterInstance
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
+    SqliteEventLogStorageWatchdog,
 )
 from dagster._core.storage.sql import create_engine
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool, QueuePool
+from sqlalchemy.pool import QueuePool
+from watchdog.events import FileSystemEvent
+from watchdog.observers import Observer
 
 RUN_ENGINES_KEPT = 8  # engines of run logs kept (a process writes one or two runs at a time)
 
@@ -100,11 +105,8 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         if kept is not None:  # deleted or replaced under its name: start on the new file
             self._engines.pop(shard)[0].dispose()
             self._initialized_dbs.discard(shard)
-        pooled = shard == INDEX_SHARD_NAME
         engine = create_engine(
-            self.conn_string_for_shard(shard),
-            **({"poolclass": QueuePool, "pool_size": 1, "max_overflow": 2} if pooled
-               else {"poolclass": NullPool}),
+            self.conn_string_for_shard(shard), poolclass=QueuePool, pool_size=1, max_overflow=2,
             # Pooled connections move between the threads that take `_db_lock`.
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
@@ -137,6 +139,15 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
             self._tables.add(table_name)
         return found
 
+    def watch(self, run_id: str, cursor: str | None, callback: EventHandlerFn) -> None:
+        """As Dagster's, following the run's log and its `-wal` (see the module)."""
+        if not self._obs:
+            self._obs = Observer()
+            self._obs.start()
+        handler = RunLogWatchdog(self, run_id, callback, cursor)
+        self._watchers[run_id][callback] = (
+            handler, self._obs.schedule(handler, self._base_dir, recursive=True))
+
     def close_connections(self) -> None:
         """Closes the pooled connections now (before a fork, on dispose); engines reconnect
         on their next use."""
@@ -154,6 +165,20 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
         self.close_connections()
         self._engines.clear()
+
+
+class RunLogWatchdog(SqliteEventLogStorageWatchdog):
+    """Dagster's watcher of one run's log, told about changes to the log's `-wal` too."""
+
+    @property
+    def patterns(self) -> list[str]:
+        return [self._log_path, f"{self._log_path}-wal"]
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        self._process_log()
+
+    def on_modified(self, event: FileSystemEvent) -> None:
+        self._process_log()
 
 
 def _inode(path: str) -> int | None:
