@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -48,6 +48,7 @@ from sqlalchemy.pool import QueuePool
 from watchdog.events import FileSystemEvent
 from watchdog.observers import Observer
 
+RECHECK_S = 0.25  # a watched run's log is read again this long after each change
 RUN_ENGINES_KEPT = 8  # engines of run logs kept (a process writes one or two runs at a time)
 
 _storages: weakref.WeakSet[ReusingSqliteEventLogStorage] = weakref.WeakSet()
@@ -61,11 +62,12 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
                  inst_data: ConfigurableClassData | None = None):
         """`base_dir` None: the instance's own event log folder, known once the instance
         registers itself (before any read or write)."""
-        self._engines: OrderedDict[str, tuple[Engine, int]] = OrderedDict()
+        self._engines: OrderedDict[str, tuple[Engine, tuple[int, int]]] = OrderedDict()
         self._engines_lock = threading.RLock()
         self._tables: set[str] = set()  # tables seen in index.db (migrations only add tables)
         self._inst_data = inst_data
         self._instance_weakref = None
+        self._obs = None
         if base_dir is not None:
             super().__init__(base_dir, inst_data=inst_data)
         _storages.add(self)
@@ -95,9 +97,12 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         with self._engines_lock:
             return self._kept_or_new_engine(shard)
 
-    def _kept_or_new_engine(self, shard: str) -> Engine:
+    def _kept_or_new_engine(self, shard: str) -> Engine:  # under _engines_lock
         path = self.path_for_shard(shard)
-        inode = _inode(path)
+        # A file deleted while a pooled connection holds it keeps its inode allocated, so a
+        # file put in its place has another one; without a held connection the engine opens
+        # the path again anyway.
+        inode = _identity(path)
         kept = self._engines.get(shard)
         if kept is not None and inode is not None and kept[1] == inode:
             self._engines.move_to_end(shard)
@@ -105,6 +110,8 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         if kept is not None:  # deleted or replaced under its name: start on the new file
             self._engines.pop(shard)[0].dispose()
             self._initialized_dbs.discard(shard)
+            if shard == INDEX_SHARD_NAME:
+                self._tables.clear()
         engine = create_engine(
             self.conn_string_for_shard(shard), poolclass=QueuePool, pool_size=1, max_overflow=2,
             # Pooled connections move between the threads that take `_db_lock`.
@@ -113,7 +120,7 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         if shard not in self._initialized_dbs or inode is None:
             self._initdb(engine)
             self._initialized_dbs.add(shard)
-        self._engines[shard] = (engine, _inode(path) or 0)
+        self._engines[shard] = (engine, _identity(path) or (0, 0))
         runs = [name for name in self._engines if name != INDEX_SHARD_NAME]
         for name in runs[:-RUN_ENGINES_KEPT]:
             self._engines.pop(name)[0].dispose()
@@ -160,6 +167,10 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         out during the fork) are kept referenced, never used or closed; new ones are made."""
         _inherited.append(self._engines)
         self._engines, self._engines_lock = OrderedDict(), threading.RLock()
+        # A lock another thread held at the fork would never be released here, and the
+        # parent's file watchers did not cross the fork.
+        self._db_lock = threading.Lock()
+        self._obs, self._watchers = None, defaultdict(dict)
 
     def dispose(self) -> None:
         super().dispose()
@@ -168,24 +179,49 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
 
 
 class RunLogWatchdog(SqliteEventLogStorageWatchdog):
-    """Dagster's watcher of one run's log, told about changes to the log's `-wal` too."""
+    """Dagster's watcher of one run's log, told about changes to the log's `-wal` too.
+
+    A commit's pages reach the `-wal` (the change seen) just before the commit is visible to
+    readers (in the `-shm`, which no file event reports). So each change is read at once and
+    again `RECHECK_S` later: the run's last event is never left unread until the next change.
+    """
+
+    def __init__(self, storage: SqliteEventLogStorage, run_id: str,
+                 callback: EventHandlerFn, cursor: str | None):
+        super().__init__(storage, run_id, callback, cursor)
+        self._reading = threading.Lock()
+        self._recheck: threading.Timer | None = None
 
     @property
     def patterns(self) -> list[str]:
         return [self._log_path, f"{self._log_path}-wal"]
 
     def on_created(self, event: FileSystemEvent) -> None:
-        self._process_log()
+        self._changed()
 
     def on_modified(self, event: FileSystemEvent) -> None:
-        self._process_log()
+        self._changed()
+
+    def _changed(self) -> None:
+        self._read()
+        recheck = threading.Timer(RECHECK_S, self._read)
+        recheck.daemon = True
+        previous, self._recheck = self._recheck, recheck
+        if previous is not None:
+            previous.cancel()
+        recheck.start()
+
+    def _read(self) -> None:
+        with self._reading:  # one read at a time: each continues from the last one's cursor
+            self._process_log()
 
 
-def _inode(path: str) -> int | None:
+def _identity(path: str) -> tuple[int, int] | None:
     try:
-        return os.stat(path).st_ino
+        stat = os.stat(path)
     except FileNotFoundError:
         return None
+    return stat.st_dev, stat.st_ino
 
 
 def _before_fork() -> None:

@@ -13,9 +13,11 @@ instance's own files only:
   of the process; after a power loss the last commits may be rolled back, never corrupted.
 - one idle connection held per process on the shared files (`history/runs.db`,
   `history/runs/index.db`, `schedules/schedules.db`), so a close there is not the last one
-  and does not checkpoint (SQLite still does every 1000 pages of log). Never on a run's own
-  log (`history/runs/<run id>.db`): the UI follows a live run by watching that file change,
-  which the checkpoint on close does. Held connections are closed before the process forks
+  and does not checkpoint (SQLite still does every 1000 pages of log). Not on a run's own
+  log (`history/runs/<run id>.db`): with Dagster's own event log the UI follows a live run by
+  watching that file change, which the checkpoint on close does (the local instance's event
+  log, unified_assets/instance_event_log.py, keeps run logs open itself and watches their
+  `-wal` too). Held connections are closed before the process forks
   (SQLite's locks do not survive a fork), and a failure here never fails Dagster's write.
 
 Production keeps its instance in Postgres (deploy/stack), where this does nothing; MLflow's

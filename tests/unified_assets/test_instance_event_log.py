@@ -114,8 +114,9 @@ def test_a_range_run_keeps_one_index_connection_and_writes_what_dagster_writes(
 
 
 def test_a_live_run_is_followed_by_another_process_watching_it(tmp_path: Path):
-    """The Dagster UI follows a live run by watching its log file change (watchdog): a run's
-    own log is still closed after each write, so a watcher sees each event as it lands."""
+    """The Dagster UI follows a live run by watching its log file change (watchdog): the
+    write stays in the log's -wal (its connection is kept), which the watch follows too, so a
+    watcher sees each event as it lands."""
     with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
         run_id = materialize(instance, partition_key="p0").run_id
         before = len(instance.get_records_for_run(run_id, limit=10_000).records)
@@ -219,3 +220,25 @@ def test_any_way_of_opening_the_instance_finds_its_own_event_log(tmp_path: Path,
     with dg.DagsterInstance.from_config(str(tmp_path / "one")) as instance:
         assert isinstance(instance.event_log_storage, ReusingSqliteEventLogStorage)
         assert instance.get_records_for_run(run_id, limit=5).records
+
+
+def _child_on(instance: dg.DagsterInstance, queue) -> None:
+    """In a forked child: a run through the parent's own instance object and its storage."""
+    queue.put(materialize(instance, partition_key="p1").run_id)
+
+
+def test_a_forked_child_does_not_inherit_a_lock_held_at_the_fork(tmp_path: Path):
+    """Found in review: a thread inside a read or write when another thread forks left the
+    child's copy of Dagster's storage lock taken forever; the child's first event hung."""
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        storage = instance.event_log_storage
+        assert materialize(instance, partition_key="p0").success
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        with storage._db_lock:  # as a thread inside `_connect` at the moment of the fork
+            child = context.Process(target=_child_on, args=(instance, queue))
+            child.start()
+        child_run = queue.get(timeout=120)
+        child.join(timeout=60)
+        assert child.exitcode == 0
+        assert instance.get_run_by_id(child_run).status == dg.DagsterRunStatus.SUCCESS
