@@ -12,7 +12,8 @@ tick says so.
 
 Throughput: a run costs seconds, a batch milliseconds, so first attempts of batches that are
 next to each other in the partition order (files landed together) are requested as one run
-over the partition range (at most `PARTITIONS_PER_RUN` each); the asset records each batch's
+over the partition range (at most `PARTITIONS_PER_RUN` each, more when a landing would
+need more runs than the run slots: `run_size`); the asset records each batch's
 materialization and checks on its own. A failed range run is retried as a range too (its
 neighbouring batches due for the same attempt, tagged with the first run's chunk so every
 attempt counts for each of them): an outage during a landing of 100 batches is one retry run,
@@ -124,6 +125,19 @@ def contiguous_chunks(order: list[str], wanted: set[str], size: int) -> list[lis
     return chunks
 
 
+def run_size(instance: dg.DagsterInstance, batches: int) -> int:
+    """Batches per range run: at most `PARTITIONS_PER_RUN`, unless that needs more runs than
+    the run slots beside one left for decisions (approvals, rollbacks, a retrain); then the
+    batches are shared evenly among those slots. A run beyond the slots would wait for one,
+    then run alone while the others' cores sit idle."""
+    queue = instance.get_concurrency_config().run_queue_config
+    limit = queue.max_concurrent_runs if queue is not None else -1
+    if limit is None or limit < 0:  # no run limit: any number of runs start at once
+        return PARTITIONS_PER_RUN
+    slots = max(1, limit - 1)
+    return max(PARTITIONS_PER_RUN, -(-batches // slots))
+
+
 def range_request(chunk: list[str], versions: dict[str, str], triggers: set[str]) -> dg.RunRequest:
     """One ingestion run over `chunk` (neighbouring partitions); the run key covers every
     batch's version, so a replayed tick starts nothing twice."""
@@ -224,7 +238,8 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
                 continue
             notes.append(step.note)
         order = known_order + sorted(k for k in files if k not in known)
-        for chunk_keys in contiguous_chunks(order, set(first_attempts), PARTITIONS_PER_RUN):
+        size = run_size(instance, len(first_attempts))
+        for chunk_keys in contiguous_chunks(order, set(first_attempts), size):
             if len(chunk_keys) == 1:  # one batch: the same run as before, tagged with its file
                 key = chunk_keys[0]
                 landed = files[key]

@@ -315,3 +315,22 @@ def test_a_file_the_spec_does_not_match_is_named_not_silently_skipped(settings, 
     assert "no new or changed batch" in skipped(quiet)
     assert instance.get_dynamic_partitions(BATCHES.name) == ["batch-00000"]
     assert (settings.landing_dir / "batch-00020.csv").exists()  # left where it was
+
+
+def test_a_landing_is_split_into_as_many_range_runs_as_run_slots_allow(settings, monkeypatch):
+    """Found in the landing benchmark: 500 batches in runs of 100 were 5 runs for 4 run slots,
+    and the fifth waited for a slot, then ran alone on a core. Runs are at most
+    PARTITIONS_PER_RUN batches unless that would need more runs than the slots left beside
+    one kept for decisions; then the batches are shared evenly among those."""
+    import sensors.landing as landing
+    from tests.instances import LOCAL_EVENT_LOG
+
+    monkeypatch.setattr(landing, "PARTITIONS_PER_RUN", 2)
+    write_batches(settings.landing_dir, batches=7, rows=30)
+    defs = build_definitions(settings)
+    overrides = {**LOCAL_EVENT_LOG, "concurrency": {"runs": {"max_concurrent_runs": 3}}}
+    with dg.instance_for_test(overrides=overrides) as instance:
+        first = tick(defs, instance)
+    spans = [(r.partition_key_range.start, r.partition_key_range.end)
+             for r in first.run_requests]
+    assert spans == [("batch-00000", "batch-00003"), ("batch-00004", "batch-00006")]
