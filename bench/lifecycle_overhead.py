@@ -309,18 +309,15 @@ def main() -> None:
     print(f"ratio of fastest runs {fastest['dagster'] / fastest['plain']:.3f} "
           f"({fastest['dagster']:.2f} / {fastest['plain']:.2f} s); "
           f"ratio of median own CPU {cpu['dagster'] / cpu['plain']:.3f}")
-    if results.get(STOCK_LOG):
-        each = [r["seconds"] for r in results[STOCK_LOG]]
-        stock = statistics.median(each)
-        print(f"median dagster on Dagster's own event log {stock:.2f} s "
-              f"({', '.join(f'{x:.2f}' for x in each)}); overhead_ratio_stock_log="
-              f"{stock / plain:.3f} event_log_speedup={stock / dagster:.3f}")
-    if results.get(UNTUNED):
-        each = [r["seconds"] for r in results[UNTUNED]]
-        untuned = statistics.median(each)
-        print(f"median dagster with the SQLite tuning off {untuned:.2f} s "
-              f"({', '.join(f'{x:.2f}' for x in each)}); overhead_ratio_untuned="
-              f"{untuned / plain:.3f} sqlite_tuning_speedup={untuned / dagster:.3f}")
+    for side, label, suffix, speedup in (
+            (STOCK_LOG, "on Dagster's own event log", "stock_log", "event_log_speedup"),
+            (UNTUNED, "with the SQLite tuning off", "untuned", "sqlite_tuning_speedup")):
+        if results.get(side):  # a variant of the Dagster side, measured in the same repeats
+            each = [r["seconds"] for r in results[side]]
+            median = statistics.median(each)
+            print(f"median dagster {label} {median:.2f} s "
+                  f"({', '.join(f'{x:.2f}' for x in each)}); overhead_ratio_{suffix}="
+                  f"{median / plain:.3f} {speedup}={median / dagster:.3f}")
     print(f"overhead_ratio={dagster / plain:.3f}")
 
 
