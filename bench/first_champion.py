@@ -41,9 +41,6 @@ print("champion", result.production["champion"], time.perf_counter() - started)
 """
 
 
-
-
-
 def first_champion_under_dagster(home: Path, batches: int, rows: int, timeout: float
                                  ) -> dict[str, float]:
     import dagster as dg
@@ -81,7 +78,7 @@ def first_champion_under_dagster(home: Path, batches: int, rows: int, timeout: f
 
 def timeline(instance, wall_started: float) -> None:
     """Each run until the first champion: job, trigger, queued/start/end seconds from the
-    start of the command (where the time goes)."""
+    start of the command, and each step's start and end (where the time goes)."""
     import dagster as dg
 
     for record in reversed(instance.get_run_records(limit=50)):
@@ -92,6 +89,9 @@ def timeline(instance, wall_started: float) -> None:
         print(f"  run {run.job_name:24s} {run.tags.get('unified-ai/trigger', '-'):12s} "
               f"created {at(record.create_timestamp.timestamp())} start {at(stats.start_time)} "
               f"end {at(stats.end_time)} {run.status.value}")
+        for step in sorted(instance.get_run_step_stats(run.run_id),
+                           key=lambda s: s.start_time or 0):
+            print(f"      {step.step_key:40s} start {at(step.start_time)} end {at(step.end_time)}")
     del dg
 
 

@@ -1,10 +1,21 @@
-"""Outside systems behind one interface each: dataset landing zone, artifact store, MLflow."""
+"""Outside systems behind one interface each: dataset landing zone, artifact store, MLflow.
 
-from resources.artifact_store import ArtifactStore
-from resources.dataset import DatasetResource
-from resources.mlflow_registry import MlflowRegistry, RegisteredCandidate
-from resources.policy import PolicyResource
+Each is imported when first named (PEP 562), so a process that needs one module of this
+package (the CLI's parser needs `incident_kinds`) does not import Dagster and every resource."""
 
-__all__ = [
-    "ArtifactStore", "DatasetResource", "MlflowRegistry", "PolicyResource", "RegisteredCandidate",
-]
+from importlib import import_module
+
+_WHERE = {
+    "ArtifactStore": "resources.artifact_store",
+    "DatasetResource": "resources.dataset",
+    "MlflowRegistry": "resources.mlflow_registry",
+    "RegisteredCandidate": "resources.mlflow_registry",
+    "PolicyResource": "resources.policy",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'resources' has no attribute {name!r}")
+    return getattr(import_module(_WHERE[name]), name)

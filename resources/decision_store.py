@@ -34,12 +34,9 @@ from typing import Any
 import dagster as dg
 from pydantic import PrivateAttr
 
+from resources.incident_kinds import INCIDENT_KINDS
+
 GENESIS = "0" * 64
-# Every kind of incident the project records (`record_incident` refuses any other, so the CLI's
-# `incidents --kind` choices are the whole list).
-INCIDENT_KINDS = ("run_failure", "rollback", "refusal", "live_regression", "escalation",
-                  "registry_fault", "champion_missing", "champion_unusable", "alias_drift",
-                  "audit_failure")
 LOCK_TIMEOUT_S = 60.0
 # record kinds in the log
 EVENT, CHANGE, OUTCOME, INCIDENT = "event", "change", "outcome", "incident"

@@ -94,6 +94,12 @@ TRAINING_EXECUTOR_CONFIG = {
     **LOCAL_EXECUTOR_CONFIG, "start_method": {"forkserver": {"preload_modules": TRAINING_PRELOAD}},
 }
 
+# Ingestion, labels and decisions run their steps in the run's own process: a forkserver and
+# a process per step cost seconds (bench/first_champion.py: 2.6 s to start the forkserver,
+# 1.2-2 s per step process) for steps that compute for a second or two, one after the other.
+# Their pools still apply (Dagster's in-process executor claims pool slots too).
+LIGHT_EXECUTOR = dg.in_process_executor
+
 SHARED_ASSETS = [landed_batch, batch_labels, training_set, approval, production_model,
                  batch_drift, live_performance, drift_report]
 
@@ -126,19 +132,47 @@ REPORT_RUN_TAGS = {**AUTOMATION_RUN_TAGS, "dagster/priority": "-5", RUN_QUEUE_TA
 # schedule and the CLI set their own trigger, which takes precedence over a job's tags.
 MANUAL = started_because("manual")
 
-# Drift is judged in the ingestion run itself: the evidence is in the catalog when the run
-# ends, with no automation tick (30 s) and no second run per landing between a batch and the
-# retrain it calls for.
-ingest_job = dg.define_asset_job(
-    "ingest_batch", selection=[landed_batch, batch_drift], partitions_def=BATCHES, tags=MANUAL,
-    description="Validate and curate landed batches (one partition or a range), then judge "
-    "each passing batch's drift against the champion.",
-)
-labels_job = dg.define_asset_job(
-    "ingest_labels", selection=[batch_labels, live_performance], partitions_def=BATCHES,
-    tags=MANUAL,
-    description="Match a batch's late labels to its rows and measure the champion on them.",
-)
+
+# Ingestion, labels and decisions: light steps, one after the other, none on a GPU. Locally
+# they run in the run's own process (`LIGHT_EXECUTOR`), elsewhere on the deployment's executor.
+def light_jobs(executor_def: dg.ExecutorDefinition | None = None) -> tuple:
+    """(ingest_batch, ingest_labels, approve_or_reject, rollback_production);
+    `executor_def` None runs them on the definitions' executor."""
+    # Drift is judged in the ingestion run itself: the evidence is in the catalog when the run
+    # ends, with no automation tick (30 s) and no second run per landing between a batch and
+    # the retrain it calls for.
+    ingest = dg.define_asset_job(
+        "ingest_batch", selection=[landed_batch, batch_drift], partitions_def=BATCHES,
+        tags=MANUAL, executor_def=executor_def,
+        description="Validate and curate landed batches (one partition or a range), then "
+        "judge each passing batch's drift against the champion.",
+    )
+    labels = dg.define_asset_job(
+        "ingest_labels", selection=[batch_labels, live_performance], partitions_def=BATCHES,
+        tags=MANUAL, executor_def=executor_def,
+        description="Match a batch's late labels to its rows and measure the champion on them.",
+    )
+    approve = dg.define_asset_job(
+        "approve_or_reject",
+        selection=[approval, production_model],
+        config=approval_launchpad,  # the launchpad shows only the decision's fields
+        tags={**DECISION_PRIORITY, **MANUAL}, executor_def=executor_def,
+        description="Record a decision on the challenger (config: decision, version, approver, "
+        "reason); an approval promotes in the same run.",
+    )
+    rollback = dg.define_asset_job(
+        "rollback_production",
+        selection=[production_model],
+        tags={**DECISION_PRIORITY, **MANUAL}, executor_def=executor_def,
+        config=rollback_launchpad,  # who, why, to what: no resources, no other steps' fields
+        description="Move `champion` back to the previous good version (or rollback_to), with "
+        "an incident record. Fill in by and reason.",
+    )
+    return ingest, labels, approve, rollback
+
+
+# Their names, selections and tags for readers; build_definitions makes the ones it serves.
+ingest_job, labels_job, approval_job, rollback_job = light_jobs()
 
 
 def lifecycle_job_for(executor_def: dg.ExecutorDefinition | None = None):
@@ -155,22 +189,6 @@ def lifecycle_job_for(executor_def: dg.ExecutorDefinition | None = None):
 
 # Its name, selection and tags for readers; build_definitions makes the one it serves.
 lifecycle_job = lifecycle_job_for()
-approval_job = dg.define_asset_job(
-    "approve_or_reject",
-    selection=[approval, production_model],
-    config=approval_launchpad,  # the launchpad shows only the decision's fields
-    tags={**DECISION_PRIORITY, **MANUAL},
-    description="Record a decision on the challenger (config: decision, version, approver, "
-    "reason); an approval promotes in the same run.",
-)
-rollback_job = dg.define_asset_job(
-    "rollback_production",
-    selection=[production_model],
-    tags={**DECISION_PRIORITY, **MANUAL},
-    config=rollback_launchpad,  # who, why, to what: no resources, no other steps' fields
-    description="Move `champion` back to the previous good version (or rollback_to), with an "
-    "incident record. Fill in by and reason.",
-)
 
 
 def dataset_resource(settings: Settings) -> DatasetResource:
@@ -314,8 +332,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     resources["serving_target"] = ServingTarget(home=str(settings.home),
                                                 ray_address=settings.ray_address)
     schedules = [request_audit_daily]  # serving: yesterday's requests, summarized at 00:15 UTC
+    local = settings.executor == "multiprocess"
     training = lifecycle_job_for(dg.multiprocess_executor.configured(TRAINING_EXECUTOR_CONFIG)
-                                 if settings.executor == "multiprocess" else None)
+                                 if local else None)
+    ingest_job, labels_job, approval_job, rollback_job = light_jobs(LIGHT_EXECUTOR if local
+                                                                    else None)
     if policy.drift.retrain_cron:
         schedules.append(dg.ScheduleDefinition(
             name="retrain_floor", job=training, cron_schedule=policy.drift.retrain_cron,

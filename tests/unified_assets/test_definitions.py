@@ -67,8 +67,48 @@ def test_local_executor_limits_gpu_steps_to_the_gpu_slots(tmp_path):
         "tag_concurrency_limits"
     ]
     assert "forkserver" in config["start_method"]
-    for job in ("ingest_batch", "rollback_production", "approve_or_reject"):
+    for job in ("deploy_serving", "resolve_support_case"):
         assert local.resolve_job_def(job).executor_def is local.executor, job
+
+
+LIGHT_JOBS = ("ingest_batch", "ingest_labels", "approve_or_reject", "rollback_production")
+
+
+def test_light_local_jobs_run_their_steps_in_the_run_process(tmp_path):
+    """Found by bench/first_champion.py: an ingestion run of 6 batches spent 2.6 s starting its
+    forkserver (Python, Dagster, the code location) and 1.2-2 s per step process for steps
+    that compute for 1-3 s, all on the first champion's path. Ingestion, labels and decisions
+    have no GPU step and run their steps one after the other: locally they run in the run's
+    own process (still in their pools); training keeps a process per step."""
+    local = build_definitions(Settings("local", tmp_path, None))
+    for job in LIGHT_JOBS:
+        assert local.resolve_job_def(job).executor_def.name == "in_process", job
+    assert local.resolve_job_def("train_evaluate_promote").executor_def.name == "multiprocess"
+    # Elsewhere every job keeps the deployment's executor (a pod or Ray job per step).
+    ray = build_definitions(Settings("local", tmp_path, None, executor_override="ray"))
+    for job in LIGHT_JOBS:
+        assert ray.resolve_job_def(job).executor_def is ray.executor, job
+
+
+def local_ingest_job() -> dg.JobDefinition:
+    """The local code location's ingestion job, as a run worker loads it (for `reconstructable`)."""
+    return load_defs().resolve_job_def("ingest_batch")
+
+
+def test_a_local_ingestion_run_has_no_step_processes(settings, monkeypatch):
+    from unified_assets.ml.generator import write_batches
+
+    monkeypatch.setenv("UNIFIED_AI_HOME", str(settings.home))
+    write_batches(settings.landing_dir, batches=1, rows=500)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("batches", ["batch-00000"])
+        with dg.execute_job(dg.reconstructable(local_ingest_job), instance=instance,
+                            tags={"dagster/partition": "batch-00000"}) as result:
+            assert result.success, [e.message for e in result.all_events if e.is_failure]
+            kinds = [e.event_type for e in result.all_events]
+            steps = {e.step_key for e in result.all_events if e.is_step_success}
+    assert steps == {"landed_batch", "batch_drift"}
+    assert dg.DagsterEventType.STEP_WORKER_STARTING not in kinds, "a step got its own process"
 
 
 def _executor_config(job: dg.JobDefinition) -> dict:
@@ -85,11 +125,11 @@ def test_the_training_runs_forkserver_imports_the_ml_libraries_once_for_all_its_
     assert preload[0] == "unified_assets.definitions"
     assert {"mlflow", "torch", "sklearn.ensemble"} <= set(preload)
     # Otherwise the same executor: GPU slots and concurrency as every local run.
+    default = local.executor.apply_config_mapping({}).value["config"]
     assert {k: v for k, v in training.items() if k != "start_method"} == {
-        k: v for k, v in _executor_config(local.resolve_job_def("ingest_batch")).items()
-        if k != "start_method"}
-    light = _executor_config(local.resolve_job_def("ingest_batch"))["start_method"]["forkserver"]
-    assert "torch" not in light.get("preload_modules", [])
+        k: v for k, v in default.items() if k != "start_method"}
+    other = _executor_config(local.resolve_job_def("deploy_serving"))["start_method"]["forkserver"]
+    assert "torch" not in other.get("preload_modules", [])
     dg.Definitions.validate_loadable(local)
 
 
