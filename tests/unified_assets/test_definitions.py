@@ -8,7 +8,7 @@ import pytest
 
 from unified_assets.assets.models import build_model_asset
 from unified_assets.candidates import SHIPPED
-from unified_assets.definitions import build_definitions
+from unified_assets.definitions import INSTANCE_PRELOAD, build_definitions
 from unified_assets.definitions import defs as load_defs
 from unified_assets.policy import PolicyError
 from unified_assets.settings import Settings, load_settings
@@ -131,6 +131,51 @@ def test_the_training_runs_forkserver_imports_the_ml_libraries_once_for_all_its_
     other = _executor_config(local.resolve_job_def("deploy_serving"))["start_method"]["forkserver"]
     assert "torch" not in other.get("preload_modules", [])
     dg.Definitions.validate_loadable(local)
+
+
+# The instance reference as a run worker hands it to its steps (made in another process).
+INSTANCE_REF = """
+import shutil, sys
+from pathlib import Path
+import dagster as dg
+home = Path(sys.argv[1])
+shutil.copy("deploy/local/dagster.yaml", home / "dagster.yaml")
+print(dg.serialize_value(dg.DagsterInstance.from_config(str(home)).get_ref()))
+"""
+# A forkserver's child: the preloaded modules, then the step's own instance.
+INSTANCE_CHECK = """
+import importlib, sys
+from unified_assets.definitions import INSTANCE_PRELOAD
+for name in ["unified_assets.definitions", *INSTANCE_PRELOAD]:
+    importlib.import_module(name)
+import dagster as dg
+ref = dg.deserialize_value(sys.stdin.read())
+before = set(sys.modules)
+with dg.DagsterInstance.from_ref(ref) as instance:
+    instance.get_runs(limit=1)
+print(sorted(m for m in set(sys.modules) - before
+             if m.startswith(("dagster", "alembic", "sqlalchemy", "upath", "unified_assets"))))
+"""
+
+
+def test_local_step_processes_open_the_instance_with_nothing_left_to_import(tmp_path):
+    """Found by profiling a chain of trivial steps: each step process spent 0.5-0.7 s between
+    being forked and STEP_WORKER_STARTED, most of it importing Dagster's storage modules (431
+    modules: SQLite storages, alembic, SQLAlchemy dialects) to open the instance. The local
+    forkservers preload them once per run: a step process then imports none of them."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    ref = subprocess.run([sys.executable, "-c", INSTANCE_REF, str(home)], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    out = subprocess.run([sys.executable, "-c", INSTANCE_CHECK], cwd=ROOT, input=ref[-1],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
+    local = build_definitions(Settings("local", tmp_path, None))
+    for job in ("train_evaluate_promote", "deploy_serving"):
+        preload = _executor_config(local.resolve_job_def(job))["start_method"]["forkserver"][
+            "preload_modules"]
+        assert preload[0] == "unified_assets.definitions", job
+        assert set(INSTANCE_PRELOAD) <= set(preload), job
 
 
 def test_other_deployments_train_on_their_own_executor(tmp_path):
