@@ -47,15 +47,38 @@ if .venv/bin/python -c "import socket,sys; sys.exit(socket.socket().connect_ex((
   echo "warning: port $MLFLOW_PORT is taken; the MLflow UI will not start (choose another: MLFLOW_PORT=5001)" >&2
 fi
 # No job runner (it is for GenAI jobs, and a second process to stop); one worker is plenty.
-MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false .venv/bin/mlflow server \
-  --backend-store-uri "$TRACKING_URI" --default-artifact-root "$ARTIFACT_ROOT" \
-  --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$MLFLOW_LOG" 2>&1 &
+# On an existing store the MLflow UI starts once the Dagster UI answers: starting both at once
+# on two cores delayed the Dagster UI by 2-5 s (bench/RESULTS.md), and nothing in Dagster needs
+# the MLflow UI (the code location reads and writes the store itself; people open its links).
+# A new store without the template still starts it first (below, it creates the tables).
+DEV_PID=$$
+(
+  if [ "$FRESH_STORE" = no ]; then
+    .venv/bin/python - "$PORT" "$DEV_PID" <<'EOF' || exit 0  # dagster dev exited first
+import os, sys, time, urllib.request
+port, pid = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 600  # then start it anyway
+while time.monotonic() < deadline:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        sys.exit(1)  # dagster dev is gone: no MLflow UI
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+            break
+    except OSError:
+        time.sleep(0.5)
+EOF
+  fi
+  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec .venv/bin/mlflow server \
+    --backend-store-uri "$TRACKING_URI" --default-artifact-root "$ARTIFACT_ROOT" \
+    --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$MLFLOW_LOG" 2>&1
+) &
 MLFLOW_PID=$!
 # Until `exec` below, a failing step stops the MLflow UI with this script...
 trap 'kill "$MLFLOW_PID" 2>/dev/null || true' EXIT
 # ...after it, `dagster dev` is this very process ($$): a watcher stops the MLflow UI once it
 # has exited (Ctrl-C, a signal, a crash), so Ctrl-C and signals reach `dagster dev` as before.
-DEV_PID=$$
 ( while kill -0 "$DEV_PID" 2>/dev/null; do sleep 2; done; kill "$MLFLOW_PID" 2>/dev/null ) &
 
 if [ "$FRESH_STORE" = yes ]; then

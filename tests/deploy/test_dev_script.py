@@ -1,0 +1,49 @@
+"""The README's run command, `scripts/dev.sh`, around its two UIs: the MLflow UI starts once
+the Dagster UI answers (found by bench/first_champion.py: started together on two cores, the
+MLflow server's start delayed the Dagster UI by 2-5 s), and Ctrl-C on `dagster dev` still
+stops both."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.browser.conftest import ROOT, answers, free_port, wait_until
+
+
+def test_the_mlflow_ui_starts_after_the_dagster_ui_and_stops_with_it(tmp_path: Path):
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("UNIFIED_AI_", "DAGSTER_", "MLFLOW_"))}
+    env.update(UNIFIED_AI_HOME=str(home), PORT=str(free_port()), MLFLOW_PORT=str(free_port()))
+    dagster_ui = f"http://127.0.0.1:{env['PORT']}/server_info"
+    mlflow_ui = f"http://127.0.0.1:{env['MLFLOW_PORT']}/health"
+    log = (tmp_path / "dev.log").open("w")
+    process = subprocess.Popen(["bash", "scripts/dev.sh"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # Which answered first, polled side by side (the order, not how long each took).
+        order: list[str] = []
+
+        def both_answer() -> bool:
+            for name, url in (("mlflow", mlflow_ui), ("dagster", dagster_ui)):
+                if name not in order and answers(url):
+                    order.append(name)
+            assert process.poll() is None, (tmp_path / "dev.log").read_text()[-3000:]
+            return len(order) == 2
+
+        wait_until(both_answer, 240, "both UIs to answer", every=0.2)
+        assert order == ["dagster", "mlflow"], order
+        # Ctrl-C reaches `dagster dev` (the script's own process); the MLflow UI follows.
+        os.kill(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+        wait_until(lambda: not answers(mlflow_ui), 60, "the MLflow UI to stop")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        log.close()
