@@ -279,7 +279,9 @@ def test_local_instance_config_makes_an_instance(tmp_path: Path, monkeypatch: py
         assert instance.run_coordinator.dequeue_interval_seconds == 1
         # Sensors tick side by side: the first landing tick waited 3-4 s behind the others
         # (the drift sensor's first tick imports MLflow), and later ones behind any slow one.
-        assert instance.get_settings("sensors") == {"use_threads": True, "num_workers": 4}
+        assert instance.get_settings("sensors") == {"use_threads": True, "num_workers": 4,
+                                                    "num_submit_workers": 4}
+        assert instance.run_coordinator.dequeue_use_threads
         concurrency = instance.get_concurrency_config()
         assert concurrency.run_queue_config is not None
         assert concurrency.run_queue_config.max_concurrent_runs == 4
