@@ -57,6 +57,7 @@ DEV_PID=$$
     .venv/bin/python - "$PORT" "$DEV_PID" <<'EOF' || exit 0  # dagster dev exited first
 import os, sys, time, urllib.request
 port, pid = sys.argv[1], int(sys.argv[2])
+local = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 deadline = time.monotonic() + 600  # then start it anyway
 while time.monotonic() < deadline:
     try:
@@ -64,7 +65,7 @@ while time.monotonic() < deadline:
     except OSError:
         sys.exit(1)  # dagster dev is gone: no MLflow UI
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2):
+        with local.open(f"http://127.0.0.1:{port}/server_info", timeout=2):
             break
     except OSError:
         time.sleep(0.5)
@@ -87,6 +88,7 @@ if [ "$FRESH_STORE" = yes ]; then
   .venv/bin/python - "$MLFLOW_PORT" "$MLFLOW_PID" <<'EOF' || echo "warning: the MLflow UI did not start; see $MLFLOW_LOG" >&2
 import os, sys, time, urllib.request
 port, pid = sys.argv[1], int(sys.argv[2])
+local = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never a proxy
 deadline = time.monotonic() + 180
 while time.monotonic() < deadline:
     try:
@@ -94,7 +96,7 @@ while time.monotonic() < deadline:
     except OSError:
         sys.exit(1)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+        with local.open(f"http://127.0.0.1:{port}/health", timeout=2):
             sys.exit(0)
     except OSError:
         time.sleep(0.5)

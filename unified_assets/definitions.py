@@ -67,7 +67,8 @@ from unified_assets.settings import Settings, load_settings, policy_choice
 instance_sqlite.install()
 
 GPU_SLOTS = 1
-# Locally every step is a process; GPU-profile steps never exceed the GPU slots.
+# With the multiprocess executor (local, and the production stack) every training step is a
+# process, GPU-profile steps never exceeding the GPU slots (light jobs: LIGHT_EXECUTOR).
 # forkserver: each run starts one server that imports the code location once and forks a
 # process per step from it (spawn paid Python + Dagster + code-location imports per step,
 # seconds each, for steps that compute for milliseconds).
@@ -111,10 +112,12 @@ TRAINING_EXECUTOR_CONFIG = {
     **LOCAL_EXECUTOR_CONFIG, "start_method": {"forkserver": {"preload_modules": TRAINING_PRELOAD}},
 }
 
-# Ingestion, labels and decisions run their steps in the run's own process: a forkserver and
-# a process per step cost seconds (bench/first_champion.py: 2.6 s to start the forkserver,
-# 1.2-2 s per step process) for steps that compute for a second or two, one after the other.
-# Their pools still apply (Dagster's in-process executor claims pool slots too).
+# With the multiprocess executor (local, and the production stack), ingestion, labels and
+# decisions run their steps in the run's own process: a forkserver and a process per step cost
+# seconds (bench/first_champion.py: 2.6 s to start the forkserver, 1.2-2 s per step process)
+# for steps that compute for a second or two, one after the other. Their pools still apply
+# (Dagster's in-process executor claims pool slots too); a run process killed mid-step frees
+# its slot through run monitoring (deploy/local/dagster.yaml).
 LIGHT_EXECUTOR = dg.in_process_executor
 
 SHARED_ASSETS = [landed_batch, batch_labels, training_set, approval, production_model,

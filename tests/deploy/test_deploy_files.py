@@ -277,10 +277,14 @@ def test_local_instance_config_makes_an_instance(tmp_path: Path, monkeypatch: py
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         # A queued run starts within a second, as in production (Dagster's default: 5 s).
         assert instance.run_coordinator.dequeue_interval_seconds == 1
-        # Sensors tick side by side: the first landing tick waited 3-4 s behind the others
-        # (the drift sensor's first tick imports MLflow), and later ones behind any slow one.
-        assert instance.get_settings("sensors") == {"use_threads": True, "num_workers": 4,
-                                                    "num_submit_workers": 4}
+        # Sensors tick one after the other (Dagster's default): two sensors that may ask for a
+        # retrain (drift, live performance) each see the other's queued run and fold into it,
+        # and one tick's decisions are submitted in order. Threads would race both.
+        assert instance.get_settings("sensors") == {}
+        # A light run's steps run in its own process: a run process killed mid-step (out of
+        # memory) records no step failure, so its pool slot is freed after the run ends.
+        assert instance.run_monitoring_enabled
+        assert instance.run_monitoring_settings["free_slots_after_run_end_seconds"] == 60
         assert instance.run_coordinator.dequeue_use_threads
         concurrency = instance.get_concurrency_config()
         assert concurrency.run_queue_config is not None

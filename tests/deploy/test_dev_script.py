@@ -15,6 +15,9 @@ from tests.browser.conftest import ROOT, answers, free_port, wait_until
 
 
 def test_the_mlflow_ui_starts_after_the_dagster_ui_and_stops_with_it(tmp_path: Path):
+    # The templated store (scripts/setup.sh makes it): dev.sh then starts Dagster first. A new
+    # store without it starts the MLflow server first, to create its tables.
+    assert (ROOT / ".venv" / "mlflow-store-template.db").is_file(), "scripts/setup.sh made none"
     home = tmp_path / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PRODUCTION = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
 STACK = yaml.safe_load((ROOT / "deploy" / "stack" / "dagster.yaml").read_text())
 SAME = ("storage", "scheduler", "run_coordinator", "run_monitoring", "compute_logs", "concurrency",
-        "sensors", "telemetry")
+        "telemetry")
 
 
 def test_stack_instance_is_the_kubernetes_instance_but_for_the_launcher():
