@@ -75,24 +75,72 @@ class RayTestCluster:
             **extra}}}
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[RayTestCluster]:
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+def jobs_accepted(address: str, patience_s: float) -> str | None:
+    """None once the cluster's job agents take a job (a no-op, run to its end), else why not.
+    Found in CI: a cluster whose agents never came up (a port picked by `free_port` was taken
+    by the other xdist worker's stack before an agent bound it) failed every test of the module
+    with "No available agent to submit job"."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    deadline, why = time.monotonic() + patience_s, "not tried"
+    while time.monotonic() < deadline:
+        try:
+            client = JobSubmissionClient(address)
+            job = client.submit_job(entrypoint="true")
+            while time.monotonic() < deadline:
+                status = client.get_job_status(job)
+                if status == JobStatus.SUCCEEDED:
+                    return None
+                if status in (JobStatus.FAILED, JobStatus.STOPPED):
+                    why = f"the no-op job ended {status}"
+                    break
+                time.sleep(0.5)
+            else:
+                why = "the no-op job did not end"
+        except Exception as error:  # noqa: BLE001 - starting up: refused, "no available agent"
+            why = f"{type(error).__name__}: {error}"
+        time.sleep(2)
+    return why
+
+
+def _start_cluster(temp_dir: str) -> RayTestCluster:
     from ray.cluster_utils import Cluster
 
-    Path("/tmp/ray").mkdir(exist_ok=True)  # Cluster records its address there
-    temp_dir = tempfile.mkdtemp(prefix="uai-ray-")  # short: Ray's socket paths are limited
     dashboard_port = free_port()
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "num_gpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1",
         "dashboard_port": dashboard_port, "dashboard_agent_listen_port": free_port(),
         "object_store_memory": 100_000_000, "temp_dir": temp_dir, "_system_config": HEALTH_CHECK})
+    test_cluster = RayTestCluster(cluster, f"http://127.0.0.1:{dashboard_port}")
     try:
-        test_cluster = RayTestCluster(cluster, f"http://127.0.0.1:{dashboard_port}")
         test_cluster.add_gpu_node()
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return test_cluster
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[RayTestCluster]:
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    Path("/tmp/ray").mkdir(exist_ok=True)  # Cluster records its address there
+    temp_dir = tempfile.mkdtemp(prefix="uai-ray-")  # short: Ray's socket paths are limited
+    test_cluster = None
+    try:
+        # A cluster that takes no job in 90 s is started again once, on other ports.
+        for attempt in (1, 2):
+            test_cluster = _start_cluster(temp_dir)
+            why = jobs_accepted(test_cluster.address, patience_s=90)
+            if why is None:
+                break
+            test_cluster.cluster.shutdown()
+            test_cluster = None
+            if attempt == 2:
+                pytest.fail(f"the test Ray cluster took no job twice: {why}")
         yield test_cluster
     finally:
-        cluster.shutdown()
+        if test_cluster is not None:
+            test_cluster.cluster.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
