@@ -48,7 +48,7 @@ if .venv/bin/python -c "import socket,sys; sys.exit(socket.socket().connect_ex((
 fi
 # No job runner (it is for GenAI jobs, and a second process to stop); one worker is plenty.
 # On an existing store the MLflow UI starts once the Dagster UI answers: starting both at once
-# on two cores delayed the Dagster UI by 2-5 s (bench/RESULTS.md), and nothing in Dagster needs
+# on two cores delayed the Dagster UI by 4.5-5.6 s (bench/RESULTS.md), and nothing in Dagster needs
 # the MLflow UI (the code location reads and writes the store itself; people open its links).
 # A new store without the template still starts it first (below, it creates the tables).
 DEV_PID=$$
