@@ -98,9 +98,13 @@ LOCAL_EXECUTOR_CONFIG = {
 # cores) after being forked: its forkserver imports them once, beside the code location, and
 # every step starts with them loaded. Only that job: ingestion and decisions never need them.
 # (A module that fails to import is skipped by the forkserver; the step then imports it.)
+# MLflow's SQLAlchemy stores are imported on a client's first call, not by `import mlflow`:
+# 0.5-1 s in each step that talks to the registry (sampled with py-spy), once here.
 TRAINING_PRELOAD = [
     "unified_assets.definitions", *INSTANCE_PRELOAD, "pyarrow.parquet", "mlflow", "mlflow.pyfunc",
-    "mlflow.sklearn",
+    "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store", "mlflow.store.tracking.sqlalchemy_workspace_store",
+    "mlflow.store.model_registry.sqlalchemy_workspace_store", "alembic.migration",
     "sklearn.compose", "sklearn.ensemble", "sklearn.metrics", "sklearn.pipeline",
     "sklearn.preprocessing", "torch", "unified_assets.ml.sklearn_model",
     "unified_assets.ml.torch_model", "unified_assets.ml.metrics",
