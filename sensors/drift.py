@@ -109,12 +109,22 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
     ):
         from unified_assets.assets.labels import is_trainable
 
+        after, awaiting = _load_cursor(context.cursor)
+        found, last = _evidence(context, after)
+        if not found and not awaiting:
+            # Nothing to judge: the registry is asked only if a first training could be due.
+            # (Its first call imports MLflow in the code server, 2.6-4 s that the daemon's other
+            # sensors wait behind; the landing sensor's first tick among them.)
+            wanted = policy.policy.drift.bootstrap_batches
+            landed = len(context.instance.get_dynamic_partitions(BATCHES.name))
+            if wanted is None or landed < wanted:
+                first = ("the policy leaves a first training to a person" if wanted is None
+                         else f"{landed} of {wanted} batches a first training needs have landed")
+                return dg.SkipReason(f"no new batch_drift decision; {first}")
         model = dataset.spec.name
         version = mlflow_registry.alias_version(model)
         if version is None:
             return _bootstrap(context, job, policy)
-        after, awaiting = _load_cursor(context.cursor)
-        found, last = _evidence(context, after)
         training = set(mlflow_registry.training_batches(model, version))
         candidates = {**awaiting, **found}
         drifted, waiting, stale = {}, {}, []
