@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,16 @@ DEFAULT_POOLS = tuple(sorted({profile.pool for profile in PROFILES.values()}))
 def probe_cuda() -> tuple[tuple[CudaDevice, ...], str]:
     """CUDA devices seen by torch, and a note when there are none. Any failure (torch missing,
     CPU-only build, driver error) means zero GPUs, never an exception."""
+    if "torch" not in sys.modules:
+        # A CPU build says so in its version (`2.13.0+cpu`): answered from the installed
+        # metadata, not a 1.7-3 s import (the pool-limits sensor's first tick, in the code
+        # server, held up every other sensor's). Any other build is asked below.
+        try:
+            installed = metadata.version("torch")
+        except metadata.PackageNotFoundError:
+            installed = ""
+        if installed.endswith("+cpu"):
+            return (), f"torch {installed} has no CUDA build"
     try:
         import torch
     except Exception as exc:  # ImportError, or a broken install raising anything else

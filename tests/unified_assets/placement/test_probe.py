@@ -126,3 +126,20 @@ def test_instance_probe_without_limits(instance: dg.DagsterInstance):
     load = probe_instance(instance, pools=["gpu-pool"])
     assert load.pools["gpu-pool"].limit is None and not load.pools["gpu-pool"].full
     assert (load.queued_runs, load.in_progress_runs) == (0, 0)
+
+
+def test_a_cpu_build_of_torch_is_read_from_its_metadata_without_importing_it():
+    """Found by sampling the first champion's code server: the pool-limits sensor's first tick
+    imported torch (1.7-2.9 s) to learn that a `+cpu` build sees no GPU, and the daemon's other
+    sensors (the landing sensor among them) waited behind it. A build whose version says
+    `+cpu` is answered from its installed metadata; any other build is still asked."""
+    from importlib.metadata import version
+
+    code = ("import sys; from unified_assets.placement import probe_cuda; d, note = probe_cuda(); "
+            "print(len(d), 'torch' in sys.modules, note)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout.strip().split(maxsplit=2)
+    if version("torch").endswith("+cpu"):  # the README's torch==2.13.0 on our machines
+        assert out == ["0", "False", f"torch {version('torch')} has no CUDA build"]
+    else:
+        assert out[1] == "True"
