@@ -11,7 +11,7 @@ import json
 import dagster as dg
 
 from resources.dataset import DatasetResource
-from resources.mlflow_registry import MlflowRegistry
+from resources.mlflow_registry import MlflowRegistry, import_client_in_background
 from resources.policy import PolicyResource
 from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
 from unified_assets.partitions import BATCHES
@@ -118,6 +118,7 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
             wanted = policy.policy.drift.bootstrap_batches
             landed = len(context.instance.get_dynamic_partitions(BATCHES.name))
             if wanted is None or landed < wanted:
+                import_client_in_background()  # the tick that asks will not wait for it
                 first = ("the policy leaves a first training to a person" if wanted is None
                          else f"{landed} of {wanted} batches a first training needs have landed")
                 return dg.SkipReason(f"no new batch_drift decision; {first}")

@@ -1,7 +1,9 @@
 """The drift sensor's ticks with nothing to judge stay cheap. Found by sampling the first
 champion's code server (py-spy): its first tick asked MLflow for the champion, and importing
 MLflow there took 2.6-4 s while the daemon's other sensors (the landing sensor among them,
-ticking one after the other in a random order) waited behind it."""
+ticking one after the other in a random order) waited behind it. Such a tick answers without
+MLflow and has it imported on a background thread, so the tick that needs the registry (a
+first training once enough batches are in) does not pay for the import either."""
 
 import subprocess
 import sys
@@ -11,41 +13,57 @@ ROOT = Path(__file__).resolve().parents[2]
 # A fresh code server: the code location loaded, one tick of the drift sensor on an instance
 # with `landed` batches and no batch_drift decision, then whether MLflow was imported.
 TICK = """
-import sys
+import sys, threading
 from pathlib import Path
 import dagster as dg
 from unified_assets.definitions import build_definitions
 from unified_assets.partitions import BATCHES
 from unified_assets.settings import Settings
 
-defs = build_definitions(Settings(deployment="local", home=Path(sys.argv[1]), dataset_spec=None))
+home, landed, mode = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+defs = build_definitions(Settings(deployment="local", home=home, dataset_spec=None))
+if mode == "unimportable":
+    sys.modules["mlflow"] = None  # any `import mlflow` during the tick raises ImportError
 with dg.instance_for_test() as instance:
-    instance.add_dynamic_partitions(BATCHES.name, [f"batch-{i:04d}" for i in range(int(sys.argv[2]))])
+    instance.add_dynamic_partitions(BATCHES.name, [f"batch-{i:04d}" for i in range(landed)])
     context = dg.build_sensor_context(instance=instance, definitions=defs, resources={
         k: defs.resources[k] for k in ("dataset", "mlflow_registry", "policy")})
     result = defs.resolve_sensor_def("drift_retrain_sensor")(context)
 print(getattr(result, "skip_message", result))
-print("mlflow imported" if "mlflow" in sys.modules else "mlflow not imported")
+for thread in threading.enumerate():
+    if thread.name == "unified-ai-mlflow-imports":
+        thread.join()
+print(sorted(m for m in ("mlflow", "mlflow.store.tracking.sqlalchemy_store",
+                         "mlflow.store.model_registry.sqlalchemy_store") if sys.modules.get(m)))
 """
+STORES = ["mlflow", "mlflow.store.model_registry.sqlalchemy_store",
+          "mlflow.store.tracking.sqlalchemy_store"]
 
 
-def _tick(home: Path, landed: int) -> list[str]:
+def _tick(home: Path, landed: int, mode: str = "") -> tuple[str, list[str]]:
     home.mkdir(exist_ok=True)
-    out = subprocess.run([sys.executable, "-c", TICK, str(home), str(landed)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-c", TICK, str(home), str(landed), mode], cwd=ROOT,
                          capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-2:]
+    reason, imported = out.stdout.strip().splitlines()[-2:]
+    return reason, eval(imported)  # noqa: S307 - our own subprocess's printed list
 
 
-def test_a_tick_with_nothing_to_judge_never_imports_mlflow(tmp_path):
+def test_a_tick_with_nothing_to_judge_answers_without_mlflow(tmp_path):
     # Fewer batches than a first training needs (the shipped policy: 3) and no drift decision:
-    # whatever the registry says, nothing can be requested.
-    reason, imported = _tick(tmp_path / "home", landed=2)
-    assert imported == "mlflow not imported", reason
+    # whatever the registry says, nothing can be requested; MLflow cannot even be imported.
+    reason, imported = _tick(tmp_path / "home", landed=2, mode="unimportable")
     assert "no new batch_drift decision" in reason and "2 of 3" in reason, reason
+    assert imported == []
+
+
+def test_a_tick_with_nothing_to_judge_has_mlflow_imported_in_the_background(tmp_path):
+    reason, imported = _tick(tmp_path / "home", landed=0)
+    assert "no new batch_drift decision" in reason and "0 of 3" in reason, reason
+    assert imported == STORES
 
 
 def test_enough_batches_for_a_first_training_ask_the_registry(tmp_path):
     # Whether a first training is due depends on the champion: the registry is asked.
     reason, imported = _tick(tmp_path / "home", landed=3)
-    assert imported == "mlflow imported", reason
     assert "no champion yet: 0 of 3 labelled batches ingested" in reason, reason
+    assert imported == STORES
