@@ -13,6 +13,12 @@ storage closes its connection after every write, and that last close checkpoints
 into the file, which is what the UI saw change. Here a write stays in the file's `-wal`
 until SQLite checkpoints it, so `watch` here follows both files.
 
+Dagster hands the planned events of a new run and the materializations of one partitioned
+output (every batch of a range run) to `store_event_batch` when `DAGSTER_EVENT_BATCH_SIZE`
+is above 0; this storage sets it (unless set) and writes such a batch with one transaction
+on the run's log and one on `index.db` instead of two per event (an ingestion run of 100
+batches: 10.4 s and 9.0 s against 11.7 s and 11.3 s in process, bench/RESULTS.md).
+
 Everything else (schema, migrations, what is written and when, locking through
 `_db_lock`) is Dagster's. An engine is replaced when its file was deleted or replaced
 (`wipe`, a reset home), and no pooled connection crosses a fork. Configured in
@@ -28,12 +34,15 @@ import os
 import threading
 import weakref
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from dagster._config import Field, StringSource
+from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.event_api import EventHandlerFn
+from dagster._core.events import ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
 from dagster._core.instance import DagsterInstance
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
@@ -41,6 +50,7 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorageWatchdog,
 )
 from dagster._core.storage.sql import create_engine
+from dagster._core.storage.sqlalchemy_compat import db_result
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
@@ -50,6 +60,8 @@ from watchdog.observers import Observer
 
 RECHECK_S = 0.25  # a watched run's log is read again this long after each change
 RUN_ENGINES_KEPT = 8  # engines of run logs kept (a process writes one or two runs at a time)
+# Read by Dagster on every event: above 0, batches reach `store_event_batch` (see the module).
+BATCH_ENV, BATCH_SIZE = "DAGSTER_EVENT_BATCH_SIZE", "1000"
 
 _storages: weakref.WeakSet[ReusingSqliteEventLogStorage] = weakref.WeakSet()
 _inherited: list[object] = []  # a child's copies of the parent's engines: never used or closed
@@ -71,6 +83,7 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         if base_dir is not None:
             super().__init__(base_dir, inst_data=inst_data)
         _storages.add(self)
+        os.environ.setdefault(BATCH_ENV, BATCH_SIZE)
 
     @classmethod
     def config_type(cls) -> dict:
@@ -132,6 +145,57 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
             engine = self._engine(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Consecutive asset events of one run written together, in order (as `store_event`
+        writes each: the run's log, then its mirror, tags and asset record in `index.db`);
+        any other event as Dagster's `store_event` writes it."""
+        group: list[EventLogEntry] = []
+        for entry in events:
+            mirrored = entry.is_dagster_event and entry.dagster_event_type in ASSET_EVENTS
+            if mirrored and (not group or group[0].run_id == entry.run_id):
+                group.append(entry)
+                continue
+            self._store_asset_events(group)
+            group = [entry] if mirrored else []
+            if not mirrored:
+                self.store_event(entry)
+        self._store_asset_events(group)
+
+    def _store_asset_events(self, group: list[EventLogEntry]) -> None:
+        if len(group) < 2:
+            for entry in group:
+                self.store_event(entry)
+            return
+        statements = [self.prepare_insert_event(entry) for entry in group]
+        with self.run_connection(group[0].run_id) as conn:
+            for statement in statements:
+                conn.execute(statement)
+        try:
+            with self.index_transaction() as conn:
+                ids = []
+                for statement in statements:
+                    with db_result(conn, statement) as result:
+                        ids.append(result.inserted_primary_key[0])
+                self._store_asset_event_tags(conn, group, ids)
+                for entry, event_id in zip(group, ids, strict=True):
+                    self._store_asset_event(conn, entry, event_id)
+        except Exception:  # noqa: BLE001 - rolled back: mirrored one by one, as store_event does
+            # The run's log already holds them: an error raised here would make Dagster store
+            # the whole batch again, each event a second time.
+            for entry, statement in zip(group, statements, strict=True):
+                self._mirror_one(entry, statement)
+
+    def _mirror_one(self, entry: EventLogEntry, statement: Any) -> None:
+        """The index half of Dagster's `SqliteEventLogStorage.store_event` for one asset event."""
+        with self.index_transaction() as conn:
+            with db_result(conn, statement) as result:
+                event_id = result.inserted_primary_key[0]
+            if event_id is None:
+                raise DagsterInvariantViolationError(
+                    "Cannot store asset event tags for null event id.")
+            self._store_asset_event_tags(conn, [entry], [event_id])
+            self._store_asset_event(conn, entry, event_id)
 
     def has_table(self, table_name: str) -> bool:
         """Dagster asks before most index writes and reads (5 times per batch for the check

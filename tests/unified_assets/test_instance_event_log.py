@@ -242,3 +242,74 @@ def test_a_forked_child_does_not_inherit_a_lock_held_at_the_fork(tmp_path: Path)
         child.join(timeout=60)
         assert child.exitcode == 0
         assert instance.get_run_by_id(child_run).status == dg.DagsterRunStatus.SUCCESS
+
+
+@pytest.fixture
+def index_commits():
+    """Commits to any index.db in this process, counted."""
+    counted: list[int] = [0]
+
+    def on_commit(conn):
+        if str(conn.engine.url).endswith("index.db"):
+            counted[0] += 1
+
+    event.listen(Engine, "commit", on_commit)
+    yield counted
+    event.remove(Engine, "commit", on_commit)
+
+
+def _index_records(instance: dg.DagsterInstance) -> list[tuple]:
+    records = instance.fetch_materializations(checked.key, limit=100).records
+    return sorted((r.partition_key, r.asset_materialization.metadata["key"].value) for r in records)
+
+
+def test_a_range_runs_materializations_share_one_index_transaction(
+        tmp_path: Path, index_commits, monkeypatch):
+    """Found by profiling an ingestion run of 100 batches: each partition's materialization was
+    its own transaction on the run's log and on index.db. Dagster hands the materializations
+    of one partitioned output (and a run's planned events) to `store_event_batch` when
+    DAGSTER_EVENT_BATCH_SIZE is set, which this storage sets; they are now written together,
+    and what is written is the same."""
+    written, commits = {}, {}
+    for mode in ("0", None):  # batching off (as set by hand), then this storage's default
+        if mode is None:
+            monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", mode)
+        with dg.instance_for_test(overrides=LOCAL_EVENT_LOG,
+                                  temp_dir=str(_made(tmp_path / str(mode)))) as instance:
+            assert (os.environ["DAGSTER_EVENT_BATCH_SIZE"] != "0") == (mode is None)
+            index_commits[0] = 0
+            run = _range_run(instance)
+            assert run.success
+            commits[mode] = index_commits[0]
+            written[mode] = (_written(instance, run.run_id), _index_records(instance))
+    assert written[None] == written["0"]
+    assert written[None][1] == [(f"p{i}", f"p{i}") for i in range(6)]
+    # Six materializations and twelve planned events: one transaction each without batches.
+    assert commits[None] <= commits["0"] - 10, commits
+
+
+def test_a_batch_whose_index_write_fails_is_written_once_event_by_event(tmp_path: Path,
+                                                                          monkeypatch):
+    """If the batch's index transaction fails, its events are mirrored one by one (as
+    Dagster's storage does): each is in the run's log and the index exactly once, never
+    written again by Dagster's own fallback."""
+    monkeypatch.delenv("DAGSTER_EVENT_BATCH_SIZE", raising=False)
+    failures = []
+    original = ReusingSqliteEventLogStorage._store_asset_event
+
+    def fail_in_a_batch(self, conn, event, event_id):  # the first: the run's planned events
+        if not failures:
+            failures.append(event_id)
+            raise RuntimeError("index write failed")
+        return original(self, conn, event, event_id)
+
+    monkeypatch.setattr(ReusingSqliteEventLogStorage, "_store_asset_event", fail_in_a_batch)
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        run = _range_run(instance)
+        assert run.success and failures
+        kinds = [kind for kind, _ in _written(instance, run.run_id)]
+        assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 6
+        assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED) == 6
+        assert _index_records(instance) == [(f"p{i}", f"p{i}") for i in range(6)]
