@@ -183,3 +183,32 @@ def test_the_per_path_hook_writes_the_same_parquet_and_refuses_other_values(tmp_
     assert manager.load(key, "b1")["a"].tolist() == [1, 2]
     with pytest.raises(TypeError, match="landed_batch: the values IO manager stores pandas"):
         manager.values.dump_to_path(context, {"a": 1}, path)
+
+
+@dg.asset(partitions_def=PARTS, io_manager_key="values_io_manager",
+          ins={"rows": dg.AssetIn(metadata={"columns": [], "allow_missing_partitions": True})})
+def counted(context: dg.AssetExecutionContext, rows: dict) -> dict:
+    """A range's input as a dict partition -> frame, missing partitions left out."""
+    return {key: pd.DataFrame({"batches": [len(rows)]}) for key in context.partition_keys}
+
+
+def test_a_range_input_logs_one_line_and_names_the_missing_partitions_once(tmp_path, instance):
+    """Found in an ingestion run's event log: loading `landed_batch` for a range of 167
+    batches wrote 167 "Loading partition ... from ..." debug events (a tenth of the run's
+    events, each stored). One line says what was loaded and from where, another which
+    partitions have no value."""
+    manager = ParquetIOManager(root=str(tmp_path / "values"))
+    keys = [f"p{i}" for i in range(12)] + ["bad"]
+    instance.add_dynamic_partitions("parts", keys)
+    assert _run(manager, instance, [rows], **_range("p0", "bad")).success
+    result = dg.materialize([rows, counted], selection=[counted], instance=instance,
+                            resources={"values_io_manager": manager}, **_range("p0", "bad"))
+    assert result.success
+    assert manager.load(counted.key, "p3")["batches"].tolist() == [12]
+    messages = [r.event_log_entry.user_message for r in
+                instance.get_records_for_run(result.run_id, limit=10_000).records
+                if not r.event_log_entry.is_dagster_event]  # the run's log lines, as stored
+    loading = [m for m in messages if "Loading partition" in m or "Loaded 12" in m]
+    assert loading == [f"Loaded 12 partitions of rows from {tmp_path / 'values' / 'rows'}"], loading
+    missing = [m for m in messages if "bad" in m and "no stored value" in m]
+    assert len(missing) == 1, messages
