@@ -101,6 +101,27 @@ sys.exit(f"the Ray cluster did not reach {wanted} live node(s) in time (RAY_NODE
 EOF
 }
 
+dashboard_nodes() {  # dashboard_nodes BEFORE: the live node ids (comma-separated), once one
+  # that is not in BEFORE is alive (BEFORE empty: at once); fails after RAY_NODE_WAIT_S
+  "$VENV_BIN/python" - "$ADDRESS" "$1" "$RUN" <<'EOF'
+import json, os, sys, time, urllib.request
+address, before, run = sys.argv[1], set(filter(None, sys.argv[2].split(","))), sys.argv[3]
+deadline = time.monotonic() + float(os.environ.get("RAY_NODE_WAIT_S", "300"))
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(f"{address}/api/v0/nodes?limit=100", timeout=5) as r:
+            alive = [n["node_id"] for n in json.load(r)["data"]["result"]["result"]
+                     if n["state"] == "ALIVE"]
+        if not before or set(alive) - before:
+            print(",".join(alive))
+            sys.exit(0)
+    except (OSError, ValueError):  # a dropped connection, a cut answer: asked again
+        pass
+    time.sleep(1)
+sys.exit(f"the Ray dashboard did not list a new live node in time (RAY_NODE_WAIT_S); log in {run}/gpu.log")
+EOF
+}
+
 start_gpu_node() {
   # The worker's CPUs are logical: GPU steps run on it, CPU steps never (label selector).
   setsid "$VENV_BIN/ray" start --block --address="127.0.0.1:$GCS_PORT" --node-ip-address=127.0.0.1 \
@@ -144,22 +165,10 @@ case "${1:-}" in
     node_alive head || { echo "the cluster is not up: run $0 up" >&2; exit 1; }
     if node_alive gpu; then echo "the GPU node is already up"; exit 0; fi
     # A new node id: the lost node may still count as alive until Ray's health checks end it.
-    before=$("$VENV_BIN/python" -c 'import json, sys, urllib.request
-with urllib.request.urlopen(sys.argv[1] + "/api/v0/nodes?limit=100", timeout=5) as r:
-    print(",".join(n["node_id"] for n in json.load(r)["data"]["result"]["result"]))' "$ADDRESS")
+    # Each poll retries until the deadline: a busy dashboard drops a connection now and then.
+    before=$(dashboard_nodes "")
     start_gpu_node
-    "$VENV_BIN/python" - "$ADDRESS" "$before" "$RUN" <<'EOF'
-import json, os, sys, time, urllib.request
-address, before, run = sys.argv[1], set(sys.argv[2].split(",")), sys.argv[3]
-deadline = time.monotonic() + float(os.environ.get("RAY_NODE_WAIT_S", "300"))
-while time.monotonic() < deadline:
-    with urllib.request.urlopen(f"{address}/api/v0/nodes?limit=100", timeout=5) as r:
-        nodes = json.load(r)["data"]["result"]["result"]
-    if any(n["state"] == "ALIVE" and n["node_id"] not in before for n in nodes):
-        sys.exit(0)
-    time.sleep(1)
-sys.exit(f"the GPU node did not join in time (RAY_NODE_WAIT_S); log in {run}/gpu.log")
-EOF
+    dashboard_nodes "${before:-none}" >/dev/null
     echo "GPU node up again"
     ;;
   down)
