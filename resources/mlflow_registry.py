@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 import threading
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import dagster as dg
+
+# No usage data leaves the machine: Dagster's telemetry is off in every instance config, and
+# MLflow's (read when MLflow is imported, always after this module) is off unless the user set
+# it. Its background thread also held up one step per run by about 0.6 s (bench/RESULTS.md).
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 CHAMPION_ALIAS = "champion"
 # MLflow's error codes for an unknown model, version or alias (a missing alias is reported

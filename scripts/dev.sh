@@ -74,7 +74,9 @@ EOF
   # At a lower CPU priority (nice 10): the lifecycle's runs first, the viewer when cores are
   # free. Sampled during the first champion, its start took 7 s of CPU on two cores while the
   # first runs were starting (bench/RESULTS.md).
-  MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec nice -n 10 .venv/bin/mlflow server \
+  # No usage data sent (as the code location: resources/mlflow_registry.py), unless set.
+  MLFLOW_DISABLE_TELEMETRY=${MLFLOW_DISABLE_TELEMETRY:-true} \
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false exec nice -n 10 .venv/bin/mlflow server \
     --backend-store-uri "$TRACKING_URI" --default-artifact-root "$ARTIFACT_ROOT" \
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$MLFLOW_LOG" 2>&1
 ) &

@@ -61,6 +61,9 @@ def test_the_mlflow_ui_starts_after_the_dagster_ui_and_stops_with_it(tmp_path: P
         niceness = {cmd: os.getpriority(os.PRIO_PROCESS, pid) for pid, cmd in mlflow.items()}
         assert all(value >= 10 for value in niceness.values()), niceness
         assert os.getpriority(os.PRIO_PROCESS, process.pid) == 0  # dagster dev and its processes
+        # It sends no usage data (tests/resources/test_mlflow_telemetry.py for the code location).
+        for pid in mlflow:
+            assert b"MLFLOW_DISABLE_TELEMETRY=true" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         # Ctrl-C reaches `dagster dev` (the script's own process); the MLflow UI follows.
         os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=120)
