@@ -9,6 +9,7 @@ import dagster as dg
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyResource
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
+from resources.mlflow_registry import CLIENT_MODULES as MLFLOW_CLIENT_MODULES
 from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
 from sensors.approvals import build_approval_sensor
 from sensors.drift import build_drift_sensor
@@ -101,9 +102,8 @@ LOCAL_EXECUTOR_CONFIG = {
 # MLflow's SQLAlchemy stores are imported on a client's first call, not by `import mlflow`:
 # 0.5-1 s in each step that talks to the registry (sampled with py-spy), once here.
 TRAINING_PRELOAD = [
-    "unified_assets.definitions", *INSTANCE_PRELOAD, "pyarrow.parquet", "mlflow", "mlflow.pyfunc",
-    "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_store",
-    "mlflow.store.model_registry.sqlalchemy_store", "mlflow.store.tracking.sqlalchemy_workspace_store",
+    "unified_assets.definitions", *INSTANCE_PRELOAD, "pyarrow.parquet", *MLFLOW_CLIENT_MODULES,
+    "mlflow.pyfunc", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_workspace_store",
     "mlflow.store.model_registry.sqlalchemy_workspace_store", "alembic.migration",
     "sklearn.compose", "sklearn.ensemble", "sklearn.metrics", "sklearn.pipeline",
     "sklearn.preprocessing", "torch", "unified_assets.ml.sklearn_model",
