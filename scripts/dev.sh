@@ -17,6 +17,11 @@ if [ -z "${UNIFIED_AI_DATASET_SPEC:-}" ] && ! ls "$UNIFIED_AI_HOME"/landing/*.pa
   .venv/bin/unified-ai generate --out "$UNIFIED_AI_HOME/landing" --batches 6 --rows 4000
 fi
 
+# Run processes and the training run's forkserver fork from a warm server that imported
+# Dagster, MLflow, scikit-learn and torch once (unified_assets/local_warm.py); "off": each
+# starts as a fresh interpreter.
+# That server ends soon after this command does (it serves until this shell is gone).
+export UNIFIED_AI_LOCAL_WARM=${UNIFIED_AI_LOCAL_WARM:-on} UNIFIED_AI_WARM_OWNER=$$
 PORT=${PORT:-3000}
 MLFLOW_PORT=${MLFLOW_PORT:-5000}
 # Report links in the Dagster UI point here (unified_assets/settings.py).

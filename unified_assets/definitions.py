@@ -18,7 +18,7 @@ from sensors.labels import build_labels_sensor
 from sensors.landing import build_landing_sensor
 from sensors.live import build_live_sensor
 from sensors.retrain import RETRAIN_TAG
-from unified_assets import instance_sqlite
+from unified_assets import instance_sqlite, local_warm
 from unified_assets.assets.backlog import (
     BACKLOG_ASSETS,
     build_backlog_sensor,
@@ -112,6 +112,9 @@ TRAINING_PRELOAD = [
 # On Ray, each node's warm step server (placement/ray_warm.py) imports these libraries once;
 # the code location itself is imported by each step, with its own settings.
 RAY_PRELOAD = tuple(m for m in TRAINING_PRELOAD if not m.startswith("unified_assets"))
+# Under scripts/dev.sh, run processes and the training forkserver fork from a server that
+# imported the same libraries while the first batches were ingested (unified_assets/local_warm.py).
+local_warm.install(RAY_PRELOAD)
 TRAINING_EXECUTOR_CONFIG = {
     **LOCAL_EXECUTOR_CONFIG, "start_method": {"forkserver": {"preload_modules": TRAINING_PRELOAD}},
 }

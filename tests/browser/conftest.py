@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -70,6 +71,9 @@ def state_env(home: Path, policy: Path) -> dict[str, str]:
     env.update(UNIFIED_AI_HOME=str(home), DAGSTER_HOME=str(dagster_home),
                UNIFIED_AI_POLICY=str(policy), PORT=str(free_port()), MLFLOW_PORT=str(free_port()))
     env["UNIFIED_AI_MLFLOW_UI_URL"] = f"http://127.0.0.1:{env['MLFLOW_PORT']}"
+    # The warm server scripts/dev.sh starts (unified_assets/local_warm.py), in a folder of
+    # this state's own (short: a socket path is limited to 107 bytes).
+    env["UNIFIED_AI_RAY_WARM_DIR"] = tempfile.mkdtemp(prefix="uaiw-", dir="/tmp") + "/s"
     return env
 
 

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -155,6 +156,10 @@ def test_a_rollback_launched_from_the_launchpad_ends_green_with_the_champion_mov
         state, ui, page):
     settings, env, _, (first, second) = state
     assert champion(settings) == second
+    # The run command's warm server (unified_assets/local_warm.py) is up: the run's process
+    # is forked from it, and the step says so.
+    warm = Path(env["UNIFIED_AI_RAY_WARM_DIR"])
+    wait_until(lambda: any(warm.glob("*.sock")), 240, "the warm server to listen")
     config = {"ops": {"production_model": {"config": {
         "action": "rollback", "by": "ops", "rollback_to": "",
         "reason": "browser test: roll back to the previous champion"}}}}
@@ -162,6 +167,11 @@ def test_a_rollback_launched_from_the_launchpad_ends_green_with_the_champion_mov
     status = wait_until(lambda: _run_status(env, run_id), 300, f"rollback run {run_id} to finish")
     assert status == "SUCCESS", ui.tail()
     assert champion(settings) == first
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("production_model"))
+    assert event.run_id == run_id
+    process = event.asset_materialization.metadata["placement_process"].value
+    assert process.startswith("forked from warm server"), process
     page.reload()
     page.get_by_text("Success").first.wait_for()
 

@@ -2,7 +2,8 @@
 the Dagster UI answers (found by bench/first_champion.py: started together on two cores, the
 MLflow server's start delayed the Dagster UI by 2-5 s), it runs at a lower CPU priority than
 Dagster (sampled during the first champion: its start took 7 s of CPU while the first runs
-started), and Ctrl-C on `dagster dev` still stops both."""
+started), and Ctrl-C on `dagster dev` still stops both, and the warm server its runs fork
+from."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tests.browser.conftest import ROOT, answers, free_port, wait_until
@@ -35,7 +37,9 @@ def test_the_mlflow_ui_starts_after_the_dagster_ui_and_stops_with_it(tmp_path: P
     home.mkdir()
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("UNIFIED_AI_", "DAGSTER_", "MLFLOW_"))}
-    env.update(UNIFIED_AI_HOME=str(home), PORT=str(free_port()), MLFLOW_PORT=str(free_port()))
+    warm = Path(tempfile.mkdtemp(prefix="uaiw-", dir="/tmp")) / "s"  # short: a socket path
+    env.update(UNIFIED_AI_HOME=str(home), PORT=str(free_port()), MLFLOW_PORT=str(free_port()),
+               UNIFIED_AI_RAY_WARM_DIR=str(warm))
     dagster_ui = f"http://127.0.0.1:{env['PORT']}/server_info"
     mlflow_ui = f"http://127.0.0.1:{env['MLFLOW_PORT']}/health"
     log = (tmp_path / "dev.log").open("w")
@@ -64,10 +68,17 @@ def test_the_mlflow_ui_starts_after_the_dagster_ui_and_stops_with_it(tmp_path: P
         # It sends no usage data (tests/resources/test_mlflow_telemetry.py for the code location).
         for pid in mlflow:
             assert b"MLFLOW_DISABLE_TELEMETRY=true" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        # The code location started the warm server runs fork from (local_warm.py); it is
+        # dev.sh's: it serves until dev.sh is gone.
+        wait_until(lambda: any(warm.glob("*.sock")), 120, "the warm server to listen")
+        (sock,) = warm.glob("*.sock")
         # Ctrl-C reaches `dagster dev` (the script's own process); the MLflow UI follows.
         os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=120)
         wait_until(lambda: not answers(mlflow_ui), 60, "the MLflow UI to stop")
+        wait_until(lambda: not sock.exists(), 60, "the warm server to stop")
+        assert f"the process that owns it ({process.pid}) exited" in \
+            sock.with_suffix(".log").read_text()
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)

@@ -243,7 +243,7 @@ def test_the_server_is_detached_from_the_job_that_started_it(
         monkeypatch.setenv(name, value)
     folder = ray_warm.socket_dir()
     key = ray_warm.server_key(STEP, os.environ, os.getcwd())
-    ray_warm._spawn_server(key, STEP, folder)
+    ray_warm.spawn_server(key, STEP, folder)
     sock = folder / f"{key}.sock"
     _wait_for(sock.exists, "the warm server listens")
     server = int(re.findall(r"warm server (\d+) for", sock.with_suffix(".log").read_text())[-1])
@@ -269,12 +269,12 @@ def test_a_server_that_failed_to_start_is_not_started_again_at_once(
     folder = ray_warm.socket_dir()
     broken = ["/nonexistent/python", *STEP[1:]]
     with pytest.raises(FileNotFoundError):  # it tries once...
-        ray_warm._spawn_server("k1", broken, folder)
-    ray_warm._spawn_server("k1", broken, folder)  # ...and not again within the back-off
+        ray_warm.spawn_server("k1", broken, folder)
+    ray_warm.spawn_server("k1", broken, folder)  # ...and not again within the back-off
     (folder / "k1.spawned").touch()
     os.utime(folder / "k1.spawned", (0, time.time() - ray_warm.SPAWN_BACKOFF_S - 1))
     with pytest.raises(FileNotFoundError):
-        ray_warm._spawn_server("k1", broken, folder)
+        ray_warm.spawn_server("k1", broken, folder)
 
 
 def test_a_socket_folder_too_long_for_a_socket_path_is_refused_with_the_fix(

@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -54,6 +55,9 @@ PRELOAD_ENV = "UNIFIED_AI_RAY_PRELOAD"  # comma-separated modules the server imp
 IDLE_ENV = "UNIFIED_AI_RAY_WARM_IDLE_S"
 DIR_ENV = "UNIFIED_AI_RAY_WARM_DIR"  # where the sockets live (default /tmp/unified-ai-ray-warm-UID)
 SERVER_ENV = "UNIFIED_AI_RAY_WARM_SERVER"  # set in a warm step: the server's pid
+# A pid: the server stops serving once that process has exited (scripts/dev.sh gives its own,
+# so stopping the run command ends the local server too).
+OWNER_ENV = "UNIFIED_AI_WARM_OWNER"
 # The settings above a user sets where Dagster runs: the step handler passes them to each job.
 LAUNCH_SETTINGS_ENV = (SWITCH_ENV, DIR_ENV, IDLE_ENV)
 DEFAULT_IDLE_S = 1800.0  # a run every half hour stays warm; ~0.6 GB held meanwhile
@@ -81,7 +85,11 @@ BASE_PRELOAD = (
 PER_STEP_ENV = frozenset({"RAY_JOB_CONFIG_JSON_ENV_VAR", "CUDA_VISIBLE_DEVICES", "DAGSTER_HOME",
                           "DAGSTER_RUN_JOB_NAME", "DAGSTER_RUN_STEP_KEY",
                           "DAGSTER_COMPRESSED_EXECUTE_STEP_ARGS", "DAGSTER_EXECUTE_STEP_ARGS",
-                          "_", "OLDPWD",
+                          # what a shell sets as it starts (local_warm's launcher is one)
+                          "_", "OLDPWD", "PWD", "SHLVL",
+                          # Dagster sets it in each run and step process (the Snowflake
+                          # connector reads it when it connects)
+                          "SF_PARTNER",
                           # Ray's other accelerators' ids per job; read when a device is
                           # opened, never on import
                           "HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
@@ -112,8 +120,70 @@ def enabled(environ: Mapping[str, str]) -> bool:
 
 
 def is_dagster_step(argv: Sequence[str]) -> bool:
-    """Only `<python> -m dagster api execute_step` is ever run by a server."""
+    """`<python> -m dagster api execute_step`: a Ray job's step."""
     return list(argv[1:5]) == ["-m", "dagster", "api", "execute_step"]
+
+
+# What Python's multiprocessing runs to start a spawned child or a forkserver (CPython
+# 3.11-3.13, `spawn.get_command_line` and `ForkServer.ensure_running`): the interpreter's
+# flags (`-B` from PYTHONDONTWRITEBYTECODE...), then `-c` and the entry point; the named fds
+# are the ones it passed. Only these exact forms are served (a local run process, a run's
+# forkserver: unified_assets/local_warm.py), and only by a server whose own flags are the
+# same; anything else runs as Python would.
+_SPAWN = re.compile(r"from multiprocessing\.spawn import spawn_main; "
+                    r"spawn_main\(tracker_fd=(\d+), pipe_handle=(\d+)\)")
+_FORKSERVER = re.compile(r"from multiprocessing\.forkserver import main; "
+                         r"main\((\d+), (\d+), (\[[^\]]*\]), \*\*(\{.*\})\)\Z", re.S)
+MAX_PASSED_FDS = 64  # multiprocessing passes a few (its pipes, a Queue's ends); refused above
+
+
+def inherited_fds() -> list[int]:
+    """The fds this process was started with besides stdio: what multiprocessing passed
+    (`spawnv_passfds`), named on the command line or only in the pickled process (a Queue's
+    pipe). Python itself keeps none open after startup; the listing's own fd is closed again
+    by the time each is checked."""
+    listed = sorted(int(name) for name in os.listdir("/proc/self/fd"))
+    return [fd for fd in listed if fd > 2 and _is_open(fd)]
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        fcntl.fcntl(fd, fcntl.F_GETFD)
+    except OSError:
+        return False
+    return True
+
+
+def _split_flags(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(the interpreter flags, `-c` and what follows) of `<python> [flags] -c CODE ...`."""
+    args = list(argv[1:])
+    at = args.index("-c") if "-c" in args else len(args)
+    return args[:at], args[at:]
+
+
+def multiprocessing_command(argv: Sequence[str]) -> tuple[str, tuple[int, ...]] | None:
+    """("spawn" | "forkserver", the fds it names) for a multiprocessing start command, or
+    None for anything else."""
+    flags, rest = _split_flags(argv)
+    at = 0
+    while at < len(flags):  # options, `-X opt` and `-W opt` (what _args_from_interpreter_flags gives)
+        if not flags[at].startswith("-") or flags[at] == "-":
+            return None
+        at += 2 if flags[at] in ("-X", "-W") else 1
+    if len(rest) == 3 and rest[0] == "-c" and rest[2] == "--multiprocessing-fork":
+        found = _SPAWN.fullmatch(rest[1])
+        if found:
+            return "spawn", (int(found[1]), int(found[2]))
+    if len(rest) == 2 and rest[0] == "-c":
+        found = _FORKSERVER.match(rest[1])
+        if found:
+            return "forkserver", (int(found[1]), int(found[2]))
+    return None
+
+
+def is_servable(argv: Sequence[str]) -> bool:
+    """A server runs only a Dagster step command or a multiprocessing start command."""
+    return is_dagster_step(argv) or multiprocessing_command(argv) is not None
 
 
 def key_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -154,7 +224,8 @@ def send_message(sock: socket.socket, message: Mapping[str, object],
     if fds:
         sent = socket.send_fds(sock, [frame], list(fds))
         frame = frame[sent:]
-    sock.sendall(frame)
+    if frame:  # nothing left must not be sent: the peer may have answered and closed already
+        sock.sendall(frame)
 
 
 def _until(sock: socket.socket, deadline: float | None) -> None:
@@ -203,12 +274,12 @@ def recv_message(sock: socket.socket, max_fds: int = 0,
 
 # --- the client: the Ray job's entrypoint.
 
-def _run_cold(argv: Sequence[str], why: str) -> NoReturn:
-    print(f"unified-ai: step runs in a fresh interpreter ({why})", file=sys.stderr, flush=True)
+def _run_cold(argv: Sequence[str], why: str, what: str = "step") -> NoReturn:
+    print(f"unified-ai: {what} runs in a fresh interpreter ({why})", file=sys.stderr, flush=True)
     os.execv(argv[0], list(argv))
 
 
-def _spawn_server(key: str, argv: Sequence[str], folder: Path) -> None:
+def spawn_server(key: str, argv: Sequence[str], folder: Path) -> None:
     """Start a server for `key`, unless one is starting or serving (its lock is held) or one
     failed to start in the last `SPAWN_BACKOFF_S` (`<key>.spawned` stays until a server
     listens). The server detaches at once (`server_main`); its preload comes from
@@ -221,7 +292,8 @@ def _spawn_server(key: str, argv: Sequence[str], folder: Path) -> None:
             return
     marker.touch()
     env = key_env(os.environ)  # no run's or step's settings: the server never reads them
-    env.update({k: os.environ[k] for k in (PRELOAD_ENV, DIR_ENV, IDLE_ENV) if k in os.environ})
+    env.update({k: os.environ[k] for k in (PRELOAD_ENV, DIR_ENV, IDLE_ENV, OWNER_ENV)
+                if k in os.environ})
     with open(folder / f"{key}.log", "ab") as log:
         starter = subprocess.Popen([argv[0], os.path.abspath(__file__), "--serve", key],
                                    env=env, start_new_session=True, stdin=subprocess.DEVNULL,
@@ -251,10 +323,30 @@ def client_main(argv: Sequence[str]) -> int:
         _run_cold(argv, f"{SWITCH_ENV}={os.environ[SWITCH_ENV]}")
     if not is_dagster_step(argv):
         _run_cold(argv, "not a Dagster step command")
+    return _run_warm(argv, (), "step")
+
+
+def python_main(argv: Sequence[str]) -> int:
+    """Stand in for the Python at argv[0] (`multiprocessing.set_executable`, `local_warm`): a
+    multiprocessing start command runs in a warm process with the fds it names, anything
+    else is that Python with these arguments."""
+    found = multiprocessing_command(argv)
+    if found is None:
+        os.execv(argv[0], list(argv))
+    try:
+        passed = inherited_fds()
+    except OSError as error:
+        _run_cold(argv, f"its fds cannot be listed ({error})")
+    if not set(found[1]) <= set(passed) or len(passed) > MAX_PASSED_FDS:
+        os.execv(argv[0], list(argv))
+    return _run_warm(argv, passed, "run process" if found[0] == "spawn" else "forkserver")
+
+
+def _run_warm(argv: Sequence[str], passed: Sequence[int], what: str) -> int:
     try:
         folder = socket_dir()
     except (OSError, WarmUnavailable) as error:
-        _run_cold(argv, f"warm servers unavailable: {error}")
+        _run_cold(argv, f"warm servers unavailable: {error}", what)
     stop = _StopRequest()
     # Before connecting: a stop that comes while the request is under way is not lost.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -266,21 +358,24 @@ def client_main(argv: Sequence[str]) -> int:
         sock.connect(str(folder / f"{key}.sock"))
         connected = True
         send_message(sock, {"key": key, "argv": list(argv), "cwd": os.getcwd(),
-                            "env": dict(os.environ)}, fds=(0, 1, 2))
+                            "env": dict(os.environ), "fds": list(passed)},
+                     fds=(0, 1, 2, *passed))
         reply, _ = recv_message(sock)
     except (OSError, ConnectionError, ValueError) as error:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            _spawn_server(key, argv, folder)  # none starts while one holds the key's lock
+            spawn_server(key, argv, folder)  # none starts while one holds the key's lock
         no_answer = (f"the warm server did not answer ({type(error).__name__}: {error})"
                      if connected else
-                     "no warm server yet on this machine; one is starting for the next steps")
+                     "no warm server yet on this machine; one is starting for the next ones")
     if "pid" not in reply:
         sock.close()
         if stop.requested:
             return 128 + signal.SIGTERM  # stopped before the step started
-        _run_cold(argv, no_answer or f"warm server refused: {reply.get('refused', reply)}")
-    print(f"unified-ai: step runs in process {reply['pid']}, forked from warm server "
-          f"{reply['server']} (libraries preloaded)", file=sys.stderr, flush=True)
+        _run_cold(argv, no_answer or f"warm server refused: {reply.get('refused', reply)}",
+                  what)
+    if not passed:  # a Ray job's log says where its step ran; a run process's output is its own
+        print(f"unified-ai: {what} runs in process {reply['pid']}, forked from warm server "
+              f"{reply['server']} (libraries preloaded)", file=sys.stderr, flush=True)
     stop.sock = sock
     stop.forward()
     return _await_exit(sock)
@@ -409,6 +504,20 @@ def _cluster_alive() -> bool:
         return False
 
 
+def _owner_alive() -> bool:
+    """True unless OWNER_ENV names a pid that no longer runs."""
+    owner = os.environ.get(OWNER_ENV, "").strip()
+    if not owner.isdigit():
+        return True
+    try:
+        os.kill(int(owner), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, another user's: not ours to judge
+        return True
+    return True
+
+
 def _detach() -> None:
     """Fork; the parent (the process the client started, a child of the client's Ray job)
     exits at once and the server carries on in the child, a child of nobody's job: Ray's
@@ -501,6 +610,8 @@ def _serve(server: _Server) -> None:
             if server.cluster_misses >= CLUSTER_MISSES and not server.stale:
                 # Its running steps end with their jobs (their clients die with the cluster).
                 server.stale = "the Ray cluster stopped answering"
+            if not server.stale and not _owner_alive():
+                server.stale = f"the process that owns it ({os.environ[OWNER_ENV]}) exited"
         if server.stale and server.listener is not None:
             print(f"warm server {os.getpid()}: {server.stale}; not serving again", flush=True)
             _stop_listening(server, path)
@@ -522,7 +633,7 @@ def _accept(server: _Server) -> None:
         _, peer_uid, _ = struct.unpack("3i", creds)
         if peer_uid != os.getuid():  # the folder is 0700 already; a second lock on the door
             raise WarmUnavailable(f"a connection from uid {peer_uid}")
-        request, fds = recv_message(conn, max_fds=3,
+        request, fds = recv_message(conn, max_fds=3 + MAX_PASSED_FDS,
                                     deadline=time.monotonic() + ACCEPT_DEADLINE_S)
         conn.settimeout(None)
         refused = _refusal(server, request, fds)
@@ -554,10 +665,17 @@ def _accept(server: _Server) -> None:
 
 def _refusal(server: _Server, request: dict, fds: list[int]) -> str | None:
     argv = request.get("argv") or []
-    if request.get("key") != server.key or len(fds) != 3 or not is_dagster_step(argv):
+    named = multiprocessing_command(argv)
+    passed = request.get("fds") or []
+    if request.get("key") != server.key or not is_servable(argv) \
+            or not set(named[1] if named else ()) <= set(passed) or (passed and not named) \
+            or len(fds) != 3 + len(passed) or len(set(passed)) != len(passed) \
+            or not all(isinstance(fd, int) and fd > 2 for fd in passed):
         return "malformed request"
     if server_key(argv, request.get("env") or {}, request.get("cwd") or "") != server.key:
         return "another Python, folder or environment than this server's"
+    if named and _split_flags(argv)[0] != _own_flags():
+        return "other interpreter flags than this server's"
     if server.unsafe:
         return server.unsafe
     changed = server.changed_file()
@@ -565,6 +683,24 @@ def _refusal(server: _Server, request: dict, fds: list[int]) -> str | None:
         server.stale = f"{changed} changed since it was preloaded"
         return server.stale
     return None
+
+
+def _own_flags() -> list[str]:
+    from multiprocessing.util import _args_from_interpreter_flags
+
+    return list(_args_from_interpreter_flags())
+
+
+def _take_fds(received: Sequence[int], targets: Sequence[int]) -> None:
+    """Put each received fd on its number in the client (stdio, then what multiprocessing
+    named). Moved above every target first: one may have arrived on another's number."""
+    high = max(targets) + 1
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high) for fd in received]
+    for fd in received:
+        os.close(fd)
+    for target, fd in zip(targets, moved, strict=True):
+        os.dup2(fd, target)  # inheritable, as they were in the client
+        os.close(fd)
 
 
 def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket) -> NoReturn:
@@ -586,25 +722,21 @@ def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket) 
             child.conn.close()
         conn.close()
         server.lock.close()  # the server's lock is not held by its steps
-        for target, fd in enumerate(fds):
-            os.dup2(fd, target)
-        for fd in fds:
-            if fd > 2:
-                os.close(fd)  # duplicated onto 0-2; no other copy leaks into the step
+        _take_fds(fds, [0, 1, 2, *request["fds"]])  # no other copy leaks into the step
         _raise_oom_score()
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[SERVER_ENV] = str(os.getppid())
+        argv = request["argv"]
+        named = multiprocessing_command(argv)
         if not os.environ.get("PYTHONSAFEPATH"):
-            sys.path.insert(0, request["cwd"])  # as `python -m dagster` has it
+            # as `python -m dagster` (the folder) or `python -c` ("") has it
+            sys.path.insert(0, "" if named else request["cwd"])
         _reseed()
         _exit_with_server(os.getppid())
-        from dagster._cli import main as dagster_main
-
-        sys.argv = ["dagster", *request["argv"][3:]]
         try:
-            dagster_main()
+            _run_command(argv, named)
             code = 0
         except SystemExit as done:
             code = _exit_code(done)
@@ -614,6 +746,32 @@ def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket) 
         traceback.print_exc()
     _shutdown()
     os._exit(code)
+
+
+def _run_command(argv: Sequence[str], named: tuple[str, tuple[int, ...]] | None) -> None:
+    """What the fresh interpreter would have run: Dagster's CLI for a step, or the
+    multiprocessing entry point it names, with the arguments read as literals (never run
+    as code)."""
+    if named is None:
+        from dagster._cli import main as dagster_main
+
+        sys.argv = ["dagster", *argv[3:]]
+        dagster_main()
+    elif named[0] == "spawn":
+        from multiprocessing.spawn import spawn_main
+
+        sys.argv = ["-c", "--multiprocessing-fork"]
+        tracker_fd, pipe_handle = named[1]
+        spawn_main(tracker_fd=tracker_fd, pipe_handle=pipe_handle)
+    else:
+        import ast
+        from multiprocessing.forkserver import main as forkserver_main
+
+        found = _FORKSERVER.match(_split_flags(argv)[1][1])
+        assert found is not None
+        sys.argv = ["-c"]
+        forkserver_main(int(found[1]), int(found[2]), ast.literal_eval(found[3]),
+                        **ast.literal_eval(found[4]))
 
 
 def _exit_code(done: SystemExit) -> int:
@@ -717,9 +875,11 @@ def _reap(server: _Server) -> None:
 def main(argv: Sequence[str]) -> int:
     if len(argv) == 2 and argv[0] == "--serve":
         return server_main(argv[1])
+    if len(argv) >= 2 and argv[0] == "--python":
+        return python_main(argv[1:])
     if not argv:
-        print("usage: ray_warm.py <python> -m dagster api execute_step | --serve KEY",
-              file=sys.stderr)
+        print("usage: ray_warm.py <python> -m dagster api execute_step | --python <python> "
+              "ARGS... | --serve KEY", file=sys.stderr)
         return 2
     return client_main(argv)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -157,13 +158,25 @@ FALLBACK_WORDS = {  # what happened, as read on a step that ran
 }
 
 
+def process_evidence(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Which process ran a local step: one forked from the warm server (scripts/dev.sh,
+    unified_assets/local_warm.py: the libraries were imported before the run), or one Python
+    started for the run."""
+    from unified_assets.placement.ray_warm import SERVER_ENV
+
+    server = (os.environ if environ is None else environ).get(SERVER_ENV)
+    return {"placement_process": f"forked from warm server {server} (libraries preloaded)"
+            if server else "started for this run (no warm server)"}
+
+
 def decision_metadata(decision: Decision) -> dict[str, str]:
     """Materialization metadata (plain strings: Dagster shows them as text). Recorded by a
     step that ran, so a `wait` fallback reads as waited, not as still waiting. A step that ran
-    as a Ray job adds where Ray ran it (`ray_*`: node, pool, GPU ids, request)."""
+    as a Ray job adds where Ray ran it (`ray_*`: node, pool, GPU ids, request); a local one,
+    which process ran it (`placement_process`)."""
     from unified_assets.placement.ray_step import ray_evidence
 
-    return {**ray_evidence(), **{
+    return {**(ray_evidence() or process_evidence()), **{
         "placement_target": decision.target,
         "placement_where": decision.where,
         "placement_fallback": FALLBACK_WORDS.get(decision.fallback, decision.fallback),
