@@ -67,6 +67,9 @@ def install(preload: Sequence[str]) -> Path | None:
     changes)."""
     if not enabled():
         return None
+    if not sys.platform.startswith("linux"):  # the server reads peers' credentials and fds
+        print("unified-ai: warm local processes need Linux; off", file=sys.stderr)  # from /proc
+        return None
     try:
         folder = ray_warm.socket_dir()
         path = launcher(folder, sys.executable)
