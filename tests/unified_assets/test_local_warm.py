@@ -20,7 +20,9 @@ from tests.unified_assets.test_ray_warm import _alive, _wait_for, sockets  # noq
 from unified_assets import local_warm
 from unified_assets.placement import ray_warm
 
-PROBE = "import os\nLOADED_IN = os.getpid()\n"
+# Imported by the server; UAI_PROBE_SLEEP makes its preload take that long.
+PROBE = ("import os, time\nLOADED_IN = os.getpid()\n"
+         "time.sleep(float(os.environ.get('UAI_PROBE_SLEEP', '0')))\n")
 
 # The parent side: install, wait for the server, then start children as the executors do.
 DRIVER = textwrap.dedent("""
@@ -46,7 +48,7 @@ DRIVER = textwrap.dedent("""
         launcher = local_warm.install(["uai_local_probe"])
         key = ray_warm.server_key([sys.executable, "-c", ""], os.environ, os.getcwd())
         sock = Path(os.environ[ray_warm.DIR_ENV]) / f"{key}.sock"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + (0 if sys.argv[3:] == ["nowait"] else 120)
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         ctx = multiprocessing.get_context(method)
@@ -72,7 +74,7 @@ DRIVER = textwrap.dedent("""
 
 
 def _drive(tmp_path: Path, sockets: Path, method: str, code: str = "3",  # noqa: F811
-           flags: tuple[str, ...] = (), **extra: str) -> tuple[dict, str]:
+           flags: tuple[str, ...] = (), wait: bool = True, **extra: str) -> tuple[dict, str]:
     lib = tmp_path / "lib"
     lib.mkdir(exist_ok=True)
     (lib / "uai_local_probe.py").write_text(PROBE)
@@ -82,7 +84,8 @@ def _drive(tmp_path: Path, sockets: Path, method: str, code: str = "3",  # noqa:
     env.update({local_warm.SWITCH_ENV: "on", ray_warm.DIR_ENV: str(sockets),
                 ray_warm.IDLE_ENV: "60", "PYTHONPATH": f"{lib}:{root}", "RAY_ADDRESS": "",
                 **extra})
-    done = subprocess.run([sys.executable, *flags, str(tmp_path / "driver.py"), method, code],
+    done = subprocess.run([sys.executable, *flags, str(tmp_path / "driver.py"), method, code,
+                           "wait" if wait else "nowait"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
@@ -104,6 +107,20 @@ def test_multiprocessing_children_fork_from_the_warm_server_with_their_pipes_and
     assert "fresh interpreter" not in stderr, stderr
     log = next(sockets.glob("*.log")).read_text()
     assert f"warm server {server} for" in log and "skipped" not in log
+
+
+def test_a_forkserver_waits_for_a_starting_server_and_a_run_process_does_not(
+        tmp_path: Path, sockets: Path) -> None:  # noqa: F811
+    """Cold, a forkserver imports what the starting server is importing, beside it; a run
+    process costs less than the rest of a preload."""
+    report, stderr = _drive(tmp_path, sockets, "forkserver", wait=False, UAI_PROBE_SLEEP="4")
+    assert report["server"] and report["probe_loaded_in"] == int(report["server"]), stderr
+    for old in sockets.glob("*.sock"):
+        os.kill(int(report["server"]), 9)
+        old.unlink()
+    report, stderr = _drive(tmp_path, sockets, "spawn", wait=False, UAI_PROBE_SLEEP="4")
+    assert report["server"] is None and report["exitcode"] == 3
+    assert "run process runs in a fresh interpreter" in stderr
 
 
 def test_terminating_a_warm_child_ends_it(tmp_path: Path, sockets: Path) -> None:  # noqa: F811

@@ -26,6 +26,11 @@ answering. Any failure on this path runs the step the old way, in a fresh interp
 `UNIFIED_AI_RAY_WARM=off` always does. The server is detached (double fork): stopping the job
 that happened to start it must not end it.
 
+The same server also starts local run processes and forkservers (unified_assets/local_warm.py):
+there the client stands in for Python (`--python`), and only multiprocessing's own start
+commands (spawn, forkserver) are run warm, in a fork given every fd the client was started
+with, on the same numbers, and only when the interpreter flags match the server's.
+
 Only the standard library is imported here at module level: the client must start fast."""
 
 from __future__ import annotations
@@ -106,6 +111,10 @@ CLUSTER_CHECK_S = 10.0
 CLUSTER_MISSES = 3  # checks in a row the cluster must fail before the server steps aside
 ACCEPT_DEADLINE_S = 3.0  # a client has this long to send its request: one cannot stall all
 SPAWN_BACKOFF_S = 60.0  # a server that failed to start is not started again sooner
+# A forkserver started cold imports the very libraries a starting server is importing (seconds,
+# beside it on the same cores): while one is starting for its key, it waits this long at most
+# for its socket instead.
+STARTING_WAIT_S = 60.0
 KILLED = 137  # 128 + SIGKILL: what a step killed with its job or node exits with
 SOCKET_NAME_MAX = 107  # bytes in an AF_UNIX path on Linux
 TMP_NAME_LEN = 20 + 1 + 7 + 4  # "<key>.<pid>.tmp": the longest name bound in the folder
@@ -272,7 +281,7 @@ def recv_message(sock: socket.socket, max_fds: int = 0,
         raise
 
 
-# --- the client: the Ray job's entrypoint.
+# --- the client: the Ray job's entrypoint, or multiprocessing's "Python" (local_warm).
 
 def _run_cold(argv: Sequence[str], why: str, what: str = "step") -> NoReturn:
     print(f"unified-ai: {what} runs in a fresh interpreter ({why})", file=sys.stderr, flush=True)
@@ -339,10 +348,22 @@ def python_main(argv: Sequence[str]) -> int:
         _run_cold(argv, f"its fds cannot be listed ({error})")
     if not set(found[1]) <= set(passed) or len(passed) > MAX_PASSED_FDS:
         os.execv(argv[0], list(argv))
-    return _run_warm(argv, passed, "run process" if found[0] == "spawn" else "forkserver")
+    if found[0] == "spawn":  # a fresh run process costs less than most of a preload: no wait
+        return _run_warm(argv, passed, "run process")
+    return _run_warm(argv, passed, "forkserver", STARTING_WAIT_S)
 
 
-def _run_warm(argv: Sequence[str], passed: Sequence[int], what: str) -> int:
+def _await_starting_server(folder: Path, key: str, patience_s: float) -> None:
+    """Return once `key`'s server listens, or none is starting (its lock is free: not
+    started, or it failed), or after `patience_s`."""
+    sock = folder / f"{key}.sock"
+    deadline = time.monotonic() + patience_s
+    while not sock.exists() and time.monotonic() < deadline and _server_lock_held(folder, key):
+        time.sleep(0.1)
+
+
+def _run_warm(argv: Sequence[str], passed: Sequence[int], what: str,
+              wait_s: float = 0.0) -> int:
     try:
         folder = socket_dir()
     except (OSError, WarmUnavailable) as error:
@@ -352,6 +373,8 @@ def _run_warm(argv: Sequence[str], passed: Sequence[int], what: str) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: stop.request())
     key = server_key(argv, os.environ, os.getcwd())
+    if wait_s:
+        _await_starting_server(folder, key, wait_s)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connected, reply, no_answer = False, {}, None
     try:
@@ -692,8 +715,8 @@ def _own_flags() -> list[str]:
 
 
 def _take_fds(received: Sequence[int], targets: Sequence[int]) -> None:
-    """Put each received fd on its number in the client (stdio, then what multiprocessing
-    named). Moved above every target first: one may have arrived on another's number."""
+    """Put each received fd on its number in the client (stdio, then every fd the client was
+    started with). Moved above every target first: one may have arrived on another's number."""
     high = max(targets) + 1
     moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, high) for fd in received]
     for fd in received:
@@ -704,8 +727,9 @@ def _take_fds(received: Sequence[int], targets: Sequence[int]) -> None:
 
 
 def _child(server: _Server, request: dict, fds: list[int], conn: socket.socket) -> NoReturn:
-    """In the forked step process: the client's stdio, folder and environment, then Dagster's
-    `api execute_step`, and exit with its code after the interpreter's own shutdown steps.
+    """In the forked process: the client's fds, folder and environment, then Dagster's
+    `api execute_step` (or multiprocessing's entry point), and exit with its code after the
+    interpreter's own shutdown steps.
     Never returns."""
     import atexit
 
