@@ -132,7 +132,10 @@ def test_terminating_a_warm_child_ends_it(tmp_path: Path, sockets: Path) -> None
 
 def test_other_interpreter_flags_run_as_a_fresh_interpreter(tmp_path: Path,
                                                             sockets: Path) -> None:  # noqa: F811
-    report, stderr = _drive(tmp_path, sockets, "spawn", flags=("-X", "dev"))
+    # Started from a warm process (which passes its server on in the environment), a child
+    # that runs fresh does not claim to be warm.
+    report, stderr = _drive(tmp_path, sockets, "spawn", flags=("-X", "dev"),
+                            **{ray_warm.SERVER_ENV: "4242"})
     assert report["server"] is None and report["probe_loaded_in"] == report["pid"]
     assert report["got"] == "ping" and report["exitcode"] == 3
     assert "other interpreter flags than this server's" in stderr

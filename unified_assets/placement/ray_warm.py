@@ -285,6 +285,14 @@ def recv_message(sock: socket.socket, max_fds: int = 0,
 
 def _run_cold(argv: Sequence[str], why: str, what: str = "step") -> NoReturn:
     print(f"unified-ai: {what} runs in a fresh interpreter ({why})", file=sys.stderr, flush=True)
+    _exec(argv)
+
+
+def _exec(argv: Sequence[str]) -> NoReturn:
+    """Become `argv` as Python would have started it. A process forked from a server (a warm
+    run process starting its forkserver) passes SERVER_ENV on; what starts fresh here was not
+    forked from it, and its steps must not say so."""
+    os.environ.pop(SERVER_ENV, None)
     os.execv(argv[0], list(argv))
 
 
@@ -341,13 +349,13 @@ def python_main(argv: Sequence[str]) -> int:
     else is that Python with these arguments."""
     found = multiprocessing_command(argv)
     if found is None:
-        os.execv(argv[0], list(argv))
+        _exec(argv)
     try:
         passed = inherited_fds()
     except OSError as error:
         _run_cold(argv, f"its fds cannot be listed ({error})")
     if not set(found[1]) <= set(passed) or len(passed) > MAX_PASSED_FDS:
-        os.execv(argv[0], list(argv))
+        _exec(argv)
     if found[0] == "spawn":  # a fresh run process costs less than most of a preload: no wait
         return _run_warm(argv, passed, "run process")
     return _run_warm(argv, passed, "forkserver", STARTING_WAIT_S)
