@@ -29,7 +29,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from unified_assets.placement import ray_warm
@@ -37,7 +37,7 @@ from unified_assets.placement import ray_warm
 SWITCH_ENV = "UNIFIED_AI_LOCAL_WARM"  # "on": run processes and forkservers start warm
 
 
-def enabled(environ: dict[str, str] | os._Environ[str] | None = None) -> bool:
+def enabled(environ: Mapping[str, str] | None = None) -> bool:
     env = os.environ if environ is None else environ
     return env.get(SWITCH_ENV, "off").strip().lower() in ("on", "1", "true", "yes")
 
@@ -67,8 +67,8 @@ def install(preload: Sequence[str]) -> Path | None:
     changes)."""
     if not enabled():
         return None
-    if not sys.platform.startswith("linux"):  # the server reads peers' credentials and fds
-        print("unified-ai: warm local processes need Linux; off", file=sys.stderr)  # from /proc
+    if not sys.platform.startswith("linux"):  # peers' credentials, a client's fds from /proc
+        print("unified-ai: warm local processes need Linux; off", file=sys.stderr)
         return None
     try:
         folder = ray_warm.socket_dir()
