@@ -113,7 +113,7 @@ TRAINING_PRELOAD = [
 # the code location itself is imported by each step, with its own settings.
 RAY_PRELOAD = tuple(m for m in TRAINING_PRELOAD if not m.startswith("unified_assets"))
 # Under scripts/dev.sh, run processes and the training forkserver fork from a server that
-# imported the same libraries while the first batches were ingested (unified_assets/local_warm.py).
+# imported the same libraries when the code server loaded this (unified_assets/local_warm.py).
 local_warm.install(RAY_PRELOAD)
 TRAINING_EXECUTOR_CONFIG = {
     **LOCAL_EXECUTOR_CONFIG, "start_method": {"forkserver": {"preload_modules": TRAINING_PRELOAD}},
