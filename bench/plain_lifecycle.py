@@ -5,9 +5,10 @@ pydantic objects), policy and defaults the assets use, in the order the assets r
 values passed in memory. Dagster-only work (run/event storage, asset metadata and check
 results, IO-manager pickling, partition bookkeeping) is left out on purpose: that is what
 is measured. Mirrors: landed_batch, training_set, model_sklearn and model_torch (each with
-its start-of-step placement decision), evaluation_<family> (holdout report, Evidently HTML,
-policy gates), challenger, approval (policy approval, no UI decision) and production_model
-(promotion through the ledger). Keep it in step with unified_assets/assets/*.py.
+its start-of-step placement decision), evaluation_<family> (the asset's own report with its
+single-feature AUCs, policy gates, the JSON logged to the candidate's MLflow run),
+challenger, approval (policy approval, no UI decision) and production_model (promotion
+through the ledger). Keep it in step with unified_assets/assets/*.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 from resources import ArtifactStore, DatasetResource, MlflowRegistry, RegisteredCandidate
 from resources.decision_store import DecisionStore
 from resources.mlflow_registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from unified_assets.assets.evaluation import evaluate_on_holdout
+from unified_assets.assets.evaluation import evaluate_candidate, log_report
 from unified_assets.assets.training import TrainingSetConfig, select_window
 from unified_assets.candidates.shipped import SklearnModelConfig, TorchModelConfig
 from unified_assets.compute import CPU_TRAINING, GPU_TRAINING, ComputeProfile
@@ -104,6 +105,7 @@ def ingest(dataset: DatasetResource, store: ArtifactStore) -> list[str]:
     ingested = []
     for batch, landed in dataset.batch_files().items():
         report = validate_batch_file(dataset.fetch(landed), spec)
+        dataset.check_unchanged(landed)
         store.write_json(
             report_key(batch),
             {"batch": batch, "file": landed.uri, "rows": report.rows, "passed": report.passed,
@@ -205,20 +207,20 @@ def torch_candidate(
 
 
 def evaluate(
-    registry: MlflowRegistry, decisions: DecisionStore, store: ArtifactStore,
-    candidate: RegisteredCandidate,
-    training: TrainingSet, promotion: PromotionPolicy,
+    registry: MlflowRegistry, decisions: DecisionStore, candidate: RegisteredCandidate,
+    training: TrainingSet, promotion: PromotionPolicy, run_id: str,
 ) -> EvaluationReport:
-    """Holdout report and policy gates, stored (the `evaluation_<family>` body; Evidently's
-    HTML is `quality_report_<family>`, which the lifecycle job does not wait for either)."""
-    report, _, _ = evaluate_on_holdout(
-        registry, decisions, candidate, training, promotion.operating_threshold)
+    """The `evaluation_<family>` body: the asset's own report (holdout and champion metrics,
+    single-feature AUCs), judged by the policy and logged as JSON to the candidate's MLflow
+    run. Evidently's HTML is `quality_report_<family>`, which the lifecycle job does not wait
+    for either."""
+    report = evaluate_candidate(candidate, training, registry, decisions, promotion)
     verdict = judge(report, promotion)
     report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
     report.passed_gates = verdict.passed
-    report.report_uri = store.write_json(
-        f"reports/{candidate.model_name}/v{candidate.version}.json", report.as_json()
-    )
+    report.blocking_gates = tuple(verdict.blocking)
+    if not report.error:
+        log_report(registry, candidate.run_id, f"evaluation/{run_id[:8]}", report)
     return report
 
 
@@ -259,8 +261,8 @@ def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> 
     candidates["torch"] = torch_candidate(training, registry, policy, run_id)
     lap("model_torch")
     for family, candidate in candidates.items():
-        result.candidates[family] = evaluate(registry, decisions, store, candidate, training,
-                                             promotion)
+        result.candidates[family] = evaluate(registry, decisions, candidate, training,
+                                             promotion, run_id)
         lap(f"evaluation_{family}")
     result.challenger = select(registry, list(result.candidates.values()), promotion)
     lap("challenger")

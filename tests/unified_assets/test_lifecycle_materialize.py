@@ -146,3 +146,33 @@ def test_bad_config_value_names_the_field(landed, instance):
         train_evaluate_promote(defs, instance, {"ops": {"model_torch": {"config": {
             "device": "tpu"}}}})
     assert _materializations(instance, "training_set") == []
+
+
+@pytest.mark.slow
+def test_the_benchmarks_plain_baseline_computes_what_the_lifecycle_computes(first, settings):
+    """bench/lifecycle_overhead.py divides by bench/plain_lifecycle.py: a baseline doing less
+    than the assets (the evaluation's single-feature AUCs, its report logged to MLflow) would
+    count that work as Dagster's overhead."""
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        from plain_lifecycle import run_plain_lifecycle
+    finally:
+        sys.path.pop(0)
+    shutil.copytree(first.settings.landing_dir, settings.landing_dir)
+    plain = run_plain_lifecycle(settings)
+    summary = first.value
+
+    assert plain.batches_ingested == summary.batches_ingested
+    assert set(plain.candidates) == set(summary.candidates) == {"sklearn", "torch"}
+    for family, report in summary.candidates.items():
+        baseline = plain.candidates[family]
+        timeless = {k: v for k, v in report.overall.items() if not k.startswith("latency")}
+        assert {k: baseline.overall[k] for k in timeless} == pytest.approx(timeless), family
+        assert baseline.feature_auc == pytest.approx(report.feature_auc) and report.feature_auc
+        assert {n: g.passed for n, g in baseline.gates.items()} == \
+            {n: g.passed for n, g in report.gates.items()}
+        assert baseline.report_uri.startswith("runs:/") and baseline.links.report
+    assert plain.production["champion"] == summary.production["champion"]

@@ -194,8 +194,9 @@ def failed_report(family: str, model_name: str, version: str | None,
     return EvaluationReport(family=family, model_name=model_name, version=version, error=error)
 
 
-def _evaluate(candidate: RegisteredCandidate, training: TrainingSet, registry: MlflowRegistry,
-              decisions: DecisionStore, promotion) -> EvaluationReport:
+def evaluate_candidate(candidate: RegisteredCandidate, training: TrainingSet,
+                       registry: MlflowRegistry, decisions: DecisionStore,
+                       promotion) -> EvaluationReport:
     """The candidate's full report. A failure of this candidate (it cannot be scored, its
     metrics cannot be computed) becomes an error report; an unusable champion still fails the
     step (dg.Failure), since it concerns every candidate alike. Evidently's HTML is not built
@@ -216,6 +217,17 @@ def _evaluate(candidate: RegisteredCandidate, training: TrainingSet, registry: M
     return report
 
 
+def log_report(registry: MlflowRegistry, run_id: str, folder: str,
+               report: EvaluationReport) -> None:
+    """Log the judged report as JSON in `folder` of the candidate's MLflow run; sets its
+    `runs:/` URI and the links that open it in the MLflow UI."""
+    report.report_uri = f"runs:/{run_id}/{folder}/{REPORT_JSON}"
+    links = registry.log_reports(
+        run_id, folder, {REPORT_JSON: json.dumps(report.as_json(), indent=2, default=str)})
+    link = links[REPORT_JSON]
+    report.links = ReportLinks(mlflow_run=link.run_page, report=link.page, report_file=link.file)
+
+
 def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, run_id: str,
              report: EvaluationReport) -> None:
     """Log the judged report to the candidate's MLflow run, with links that open it over HTTP
@@ -223,14 +235,8 @@ def _publish(context: dg.AssetExecutionContext, registry: MlflowRegistry, run_id
     itself is the asset's value (Dagster's IO manager), so it is kept even when MLflow is
     unreachable. One folder per Dagster run: an older materialization's links keep showing
     its own report after a re-evaluation."""
-    folder = f"evaluation/{context.run_id[:8]}"
     try:
-        report.report_uri = f"runs:/{run_id}/{folder}/{REPORT_JSON}"
-        links = registry.log_reports(
-            run_id, folder, {REPORT_JSON: json.dumps(report.as_json(), indent=2, default=str)})
-        link = links[REPORT_JSON]
-        report.links = ReportLinks(mlflow_run=link.run_page, report=link.page,
-                                   report_file=link.file)
+        log_report(registry, run_id, f"evaluation/{context.run_id[:8]}", report)
     except Exception as error:  # noqa: BLE001 - reports for people; the gates do not need them
         report.links, report.report_uri = ReportLinks(), None
         report.mlflow_error = f"{type(error).__name__}: {_first_line(error)}"
@@ -336,7 +342,8 @@ def build_evaluation_asset(candidate: Candidate) -> dg.AssetsDefinition:
             report = failed_report(candidate.family, candidate.model_name, None,
                                    f"training failed: {candidate.error}")
         else:
-            report = _evaluate(candidate, training_set, mlflow_registry, decisions, promotion)
+            report = evaluate_candidate(candidate, training_set, mlflow_registry, decisions,
+                                        promotion)
         verdict = judge(report, promotion)
         report.gates = {n: GateOutcome(g.passed, g.message) for n, g in verdict.gates.items()}
         report.passed_gates = verdict.passed
