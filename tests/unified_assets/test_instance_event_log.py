@@ -313,3 +313,47 @@ def test_a_batch_whose_index_write_fails_is_written_once_event_by_event(tmp_path
         assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 6
         assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED) == 6
         assert _index_records(instance) == [(f"p{i}", f"p{i}") for i in range(6)]
+
+
+def _schema(db: Path) -> list[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        tables = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
+        stamp = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        mode = conn.execute("PRAGMA journal_mode").fetchall()
+    return [*tables, *stamp, *mode]
+
+
+def test_a_new_runs_log_is_dagsters_empty_log_copied_not_created_again(tmp_path: Path):
+    created: list[str] = []
+
+    def on_execute(_conn, _cursor, statement, *_args) -> None:
+        if statement.lstrip().upper().startswith("CREATE TABLE"):
+            created.append(statement)
+
+    with dg.instance_for_test(temp_dir=str(_made(tmp_path / "default"))) as instance:
+        dagster_made = _schema(tmp_path / "default" / "history" / "runs" /
+                               f"{materialize(instance, partition_key='p1').run_id}.db")
+    event.listen(Engine, "before_cursor_execute", on_execute)
+    try:
+        with dg.instance_for_test(overrides=LOCAL_EVENT_LOG,
+                                  temp_dir=str(_made(tmp_path / "reusing"))) as instance:
+            materialize(instance, partition_key="p1")  # the index and the process's template
+            created.clear()
+            runs = [materialize(instance, partition_key=f"p{i}") for i in (2, 3)]
+            assert created == []
+            assert all(r.success for r in runs)
+            folder = tmp_path / "reusing" / "history" / "runs"
+            for run in runs:
+                assert _schema(folder / f"{run.run_id}.db") == dagster_made
+                assert _written(instance, run.run_id)[-1][0] == dg.DagsterEventType.RUN_SUCCESS
+            # A log another process created meanwhile is kept as it is.
+            storage = instance.event_log_storage
+            before = (folder / f"{runs[0].run_id}.db").read_bytes()
+            assert storage._from_template(str(folder / f"{runs[0].run_id}.db")) is False
+            assert (folder / f"{runs[0].run_id}.db").read_bytes() == before
+            assert sorted(p.name for p in folder.iterdir() if p.suffix not in (".db", ".db-wal",
+                                                                               ".db-shm")) == []
+    finally:
+        event.remove(Engine, "before_cursor_execute", on_execute)
