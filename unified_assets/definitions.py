@@ -101,12 +101,15 @@ LOCAL_EXECUTOR_CONFIG = {
 # (A module that fails to import is skipped by the forkserver; the step then imports it.)
 # MLflow's SQLAlchemy stores are imported on a client's first call, not by `import mlflow`:
 # 0.5-1 s in each step that talks to the registry (sampled with py-spy), once here.
+# torch imports torch._dynamo at a step's first optimizer (1.3-1.8 s) and MLflow maps the
+# installed distributions at its first log_model (1.1-1.6 s): once here too.
 TRAINING_PRELOAD = [
     "unified_assets.definitions", *INSTANCE_PRELOAD, "pyarrow.parquet", *MLFLOW_CLIENT_MODULES,
     "mlflow.pyfunc", "mlflow.sklearn", "mlflow.store.tracking.sqlalchemy_workspace_store",
     "mlflow.store.model_registry.sqlalchemy_workspace_store", "alembic.migration",
     "sklearn.compose", "sklearn.ensemble", "sklearn.metrics", "sklearn.pipeline",
-    "sklearn.preprocessing", "torch", "unified_assets.ml.sklearn_model",
+    "sklearn.preprocessing", "torch", "torch._dynamo", "resources.mlflow_environment",
+    "unified_assets.ml.sklearn_model",
     "unified_assets.ml.torch_model", "unified_assets.ml.metrics",
 ]
 # On Ray, each node's warm step server (placement/ray_warm.py) imports these libraries once;

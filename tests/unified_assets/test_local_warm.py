@@ -209,3 +209,31 @@ def test_a_local_step_records_which_process_ran_it(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(ray_warm.SERVER_ENV, "4242")
     assert process_evidence() == {
         "placement_process": "forked from warm server 4242 (libraries preloaded)"}
+
+
+WARMED = textwrap.dedent("""
+    import json, sys
+    from unified_assets.definitions import RAY_PRELOAD
+    from unified_assets.placement import ray_warm
+    failed = ray_warm._preload(RAY_PRELOAD)
+    import importlib_metadata
+    scans = []
+    scan = importlib_metadata.packages_distributions
+    importlib_metadata.packages_distributions = lambda *a, **k: scans.append(1) or scan(*a, **k)
+    before = set(sys.modules)
+    import torch
+    from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # a torch step's first optimizer
+    warn_dependency_requirement_mismatches(["torch", "scikit-learn", "pandas"])  # log_model's
+    print(json.dumps({"failed": failed, "scans": len(scans),
+                      "imported": sorted(set(sys.modules) - before)}))
+""")
+
+
+def test_a_step_forked_from_the_preload_starts_training_and_logging_without_warm_up() -> None:
+    """torch imports torch._dynamo at the first optimizer (1.3-1.8 s) and MLflow maps every
+    installed distribution at the first log_model (1.1-1.6 s): the servers that fork training
+    steps (warm server, training forkserver) have done both."""
+    out = subprocess.run([sys.executable, "-c", WARMED], cwd=Path(__file__).resolve().parents[2],
+                         capture_output=True, text=True, check=True, timeout=300).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == {"failed": [], "scans": 0, "imported": []}
