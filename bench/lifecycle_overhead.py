@@ -30,7 +30,9 @@ host was saturated: the worker then waits for a CPU after every blocking call (e
 SQLite fsync), and wall - own CPU is that waiting.
 
 Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 3]
-       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log]
+       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log] [--warm-lazy]
+Both timed sections include what torch and MLflow do once per process on first use
+(LAZY_WARMUP, about 2.5-3 s of the plain side's 5 s); `--warm-lazy` does it before the timer.
 The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
 """
 
@@ -72,6 +74,11 @@ WARM_MODULES = [
     "unified_assets.lifecycle", "unified_assets.ml.torch_model", "unified_assets.ml.sklearn_model",
     "unified_assets.ml.metrics", "plain_lifecycle",
 ]
+# `--warm-lazy`: what torch and MLflow import or compute on first use inside the timed section
+# on both sides (torch._dynamo at the first optimizer, 1.3-1.8 s; MLflow's map of installed
+# distributions at the first log_model, 1.1-1.6 s), done before the timer instead, as the
+# training preload does for the steps `dagster dev` runs (unified_assets/definitions.py).
+LAZY_WARMUP = ["torch._dynamo", "resources.mlflow_environment"]
 LIFECYCLE_STEPS = ["training_set", "model_sklearn", "model_torch", "evaluation_sklearn",
                    "evaluation_torch", "challenger", "approval", "production_model"]
 
@@ -126,11 +133,11 @@ def dagster_step_stats(instance: Any) -> dict[str, float]:
     return out
 
 
-def worker(side: str, home: Path, out: Path, threads: int) -> None:
+def worker(side: str, home: Path, out: Path, threads: int, warm_lazy: bool = False) -> None:
     """Run one side in this (fresh) process and write its timings as JSON to `out`."""
     sys.path.insert(0, str(BENCH_DIR))
     started = time.perf_counter()
-    for module in WARM_MODULES:
+    for module in WARM_MODULES + (LAZY_WARMUP if warm_lazy else []):
         importlib.import_module(module)
     import_seconds = time.perf_counter() - started
     if threads:
@@ -196,8 +203,8 @@ def worker_env(home: Path, threads: int, side: str = "dagster") -> dict[str, str
     return env
 
 
-def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads: int
-             ) -> dict[str, Any]:
+def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads: int,
+             warm_lazy: bool = False) -> dict[str, Any]:
     """One fresh home with a copy of the landed data, one fresh worker process."""
     home = scratch / f"{side}-{index}"
     shutil.copytree(landing_cache, home / "landing")
@@ -206,7 +213,7 @@ def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads:
     with open(home / "worker.log", "w") as log:
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--home", str(home),
-             "--out", str(out), "--threads", str(threads)],
+             "--out", str(out), "--threads", str(threads), *(["--warm-lazy"] * warm_lazy)],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )
     return json.loads(out.read_text())
@@ -265,12 +272,15 @@ def main() -> None:
                         help="also run the Dagster side with the SQLite tuning off, each repeat")
     parser.add_argument("--compare-stock-log", action="store_true",
                         help="also run the Dagster side on Dagster's own SQLite event log")
+    parser.add_argument("--warm-lazy", action="store_true",
+                        help="import torch._dynamo and map MLflow's distributions before the "
+                             "timer on both sides (LAZY_WARMUP)")
     parser.add_argument("--worker", choices=(*SIDES, UNTUNED, STOCK_LOG), help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker, args.home, args.out, args.threads)
+        worker(args.worker, args.home, args.out, args.threads, args.warm_lazy)
         return
 
     from unified_assets.ml.generator import write_batches
@@ -284,7 +294,8 @@ def main() -> None:
         results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for index in range(args.repeats):
             for side in sides:
-                record = run_side(side, landing_cache, scratch, index, args.threads)
+                record = run_side(side, landing_cache, scratch, index, args.threads,
+                                  args.warm_lazy)
                 results[side].append(record)
                 print(f"  run {index + 1}/{args.repeats} {side:<7} {record['seconds']:7.2f} s",
                       file=sys.stderr, flush=True)
@@ -297,7 +308,8 @@ def main() -> None:
     print(machine())
     print(f"data: {args.batches} batches x {args.rows} rows (seed {args.seed}); "
           f"repeats: {args.repeats} per side, interleaved plain/dagster, fresh subprocess each; "
-          "imports and MLflow DB init done before the timer on both sides; "
+          "imports and MLflow DB init done before the timer on both sides"
+          f"{' (with LAZY_WARMUP)' if args.warm_lazy else ''}; "
           f"threads: {args.threads or 'library defaults'}")
     print_table(results)
     plain = statistics.median(r["seconds"] for r in results["plain"])
