@@ -198,7 +198,7 @@ def worker_env(home: Path, threads: int, side: str = "dagster") -> dict[str, str
         env |= {name: str(threads) for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                 "MKL_NUM_THREADS")}
     for name in ("UNIFIED_AI_DEPLOYMENT", "UNIFIED_AI_DATASET_SPEC", "DAGSTER_HOME",
-                 "MLFLOW_TRACKING_URI"):
+                 "MLFLOW_TRACKING_URI", "UNIFIED_AI_LOCAL_WARM"):  # no warm server beside it
         env.pop(name, None)
     return env
 
@@ -213,7 +213,7 @@ def run_side(side: str, landing_cache: Path, scratch: Path, index: int, threads:
     with open(home / "worker.log", "w") as log:
         subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--home", str(home),
-             "--out", str(out), "--threads", str(threads), *(["--warm-lazy"] * warm_lazy)],
+             "--out", str(out), "--threads", str(threads), *(["--warm-lazy"] if warm_lazy else [])],
             cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True,
         )
     return json.loads(out.read_text())

@@ -43,6 +43,9 @@ SKOPS_TRUSTED_TYPES = [
 # What a client's first call imports: MLflow, then its SQLAlchemy stores on first use.
 CLIENT_MODULES = ("mlflow", "mlflow.store.tracking.sqlalchemy_store",
                   "mlflow.store.model_registry.sqlalchemy_store")
+# MLflow's own warm-up of its map of installed distributions, as `module:function` for the
+# preloading servers (resources/mlflow_environment.py says why).
+DISTRIBUTIONS_WARMUP = "mlflow.utils.requirements_utils:_init_packages_to_modules_map"
 _IMPORTS_THREAD = "unified-ai-mlflow-imports"
 _imports_lock = threading.Lock()
 

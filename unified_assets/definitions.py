@@ -10,6 +10,7 @@ from resources import ArtifactStore, DatasetResource, MlflowRegistry, PolicyReso
 from resources.decision_store import DecisionStore
 from resources.escalation import Escalation
 from resources.mlflow_registry import CLIENT_MODULES as MLFLOW_CLIENT_MODULES
+from resources.mlflow_registry import DISTRIBUTIONS_WARMUP as MLFLOW_MAP_WARMUP
 from resources.parquet_io import VALUES_IO_MANAGER, ParquetIOManager
 from sensors.approvals import build_approval_sensor
 from sensors.drift import build_drift_sensor
@@ -113,8 +114,10 @@ TRAINING_PRELOAD = [
     "unified_assets.ml.torch_model", "unified_assets.ml.metrics",
 ]
 # On Ray, each node's warm step server (placement/ray_warm.py) imports these libraries once;
-# the code location itself is imported by each step, with its own settings.
-RAY_PRELOAD = tuple(m for m in TRAINING_PRELOAD if not m.startswith("unified_assets"))
+# the code location itself (and its `resources`) is imported by each step, with its own
+# settings, from its own checkout. MLflow's map is built by MLflow's function there.
+RAY_PRELOAD = (*(m for m in TRAINING_PRELOAD if not m.startswith(("unified_assets", "resources"))),
+               MLFLOW_MAP_WARMUP)
 # Under scripts/dev.sh, run processes and the training forkserver fork from a server that
 # imported the same libraries when the code server loaded this (unified_assets/local_warm.py).
 local_warm.install(RAY_PRELOAD)

@@ -21,7 +21,7 @@ batches: 10.4 s and 9.0 s against 11.7 s and 11.3 s in process, bench/RESULTS.md
 
 Each run has its own log file, which Dagster creates with its whole schema and a migration
 stamp; here a new run's log is a copy of an empty one Dagster's own `_initdb` made once in
-this process (the same bytes every time, about 0.09 s a run saved).
+this process (the same bytes every time; 0.08-0.10 s a run saved, bench/RESULTS.md).
 
 Everything else (schema, migrations, what is written and when, locking through
 `_db_lock`) is Dagster's. An engine is replaced when its file was deleted or replaced
@@ -155,7 +155,8 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         """Create a new run's log as a copy of an empty one, initialised once per process:
         Dagster creates every run's schema and stamps its migration (about 0.09 s a run on
         this machine, bench/RESULTS.md) for a file that is the same every time. False when
-        the file appeared meanwhile (another process made it): it is then checked as usual."""
+        the file appeared meanwhile (another process made it) or cannot be linked (a file
+        system without hard links): Dagster then creates or checks it as usual."""
         global _template
         with _template_lock:
             if _template is None:
@@ -171,7 +172,7 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         try:
             Path(staged).write_bytes(_template)
             os.link(staged, path)  # never replaces a log another process created meanwhile
-        except FileExistsError:
+        except OSError:
             return False
         finally:
             Path(staged).unlink(missing_ok=True)
@@ -332,6 +333,8 @@ def _before_fork() -> None:
 
 
 def _in_child() -> None:
+    global _template_lock
+    _template_lock = threading.Lock()  # a thread of the parent may have held it at the fork
     for storage in list(_storages):
         storage.forget_in_child()
 

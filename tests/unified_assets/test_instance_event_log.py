@@ -3,9 +3,11 @@ instances: it keeps one index connection instead of a new engine per read and wr
 what Dagster's own storage writes, follows a live run for the UI, and loses nothing when its
 files are replaced, when threads share it or when the process forks."""
 
+import contextlib
 import multiprocessing
 import os
 import shutil
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from tests.instances import LOCAL_EVENT_LOG, LOCAL_INSTANCE
+from unified_assets import instance_event_log
 from unified_assets.instance_event_log import ReusingSqliteEventLogStorage
 
 PARTS = dg.StaticPartitionsDefinition([f"p{i}" for i in range(6)])
@@ -235,7 +238,8 @@ def test_a_forked_child_does_not_inherit_a_lock_held_at_the_fork(tmp_path: Path)
         assert materialize(instance, partition_key="p0").success
         context = multiprocessing.get_context("fork")
         queue = context.Queue()
-        with storage._db_lock:  # as a thread inside `_connect` at the moment of the fork
+        # As a thread inside `_connect`, or making the empty run log, at the moment of the fork.
+        with storage._db_lock, instance_event_log._template_lock:
             child = context.Process(target=_child_on, args=(instance, queue))
             child.start()
         child_run = queue.get(timeout=120)
@@ -316,9 +320,7 @@ def test_a_batch_whose_index_write_fails_is_written_once_event_by_event(tmp_path
 
 
 def _schema(db: Path) -> list[tuple]:
-    import sqlite3
-
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:
         tables = conn.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall()
         stamp = conn.execute("SELECT version_num FROM alembic_version").fetchall()
         mode = conn.execute("PRAGMA journal_mode").fetchall()

@@ -212,10 +212,11 @@ def test_a_local_step_records_which_process_ran_it(monkeypatch: pytest.MonkeyPat
 
 
 WARMED = textwrap.dedent("""
-    import json, sys
-    from unified_assets.definitions import RAY_PRELOAD
+    import json, sys, threading
     from unified_assets.placement import ray_warm
-    failed = ray_warm._preload(RAY_PRELOAD)
+    preload = sys.argv[1].split(",")
+    failed = ray_warm._preload(preload)
+    threads = threading.active_count()  # a server whose preload starts threads never forks
     import importlib_metadata
     scans = []
     scan = importlib_metadata.packages_distributions
@@ -225,7 +226,7 @@ WARMED = textwrap.dedent("""
     from mlflow.utils.requirements_utils import warn_dependency_requirement_mismatches
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # a torch step's first optimizer
     warn_dependency_requirement_mismatches(["torch", "scikit-learn", "pandas"])  # log_model's
-    print(json.dumps({"failed": failed, "scans": len(scans),
+    print(json.dumps({"failed": failed, "scans": len(scans), "threads": threads,
                       "imported": sorted(set(sys.modules) - before)}))
 """)
 
@@ -234,6 +235,12 @@ def test_a_step_forked_from_the_preload_starts_training_and_logging_without_warm
     """torch imports torch._dynamo at the first optimizer (1.3-1.8 s) and MLflow maps every
     installed distribution at the first log_model (1.1-1.6 s): the servers that fork training
     steps (warm server, training forkserver) have done both."""
-    out = subprocess.run([sys.executable, "-c", WARMED], cwd=Path(__file__).resolve().parents[2],
-                         capture_output=True, text=True, check=True, timeout=300).stdout
-    assert json.loads(out.strip().splitlines()[-1]) == {"failed": [], "scans": 0, "imported": []}
+    from unified_assets.definitions import RAY_PRELOAD, TRAINING_PRELOAD
+
+    # The warm server's preload (its own base, then the libraries), and the forkserver's.
+    for preload in ([*ray_warm.BASE_PRELOAD, *RAY_PRELOAD], TRAINING_PRELOAD):
+        out = subprocess.run([sys.executable, "-c", WARMED, ",".join(preload)],
+                             cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                             text=True, check=True, timeout=300).stdout
+        assert json.loads(out.strip().splitlines()[-1]) == {
+            "failed": [], "scans": 0, "threads": 1, "imported": []}, preload

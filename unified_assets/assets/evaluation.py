@@ -24,6 +24,7 @@ from unified_assets.gates import (
 )
 from unified_assets.metadata import OWNERS, fmt, listed, markdown_table, numbers, placement_metadata
 from unified_assets.ml.training_data import TrainingSet
+from unified_assets.policy import PromotionPolicy
 from unified_assets.values import (
     ChampionNumbers,
     EvaluationReport,
@@ -196,7 +197,7 @@ def failed_report(family: str, model_name: str, version: str | None,
 
 def evaluate_candidate(candidate: RegisteredCandidate, training: TrainingSet,
                        registry: MlflowRegistry, decisions: DecisionStore,
-                       promotion) -> EvaluationReport:
+                       promotion: PromotionPolicy) -> EvaluationReport:
     """The candidate's full report. A failure of this candidate (it cannot be scored, its
     metrics cannot be computed) becomes an error report; an unusable champion still fails the
     step (dg.Failure), since it concerns every candidate alike. Evidently's HTML is not built

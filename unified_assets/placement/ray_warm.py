@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import IO, NoReturn
 
 SWITCH_ENV = "UNIFIED_AI_RAY_WARM"  # "off": every step in a fresh interpreter
-PRELOAD_ENV = "UNIFIED_AI_RAY_PRELOAD"  # comma-separated modules the server imports
+PRELOAD_ENV = "UNIFIED_AI_RAY_PRELOAD"  # comma-separated modules (or module:function) to preload
 IDLE_ENV = "UNIFIED_AI_RAY_WARM_IDLE_S"
 DIR_ENV = "UNIFIED_AI_RAY_WARM_DIR"  # where the sockets live (default /tmp/unified-ai-ray-warm-UID)
 SERVER_ENV = "UNIFIED_AI_RAY_WARM_SERVER"  # set in a warm step: the server's pid
@@ -498,12 +498,18 @@ def _loaded_files() -> dict[str, tuple[int, ...]]:
 
 
 def _preload(modules: Sequence[str]) -> list[str]:
+    """Import each module; an entry `module:function` also calls that function of it (a
+    library's own warm-up, such as MLflow's map of installed distributions). What fails is
+    returned and left for the step to do."""
     import importlib
 
     failed = []
-    for name in modules:
+    for entry in modules:
+        name, _, call = entry.partition(":")
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(name)
+            if call:
+                getattr(module, call)()
         except ModuleNotFoundError as error:
             if error.name != name:  # not the module itself: something it needs is broken
                 failed.append(f"{name} ({type(error).__name__}: {error})")
