@@ -75,7 +75,7 @@ WARM_MODULES = [
     "unified_assets.ml.metrics", "plain_lifecycle",
 ]
 # `--warm-lazy`: what torch and MLflow import or compute on first use inside the timed section
-# on both sides (torch._dynamo at the first optimizer, 1.3-1.8 s; MLflow's map of installed
+# on both sides (torch._dynamo at the first optimizer, 1.1-1.8 s; MLflow's map of installed
 # distributions at the first log_model, 1.1-1.6 s), done before the timer instead, as the
 # training preload does for the steps `dagster dev` runs (unified_assets/definitions.py).
 LAZY_WARMUP = ["torch._dynamo", "resources.mlflow_environment"]

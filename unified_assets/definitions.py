@@ -102,7 +102,7 @@ LOCAL_EXECUTOR_CONFIG = {
 # (A module that fails to import is skipped by the forkserver; the step then imports it.)
 # MLflow's SQLAlchemy stores are imported on a client's first call, not by `import mlflow`:
 # 0.5-1 s in each step that talks to the registry (sampled with py-spy), once here.
-# torch imports torch._dynamo at a step's first optimizer (1.3-1.8 s) and MLflow maps the
+# torch imports torch._dynamo at a step's first optimizer (1.1-1.8 s) and MLflow maps the
 # installed distributions at its first log_model (1.1-1.6 s): once here too.
 TRAINING_PRELOAD = [
     "unified_assets.definitions", *INSTANCE_PRELOAD, "pyarrow.parquet", *MLFLOW_CLIENT_MODULES,

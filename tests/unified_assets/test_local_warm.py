@@ -232,7 +232,7 @@ WARMED = textwrap.dedent("""
 
 
 def test_a_step_forked_from_the_preload_starts_training_and_logging_without_warm_up() -> None:
-    """torch imports torch._dynamo at the first optimizer (1.3-1.8 s) and MLflow maps every
+    """torch imports torch._dynamo at the first optimizer (1.1-1.8 s) and MLflow maps every
     installed distribution at the first log_model (1.1-1.6 s): the servers that fork training
     steps (warm server, training forkserver) have done both."""
     from unified_assets.definitions import RAY_PRELOAD, TRAINING_PRELOAD
