@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from tests.instances import LOCAL_EVENT_LOG
+from tests.instances import LOCAL_STORAGE
 from tests.states import States
 from unified_assets.settings import Settings
 
@@ -76,9 +76,9 @@ def settings(tmp_path: Path, mlflow_db_template: Path) -> Settings:
 
 @pytest.fixture
 def instance() -> Iterator[dg.DagsterInstance]:
-    # The event log `dagster dev` uses (deploy/local/dagster.yaml), so the suite's runs go
-    # through it.
-    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG) as test_instance:
+    # The event log and compute logs `dagster dev` uses (deploy/local/dagster.yaml), so the
+    # suite's runs go through them.
+    with dg.instance_for_test(overrides=LOCAL_STORAGE) as test_instance:
         yield test_instance
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import dagster as dg
 
-from tests.instances import LOCAL_EVENT_LOG
+from tests.instances import LOCAL_STORAGE
 from unified_assets.settings import Settings
 
 Build = Callable[[Settings, dg.DagsterInstance, Path, Any], tuple[Settings, Any]]
@@ -73,7 +73,7 @@ class States:
             settings, prior = Settings(deployment="local", home=home, dataset_spec=None), None
         (self.work / "dagster").mkdir(exist_ok=True)
         with dg.instance_for_test(temp_dir=str(self.work / "dagster"),
-                                 overrides=LOCAL_EVENT_LOG) as instance:
+                                 overrides=LOCAL_STORAGE) as instance:
             settings, value = recipe.build(settings, instance, self.work, prior)
         shutil.copytree(self.work, self._saved(recipe.name), symlinks=True)
         self.built[recipe.name] = (settings, value)
@@ -85,7 +85,7 @@ class States:
         settings, value = self.built[recipe.name]
         self._restore(recipe.name)
         with dg.instance_for_test(temp_dir=str(self.work / "dagster"),
-                                 overrides=LOCAL_EVENT_LOG) as instance:
+                                 overrides=LOCAL_STORAGE) as instance:
             yield State(settings, instance, value)
 
 
