@@ -124,6 +124,11 @@ class TorchRiskModel(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> np.ndarray:
         return predict_scores(self._net(), self.encoder, model_input)
 
+    def __getstate__(self) -> dict:
+        # The network built for scoring (the train AUC before logging) is the state dict
+        # again: the logged model carries the weights once and rebuilds it on first use.
+        return self.__dict__ | {"_network": None}
+
     @classmethod
     def from_training(cls, result: TorchTrainingResult, params: TorchParams) -> TorchRiskModel:
         state = {k: v.detach().cpu().clone() for k, v in result.network.state_dict().items()}

@@ -111,3 +111,20 @@ def test_a_300_level_categorical_next_to_150_numerics_trains_in_both():
     net = train_torch(frame, numeric, ["code"], "label", TorchParams(epochs=1, device="cpu"))
     assert np.isfinite(predict_scores(net.network, net.encoder, later)).all()
     assert net.encoder.width == 150 + 100 + 1  # numerics, the 100 kept levels, <other>
+
+
+def test_a_torch_model_used_for_scoring_pickles_its_weights_once():
+    """The train AUC scores with the model before it is logged: the network it builds for that
+    is not pickled beside the state dict (the logged artifact carried the weights twice)."""
+    import cloudpickle
+
+    train = messy_frame(400, seed=2)
+    model = TorchRiskModel.from_training(
+        train_torch(train, NUMERIC, CATEGORICAL, "label", TorchParams(epochs=1, device="cpu")),
+        TorchParams())
+    fresh = cloudpickle.dumps(model)
+    before = model.predict(None, train)
+    used = cloudpickle.dumps(model)
+    assert model._network is not None  # still cached for the next predict in this process
+    assert len(used) == len(fresh) and b"torch.nn.modules" not in used
+    assert np.array_equal(cloudpickle.loads(used).predict(None, train), before)
