@@ -176,3 +176,24 @@ def test_the_benchmarks_plain_baseline_computes_what_the_lifecycle_computes(firs
             {n: g.passed for n, g in report.gates.items()}
         assert baseline.report_uri.startswith("runs:/") and baseline.links.report
     assert plain.production["champion"] == summary.production["champion"]
+
+
+def test_the_training_set_reads_the_batches_records_once(landed, instance, monkeypatch):
+    """The window is chosen from every batch's latest ingestion, read together; reading the
+    rows then does not ask for each batch's record again (eight queries of 8)."""
+    from unified_assets.assets import data
+
+    defs = build_definitions(landed)
+    ingest_landed(defs, instance)
+    reads: list[list[str]] = []
+    latest = data.latest_materializations
+
+    def counted(instance, key, partitions):
+        reads.append(list(partitions))
+        return latest(instance, key, partitions)
+
+    monkeypatch.setattr(data, "latest_materializations", counted)
+    result = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance, asset_selection=[dg.AssetKey("training_set")])
+    assert result.success
+    assert len(reads) == 1 and len(reads[0]) == 4, reads

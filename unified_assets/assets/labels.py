@@ -41,11 +41,12 @@ def awaiting_labels(instance: dg.DagsterInstance, batch: str, record: BatchRecor
 
 
 def labelled_frame(instance: dg.DagsterInstance, values: ParquetIOManager, batch: str,
-                   target: str) -> "pd.DataFrame | None":
+                   target: str, record: BatchRecord | None = None) -> "pd.DataFrame | None":
     """The curated batch with its labels (inline or landed later), or None while unlabelled.
     Labels matched to another version of the batch, or superseded by a rejected labels
-    file, are an error rather than silently used or dropped."""
-    record = batch_record(instance, batch)
+    file, are an error rather than silently used or dropped. `record`: the batch's latest
+    ingestion when the caller has just read it (read here otherwise)."""
+    record = record or batch_record(instance, batch)
     if record is None or not record.passed:
         raise dg.Failure(f"batch {batch} was not ingested or failed its quality checks")
     frame = values.load(LANDED_BATCH, batch)

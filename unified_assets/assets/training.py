@@ -94,8 +94,8 @@ def training_set(
             f"no valid ingested batch to train on ({len(materialized)} ingested, "
             f"{len(excluded)} excluded: {excluded})"
         )
-    frame = pd.concat([labelled_frame(instance, values_io_manager, b, spec.target) for b in window],
-                      ignore_index=True)
+    frame = pd.concat([labelled_frame(instance, values_io_manager, b, spec.target, records[b])
+                       for b in window], ignore_index=True)
     if len(frame) < config.min_rows:
         raise dg.Failure(f"only {len(frame)} rows in batches {window}; min_rows={config.min_rows}")
     in_holdout = holdout_mask(frame["row_id"], config.holdout_fraction)
