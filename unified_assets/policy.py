@@ -10,6 +10,7 @@ can read, and no missing section ever means "no gate".
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Literal
@@ -570,12 +571,19 @@ def parse_policy(data: object, origin: str = "<policy>") -> Policy:
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
-    """The policy at `path`, or the one shipped with the code when None."""
+    """The policy at `path`, or the one shipped with the code when None. Parsed once per
+    content of the file: every run's resources and several steps load it, and a policy is
+    immutable (the file is read every time: an edit is never missed)."""
     path = Path(path) if path else DEFAULT_POLICY_PATH
     if not path.is_file():
         raise PolicyError(f"policy {path}: file not found")
+    return _parsed_policy(str(path), path.read_text())
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_policy(path: str, text: str) -> Policy:
     try:
-        data = read_policy_yaml(path.read_text())
+        data = read_policy_yaml(text)
     except yaml.YAMLError as error:
         raise PolicyError(f"policy {path}: not valid YAML: {error}") from None
-    return parse_policy(data, origin=str(path))
+    return parse_policy(data, origin=path)

@@ -227,3 +227,28 @@ def DEFAULT_TEXT() -> str:  # noqa: N802 - reads like the constant it stands for
     from unified_assets.policy import DEFAULT_POLICY_PATH
 
     return DEFAULT_POLICY_PATH.read_text()
+
+
+def test_a_policy_file_is_parsed_once_per_version(tmp_path, monkeypatch):
+    """Every run's resources load the policy: the same file is parsed once, and an edited
+    file is parsed again at once, even when its size and timestamp did not change."""
+    import os
+
+    from tests.policies import write_policy
+    from unified_assets import policy as policy_module
+
+    path = write_policy(tmp_path, {"approval": {"approvers": ["alice"]}})
+    parsed: list[str] = []
+    parse = policy_module.parse_policy
+    monkeypatch.setattr(policy_module, "parse_policy",
+                        lambda data, origin: parsed.append(origin) or parse(data, origin))
+    first = load_policy(path)
+    assert load_policy(str(path)) is first and parsed == [str(path)]
+    stat = path.stat()
+    write_policy(tmp_path, {"approval": {"approvers": ["carol"]}})  # same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    edited = load_policy(path)
+    assert edited.approval.approvers != first.approval.approvers and len(parsed) == 2
+    path.unlink()
+    with pytest.raises(PolicyError, match="file not found"):
+        load_policy(path)
