@@ -34,6 +34,7 @@ it uses the instance's own folder, found when the instance registers itself.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import threading
@@ -47,7 +48,7 @@ from typing import Any
 from dagster._config import Field, StringSource
 from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.event_api import EventHandlerFn
-from dagster._core.events import ASSET_EVENTS
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.instance import DagsterInstance
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -89,8 +90,10 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         self._inst_data = inst_data
         self._instance_weakref = None
         self._obs = None
+        self._held = threading.local()  # this thread's open index transaction (`_one_index_write`)
         if base_dir is not None:
             super().__init__(base_dir, inst_data=inst_data)
+            self._db_lock = threading.RLock()  # see `_one_index_write`
         _storages.add(self)
         os.environ.setdefault(BATCH_ENV, BATCH_SIZE)
 
@@ -111,6 +114,7 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
             # any way of opening the instance finds the same files.
             super().__init__(os.path.join(instance.root_directory, "history", "runs", ""),
                              inst_data=self._inst_data)
+            self._db_lock = threading.RLock()  # see `_one_index_write`
         super().register_instance(instance)
 
     def _engine(self, shard: str) -> Engine:
@@ -180,56 +184,94 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:  # type: ignore[override]
+        held = getattr(self._held, "index", None)
+        if held is not None and shard == INDEX_SHARD_NAME:
+            yield held  # Dagster's own index writes, inside `_one_index_write`
+            return
         with self._db_lock:
             engine = self._engine(shard)
             with engine.connect() as conn, conn.begin():
                 yield conn
 
+    @contextmanager
+    def _one_index_write(self) -> Iterator[Connection]:
+        """One transaction on index.db that every index write of this thread joins until the
+        block ends (Dagster's check-event writes open a connection, and commit, each). The
+        lock is reentrant: a write to a run's log from inside the block would not deadlock."""
+        with self._connect(INDEX_SHARD_NAME) as conn:
+            self._held.index = conn
+            try:
+                yield conn
+            finally:
+                self._held.index = None
+
+    def store_event(self, event: EventLogEntry) -> None:
+        """As Dagster's, except that an asset check event's two index writes (its mirror and
+        its execution record) are one transaction, not two."""
+        if _check_event(event):
+            self._store_mirrored([event])
+        else:
+            super().store_event(event)
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
-        """Consecutive asset events of one run written together, in order (as `store_event`
-        writes each: the run's log, then its mirror, tags and asset record in `index.db`);
-        any other event as Dagster's `store_event` writes it."""
+        """Consecutive asset and asset check events of one run written together, in order
+        (as `store_event` writes each: the run's log, then its mirror, tags, asset record or
+        check execution in `index.db`); any other event as Dagster's `store_event` writes it."""
         group: list[EventLogEntry] = []
         for entry in events:
-            mirrored = entry.is_dagster_event and entry.dagster_event_type in ASSET_EVENTS
+            mirrored = _asset_event(entry) or _check_event(entry)
             if mirrored and (not group or group[0].run_id == entry.run_id):
                 group.append(entry)
                 continue
-            self._store_asset_events(group)
+            self._store_mirrored(group)
             group = [entry] if mirrored else []
             if not mirrored:
-                self.store_event(entry)
-        self._store_asset_events(group)
+                super().store_event(entry)
+        self._store_mirrored(group)
 
-    def _store_asset_events(self, group: list[EventLogEntry]) -> None:
-        if len(group) < 2:
+    def _store_mirrored(self, group: list[EventLogEntry]) -> None:
+        """Asset and check events of one run: one transaction on the run's log, one on the
+        index (a lone asset event: Dagster's `store_event`)."""
+        if not group or (len(group) == 1 and _asset_event(group[0])):
             for entry in group:
-                self.store_event(entry)
+                super().store_event(entry)
             return
         statements = [self.prepare_insert_event(entry) for entry in group]
         with self.run_connection(group[0].run_id) as conn:
             for statement in statements:
                 conn.execute(statement)
         try:
-            with self.index_transaction() as conn:
+            with self._one_index_write() as conn:
                 ids = []
                 for statement in statements:
                     with db_result(conn, statement) as result:
                         ids.append(result.inserted_primary_key[0])
-                self._store_asset_event_tags(conn, group, ids)
+                assets = [(e, i) for e, i in zip(group, ids, strict=True) if _asset_event(e)]
+                if assets:
+                    self._store_asset_event_tags(conn, [e for e, _ in assets],
+                                                 [i for _, i in assets])
                 for entry, event_id in zip(group, ids, strict=True):
-                    self._store_asset_event(conn, entry, event_id)
+                    if _asset_event(entry):
+                        self._store_asset_event(conn, entry, event_id)
+                    else:
+                        self.store_asset_check_event(entry, event_id)
         except Exception:  # noqa: BLE001 - rolled back: mirrored one by one, as store_event does
+            if len(group) == 1:
+                raise  # Dagster's store_event raises too, with the run's log already written
             # The run's log already holds them: an error raised here would make Dagster store
             # the whole batch again, each event a second time.
             for entry, statement in zip(group, statements, strict=True):
                 self._mirror_one(entry, statement)
 
     def _mirror_one(self, entry: EventLogEntry, statement: Any) -> None:
-        """The index half of Dagster's `SqliteEventLogStorage.store_event` for one asset event."""
-        with self.index_transaction() as conn:
+        """The index half of Dagster's `SqliteEventLogStorage.store_event` for one asset or
+        check event."""
+        with self._one_index_write() as conn:
             with db_result(conn, statement) as result:
                 event_id = result.inserted_primary_key[0]
+            if _check_event(entry):
+                self.store_asset_check_event(entry, event_id)
+                return
             if event_id is None:
                 raise DagsterInvariantViolationError(
                     "Cannot store asset event tags for null event id.")
@@ -243,7 +285,8 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         if table_name in self._tables:
             return True
         engine = self._engine(INDEX_SHARD_NAME)
-        with engine.connect() as conn:
+        held = getattr(self._held, "index", None)  # asked inside `_one_index_write`
+        with contextlib.nullcontext(held) if held is not None else engine.connect() as conn:
             found = bool(engine.dialect.has_table(conn, table_name))
         if found:
             self._tables.add(table_name)
@@ -272,8 +315,9 @@ class ReusingSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines, self._engines_lock = OrderedDict(), threading.RLock()
         # A lock another thread held at the fork would never be released here, and the
         # parent's file watchers did not cross the fork.
-        self._db_lock = threading.Lock()
+        self._db_lock = threading.RLock()
         self._obs, self._watchers = None, defaultdict(dict)
+        self._held = threading.local()
 
     def dispose(self) -> None:
         super().dispose()
@@ -317,6 +361,14 @@ class RunLogWatchdog(SqliteEventLogStorageWatchdog):
     def _read(self) -> None:
         with self._reading:  # one read at a time: each continues from the last one's cursor
             self._process_log()
+
+
+def _asset_event(entry: EventLogEntry) -> bool:
+    return entry.is_dagster_event and entry.dagster_event_type in ASSET_EVENTS
+
+
+def _check_event(entry: EventLogEntry) -> bool:
+    return entry.is_dagster_event and entry.dagster_event_type in ASSET_CHECK_EVENTS
 
 
 def _identity(path: str) -> tuple[int, int] | None:

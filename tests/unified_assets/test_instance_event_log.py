@@ -317,6 +317,47 @@ def test_a_batch_whose_index_write_fails_is_written_once_event_by_event(tmp_path
         assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == 6
         assert kinds.count(dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED) == 6
         assert _index_records(instance) == [(f"p{i}", f"p{i}") for i in range(6)]
+        # The planned checks were in the failed batch too: each partition's check once.
+        assert [(name, partition) for name, partition, *_ in _check_executions(instance)] == \
+            [(name, f"p{i}") for name in ("a", "b") for i in range(6)]
+
+
+def _check_executions(instance: dg.DagsterInstance) -> list[tuple]:
+    """Every check execution recorded (per check and partition), without ids and times."""
+    storage = instance.event_log_storage
+    return sorted((r.key.name, r.partition, r.status.value,
+                   r.event.dagster_event_type if r.event else None)
+                  for name in ("a", "b") for r in storage.get_asset_check_execution_history(
+                      dg.AssetCheckKey(checked.key, name), limit=100))
+
+
+def test_a_check_events_index_writes_are_one_transaction(tmp_path: Path, index_commits,
+                                                         monkeypatch):
+    """Found profiling the lifecycle: Dagster writes each asset check event to index.db in two
+    transactions (its mirror, then its execution record), and an ingestion of 8 batches has 40
+    check results and their planned events. Here both are one transaction, and the executions
+    recorded are those Dagster's own storage records."""
+    recorded = {}
+    with dg.instance_for_test(temp_dir=str(_made(tmp_path / "default"))) as instance:
+        _range_run(instance)
+        recorded["default"] = _check_executions(instance)
+    per_result: list[int] = []
+    store = ReusingSqliteEventLogStorage.store_event
+
+    def counted(self, event):
+        before = index_commits[0]
+        store(self, event)
+        if event.dagster_event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            per_result.append(index_commits[0] - before)
+
+    monkeypatch.setattr(ReusingSqliteEventLogStorage, "store_event", counted)
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG,
+                              temp_dir=str(_made(tmp_path / "reusing"))) as instance:
+        assert _range_run(instance).success
+        recorded["reusing"] = _check_executions(instance)
+    assert per_result == [1] * 12  # six partitions, two checks
+    assert recorded["reusing"] == recorded["default"]
+    assert {status for _, _, status, _ in recorded["reusing"]} == {"SUCCEEDED", "FAILED"}
 
 
 def _schema(db: Path) -> list[tuple]:
