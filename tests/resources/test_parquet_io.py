@@ -212,3 +212,34 @@ def test_a_range_input_logs_one_line_and_names_the_missing_partitions_once(tmp_p
     assert loading == [f"Loaded 12 partitions of rows from {tmp_path / 'values' / 'rows'}"], loading
     missing = [m for m in messages if "bad" in m and "no stored value" in m]
     assert len(missing) == 1, messages
+
+
+def test_a_stored_frame_is_the_file_pandas_writes_without_copying_its_attrs(tmp_path,
+                                                                            monkeypatch):
+    """Found profiling ingestion: pandas deep-copies `attrs` into every frame and column it
+    makes while writing, and a batch carries its profile there (storing it took three times
+    as long). The file is what `to_parquet` writes, attrs included; nothing is copied."""
+    import io
+
+    import pyarrow.parquet as pq
+    from pandas.core import generic
+
+    frame = pd.DataFrame({"id": ["a", "b", None], "amount": [1.5, None, 2.5],
+                          "n": pd.array([1, None, 3], dtype="Int64"),
+                          "cat": pd.Categorical(["x", "y", "x"])})
+    frame.attrs["profile"] = {"layout_id": "abc", "columns": {"amount": [0.1, 0.2]}}
+    buffer = io.BytesIO()
+    frame.copy().to_parquet(buffer, index=False)  # a copy: `frame` caches no column yet
+    by_pandas = buffer.getvalue()
+    copies = []
+    monkeypatch.setattr(generic, "deepcopy", lambda value, *a: copies.append(1) or value)
+    values = ParquetIOManager(root=str(tmp_path)).values
+    values._store(rows.key, "a", frame)
+    ours = values.path_for(rows.key, "a").read_bytes()
+    assert copies == []
+    assert frame.attrs == {"profile": {"layout_id": "abc", "columns": {"amount": [0.1, 0.2]}}}
+    mine, theirs = pq.read_schema(io.BytesIO(ours)), pq.read_schema(io.BytesIO(by_pandas))
+    assert mine.equals(theirs, check_metadata=True)
+    back = pd.read_parquet(io.BytesIO(ours))
+    pd.testing.assert_frame_equal(back, pd.read_parquet(io.BytesIO(by_pandas)))
+    assert back.attrs == frame.attrs
