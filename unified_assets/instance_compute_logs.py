@@ -41,6 +41,7 @@ from dagster_shared.seven import IS_WINDOWS
 
 POLL_S = 0.2  # a copier looks for new output this often (Dagster's `tail -F`: every 1 s)
 CHUNK = 1 << 16
+FINISH_S = 5.0  # at most this long to copy the rest when a capture ends
 
 
 class ThreadMirroredComputeLogManager(LocalComputeLogManager):
@@ -96,18 +97,18 @@ def mirrored(stream: IO, path: str) -> Generator[None, None, None]:
         with redirect_to_file(stream, path):
             yield
         return
-    copier = _Copier(path, target)
+    copier = _Copier(path, target)  # owns `target` from here on
     try:
         copier.start()
         with redirect_to_file(stream, path):
             yield
     finally:
         copier.finish()
-        os.close(target)
 
 
 class _Copier(threading.Thread):
-    """Copies a file, as it grows, from its start to a descriptor, until `finish`."""
+    """Copies a file, as it grows, from its start to a descriptor, until `finish`; closes
+    both when it ends."""
 
     def __init__(self, path: str, target: int) -> None:
         super().__init__(name=f"compute-log-mirror:{os.path.basename(path)}", daemon=True)
@@ -123,7 +124,11 @@ class _Copier(threading.Thread):
                 self._copy()
             self._copy()  # whatever was written before the block ended
         finally:
-            self._source.close()
+            self._close()
+
+    def _close(self) -> None:
+        self._source.close()
+        os.close(self._target)
 
     def _copy(self) -> None:
         while chunk := self._source.read(CHUNK):
@@ -135,8 +140,12 @@ class _Copier(threading.Thread):
                     return
 
     def finish(self) -> None:
+        """Ends the copy once everything written is copied. A reader that stopped reading
+        the original stream (a full pipe) never holds up the step: after `FINISH_S` the
+        thread is left to finish or die with the process (the file has everything), and
+        keeps its descriptor, so no write of it can reach a file that reuses the number."""
         self._done.set()
         if self.is_alive():
-            self.join()
+            self.join(FINISH_S)
         elif not self._source.closed:  # never started
-            self._source.close()
+            self._close()

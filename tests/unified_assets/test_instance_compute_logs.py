@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import dagster as dg
 import yaml
 
 from tests.instances import LOCAL_INSTANCE
+from unified_assets import instance_compute_logs
 from unified_assets.instance_compute_logs import ThreadMirroredComputeLogManager, mirrored
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,6 +88,33 @@ def test_the_mirror_copies_everything_written_before_the_block_ends(tmp_path):
     expected = big + "last line, no newline"
     assert captured.read_text() == expected
     assert (tmp_path / "terminal.txt").read_text() == expected + "after the block\n"
+
+
+def test_a_terminal_that_stopped_reading_never_holds_up_the_step(tmp_path, monkeypatch):
+    """`tail -F` blocked on a full pipe was killed when the step ended; the copy thread is
+    left behind after `FINISH_S` instead, and the step's output is all in its file."""
+    monkeypatch.setattr(instance_compute_logs, "FINISH_S", 0.2)
+    read_end, write_end = os.pipe()  # nobody reads: the copy blocks once the pipe is full
+    stream = os.fdopen(write_end, "w")
+    captured = tmp_path / "step.out"
+    output = "y" * 300_000  # several times a pipe's buffer
+
+    def step() -> None:
+        with mirrored(stream, str(captured)):
+            stream.write(output)
+            stream.flush()
+
+    runner = threading.Thread(target=step, daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the step waited for a reader that never came"
+    assert captured.read_text() == output
+    copied = b""
+    while len(copied) < len(output):  # the copy resumes once someone reads, then ends
+        copied += os.read(read_end, 1 << 16)
+    assert copied == output.encode()
+    stream.close()
+    os.close(read_end)
 
 
 def test_a_stream_without_a_descriptor_is_left_alone(tmp_path):
