@@ -17,7 +17,9 @@ Dagster hands the planned events of a new run and the materializations of one pa
 output (every batch of a range run) to `store_event_batch` when `DAGSTER_EVENT_BATCH_SIZE`
 is above 0; this storage sets it (unless set) and writes such a batch with one transaction
 on the run's log and one on `index.db` instead of two per event (an ingestion run of 100
-batches: 10.4 s and 9.0 s against 11.7 s and 11.3 s in process, bench/RESULTS.md).
+batches: 10.4 s and 9.0 s against 11.7 s and 11.3 s in process, bench/RESULTS.md). An asset
+check event's two index writes (its mirror, its execution record), which Dagster commits
+apart, are one transaction here, alone or in a batch (`_one_index_write`).
 
 Each run has its own log file, which Dagster creates with its whole schema and a migration
 stamp; here a new run's log is a copy of an empty one Dagster's own `_initdb` made once in
