@@ -13,6 +13,7 @@ import dagster as dg
 from resources.dataset import DatasetResource
 from resources.mlflow_registry import MlflowRegistry, import_client_in_background
 from resources.policy import PolicyResource
+from sensors import EVERY_DAEMON_LOOP_S
 from sensors.retrain import fold_into, pending_run, retrain_request, run_in_flight
 from unified_assets.partitions import BATCHES
 from unified_assets.run_tags import started_because
@@ -93,9 +94,10 @@ def build_drift_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="drift_retrain_sensor",
         job=job,
-        # Cheap (reads batch_drift records since its cursor); the first training and a
-        # retrain start at most this long after their evidence is recorded.
-        minimum_interval_seconds=5,
+        # Cheap (reads batch_drift records since its cursor, and the champion's version);
+        # the first training and a retrain are asked for within a daemon loop (5 s) of their
+        # evidence being recorded.
+        minimum_interval_seconds=EVERY_DAEMON_LOOP_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Requests train -> evaluate -> gated promotion when batch_drift finds drift "
         "(one retrain in flight, later evidence folded into the one queued), and the first "

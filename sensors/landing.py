@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import dagster as dg
 
 from resources.dataset import DatasetResource
+from sensors import EVERY_DAEMON_LOOP_S
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.partitions import BATCHES
 from unified_assets.run_tags import TRIGGER_TAG
@@ -182,9 +183,10 @@ def build_landing_sensor(job) -> dg.SensorDefinition:
     @dg.sensor(
         name="landing_zone_sensor",
         job=job,
-        # A landed batch waits for the next tick; a tick is one listing of the landing zone
-        # (on S3 one LIST request per 1,000 objects) and reads only files not seen before.
-        minimum_interval_seconds=5,
+        # A landed batch waits for the next tick (every daemon loop, 5 s); a tick is one
+        # listing of the landing zone (on S3 one LIST request per 1,000 objects) and reads
+        # only files not seen before.
+        minimum_interval_seconds=EVERY_DAEMON_LOOP_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a partition per new complete batch file and requests its ingestion; "
         "ingests a changed file again as a new version and retries failed ingestions.",

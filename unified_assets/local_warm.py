@@ -7,9 +7,12 @@ and torch (TRAINING_PRELOAD) before it forks a step: 5.9-9 s on one core while t
 idles, after the drift decision (bench/RESULTS.md, "Warm local processes"). Here Python's
 multiprocessing starts both through `placement/ray_warm.py`'s client
 (`multiprocessing.set_executable`, a documented hook): the run process or forkserver is
-forked from a warm server that imported those libraries once, when the code location was
-first loaded, while the first batches were being ingested. The code location itself is still
-imported fresh by each of them.
+forked from a warm server that imported those libraries once, starting when the code
+location was first loaded. A run process is served as soon as the server has imported Dagster
+(the server imports the rest between requests; the first run under scripts/dev.sh came while
+torch was still loading, and started cold: 2.4 s to its first step instead of 0.4 s); a
+forkserver waits for the whole preload. The code location itself is still imported fresh by
+each of them.
 
 The server's safety rules are ray_warm's: same Python, folder and environment or no service,
 a changed library file retires it, its socket is this user's only, it exits when idle. Any

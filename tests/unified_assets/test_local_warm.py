@@ -20,9 +20,29 @@ from tests.unified_assets.test_ray_warm import _alive, _wait_for, sockets  # noq
 from unified_assets import local_warm
 from unified_assets.placement import ray_warm
 
-# Imported by the server; UAI_PROBE_SLEEP makes its preload take that long.
-PROBE = ("import os, time\nLOADED_IN = os.getpid()\n"
-         "time.sleep(float(os.environ.get('UAI_PROBE_SLEEP', '0')))\n")
+# Imported by the server; UAI_PROBE_SLEEP makes its preload take that long, and with
+# UAI_PROBE_AWAIT_CLIENT its import ends only once a client waits on the run processes' socket
+# (Linux lists a connection not yet accepted in /proc/net/unix under the name the listening
+# socket was bound to, the server's temporary name).
+PROBE = textwrap.dedent("""
+    import collections, os, time
+    from pathlib import Path
+    LOADED_IN = os.getpid()
+    time.sleep(float(os.environ.get('UAI_PROBE_SLEEP', '0')))
+    def _waiting():
+        folder = os.environ['UNIFIED_AI_RAY_WARM_DIR'] + '/'
+        rows = Path('/proc/net/unix').read_text().splitlines()
+        paths = collections.Counter(r.split()[-1] for r in rows if r.split()[-1][:1] == '/')
+        return any(n > 1 for path, n in paths.items() if path.startswith(folder))
+    deadline = time.monotonic() + 120
+    while os.environ.get('UAI_PROBE_AWAIT_CLIENT') and not _waiting() \\
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+""")
+# A second library, whose import ends once the file UAI_GATE_FILE exists.
+GATE = ("import os, time\nLOADED_IN = os.getpid()\ndeadline = time.monotonic() + 120\n"
+        "while not os.path.exists(os.environ['UAI_GATE_FILE']) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n")
 
 # The parent side: install, wait for the server, then start children as the executors do.
 DRIVER = textwrap.dedent("""
@@ -48,6 +68,8 @@ DRIVER = textwrap.dedent("""
         launcher = local_warm.install(["uai_local_probe"])
         key = ray_warm.server_key([sys.executable, "-c", ""], os.environ, os.getcwd())
         sock = Path(os.environ[ray_warm.DIR_ENV]) / f"{key}.sock"
+        if sys.argv[3:] == ["early"]:  # the run processes' socket
+            sock = sock.with_suffix(ray_warm.EARLY_SUFFIX)
         deadline = time.monotonic() + (0 if sys.argv[3:] == ["nowait"] else 120)
         while not sock.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -61,6 +83,9 @@ DRIVER = textwrap.dedent("""
         process.start()
         mine.send("ping")
         report = queue.get(timeout=120)
+        report["whole_preload_in"] = sock.with_suffix(".sock").exists()
+        if os.environ.get("UAI_GATE_FILE"):  # the server's last import may end now
+            Path(os.environ["UAI_GATE_FILE"]).touch()
         report["answer"] = mine.recv()
         if code == "sleep":
             process.terminate()
@@ -74,10 +99,12 @@ DRIVER = textwrap.dedent("""
 
 
 def _drive(tmp_path: Path, sockets: Path, method: str, code: str = "3",  # noqa: F811
-           flags: tuple[str, ...] = (), wait: bool = True, **extra: str) -> tuple[dict, str]:
+           flags: tuple[str, ...] = (), wait: bool | str = True, **extra: str
+           ) -> tuple[dict, str]:
     lib = tmp_path / "lib"
     lib.mkdir(exist_ok=True)
     (lib / "uai_local_probe.py").write_text(PROBE)
+    (lib / "uai_local_gate.py").write_text(GATE)
     (tmp_path / "driver.py").write_text(DRIVER)
     root = Path(local_warm.__file__).resolve().parents[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "UNIFIED_AI_"))}
@@ -85,7 +112,7 @@ def _drive(tmp_path: Path, sockets: Path, method: str, code: str = "3",  # noqa:
                 ray_warm.IDLE_ENV: "60", "PYTHONPATH": f"{lib}:{root}", "RAY_ADDRESS": "",
                 **extra})
     done = subprocess.run([sys.executable, *flags, str(tmp_path / "driver.py"), method, code,
-                           "wait" if wait else "nowait"],
+                           wait if isinstance(wait, str) else "wait" if wait else "nowait"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
@@ -121,6 +148,29 @@ def test_a_forkserver_waits_for_a_starting_server_and_a_run_process_does_not(
     report, stderr = _drive(tmp_path, sockets, "spawn", wait=False, UAI_PROBE_SLEEP="4")
     assert report["server"] is None and report["exitcode"] == 3
     assert "run process runs in a fresh interpreter" in stderr
+
+
+def test_a_run_process_is_served_while_the_server_still_imports_the_training_libraries(
+        tmp_path: Path, sockets: Path) -> None:  # noqa: F811
+    """The first run under scripts/dev.sh came while the server was importing torch and MLflow
+    (4-10 s after the code location loaded): it started cold, 2.4 s to its first step instead of
+    0.4 s. A server now serves run processes once it has imported Dagster, between the imports
+    of the rest; a forkserver still waits for them all (the test above)."""
+    gate = tmp_path / "gate"
+    report, stderr = _drive(tmp_path, sockets, "spawn", wait="early", UAI_PROBE_AWAIT_CLIENT="1",
+                            UAI_GATE_FILE=str(gate),
+                            **{ray_warm.PRELOAD_ENV: "uai_local_probe,uai_local_gate"})
+    # Forked from the server after the probe's import and before the gate's had ended.
+    assert report["server"] and report["probe_loaded_in"] == int(report["server"]), stderr
+    assert report["whole_preload_in"] is False
+    assert report["exitcode"] == 3 and report["answer"] == "pong"
+    assert "fresh interpreter" not in stderr, stderr
+    # The driver opened the gate once it had its report: the whole preload then came in.
+    assert gate.exists()
+    _wait_for(lambda: any(sockets.glob("*.sock")), "the whole preload's socket", 60)
+    (log,) = sockets.glob("*.log")
+    assert f"warm server {report['server']} for" in log.read_text()
+    assert f"preloaded {len(ray_warm.BASE_PRELOAD) + 2} modules" in log.read_text()
 
 
 def test_terminating_a_warm_child_ends_it(tmp_path: Path, sockets: Path) -> None:  # noqa: F811

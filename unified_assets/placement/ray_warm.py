@@ -29,7 +29,10 @@ that happened to start it must not end it.
 The same server also starts local run processes and forkservers (unified_assets/local_warm.py):
 there the client stands in for Python (`--python`), and only multiprocessing's own start
 commands (spawn, forkserver) are run warm, in a fork given every fd the client was started
-with, on the same numbers, and only when the interpreter flags match the server's.
+with, on the same numbers, and only when the interpreter flags match the server's. Run
+processes connect to "<key>.early", a name the socket gets once BASE_PRELOAD is in; the
+server then imports the rest one module at a time while no request waits, and names the
+socket "<key>.sock" (for steps and forkservers) once all are in.
 
 Only the standard library is imported here at module level: the client must start fast."""
 
@@ -118,6 +121,9 @@ STARTING_WAIT_S = 60.0
 KILLED = 137  # 128 + SIGKILL: what a step killed with its job or node exits with
 SOCKET_NAME_MAX = 107  # bytes in an AF_UNIX path on Linux
 TMP_NAME_LEN = 20 + 1 + 7 + 4  # "<key>.<pid>.tmp": the longest name bound in the folder
+# Run processes connect here: the server's socket under a second name, given as soon as the
+# server has imported BASE_PRELOAD; "<key>.sock" follows once the whole preload is in.
+EARLY_SUFFIX = ".early"
 
 
 class WarmUnavailable(Exception):
@@ -356,8 +362,9 @@ def python_main(argv: Sequence[str]) -> int:
         _run_cold(argv, f"its fds cannot be listed ({error})")
     if not set(found[1]) <= set(passed) or len(passed) > MAX_PASSED_FDS:
         _exec(argv)
-    if found[0] == "spawn":  # a fresh run process costs less than most of a preload: no wait
-        return _run_warm(argv, passed, "run process")
+    if found[0] == "spawn":  # a fresh run process costs less than most of a preload: no wait,
+        # and it is served once Dagster is imported, between the imports of the rest
+        return _run_warm(argv, passed, "run process", early=True)
     return _run_warm(argv, passed, "forkserver", STARTING_WAIT_S)
 
 
@@ -371,7 +378,7 @@ def _await_starting_server(folder: Path, key: str, patience_s: float) -> None:
 
 
 def _run_warm(argv: Sequence[str], passed: Sequence[int], what: str,
-              wait_s: float = 0.0) -> int:
+              wait_s: float = 0.0, early: bool = False) -> int:
     try:
         folder = socket_dir()
     except (OSError, WarmUnavailable) as error:
@@ -386,7 +393,7 @@ def _run_warm(argv: Sequence[str], passed: Sequence[int], what: str,
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     connected, reply, no_answer = False, {}, None
     try:
-        sock.connect(str(folder / f"{key}.sock"))
+        sock.connect(str(folder / f"{key}{EARLY_SUFFIX if early else '.sock'}"))
         connected = True
         send_message(sock, {"key": key, "argv": list(argv), "cwd": os.getcwd(),
                             "env": dict(os.environ), "fds": list(passed)},
@@ -474,6 +481,12 @@ class _Server:
     idle_s: float = DEFAULT_IDLE_S
     last_active: float = field(default_factory=time.monotonic)
     stale: str | None = None  # why no new step is served any more
+    # Still to import, one at a time while no request waits (a step needing them all waits
+    # for "<key>.sock"); what failed to import, and when the preload started, for its log.
+    pending: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    preload_started: float = 0.0
+    preload_count: int = 0
     unsafe: str | None = None  # why forking this server is unsafe: every request refused
     cluster_misses: int = 0
 
@@ -575,28 +588,33 @@ def server_main(key: str) -> int:
     if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(
             os.path.abspath(__file__)):
         del sys.path[0]
-    preload = [*BASE_PRELOAD, *filter(None, os.environ.get(PRELOAD_ENV, "").split(","))]
-    started = time.monotonic()
-    failed = _preload(preload)
-    server = _Server(key=key, folder=folder, lock=lock, files=_loaded_files(),
+    extra = [m for m in filter(None, os.environ.get(PRELOAD_ENV, "").split(","))
+             if m not in BASE_PRELOAD]
+    server = _Server(key=key, folder=folder, lock=lock, pending=extra,
+                     preload_started=time.monotonic(), preload_count=len(BASE_PRELOAD) + len(extra),
                      idle_s=float(os.environ.get(IDLE_ENV, DEFAULT_IDLE_S)))
-    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    if threads:  # a fork copies only the forking thread; locks the others held stay held
-        server.unsafe = f"a preloaded library started threads {threads}; forking is unsafe"
-    print(f"warm server {os.getpid()} for {key}: preloaded {len(preload)} modules in "
-          f"{time.monotonic() - started:.1f} s" + (f"; skipped {failed}" if failed else "")
-          + (f"; {server.unsafe}: refusing every step" if server.unsafe else ""), flush=True)
-    path = folder / f"{key}.sock"
-    tmp = folder / f"{key}.{os.getpid()}.tmp"
+    server.failed = _preload(BASE_PRELOAD)
+    _check_preloaded(server)
+    server.files = _loaded_files()
+    path, tmp = folder / f"{key}.sock", folder / f"{key}.{os.getpid()}.tmp"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(tmp))
     os.chmod(tmp, 0o600)
     listener.listen(16)
     server.socket_inode = os.stat(tmp).st_ino
-    os.replace(tmp, path)  # clients see the socket only once the preload is done
     server.listener = listener
+    # Run processes are served from here on (the name is a second link to the same socket);
+    # steps and forkservers, which want every library, see "<key>.sock" once all are in.
+    link = folder / f"{key}.{os.getpid()}.ln"
+    os.link(tmp, link)
+    os.replace(link, folder / f"{key}{EARLY_SUFFIX}")
+    print(f"warm server {os.getpid()} for {key}: serving run processes after "
+          f"{len(BASE_PRELOAD)} modules in {time.monotonic() - server.preload_started:.1f} s; "
+          f"{len(server.pending)} more to preload", flush=True)
     with contextlib.suppress(OSError):
         (folder / f"{key}.spawned").unlink()  # started: no back-off for the next one
+    if not server.pending:
+        _preloaded(server)
     try:
         _serve(server)
     finally:
@@ -607,11 +625,47 @@ def server_main(key: str) -> int:
     return 0
 
 
+def _check_preloaded(server: _Server) -> None:
+    """After each import: whether forking is still safe; once all are in, the files to watch
+    for changes (a fork between imports gets modules just read from disk)."""
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads and not server.unsafe:  # a fork copies only the forking thread; locks the
+        # others held stay held
+        server.unsafe = f"a preloaded library started threads {threads}; forking is unsafe"
+        server.pending.clear()
+
+
+def _preload_next(server: _Server) -> None:
+    """Import one more module (the server does this only while no request waits), and once
+    the last is in, give the socket its full name."""
+    server.failed += _preload(server.pending[:1])
+    del server.pending[:1]
+    server.last_active = time.monotonic()  # idle counts from the end of the preload
+    _check_preloaded(server)
+    if not server.pending:
+        _preloaded(server)
+
+
+def _preloaded(server: _Server) -> None:
+    server.files = _loaded_files()
+    failed, unsafe = server.failed, server.unsafe
+    print(f"warm server {os.getpid()} for {server.key}: preloaded {server.preload_count} "
+          f"modules in {time.monotonic() - server.preload_started:.1f} s"
+          + (f"; skipped {failed}" if failed else "")
+          + (f"; {unsafe}: refusing every step" if unsafe else ""), flush=True)
+    if server.listener is not None:
+        os.replace(server.folder / f"{server.key}.{os.getpid()}.tmp",
+                   server.folder / f"{server.key}.sock")
+
+
 def _stop_listening(server: _Server, path: Path) -> None:
     if server.listener is not None:
-        with contextlib.suppress(OSError):
-            if os.stat(path).st_ino == server.socket_inode:
-                path.unlink()
+        server.pending.clear()
+        for name in (path, path.with_suffix(EARLY_SUFFIX),
+                     path.with_name(f"{server.key}.{os.getpid()}.tmp")):
+            with contextlib.suppress(OSError):
+                if os.stat(name).st_ino == server.socket_inode:
+                    name.unlink()
         server.listener.close()
         server.listener = None
 
@@ -624,7 +678,8 @@ def _serve(server: _Server) -> None:
         watched = [c.conn for c in server.children.values() if not c.client_gone]
         if server.listener is not None:
             watched.append(server.listener)
-        readable, _, _ = select.select(watched, [], [], 0.5)
+        # With modules left to import: look, serve what waits, else import the next one.
+        readable, _, _ = select.select(watched, [], [], 0 if server.pending else 0.5)
         for sock in readable:
             try:
                 if sock is server.listener:
@@ -635,6 +690,8 @@ def _serve(server: _Server) -> None:
                 import traceback
 
                 traceback.print_exc()
+        if server.pending and not readable and server.listener is not None:
+            _preload_next(server)
         _reap(server)
         now = time.monotonic()
         for pid, child in server.children.items():
