@@ -626,8 +626,8 @@ def server_main(key: str) -> int:
 
 
 def _check_preloaded(server: _Server) -> None:
-    """After each import: whether forking is still safe; once all are in, the files to watch
-    for changes (a fork between imports gets modules just read from disk)."""
+    """After each import: whether forking is still safe. A library that started a thread
+    ends the preload; every request is refused from then on (`_refusal`)."""
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if threads and not server.unsafe:  # a fork copies only the forking thread; locks the
         # others held stay held
@@ -647,6 +647,8 @@ def _preload_next(server: _Server) -> None:
 
 
 def _preloaded(server: _Server) -> None:
+    """The preload is over: the files to watch for changes from now on (a fork between two
+    imports got modules just read from disk), the log line, the socket's full name."""
     server.files = _loaded_files()
     failed, unsafe = server.failed, server.unsafe
     print(f"warm server {os.getpid()} for {server.key}: preloaded {server.preload_count} "
