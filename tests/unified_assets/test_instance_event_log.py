@@ -400,3 +400,31 @@ def test_a_new_runs_log_is_dagsters_empty_log_copied_not_created_again(tmp_path:
                                                                                ".db-shm")) == []
     finally:
         event.remove(Engine, "before_cursor_execute", on_execute)
+
+
+def test_a_process_opening_logs_that_exist_does_not_read_alembics_scripts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Dagster's `_initdb` leaves a log that carries a migration stamp as it is, after reading
+    alembic's migration scripts for their head revision: 0.03-0.05 s for index.db and again
+    for a run's log, in every run and step process that writes an event. A stamped log is
+    taken as initialised here, as `_initdb` takes it; a log without a stamp still gets it."""
+    def initdb_counted(self, engine, **kwargs):
+        made.append(Path(engine.url.database).name)
+        return initdb(self, engine, **kwargs)
+
+    initdb, made = ReusingSqliteEventLogStorage._initdb, []
+    folder = tmp_path / "history" / "runs"
+    with dg.instance_for_test(overrides=LOCAL_EVENT_LOG, temp_dir=str(tmp_path)) as instance:
+        run_id = materialize(instance, partition_key="p1").run_id
+    monkeypatch.setattr(ReusingSqliteEventLogStorage, "_initdb", initdb_counted)
+    other = ReusingSqliteEventLogStorage(str(folder))  # as another process opening them
+    try:
+        assert other.get_records_for_run(run_id, limit=100).records
+        assert other.has_asset_key(dg.AssetKey("checked"))
+        assert made == []
+        sqlite3.connect(folder / "unstamped.db").close()  # an empty file where a log would be
+        assert other.get_records_for_run("unstamped", limit=1).records == []
+        assert made == ["unstamped.db"]
+        assert _schema(folder / "unstamped.db")[-2:] == _schema(folder / f"{run_id}.db")[-2:]
+    finally:
+        other.dispose()
