@@ -117,8 +117,10 @@ def _step_outcomes(
 
 def ingest_landed(defs: dg.Definitions, instance: dg.DagsterInstance) -> LifecycleSummary:
     """Register every complete landed file as a partition and ingest the new ones."""
-    # Resolved as a run would (EnvVars, nested resources such as S3 for an S3 landing zone).
-    with dg.build_resources({"dataset": defs.resources["dataset"]}) as resources:
+    # Resolved as a run would (EnvVars, nested resources such as S3 for an S3 landing zone),
+    # on this instance: without one Dagster makes an in-memory instance for it (0.05-0.08 s).
+    with dg.build_resources({"dataset": defs.resources["dataset"]},
+                            instance=instance) as resources:
         files = resources.dataset.batch_files()
     known = set(instance.get_dynamic_partitions(BATCHES.name))
     instance.add_dynamic_partitions(BATCHES.name, [k for k in files if k not in known])

@@ -197,3 +197,20 @@ def test_the_training_set_reads_the_batches_records_once(landed, instance, monke
         instance=instance, asset_selection=[dg.AssetKey("training_set")])
     assert result.success
     assert len(reads) == 1 and len(reads[0]) == 4, reads
+
+
+def test_ingesting_lists_the_landing_zone_without_a_throwaway_instance(landed, instance,
+                                                                      monkeypatch):
+    """Resources built outside a run get the run's instance: without one, Dagster makes an
+    in-memory instance (its storages migrated by alembic, 0.05-0.08 s) for every listing."""
+    made: list[str] = []
+    ephemeral = dg.DagsterInstance.ephemeral
+
+    def counted(*args, **kwargs):
+        made.append("ephemeral")
+        return ephemeral(*args, **kwargs)
+
+    monkeypatch.setattr(dg.DagsterInstance, "ephemeral", staticmethod(counted))
+    summary = ingest_landed(build_definitions(landed), instance)
+    assert summary.batches_ingested == [f"batch-0000{i}" for i in range(4)]
+    assert made == []
