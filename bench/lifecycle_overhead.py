@@ -31,7 +31,12 @@ host was saturated: the worker then waits for a CPU after every blocking call (e
 SQLite fsync), and wall - own CPU is that waiting.
 
 Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 9]
-       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log] [--warm-lazy]
+       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log] [--compare-unfrozen]
+       [--warm-lazy]
+"full gc" in the per-run table: the collector's full passes in the timed section and their
+seconds. Both sides start their work as `run_lifecycle` does, with what the process loaded
+frozen (unified_assets/process_gc.py); `--compare-unfrozen` adds a Dagster worker per repeat
+without that.
 Both timed sections include what torch and MLflow do once per process on first use
 (LAZY_WARMUP, about 2.5-3 s of the plain side's 5 s); `--warm-lazy` does it before the timer.
 The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
@@ -65,7 +70,10 @@ UNTUNED = "dagster_untuned"
 # log instead of the local instance's (deploy/local/dagster.yaml `event_log_storage`,
 # unified_assets/instance_event_log.py).
 STOCK_LOG = "dagster_stock_log"
-DAGSTER_SIDES = ("dagster", UNTUNED, STOCK_LOG)
+# `--compare-unfrozen`: a worker per repeat whose lifecycle leaves the objects loaded before it
+# in the collector's generations (no `gc.freeze()`, unified_assets/process_gc.py).
+UNFROZEN = "dagster_unfrozen"
+DAGSTER_SIDES = ("dagster", UNTUNED, STOCK_LOG, UNFROZEN)
 
 # Imported by both workers before the timer, so import cost is outside both figures.
 WARM_MODULES = [
@@ -134,6 +142,23 @@ def dagster_step_stats(instance: Any) -> dict[str, float]:
     return out
 
 
+class FullCollections:
+    """A `gc.callbacks` entry counting the collector's full (generation 2) passes and their
+    seconds: each walks every object not frozen (unified_assets/process_gc.py)."""
+
+    def __init__(self) -> None:
+        self.count, self.seconds, self._started = 0, 0.0, 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.count += 1
+            self.seconds += time.perf_counter() - self._started
+
+
 def worker(side: str, home: Path, out: Path, threads: int, warm_lazy: bool = False) -> None:
     """Run one side in this (fresh) process and write its timings as JSON to `out`."""
     sys.path.insert(0, str(BENCH_DIR))
@@ -151,6 +176,11 @@ def worker(side: str, home: Path, out: Path, threads: int, warm_lazy: bool = Fal
 
     from unified_assets.lifecycle import run_lifecycle
     from unified_assets.settings import Settings
+
+    if side == UNFROZEN:
+        from unified_assets import process_gc
+
+        process_gc._frozen_once = True  # as if frozen already: `freeze_once` does nothing
 
     settings = Settings(deployment="local", home=home, dataset_spec=None)
     record: dict[str, Any] = {"side": side, "import_s": import_seconds,
@@ -170,6 +200,8 @@ def worker(side: str, home: Path, out: Path, threads: int, warm_lazy: bool = Fal
         instance = dg.DagsterInstance.local_temp(tempdir=str(home / "dagster"))
         record["instance_init_s"] = time.perf_counter() - started
     gc.collect()
+    full = FullCollections()
+    gc.callbacks.append(full)
 
     host_before, own_before = host_busy_seconds(), own_cpu_seconds()
     started = time.perf_counter()
@@ -183,6 +215,8 @@ def worker(side: str, home: Path, out: Path, threads: int, warm_lazy: bool = Fal
         seconds = time.perf_counter() - started
         record |= {"batches": len(result.batches_ingested), "phases": result.phases}
     record["seconds"] = seconds
+    gc.callbacks.remove(full)
+    record["full_gc"], record["full_gc_s"] = full.count, full.seconds
     record["cpu_s"] = own_cpu_seconds() - own_before
     record["other_cpu_s"] = max(0.0, host_busy_seconds() - host_before - record["cpu_s"])
     dataset, _, registry = plain_resources(settings)
@@ -247,7 +281,7 @@ def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
     print("\nper run (seconds, in run order)")
     header = (f"{'run':<4} {'side':<8} {'timed s':>8} {'cpu s':>7} {'other cpu s':>12} "
               f"{'imports s':>10} {'mlflow init s':>14} {'instance s':>11} {'batches':>8} "
-              f"{'champion':>9}  roc_auc sklearn/torch")
+              f"{'champion':>9} {'full gc':>8}  roc_auc sklearn/torch")
     print(header)
     print("-" * len(header))
     order = [r for pair in zip(results["plain"], results["dagster"], strict=True) for r in pair]
@@ -257,7 +291,8 @@ def print_table(results: dict[str, list[dict[str, Any]]]) -> None:
               f"{r['other_cpu_s']:>12.2f} {r['import_s']:>10.2f} "
               f"{r['mlflow_init_s']:>14.2f} "
               f"{(f'{instance:.2f}' if instance is not None else '-'):>11} {r['batches']:>8} "
-              f"{str(r['champion']):>9}  {r['roc_auc']['sklearn']:.4f}/{r['roc_auc']['torch']:.4f}")
+              f"{str(r['champion']):>9} {r['full_gc']:>2} {r['full_gc_s']:>5.2f}  "
+              f"{r['roc_auc']['sklearn']:.4f}/{r['roc_auc']['torch']:.4f}")
 
 
 def main() -> None:
@@ -276,10 +311,13 @@ def main() -> None:
                         help="also run the Dagster side with the SQLite tuning off, each repeat")
     parser.add_argument("--compare-stock-log", action="store_true",
                         help="also run the Dagster side on Dagster's own SQLite event log")
+    parser.add_argument("--compare-unfrozen", action="store_true",
+                        help="also run the Dagster side without freezing what it loaded")
     parser.add_argument("--warm-lazy", action="store_true",
                         help="import torch._dynamo and map MLflow's distributions before the "
                              "timer on both sides (LAZY_WARMUP)")
-    parser.add_argument("--worker", choices=(*SIDES, UNTUNED, STOCK_LOG), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*SIDES, UNTUNED, STOCK_LOG, UNFROZEN),
+                        help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -294,7 +332,8 @@ def main() -> None:
         landing_cache = scratch / "landing-cache"
         write_batches(landing_cache, args.batches, args.rows, seed=args.seed)
         sides = (*SIDES, *((UNTUNED,) if args.compare_untuned else ()),
-                 *((STOCK_LOG,) if args.compare_stock_log else ()))
+                 *((STOCK_LOG,) if args.compare_stock_log else ()),
+                 *((UNFROZEN,) if args.compare_unfrozen else ()))
         results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for index in range(args.repeats):
             for side in sides:
@@ -327,12 +366,16 @@ def main() -> None:
           f"ratio of median own CPU {cpu['dagster'] / cpu['plain']:.3f}")
     for side, label, suffix, speedup in (
             (STOCK_LOG, "on Dagster's own event log", "stock_log", "event_log_speedup"),
-            (UNTUNED, "with the SQLite tuning off", "untuned", "sqlite_tuning_speedup")):
+            (UNTUNED, "with the SQLite tuning off", "untuned", "sqlite_tuning_speedup"),
+            (UNFROZEN, "without freezing what it loaded", "unfrozen", "gc_freeze_speedup")):
         if results.get(side):  # a variant of the Dagster side, measured in the same repeats
             each = [r["seconds"] for r in results[side]]
+            collections = [r["full_gc_s"] for r in results[side]]
             median = statistics.median(each)
             print(f"median dagster {label} {median:.2f} s "
-                  f"({', '.join(f'{x:.2f}' for x in each)}); overhead_ratio_{suffix}="
+                  f"({', '.join(f'{x:.2f}' for x in each)}; full gc "
+                  f"{', '.join(f'{x:.2f}' for x in collections)} s); "
+                  f"overhead_ratio_{suffix}="
                   f"{median / plain:.3f} {speedup}={median / dagster:.3f}")
     print(f"overhead_ratio={dagster / plain:.3f}")
 

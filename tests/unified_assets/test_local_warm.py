@@ -55,6 +55,7 @@ DRIVER = textwrap.dedent("""
     def child(queue, conn, code):
         import uai_local_probe
         queue.put({"pid": os.getpid(), "probe_loaded_in": uai_local_probe.LOADED_IN,
+                   "frozen": __import__("gc").get_freeze_count(),
                    "server": os.environ.get(ray_warm.SERVER_ENV), "got": conn.recv(),
                    "argv": sys.argv, "cwd": os.getcwd()})
         conn.send("pong")
@@ -126,6 +127,8 @@ def test_multiprocessing_children_fork_from_the_warm_server_with_their_pipes_and
     server = int(report["server"])
     # Forked from the server, which imported the library: the child did not import it again.
     assert report["probe_loaded_in"] == server != report["pid"]
+    # What the server preloaded is frozen: the child's collections never walk it.
+    assert report["frozen"] > 10_000, report["frozen"]
     # The Queue's and the Pipe's fds (passed by multiprocessing, named nowhere) work both ways.
     assert report["got"] == "ping" and report["answer"] == "pong"
     assert report["exitcode"] == 3
