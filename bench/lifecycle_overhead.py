@@ -31,12 +31,10 @@ host was saturated: the worker then waits for a CPU after every blocking call (e
 SQLite fsync), and wall - own CPU is that waiting.
 
 Usage: python bench/lifecycle_overhead.py [--batches 8] [--rows 5000] [--repeats 9]
-       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log] [--compare-unfrozen]
-       [--warm-lazy]
+       [--threads 1] [--keep] [--compare-untuned] [--compare-stock-log] [--warm-lazy]
 "full gc" in the per-run table: the collector's full passes in the timed section and their
-seconds. Both sides start their work as `run_lifecycle` does, with what the process loaded
-frozen (unified_assets/process_gc.py); `--compare-unfrozen` adds a Dagster worker per repeat
-without that.
+seconds (each walks every object the worker loaded, about 0.5 s here: a side that crosses
+the collector's threshold and the other not would differ by that, not by orchestration).
 Both timed sections include what torch and MLflow do once per process on first use
 (LAZY_WARMUP, about 2.5-3 s of the plain side's 5 s); `--warm-lazy` does it before the timer.
 The last line printed is `overhead_ratio=<median(dagster)/median(plain)>`.
@@ -70,10 +68,7 @@ UNTUNED = "dagster_untuned"
 # log instead of the local instance's (deploy/local/dagster.yaml `event_log_storage`,
 # unified_assets/instance_event_log.py).
 STOCK_LOG = "dagster_stock_log"
-# `--compare-unfrozen`: a worker per repeat whose lifecycle leaves the objects loaded before it
-# in the collector's generations (no `gc.freeze()`, unified_assets/process_gc.py).
-UNFROZEN = "dagster_unfrozen"
-DAGSTER_SIDES = ("dagster", UNTUNED, STOCK_LOG, UNFROZEN)
+DAGSTER_SIDES = ("dagster", UNTUNED, STOCK_LOG)
 
 # Imported by both workers before the timer, so import cost is outside both figures.
 WARM_MODULES = [
@@ -144,7 +139,7 @@ def dagster_step_stats(instance: Any) -> dict[str, float]:
 
 class FullCollections:
     """A `gc.callbacks` entry counting the collector's full (generation 2) passes and their
-    seconds: each walks every object not frozen (unified_assets/process_gc.py)."""
+    seconds."""
 
     def __init__(self) -> None:
         self.count, self.seconds, self._started = 0, 0.0, 0.0
@@ -176,11 +171,6 @@ def worker(side: str, home: Path, out: Path, threads: int, warm_lazy: bool = Fal
 
     from unified_assets.lifecycle import run_lifecycle
     from unified_assets.settings import Settings
-
-    if side == UNFROZEN:
-        from unified_assets import process_gc
-
-        process_gc._frozen_once = True  # as if frozen already: `freeze_once` does nothing
 
     settings = Settings(deployment="local", home=home, dataset_spec=None)
     record: dict[str, Any] = {"side": side, "import_s": import_seconds,
@@ -311,13 +301,10 @@ def main() -> None:
                         help="also run the Dagster side with the SQLite tuning off, each repeat")
     parser.add_argument("--compare-stock-log", action="store_true",
                         help="also run the Dagster side on Dagster's own SQLite event log")
-    parser.add_argument("--compare-unfrozen", action="store_true",
-                        help="also run the Dagster side without freezing what it loaded")
     parser.add_argument("--warm-lazy", action="store_true",
                         help="import torch._dynamo and map MLflow's distributions before the "
                              "timer on both sides (LAZY_WARMUP)")
-    parser.add_argument("--worker", choices=(*SIDES, UNTUNED, STOCK_LOG, UNFROZEN),
-                        help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=(*SIDES, UNTUNED, STOCK_LOG), help=argparse.SUPPRESS)
     parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -332,8 +319,7 @@ def main() -> None:
         landing_cache = scratch / "landing-cache"
         write_batches(landing_cache, args.batches, args.rows, seed=args.seed)
         sides = (*SIDES, *((UNTUNED,) if args.compare_untuned else ()),
-                 *((STOCK_LOG,) if args.compare_stock_log else ()),
-                 *((UNFROZEN,) if args.compare_unfrozen else ()))
+                 *((STOCK_LOG,) if args.compare_stock_log else ()))
         results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
         for index in range(args.repeats):
             for side in sides:
@@ -366,8 +352,7 @@ def main() -> None:
           f"ratio of median own CPU {cpu['dagster'] / cpu['plain']:.3f}")
     for side, label, suffix, speedup in (
             (STOCK_LOG, "on Dagster's own event log", "stock_log", "event_log_speedup"),
-            (UNTUNED, "with the SQLite tuning off", "untuned", "sqlite_tuning_speedup"),
-            (UNFROZEN, "without freezing what it loaded", "unfrozen", "gc_freeze_speedup")):
+            (UNTUNED, "with the SQLite tuning off", "untuned", "sqlite_tuning_speedup")):
         if results.get(side):  # a variant of the Dagster side, measured in the same repeats
             each = [r["seconds"] for r in results[side]]
             collections = [r["full_gc_s"] for r in results[side]]

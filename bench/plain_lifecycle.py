@@ -35,7 +35,6 @@ from unified_assets.ml.sklearn_model import SklearnParams, SklearnRiskModel, fit
 from unified_assets.ml.training_data import TrainingSet
 from unified_assets.placement import Decision
 from unified_assets.policy import Policy, PromotionPolicy, load_policy
-from unified_assets.process_gc import freeze_once
 from unified_assets.services.champion import ChampionLedger
 from unified_assets.services.promotion import promote_approved, settle_approval
 from unified_assets.settings import Settings
@@ -240,7 +239,6 @@ def select(registry: MlflowRegistry, reports: list[EvaluationReport],
 
 def run_plain_lifecycle(settings: Settings, run_id: str = "plain-benchmark") -> PlainResult:
     """Ingest every landed batch, build the training set, train, evaluate, select, promote."""
-    freeze_once()  # as `run_lifecycle` does: what the script loaded is not walked again
     dataset, store, registry = plain_resources(settings)
     decisions = DecisionStore(url=settings.decisions_url)
     policy = load_policy(settings.policy_path)

@@ -14,7 +14,6 @@ from unified_assets.assets.selection import SELECTED
 from unified_assets.candidates import candidate_names
 from unified_assets.definitions import build_definitions, ingest_job, lifecycle_job
 from unified_assets.partitions import BATCHES
-from unified_assets.process_gc import freeze_once
 from unified_assets.settings import Settings
 from unified_assets.values import ApprovalRecord, ChallengerChoice, EvaluationReport
 
@@ -188,9 +187,6 @@ def run_lifecycle(
 ) -> LifecycleSummary:
     """Ingest, then train, evaluate and promote; the summary says who failed and why, and
     why promotion is held. A failed candidate never hides the others."""
-    # The libraries and definitions loaded so far are never walked by the collector again: a
-    # full collection in the lifecycle costs 0.09 s, not 0.5 s (unified_assets/process_gc.py).
-    freeze_once()
     defs = build_definitions(settings)
     summary = ingest_landed(defs, instance)
     summary.batch_findings = rejected_findings(instance, sorted(summary.batches_rejected))
