@@ -89,10 +89,13 @@ INSTANCE_PRELOAD = [
     "dagster._core.workspace.context", "dagster._daemon.auto_run_reexecution.event_log_consumer",
     "alembic.command", "upath", "upath.implementations.local", "unified_assets.instance_event_log",
 ]
+# Last in every forkserver's preload: the preload is frozen before each step is forked, so a
+# step's full collection does not walk it or make its pages private (forkserver_gc.py).
+FORKSERVER_GC = "unified_assets.forkserver_gc"
 LOCAL_EXECUTOR_CONFIG = {
     "max_concurrent": 2,
     "start_method": {"forkserver": {"preload_modules": ["unified_assets.definitions",
-                                                        *INSTANCE_PRELOAD]}},
+                                                        *INSTANCE_PRELOAD, FORKSERVER_GC]}},
     "tag_concurrency_limits": [{"key": COMPUTE_TAG, "value": "gpu", "limit": GPU_SLOTS}],
 }
 
@@ -111,7 +114,7 @@ TRAINING_PRELOAD = [
     "sklearn.compose", "sklearn.ensemble", "sklearn.metrics", "sklearn.pipeline",
     "sklearn.preprocessing", "torch", "torch._dynamo", "resources.mlflow_environment",
     "unified_assets.ml.sklearn_model",
-    "unified_assets.ml.torch_model", "unified_assets.ml.metrics",
+    "unified_assets.ml.torch_model", "unified_assets.ml.metrics", FORKSERVER_GC,
 ]
 # On Ray, each node's warm step server (placement/ray_warm.py) imports these libraries once;
 # the code location itself (and its `resources`) is imported by each step, with its own
