@@ -110,3 +110,27 @@ def _with(settings, *candidates: str):
     from dataclasses import replace
 
     return replace(settings, candidates=candidates)
+
+
+def test_the_readmes_candidate_module_passes_the_test_commands_lint(tmp_path) -> None:
+    """Found by a new user: the README's `my_models/candidates.py`, put beside the README as
+    it says, failed `scripts/test.sh` at its `ruff check .` (import order), so no test ran."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```python\n(# my_models/candidates\.py.*?)```",
+                        (root / "README.md").read_text(), re.S)
+    assert len(blocks) == 1
+    folder = root / f"my_models_lint_{tmp_path.name}"  # beside the README: the project's config
+    folder.mkdir()
+    try:
+        (folder / "candidates.py").write_text(blocks[0])
+        done = subprocess.run([sys.executable, "-m", "ruff", "check", str(folder)], cwd=root,
+                              capture_output=True, text=True)
+    finally:
+        (folder / "candidates.py").unlink(missing_ok=True)
+        folder.rmdir()
+    assert done.returncode == 0, done.stdout + done.stderr
