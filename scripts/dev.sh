@@ -3,7 +3,8 @@
 # the evaluation and drift reports the Dagster UI links to) and `dagster dev` on embedded
 # defaults (sqlite instance under .unified_ai/, MLflow on sqlite, local files).
 # PORT (default 3000) is the Dagster UI's port, MLFLOW_PORT (default 5000) the MLflow UI's.
-# Ctrl-C stops both: the MLflow UI stops when `dagster dev` exits, however it exits.
+# Ctrl-C stops both: the runs in progress end canceled (resumed at the next start), then
+# `dagster dev` stops, and the MLflow UI with it, however it exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -86,10 +87,10 @@ EOF
     --host 127.0.0.1 --port "$MLFLOW_PORT" --workers 1 >"$MLFLOW_LOG" 2>&1
 ) &
 MLFLOW_PID=$!
-# Until `exec` below, a failing step stops the MLflow UI with this script...
+# Until `dagster dev` starts below, a failing step stops the MLflow UI with this script...
 trap 'kill "$MLFLOW_PID" 2>/dev/null || true' EXIT
-# ...after it, `dagster dev` is this very process ($$): a watcher stops the MLflow UI once it
-# has exited (Ctrl-C, a signal, a crash), so Ctrl-C and signals reach `dagster dev` as before.
+# ...after that, a watcher stops the MLflow UI once this script has exited (after `dagster
+# dev`: Ctrl-C, a signal, a crash), however it exits.
 ( while kill -0 "$DEV_PID" 2>/dev/null; do sleep 2; done; kill "$MLFLOW_PID" 2>/dev/null ) &
 
 if [ "$FRESH_STORE" = yes ]; then
@@ -116,4 +117,38 @@ fi
 echo "Dagster UI: http://127.0.0.1:$PORT  (state in $UNIFIED_AI_HOME)"
 echo "MLflow UI:  $UNIFIED_AI_MLFLOW_UI_URL  (reports, runs, models; log in $MLFLOW_LOG)"
 trap - EXIT
-exec .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$PORT" "$@"
+# Runs this script stopped last time (Ctrl-C, below) are re-executed from where they stopped
+# once the Dagster UI answers (unified_assets/run_stop.py). Only on an instance with runs.
+RESUME_PID=
+if [ -f "$DAGSTER_HOME/history/runs.db" ]; then
+  nice -n 10 .venv/bin/unified-ai runs resume --url "http://127.0.0.1:$PORT" --wait 600 &
+  RESUME_PID=$!
+fi
+# `dagster dev` gets a process group of its own (job control on while it starts), so Ctrl-C,
+# which a terminal sends to its foreground group, reaches this script first: the runs in
+# progress are canceled, tagged why (a stop, not a failure: no red run, no incident), and only
+# then is `dagster dev` signalled as Ctrl-C used to. A second Ctrl-C stops it at once.
+set -m
+.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$PORT" "$@" &
+DAGSTER_PID=$!
+set +m
+# Should this script be killed outright (SIGKILL), `dagster dev` still stops with it.
+setsid bash -c 'while kill -0 "$0" 2>/dev/null; do sleep 2; done; kill -INT -- -"$1" 2>/dev/null' \
+  "$$" "$DAGSTER_PID" </dev/null >/dev/null 2>&1 &
+STOPPED=
+stop() {  # $1: what stopped it; $2: the exit status that says so
+  trap 'kill -INT -- -"$DAGSTER_PID" 2>/dev/null' INT TERM
+  STOPPED=$2
+  [ -z "$RESUME_PID" ] || kill "$RESUME_PID" 2>/dev/null || true
+  echo "unified-ai: stopping: runs in progress end canceled and resume at the next start" \
+    "(Ctrl-C again: stop now)" >&2
+  .venv/bin/unified-ai runs stop --reason "scripts/dev.sh ($1 at $(date -u +%FT%TZ))" >&2 || true
+  kill -INT -- -"$DAGSTER_PID" 2>/dev/null || true
+}
+trap 'stop Ctrl-C 130' INT
+trap 'stop SIGTERM 143' TERM
+status=0
+while kill -0 "$DAGSTER_PID" 2>/dev/null; do
+  wait "$DAGSTER_PID" && status=0 || status=$?
+done
+exit "${STOPPED:-$status}"

@@ -32,7 +32,7 @@ from resources.dataset import DatasetResource
 from sensors import EVERY_DAEMON_LOOP_S
 from unified_assets.assets.data import PARTITIONS_PER_RUN, landed_batch
 from unified_assets.partitions import BATCHES
-from unified_assets.run_tags import TRIGGER_TAG
+from unified_assets.run_tags import STOPPED_TAG, TRIGGER_TAG
 from unified_assets.settings import ingest_retry_backoff_s
 
 RANGE_START = "dagster/asset_partition_range_start"
@@ -87,6 +87,12 @@ def next_step(instance: dg.DagsterInstance, job_name: str, partition: str, tags:
     if any(not r.dagster_run.is_finished for r in records):
         return NextStep("wait", note=f"{what}: run {run_id} in progress")
     failed = len(records)
+    stopped = latest.dagster_run.tags.get(STOPPED_TAG)
+    if latest.dagster_run.status == dg.DagsterRunStatus.CANCELED and stopped:
+        # Not a person's decision: the run command stopped it, and resumes it at its next start.
+        return NextStep("wait", note=f"{what}: run {run_id} was stopped by {stopped}; "
+                                     "`unified-ai runs resume` (scripts/dev.sh at its next "
+                                     "start) re-executes it")
     if latest.dagster_run.status == dg.DagsterRunStatus.CANCELED:
         return NextStep("give_up", note=f"gave up on {what}: run {run_id} was canceled; re-land "
                                         "the file or launch the run from the UI")

@@ -540,6 +540,7 @@ def _cases_resolve(args: argparse.Namespace) -> int:
 EPILOG = """\
 start here:
   bash scripts/dev.sh                     the Dagster UI, running the lifecycle by itself
+  unified-ai runs stop | runs resume      what its Ctrl-C and its next start do to runs
   unified-ai demo                         the whole lifecycle headless, then a summary
   unified-ai spec infer DATA --out SPEC   draft a spec for your own table
   unified-ai demo --spec SPEC             run the lifecycle on it
@@ -589,9 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     byo.add_argument("--out", default=".unified_ai/byo-breast-cancer")
     byo.add_argument("--batches", type=int, default=3)
     byo.set_defaults(run=_byo_example)
+    from unified_assets.runs_cli import add_runs_parser
     from unified_assets.spec_cli import add_spec_parser
 
     add_spec_parser(commands)
+    add_runs_parser(commands)
 
     commands.add_parser("pending", help="list approval requests awaiting a decision").set_defaults(
         run=_pending)

@@ -4,6 +4,10 @@ started"). The tag names live here only; `started_because` builds the pair."""
 
 TRIGGER_TAG = "unified-ai/trigger"
 REASON_TAG = "unified-ai/reason"
+# Why the run command stopped (canceled) a run: scripts/dev.sh's Ctrl-C; "" on a resumption.
+STOPPED_TAG = "unified-ai/stopped"
+# On a stopped run: the run id of its resumption, or why there is none (unified_assets/run_stop.py).
+RESUMED_TAG = "unified-ai/resumed-as"
 SOURCE_TAG = "unified-ai/source"  # who asked for a rollback (cli, sensor:live-performance)
 # Which run queue limit a run counts against (the instance's tag_concurrency_limits): report
 # runs are capped below the run slots, so reports waiting for a core never hold them all.

@@ -72,7 +72,8 @@ def test_the_mlflow_ui_starts_after_the_dagster_ui_and_stops_with_it(tmp_path: P
         # dev.sh's: it serves until dev.sh is gone.
         wait_until(lambda: any(warm.glob("*.sock")), 120, "the warm server to listen")
         (sock,) = warm.glob("*.sock")
-        # Ctrl-C reaches `dagster dev` (the script's own process); the MLflow UI follows.
+        # Ctrl-C reaches the script, which stops `dagster dev` (test_dev_stop.py: the runs
+        # in progress first); the MLflow UI follows.
         os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=120)
         wait_until(lambda: not answers(mlflow_ui), 60, "the MLflow UI to stop")

@@ -211,6 +211,32 @@ def test_an_ingestion_a_person_canceled_is_reported_not_retried(settings, instan
     assert "gave up on batch-00000" in message and "was canceled" in message
 
 
+def test_an_ingestion_the_run_command_stopped_waits_for_its_resumption_not_given_up(
+        settings, instance):
+    # Ctrl-C on scripts/dev.sh cancels the runs in progress, tagged why, and its next start
+    # re-executes them (unified_assets/run_stop.py): the batch is not given up meanwhile.
+    from unified_assets.run_tags import STOPPED_TAG
+
+    write_batches(settings.landing_dir, batches=1, rows=30)
+    defs = build_definitions(settings)
+    first = tick(defs, instance)
+    (request,) = first.run_requests
+    instance.add_dynamic_partitions(BATCHES.name, ["batch-00000"])
+    run = instance.create_run_for_job(
+        defs.resolve_job_def("ingest_batch"),
+        tags={**request.tags, "dagster/partition": "batch-00000",
+              STOPPED_TAG: "scripts/dev.sh (Ctrl-C at 2026-12-04T13:00:00Z)"})
+    instance.report_run_canceled(run)
+    result = tick(defs, instance, first.cursor)
+    message = skipped(result)
+    assert "gave up" not in message, message
+    assert "batch-00000" in message and "stopped by scripts/dev.sh (Ctrl-C" in message, message
+    assert "runs resume" in message, message
+    # Still waiting on the next tick: nothing requested twice, nothing given up.
+    cursor = first.cursor if isinstance(result, dg.SkipReason) else result.cursor
+    assert "gave up" not in skipped(tick(defs, instance, cursor))
+
+
 def test_many_landed_batches_are_ingested_in_chunks_and_a_failed_chunk_is_retried_as_one(
         settings, instance, monkeypatch):
     """500 files are 5 runs, not 500; a chunk that fails without storing its batches is

@@ -1,0 +1,80 @@
+"""`unified-ai runs stop` and `unified-ai runs resume`: the run command's stop and start
+(scripts/dev.sh calls them on Ctrl-C and once the Dagster UI answers; unified_assets/run_stop.py
+says why). Both act on the instance in DAGSTER_HOME."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import urllib.request
+
+
+def _stop(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from unified_assets.run_stop import stop_runs
+
+    with dg.DagsterInstance.get() as instance:
+        outcomes = stop_runs(instance, args.reason, timeout=args.timeout)
+    print(f"stopped {len(outcomes)} run(s) in progress: canceled, tagged unified-ai/stopped; "
+          "`unified-ai runs resume` re-executes them" if outcomes else "no run in progress")
+    for outcome in outcomes:
+        print(f"  {outcome.line()}")
+    unfinished = [o for o in outcomes if o.status not in ("CANCELED", "SUCCESS", "FAILURE")]
+    if unfinished:
+        print(f"unified-ai runs stop: {len(unfinished)} run(s) had not ended after "
+              f"{args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _answers(url: str) -> bool:
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{url.rstrip('/')}/server_info", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _resume(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from unified_assets.run_stop import graphql, resume_runs, stopped_runs
+
+    with dg.DagsterInstance.get() as instance:
+        if not stopped_runs(instance):
+            print("no stopped run to resume")
+            return 0
+        deadline = time.monotonic() + args.wait
+        while not _answers(args.url):
+            if time.monotonic() > deadline:
+                print(f"unified-ai runs resume: the Dagster webserver at {args.url} did not "
+                      f"answer within {args.wait:.0f}s", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        outcomes = resume_runs(instance, graphql(args.url))
+    for outcome in outcomes:
+        print(f"resume {outcome.line()}")
+    return 0 if all(o.status == "resumed" for o in outcomes) else 1
+
+
+def add_runs_parser(commands: argparse._SubParsersAction) -> None:
+    """Add `runs stop` and `runs resume` to the CLI's subcommands."""
+    runs = commands.add_parser("runs", help="stop the runs in progress; resume them later"
+                               ).add_subparsers(dest="runs_command", required=True)
+    stop = runs.add_parser("stop", help="cancel every run in progress, tagged why (scripts/dev.sh "
+                           "does it on Ctrl-C); `runs resume` re-executes them")
+    stop.add_argument("--reason", default="`unified-ai runs stop`",
+                      help="why, in each run's unified-ai/stopped tag")
+    stop.add_argument("--timeout", type=float, default=60.0,
+                      help="seconds to wait for the runs to end (default 60)")
+    stop.set_defaults(run=_stop)
+    resume = runs.add_parser("resume", help="re-execute, from where they stopped, the runs "
+                             "`runs stop` canceled (scripts/dev.sh does it at start)")
+    resume.add_argument("--url", default="http://127.0.0.1:3000",
+                        help="the Dagster webserver (default http://127.0.0.1:3000)")
+    resume.add_argument("--wait", type=float, default=300.0,
+                        help="seconds to wait for the webserver to answer (default 300)")
+    resume.set_defaults(run=_resume)
