@@ -117,8 +117,8 @@ fi
 echo "Dagster UI: http://127.0.0.1:$PORT  (state in $UNIFIED_AI_HOME)"
 echo "MLflow UI:  $UNIFIED_AI_MLFLOW_UI_URL  (reports, runs, models; log in $MLFLOW_LOG)"
 trap - EXIT
-# Runs this script stopped last time (Ctrl-C, below) are re-executed from where they stopped
-# once the Dagster UI answers (unified_assets/run_stop.py). Only on an instance with runs.
+# Runs this script stopped last time (Ctrl-C, below) resume: their re-executions, queued and
+# held at the stop, are released (unified_assets/run_stop.py). Only on an instance with runs.
 RESUME_PID=
 if [ -f "$DAGSTER_HOME/history/runs.db" ]; then
   nice -n 10 .venv/bin/unified-ai runs resume --url "http://127.0.0.1:$PORT" --wait 600 &
@@ -128,8 +128,13 @@ fi
 # which a terminal sends to its foreground group, reaches this script first: the runs in
 # progress are canceled, tagged why (a stop, not a failure: no red run, no incident), and only
 # then is `dagster dev` signalled as Ctrl-C used to. A second Ctrl-C stops it at once.
+# Its SIGINT is reset to the default first: started as `bash scripts/dev.sh &` from another
+# script, this shell ignores SIGINT, every child would inherit that, and the stop below (and
+# `dagster dev`'s own shutdown of its processes) would be ignored for good.
 set -m
-.venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p "$PORT" "$@" &
+.venv/bin/python -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL)
+os.execv(sys.argv[1], sys.argv[1:])' .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 \
+  -p "$PORT" "$@" &
 DAGSTER_PID=$!
 set +m
 # Should this script be killed outright (SIGKILL), `dagster dev` still stops with it.
@@ -142,7 +147,8 @@ stop() {  # $1: what stopped it; $2: the exit status that says so
   [ -z "$RESUME_PID" ] || kill "$RESUME_PID" 2>/dev/null || true
   echo "unified-ai: stopping: runs in progress end canceled and resume at the next start" \
     "(Ctrl-C again: stop now)" >&2
-  .venv/bin/unified-ai runs stop --reason "scripts/dev.sh ($1 at $(date -u +%FT%TZ))" >&2 || true
+  .venv/bin/unified-ai runs stop --url "http://127.0.0.1:$PORT" \
+    --reason "scripts/dev.sh ($1 at $(date -u +%FT%TZ))" >&2 || true
   kill -INT -- -"$DAGSTER_PID" 2>/dev/null || true
 }
 trap 'stop Ctrl-C 130' INT
