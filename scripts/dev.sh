@@ -147,8 +147,12 @@ stop() {  # $1: what stopped it; $2: the exit status that says so
   [ -z "$RESUME_PID" ] || kill "$RESUME_PID" 2>/dev/null || true
   echo "unified-ai: stopping: runs in progress end canceled and resume at the next start" \
     "(Ctrl-C again: stop now)" >&2
+  # In the background (so it ignores SIGINT: a second Ctrl-C interrupts the `wait`, not it,
+  # and the trap above stops `dagster dev` at once while it finishes what it can).
   .venv/bin/unified-ai runs stop --url "http://127.0.0.1:$PORT" \
-    --reason "scripts/dev.sh ($1 at $(date -u +%FT%TZ))" >&2 || true
+    --reason "scripts/dev.sh ($1 at $(date -u +%FT%TZ))" >&2 &
+  STOP_PID=$!
+  wait "$STOP_PID" || true
   kill -INT -- -"$DAGSTER_PID" 2>/dev/null || true
 }
 trap 'stop Ctrl-C 130' INT
@@ -157,4 +161,6 @@ status=0
 while kill -0 "$DAGSTER_PID" 2>/dev/null; do
   wait "$DAGSTER_PID" && status=0 || status=$?
 done
+# A stop a second Ctrl-C cut short has not necessarily ended: its last lines come before ours.
+while [ -n "${STOP_PID:-}" ] && kill -0 "$STOP_PID" 2>/dev/null; do wait "$STOP_PID" || true; done
 exit "${STOPPED:-$status}"

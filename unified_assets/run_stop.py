@@ -175,6 +175,7 @@ def release_resumptions(instance: dg.DagsterInstance) -> list[Outcome]:
     outcomes = []
     for run in held_runs(instance):
         instance.add_run_tags(run.run_id, {HOLD_TAG: f"released at {now}"})
+        parent = run.tags.get(PARENT_RUN_TAG, "")
         outcomes.append(Outcome(run.run_id, run.job_name, "released",
-                                run.tags.get(REASON_TAG, "")[:120]))
+                                f"resumes run {parent[:8]}" if parent else ""))
     return outcomes

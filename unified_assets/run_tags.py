@@ -9,9 +9,10 @@ STOPPED_TAG = "unified-ai/stopped"
 # On a stopped run: the run id of its resumption, or why there is none (unified_assets/run_stop.py).
 RESUMED_TAG = "unified-ai/resumed-as"
 # A stopped run's resumption waits in the run queue behind this tag (limit 0 in
-# deploy/local/dagster.yaml) until the run command starts again and changes its value.
+# deploy/local/dagster.yaml) until `unified-ai runs resume` (scripts/dev.sh's next start)
+# changes its value.
 HOLD_TAG = "unified-ai/hold"
-HELD = "until-restart"
+HELD = "until-resumed"
 SOURCE_TAG = "unified-ai/source"  # who asked for a rollback (cli, sensor:live-performance)
 # Which run queue limit a run counts against (the instance's tag_concurrency_limits): report
 # runs are capped below the run slots, so reports waiting for a core never hold them all.

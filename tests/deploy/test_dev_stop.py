@@ -120,7 +120,7 @@ def test_ctrl_c_cancels_the_runs_in_progress_and_the_next_start_resumes_them(tmp
     # on, so nothing at the next start acts on the stopped run's partial outputs first.
     (held,) = _runs(home, tags={"dagster/parent_run_id": training.run_id})
     assert held.status == dg.DagsterRunStatus.QUEUED
-    assert held.tags["unified-ai/hold"] == "until-restart"
+    assert held.tags["unified-ai/hold"] == "until-resumed"
     stop_time = _created(home, held.run_id)
 
     # The next start resumes it (a re-execution from where it stopped, in the same run group
