@@ -4,7 +4,7 @@ started"). The tag names live here only; `started_because` builds the pair."""
 
 TRIGGER_TAG = "unified-ai/trigger"
 REASON_TAG = "unified-ai/reason"
-# Why the run command stopped (canceled) a run: scripts/dev.sh's Ctrl-C; "" on a resumption.
+# Why the run command stopped (canceled) a run: scripts/dev.sh's Ctrl-C, or `unified-ai runs stop`.
 STOPPED_TAG = "unified-ai/stopped"
 # On a stopped run: the run id of its resumption, or why there is none (unified_assets/run_stop.py).
 RESUMED_TAG = "unified-ai/resumed-as"

@@ -11,6 +11,7 @@ process group."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -66,12 +67,11 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen:
 def _kill_session(process: subprocess.Popen) -> None:
     """Whatever is left of a session (a failed test's dagster dev in its own group)."""
     for entry in Path("/proc").iterdir():
-        try:
+        # A process may end between listing and reading: it is gone, as wanted.
+        with contextlib.suppress(OSError, IndexError, ValueError):
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             if entry.name.isdigit() and int(fields[3]) == process.pid:
                 os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, IndexError, ValueError):
-            pass
     process.wait()
 
 
